@@ -1,0 +1,15 @@
+//! Types and pure logic shared by the XDP program (`lb-ebpf`) and user space.
+//!
+//! Everything here is `#[repr(C)]` with no implicit padding: the same bytes are
+//! read by the kernel program and written by the controller. Network fields are
+//! byte arrays in network order so neither side has endianness surprises.
+#![cfg_attr(not(any(test, feature = "user")), no_std)]
+
+pub mod hash;
+pub mod maps;
+
+#[cfg(feature = "user")]
+pub mod maglev;
+
+pub use hash::flow_hash;
+pub use maps::*;

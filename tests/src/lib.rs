@@ -1,0 +1,1 @@
+//! Lab harness for end-to-end tests.
