@@ -1,1 +1,130 @@
-fn main() {}
+//! `lb-control`: the balancer node daemon.
+
+use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
+
+use clap::{Parser, Subcommand};
+use lb_control::{
+    api::{self, Daemon},
+    config::Config,
+    dataplane,
+    node::Node,
+};
+use tokio::{signal::unix::SignalKind, sync::Mutex};
+use tracing::{error, info, warn};
+
+#[derive(Parser)]
+#[command(name = "lb-control", version, about = "XDP load balancer node")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load (or adopt) the XDP program, program the config, serve lbctl.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Validate a config file and exit (0 = valid).
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Detach the program from every interface and remove all pins.
+    Detach {
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("info,netlink_packet_route=error")
+            }),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Check { config } => match Config::load(&config) {
+            Ok(c) => {
+                for w in c.warnings() {
+                    println!("warning: {w}");
+                }
+                println!("{}: ok", config.display());
+                Ok(())
+            }
+            Err(e) => Err(e.to_string()),
+        },
+        Command::Detach { config } => Config::load(&config)
+            .map_err(|e| e.to_string())
+            .and_then(|c| dataplane::detach(&c).map_err(|e| e.to_string())),
+        Command::Run { config } => run(config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e}");
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config_path: PathBuf) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(async move {
+        let config = Config::load(&config_path).map_err(|e| e.to_string())?;
+        let socket = config.node.socket.clone();
+        let mut node = Node::open(config.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        node.apply(config).await.map_err(|e| e.to_string())?;
+        let daemon = Arc::new(Daemon {
+            node: Mutex::new(node),
+            config_path,
+        });
+        let api_daemon = daemon.clone();
+        let api_socket = socket.clone();
+        tokio::spawn(async move {
+            if let Err(e) = api::serve(api_daemon, &api_socket).await {
+                error!(error = %e, socket = %api_socket.display(), "control socket failed");
+            }
+        });
+        let mut hup =
+            tokio::signal::unix::signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
+        let mut term =
+            tokio::signal::unix::signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+        let mut neighbours = tokio::time::interval(Duration::from_secs(1));
+        info!(socket = %socket.display(), "ready");
+        println!("ready");
+        loop {
+            tokio::select! {
+                _ = hup.recv() => {
+                    match daemon.reload().await {
+                        Ok(r) => info!(generation = r.generation, "reloaded on SIGHUP"),
+                        Err(e) => warn!(error = %e, "reload refused; the running config stays"),
+                    }
+                }
+                _ = term.recv() => break,
+                _ = tokio::signal::ctrl_c() => break,
+                _ = neighbours.tick() => {
+                    if let Err(e) = daemon.node.lock().await.refresh_neighbours().await {
+                        warn!(error = %e, "neighbour refresh failed");
+                    }
+                }
+            }
+        }
+        // The program, its maps and links stay pinned: traffic keeps flowing
+        // and the next start adopts them. `lb-control detach` removes them.
+        let _ = std::fs::remove_file(&socket);
+        info!("stopped; XDP program left attached");
+        Ok(())
+    })
+}

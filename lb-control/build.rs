@@ -1,0 +1,56 @@
+//! Builds the XDP object (nightly, bpfel-unknown-none, bpf-linker) and points
+//! `LB_EBPF_OBJECT` at it for `include_bytes_aligned!`.
+//!
+//! `cargo xtask build-ebpf` installs what this needs (rust-src, bpf-linker)
+//! on a fresh machine.
+
+use std::{env, path::PathBuf, process::Command};
+
+fn main() {
+    let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets it"));
+    let ebpf_dir = manifest.join("../lb-ebpf");
+    let root = manifest.join("..");
+    let target_dir = root.join("target/bpf");
+    println!("cargo:rerun-if-changed={}", ebpf_dir.join("src").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        ebpf_dir.join("Cargo.toml").display()
+    );
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("lb-common/src").display()
+    );
+    println!("cargo:rerun-if-env-changed=LB_EBPF_PREBUILT");
+
+    let object = if let Ok(prebuilt) = env::var("LB_EBPF_PREBUILT") {
+        PathBuf::from(prebuilt)
+    } else {
+        // A nested cargo must not inherit this build's target settings.
+        let mut cmd = Command::new("rustup");
+        cmd.args(["run", "nightly", "cargo", "build", "--release", "--bins"])
+            .arg("--target-dir")
+            .arg(&target_dir)
+            .current_dir(&ebpf_dir);
+        for (key, _) in env::vars_os() {
+            let key = key.to_string_lossy().into_owned();
+            let inherited_build_setting = (key.starts_with("CARGO") && key != "CARGO_HOME")
+                || key.starts_with("RUSTC")
+                || key == "RUSTFLAGS"
+                || key == "RUSTDOCFLAGS"
+                || key == "RUSTUP_TOOLCHAIN";
+            if inherited_build_setting {
+                cmd.env_remove(&key);
+            }
+        }
+        let status = cmd.status().unwrap_or_else(|e| {
+            panic!("cannot run `rustup run nightly cargo` to build lb-ebpf: {e}; run `cargo xtask build-ebpf` first")
+        });
+        if !status.success() {
+            panic!(
+                "building the XDP program failed; `cargo xtask build-ebpf` installs rust-src and bpf-linker and shows the error"
+            );
+        }
+        target_dir.join("bpfel-unknown-none/release/lb-ebpf")
+    };
+    println!("cargo:rustc-env=LB_EBPF_OBJECT={}", object.display());
+}

@@ -1,0 +1,501 @@
+//! The node's TOML configuration: one serde struct, documented fields,
+//! defaults, and a `validate()` step. Errors name the key and the line.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use lb_common::{PROTO_TCP, PROTO_UDP};
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+/// Errors loading a configuration file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}:{line}: {message}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// This balancer node.
+    pub node: NodeConfig,
+    /// Map sizes, fixed when the program is loaded.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Services (VIP, port, protocol).
+    #[serde(default)]
+    pub service: Vec<ServiceConfig>,
+    /// Real servers.
+    #[serde(default)]
+    pub server: Vec<ServerConfig>,
+}
+
+/// `[node]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Interfaces the XDP program is attached to. The first is the default
+    /// egress for servers; a server on another listed interface is reached
+    /// with `XDP_REDIRECT`.
+    pub interfaces: Vec<String>,
+    /// bpffs directory for pinned maps and links; the map ABI version is
+    /// appended (`<pin_dir>/v1`). Different nodes on one host need different
+    /// directories.
+    #[serde(default = "default_pin_dir")]
+    pub pin_dir: PathBuf,
+    /// Unix socket `lbctl` talks to.
+    #[serde(default = "default_socket")]
+    pub socket: PathBuf,
+    /// `auto` (driver mode when the interface supports it, skb otherwise),
+    /// `driver` or `skb`.
+    #[serde(default)]
+    pub xdp_mode: XdpModeConfig,
+    /// Seed of the flow hash; must be the same on every node of a cluster so
+    /// they pick the same server for a flow.
+    #[serde(default = "default_seed")]
+    pub hash_seed: u32,
+    /// Seconds a UDP flow may be idle before it is re-hashed.
+    #[serde(default = "default_udp_idle")]
+    pub udp_idle_timeout: u32,
+    /// Load this XDP object instead of the one built into the binary
+    /// (upgrades and tests).
+    #[serde(default)]
+    pub program: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpModeConfig {
+    #[default]
+    Auto,
+    Driver,
+    Skb,
+}
+
+/// `[limits]`: map sizes. Memory: each service costs
+/// `2 × ceil(max_table_size / 4) × 8` bytes of Maglev table (256 KiB at
+/// 65537), each flow-table entry about 121 bytes, each backend under 100.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Most services the node can hold.
+    pub max_services: u32,
+    /// Most (service, server) pairs.
+    pub max_backends: u32,
+    /// Largest Maglev table a service may use (a prime).
+    pub max_table_size: u32,
+    /// Flow-table (LRU) entries.
+    pub flow_table_size: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_services: lb_common::DEFAULT_MAX_SERVICES,
+            max_backends: lb_common::DEFAULT_MAX_BACKENDS,
+            max_table_size: lb_common::DEFAULT_MAX_TABLE_SIZE,
+            flow_table_size: lb_common::DEFAULT_FLOW_TABLE_SIZE,
+        }
+    }
+}
+
+/// `[[service]]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// Unique name, referenced by servers.
+    pub name: Spanned<String>,
+    /// Virtual IP, IPv4 or IPv6.
+    pub vip: IpAddr,
+    pub port: u16,
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// Maglev table size, a prime ≥ 100 × servers for even spread.
+    #[serde(default = "default_table_size")]
+    pub table_size: u32,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => PROTO_TCP,
+            Protocol::Udp => PROTO_UDP,
+        }
+    }
+}
+
+/// `[[server]]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Unique name.
+    pub name: Spanned<String>,
+    /// Address the server is reached at (on a segment directly connected to
+    /// the node: direct server return rewrites MACs only).
+    pub address: IpAddr,
+    /// Services this server serves.
+    #[serde(default)]
+    pub services: Vec<Spanned<String>>,
+    /// Pool state.
+    #[serde(default)]
+    pub state: ServerState,
+    /// MAC address; resolved through the neighbour table when absent.
+    #[serde(default)]
+    pub mac: Option<String>,
+    /// Maglev weight (0 keeps it out of the table).
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// The server runs on this node: packets are delivered locally.
+    #[serde(default)]
+    pub local: bool,
+}
+
+/// Pool state of a server.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum ServerState {
+    /// In the pool, receives new flows.
+    #[default]
+    Allocated,
+    /// No new flows; existing connections finish.
+    Draining,
+    /// Out of service: existing flows are re-hashed to other servers.
+    Down,
+    /// In the free pool: not programmed on the node.
+    Free,
+}
+
+fn default_pin_dir() -> PathBuf {
+    PathBuf::from("/sys/fs/bpf/xdplb")
+}
+fn default_socket() -> PathBuf {
+    PathBuf::from("/run/xdplb/control.sock")
+}
+fn default_seed() -> u32 {
+    0x5eed_1b00
+}
+fn default_udp_idle() -> u32 {
+    lb_common::DEFAULT_UDP_IDLE_SECS
+}
+fn default_table_size() -> u32 {
+    lb_common::DEFAULT_TABLE_SIZE
+}
+fn default_weight() -> u32 {
+    1
+}
+
+impl Config {
+    /// Reads, parses and validates a file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates `text`; `path` only names it in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        config.validate(text, path)?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: references, uniqueness, limits.
+    pub fn validate(&self, text: &str, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |span: std::ops::Range<usize>, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            line: line_of(text, span.start),
+            message,
+        };
+        let limits = &self.limits;
+        if self.node.interfaces.is_empty() {
+            return Err(invalid(
+                0..0,
+                "node.interfaces is empty: name at least one interface to attach to".into(),
+            ));
+        }
+        if !lb_maglev::is_prime(limits.max_table_size) {
+            return Err(invalid(
+                0..0,
+                format!(
+                    "limits.max_table_size = {} is not a prime (try {})",
+                    limits.max_table_size,
+                    lb_maglev::next_prime(limits.max_table_size)
+                ),
+            ));
+        }
+        if limits.max_backends == 0 || limits.max_backends > lb_common::MAX_BACKEND_INDEX + 1 {
+            return Err(invalid(
+                0..0,
+                format!(
+                    "limits.max_backends = {} must be 1..={}",
+                    limits.max_backends,
+                    lb_common::MAX_BACKEND_INDEX + 1
+                ),
+            ));
+        }
+        if self.service.len() > limits.max_services as usize {
+            return Err(invalid(
+                0..0,
+                format!(
+                    "{} services configured but limits.max_services = {}",
+                    self.service.len(),
+                    limits.max_services
+                ),
+            ));
+        }
+        let mut names = BTreeSet::new();
+        let mut keys = BTreeSet::new();
+        for s in &self.service {
+            let span = s.name.span();
+            if !names.insert(s.name.get_ref().as_str()) {
+                return Err(invalid(
+                    span,
+                    format!("service `{}` is defined twice", s.name.get_ref()),
+                ));
+            }
+            if !keys.insert((s.vip, s.port, s.protocol.number())) {
+                return Err(invalid(
+                    span,
+                    format!(
+                        "service `{}`: {} port {} {:?} is already used by another service",
+                        s.name.get_ref(),
+                        s.vip,
+                        s.port,
+                        s.protocol
+                    ),
+                ));
+            }
+            if !lb_maglev::is_prime(s.table_size) || s.table_size > limits.max_table_size {
+                return Err(invalid(
+                    span,
+                    format!(
+                        "service `{}`: table_size = {} must be a prime ≤ limits.max_table_size ({}); try {}",
+                        s.name.get_ref(),
+                        s.table_size,
+                        limits.max_table_size,
+                        lb_maglev::next_prime(s.table_size.min(limits.max_table_size))
+                    ),
+                ));
+            }
+        }
+        let mut server_names = BTreeSet::new();
+        let mut addresses = BTreeMap::new();
+        let mut backends = 0u64;
+        for srv in &self.server {
+            let span = srv.name.span();
+            let name = srv.name.get_ref();
+            if !server_names.insert(name.as_str()) {
+                return Err(invalid(span, format!("server `{name}` is defined twice")));
+            }
+            if let Some(other) = addresses.insert(srv.address, name.as_str()) {
+                return Err(invalid(
+                    span,
+                    format!(
+                        "server `{name}`: address {} is also server `{other}`",
+                        srv.address
+                    ),
+                ));
+            }
+            if let Some(mac) = &srv.mac {
+                crate::nexthop::parse_mac(mac)
+                    .map_err(|e| invalid(span.clone(), format!("server `{name}`: mac: {e}")))?;
+            }
+            for svc in &srv.services {
+                let Some(service) = self
+                    .service
+                    .iter()
+                    .find(|s| s.name.get_ref() == svc.get_ref())
+                else {
+                    return Err(invalid(
+                        svc.span(),
+                        format!("server `{name}`: unknown service `{}`", svc.get_ref()),
+                    ));
+                };
+                if service.vip.is_ipv4() != srv.address.is_ipv4() {
+                    return Err(invalid(
+                        svc.span(),
+                        format!(
+                            "server `{name}` ({}) cannot serve `{}` ({}): direct server return keeps the address family",
+                            srv.address,
+                            svc.get_ref(),
+                            service.vip
+                        ),
+                    ));
+                }
+                backends += 1;
+            }
+        }
+        if backends > limits.max_backends as u64 {
+            return Err(invalid(
+                0..0,
+                format!(
+                    "{backends} (service, server) pairs but limits.max_backends = {}",
+                    limits.max_backends
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Servers that serve `service` and are programmed on the node (every
+    /// state but `free`).
+    pub fn members<'a>(&'a self, service: &'a str) -> impl Iterator<Item = &'a ServerConfig> {
+        self.server.iter().filter(move |s| {
+            s.state != ServerState::Free && s.services.iter().any(|n| n.get_ref() == service)
+        })
+    }
+
+    /// Warnings that do not stop the config (said in the log).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for s in &self.service {
+            let n = self.members(s.name.get_ref()).count() as u64;
+            if n > 0 && (s.table_size as u64) < 100 * n {
+                out.push(format!(
+                    "service `{}`: table_size {} is under 100 × {} servers; the spread between servers will be uneven",
+                    s.name.get_ref(),
+                    s.table_size,
+                    n
+                ));
+            }
+        }
+        out
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+use lb_common::maglev as lb_maglev;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[node]
+interfaces = ["eth0"]
+
+[[service]]
+name = "web"
+vip = "10.0.0.100"
+port = 80
+
+[[server]]
+name = "s1"
+address = "10.0.0.11"
+services = ["web"]
+weight = 2
+
+[[server]]
+name = "s2"
+address = "10.0.0.12"
+services = ["web"]
+state = "free"
+mac = "02:00:00:00:00:12"
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn parses_with_defaults() {
+        let c = parse(GOOD).expect("valid");
+        assert_eq!(c.service[0].protocol, Protocol::Tcp);
+        assert_eq!(c.service[0].table_size, 65537);
+        assert_eq!(c.server[0].weight, 2);
+        assert_eq!(c.server[1].state, ServerState::Free);
+        assert_eq!(c.members("web").count(), 1);
+        assert_eq!(c.node.pin_dir, PathBuf::from("/sys/fs/bpf/xdplb"));
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let text = GOOD.replace("weight = 2", "wieght = 2");
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.contains("wieght"), "{e}");
+        assert!(e.contains("line 15"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_errors() {
+        let e = parse(&GOOD.replace("10.0.0.100", "10.0.0.300"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 8"), "{e}");
+        let e = parse(&GOOD.replace("port = 80", "port = 70000"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("port"), "{e}");
+        let e = parse(&GOOD.replace(
+            "services = [\"web\"]\nweight",
+            "services = [\"db\"]\nweight",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("test.toml:14") && e.contains("unknown service `db`"),
+            "{e}"
+        );
+        let e = parse(&GOOD.replace("02:00:00:00:00:12", "02:00:00:00:12"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mac"), "{e}");
+        let e = parse(&GOOD.replace("port = 80", "port = 80\ntable_size = 65536"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("prime") && e.contains("65537"), "{e}");
+        let e = parse(&GOOD.replace("\"s2\"", "\"s1\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("defined twice") && e.contains("test.toml:17"),
+            "{e}"
+        );
+        let e = parse(&GOOD.replace("10.0.0.12", "10.0.0.11"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("also server"), "{e}");
+        let e = parse(&GOOD.replace("address = \"10.0.0.11\"", "address = \"fd00::11\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("address family"), "{e}");
+    }
+
+    #[test]
+    fn small_table_warns() {
+        let c = parse(&GOOD.replace("port = 80", "port = 80\ntable_size = 13")).expect("valid");
+        assert_eq!(c.warnings().len(), 1);
+    }
+}

@@ -1,0 +1,12 @@
+//! Controller of the XDP load balancer.
+//!
+//! The *node* role loads and attaches the XDP program, owns its maps and
+//! applies configurations to them atomically (`node`, `dataplane`); the
+//! control socket (`api`) serves `lbctl`.
+
+pub mod api;
+pub mod atomic_file;
+pub mod config;
+pub mod dataplane;
+pub mod nexthop;
+pub mod node;

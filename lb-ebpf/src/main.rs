@@ -1,0 +1,343 @@
+//! The XDP data plane: VIP lookup, flow table, weighted Maglev, L2 direct
+//! server return.
+//!
+//! Everything that is not traffic for a configured service leaves with
+//! `XDP_PASS`, untouched. Map layouts live in `lb-common`.
+#![no_std]
+#![no_main]
+
+mod parse;
+
+use aya_ebpf::{
+    bindings::{BPF_F_MMAPABLE, xdp_action},
+    helpers::bpf_ktime_get_ns,
+    macros::{map, xdp},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    programs::XdpContext,
+};
+use lb_common::{
+    BACKEND_ACTIVE, BACKEND_DRAINING, BACKEND_FLAG_LOCAL, Backend, Counters,
+    DEFAULT_FLOW_TABLE_SIZE, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_SERVICES, DEFAULT_MAX_TABLE_SIZE,
+    DEFAULT_UDP_IDLE_SECS, FlowKey, MAX_TX_PORTS, NO_BACKEND, PROTO_UDP, ServiceKey, ServiceState,
+    ServiceValue, TABLE_LANES, TableCells, coarse_secs, flow_hash, global, slot_base, table_stride,
+};
+use parse::{Parsed, parse_frame};
+
+#[cfg(not(feature = "legacy-flow-entry"))]
+type FlowValue = lb_common::FlowEntry;
+#[cfg(feature = "legacy-flow-entry")]
+type FlowValue = lb_common::FlowEntryV0;
+
+// Load-time constants (set by the loader with `EbpfLoader::set_global`).
+#[unsafe(no_mangle)]
+static HASH_SEED: u32 = 0;
+#[unsafe(no_mangle)]
+static TABLE_STRIDE: u32 = table_stride(DEFAULT_MAX_TABLE_SIZE);
+#[unsafe(no_mangle)]
+static UDP_IDLE_SECS: u32 = DEFAULT_UDP_IDLE_SECS;
+
+#[map]
+static SERVICES: HashMap<ServiceKey, ServiceValue> =
+    HashMap::with_max_entries(DEFAULT_MAX_SERVICES, 0);
+#[map]
+static SERVICE_STATE: Array<ServiceState> =
+    Array::with_max_entries(DEFAULT_MAX_SERVICES, BPF_F_MMAPABLE);
+#[map]
+static TABLES: Array<TableCells> = Array::with_max_entries(
+    DEFAULT_MAX_SERVICES * 2 * table_stride(DEFAULT_MAX_TABLE_SIZE),
+    BPF_F_MMAPABLE,
+);
+#[map]
+static BACKENDS: Array<Backend> = Array::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
+#[map]
+static FLOWS: LruHashMap<FlowKey, FlowValue> =
+    LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, 0);
+/// VIP addresses (port and protocol zero), for traffic that carries no ports.
+#[map]
+static VIPS: HashMap<ServiceKey, u32> = HashMap::with_max_entries(DEFAULT_MAX_SERVICES, 0);
+#[map]
+static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_TX_PORTS, 0);
+#[map]
+static SERVICE_STATS: PerCpuArray<Counters> =
+    PerCpuArray::with_max_entries(DEFAULT_MAX_SERVICES, 0);
+#[map]
+static BACKEND_STATS: PerCpuArray<Counters> =
+    PerCpuArray::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
+#[map]
+static BACKEND_LAST_SEEN: PerCpuArray<u32> = PerCpuArray::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
+#[map]
+static GLOBAL_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(global::COUNT, 0);
+
+#[xdp]
+pub fn xdp_lb(ctx: XdpContext) -> u32 {
+    match try_xdp_lb(&ctx) {
+        Ok(action) => action,
+        // An internal inconsistency: hand the frame to the stack rather than
+        // lose host traffic, and count it.
+        Err(()) => {
+            count(global::ERROR);
+            xdp_action::XDP_PASS
+        }
+    }
+}
+
+#[inline(always)]
+fn read_global(value: &u32) -> u32 {
+    // SAFETY: a plain aligned read of a `.rodata` value the loader set.
+    unsafe { core::ptr::read_volatile(value) }
+}
+
+#[inline(always)]
+fn count(index: u32) {
+    if let Some(c) = GLOBAL_STATS.get_ptr_mut(index) {
+        // SAFETY: per-CPU value, only this CPU writes it.
+        unsafe { *c += 1 };
+    }
+}
+
+#[inline(always)]
+fn pass() -> Result<u32, ()> {
+    count(global::PASS);
+    Ok(xdp_action::XDP_PASS)
+}
+
+#[inline(always)]
+fn drop_counted(index: u32) -> Result<u32, ()> {
+    count(index);
+    count(global::DROP);
+    Ok(xdp_action::XDP_DROP)
+}
+
+fn try_xdp_lb(ctx: &XdpContext) -> Result<u32, ()> {
+    match parse_frame(ctx) {
+        Parsed::Pass => pass(),
+        Parsed::Vlan => {
+            count(global::VLAN);
+            pass()
+        }
+        Parsed::Malformed => {
+            count(global::MALFORMED);
+            pass()
+        }
+        Parsed::Fragment(vip) => {
+            if VIPS.get_ptr(&vip).is_some() {
+                drop_counted(global::FRAGMENT)
+            } else {
+                pass()
+            }
+        }
+        Parsed::Flow { key, syn, len } => {
+            let service = ServiceKey {
+                addr: key.dst,
+                port: key.dport,
+                proto: key.proto,
+                family: key.family,
+            };
+            // SAFETY: values are plain data; the map is not written by the program.
+            let Some(svc) = (unsafe { SERVICES.get(&service) }) else {
+                return pass();
+            };
+            balance(ctx, svc.index, &key, syn, len, true)
+        }
+        Parsed::IcmpTooBig { key, len } => {
+            let service = ServiceKey {
+                addr: key.dst,
+                port: key.dport,
+                proto: key.proto,
+                family: key.family,
+            };
+            // SAFETY: as above.
+            let Some(svc) = (unsafe { SERVICES.get(&service) }) else {
+                return pass();
+            };
+            count(global::ICMP_FORWARDED);
+            // Follow the flow the ICMP error is about, without creating state for it.
+            balance(ctx, svc.index, &key, false, len, false)
+        }
+    }
+}
+
+/// Picks the flow's backend (flow table first, Maglev otherwise) and forwards.
+#[inline(always)]
+fn balance(
+    ctx: &XdpContext,
+    svc: u32,
+    key: &FlowKey,
+    syn: bool,
+    len: u32,
+    remember: bool,
+) -> Result<u32, ()> {
+    let now = coarse_secs(
+        // SAFETY: helper with no preconditions.
+        unsafe { bpf_ktime_get_ns() },
+    );
+    if let Some(entry) = FLOWS.get_ptr_mut(key) {
+        // SAFETY: a live map value; concurrent writers only store whole fields.
+        let e = unsafe { *entry };
+        if let Some(b) = BACKENDS.get(e.backend) {
+            let state_ok = b.state == BACKEND_ACTIVE || (b.state == BACKEND_DRAINING && !syn);
+            if state_ok && b.incarnation == e.incarnation {
+                if flow_fresh(entry, key.proto, now) {
+                    return forward(ctx, svc, e.backend, b, len, false, now);
+                }
+                count(global::UDP_EXPIRED);
+            }
+        }
+    }
+    count(global::FLOW_MISS);
+
+    let Some(index) = maglev_pick(svc, key) else {
+        return drop_counted(global::NO_BACKEND);
+    };
+    let Some(b) = BACKENDS.get(index) else {
+        return Err(());
+    };
+    if b.state != BACKEND_ACTIVE {
+        // Tables only ever name active backends; a state change races a
+        // table flip only by the grace period the controller waits out.
+        return drop_counted(global::NO_BACKEND);
+    }
+    if remember {
+        let value = new_flow_value(index, b.incarnation, now);
+        // A full LRU evicts the oldest entry; a failed insert only costs
+        // stickiness for this flow, so it is not an error for the packet.
+        let _ = FLOWS.insert(key, &value, 0);
+    }
+    forward(ctx, svc, index, b, len, remember, now)
+}
+
+#[cfg(not(feature = "legacy-flow-entry"))]
+#[inline(always)]
+fn new_flow_value(backend: u32, incarnation: u32, now: u32) -> FlowValue {
+    FlowValue {
+        backend,
+        incarnation,
+        last_seen: now,
+        flags: 0,
+    }
+}
+
+#[cfg(feature = "legacy-flow-entry")]
+#[inline(always)]
+fn new_flow_value(backend: u32, incarnation: u32, _now: u32) -> FlowValue {
+    FlowValue {
+        backend,
+        incarnation,
+    }
+}
+
+/// UDP entries expire after `UDP_IDLE_SECS` without traffic; the last-seen
+/// time is written at most once per coarse second.
+#[cfg(not(feature = "legacy-flow-entry"))]
+#[inline(always)]
+fn flow_fresh(entry: *mut FlowValue, proto: u8, now: u32) -> bool {
+    // SAFETY: a live map value of this program's layout.
+    let last = unsafe { (*entry).last_seen };
+    if proto == PROTO_UDP && now.wrapping_sub(last) > read_global(&UDP_IDLE_SECS) {
+        return false;
+    }
+    if last != now {
+        // SAFETY: as above; an aligned u32 store.
+        unsafe { (*entry).last_seen = now };
+    }
+    true
+}
+
+#[cfg(feature = "legacy-flow-entry")]
+#[inline(always)]
+fn flow_fresh(_entry: *mut FlowValue, _proto: u8, _now: u32) -> bool {
+    let _ = PROTO_UDP;
+    true
+}
+
+/// Maglev lookup in the service's active table slot.
+#[inline(always)]
+fn maglev_pick(svc: u32, key: &FlowKey) -> Option<u32> {
+    let state = SERVICE_STATE.get_ptr(svc)?;
+    // SAFETY: mmapable array value; `active` is flipped by one aligned store
+    // after the slot and its size were written.
+    let slot = unsafe { core::ptr::read_volatile(&(*state).active) } & 1;
+    let size = unsafe { core::ptr::read_volatile(&(*state).size[slot as usize]) };
+    if size == 0 {
+        return None;
+    }
+    let pos = flow_hash(key, read_global(&HASH_SEED)) % size;
+    let base = slot_base(svc, slot, read_global(&TABLE_STRIDE));
+    let cells = TABLES.get(base + pos / TABLE_LANES)?;
+    let index = cells[(pos % TABLE_LANES) as usize];
+    if index == NO_BACKEND {
+        return None;
+    }
+    Some(index as u32)
+}
+
+#[inline(always)]
+fn add(counters: Option<*mut Counters>, len: u32, new_flow: bool) {
+    if let Some(c) = counters {
+        // SAFETY: per-CPU value, only this CPU writes it.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += len as u64;
+            if new_flow {
+                (*c).new_flows += 1;
+            }
+        }
+    }
+}
+
+/// Rewrites the Ethernet header for direct server return and sends the frame
+/// on its way (`XDP_TX`, `XDP_REDIRECT`, or `XDP_PASS` for a local server).
+#[inline(always)]
+fn forward(
+    ctx: &XdpContext,
+    svc: u32,
+    index: u32,
+    b: &Backend,
+    len: u32,
+    new_flow: bool,
+    now: u32,
+) -> Result<u32, ()> {
+    add(SERVICE_STATS.get_ptr_mut(svc), len, new_flow);
+    add(BACKEND_STATS.get_ptr_mut(index), len, new_flow);
+    if let Some(seen) = BACKEND_LAST_SEEN.get_ptr_mut(index) {
+        // SAFETY: per-CPU value; written at most once per coarse second.
+        unsafe {
+            if *seen != now {
+                *seen = now;
+            }
+        }
+    }
+    if b.flags & BACKEND_FLAG_LOCAL != 0 {
+        count(global::LOCAL);
+        return Ok(xdp_action::XDP_PASS);
+    }
+    let eth = parse::ptr_at::<[u8; 12]>(ctx, 0).ok_or(())?;
+    // SAFETY: bounds checked by `ptr_at`.
+    unsafe {
+        let mut macs = [0u8; 12];
+        macs[..6].copy_from_slice(&b.dst_mac);
+        macs[6..].copy_from_slice(&b.src_mac);
+        *eth = macs;
+    }
+    if b.ifindex as usize == ctx.ingress_ifindex() {
+        count(global::TX);
+        return Ok(xdp_action::XDP_TX);
+    }
+    match TX_PORTS.redirect(b.ifindex, 0) {
+        Ok(action) => {
+            count(global::REDIRECT);
+            Ok(action)
+        }
+        Err(_) => drop_counted(global::ERROR),
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,287 @@
+//! Header parsing: one bounds-checked `ptr_at`, small helpers, and a verdict
+//! per frame. Nothing here writes the packet.
+
+use aya_ebpf::programs::XdpContext;
+use lb_common::{
+    FAMILY_V4, FAMILY_V6, FlowKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, ServiceKey,
+};
+
+const ETH_LEN: usize = 14;
+const ETH_P_IPV4: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+const IPV6_LEN: usize = 40;
+const NEXT_FRAGMENT: u8 = 44;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_FRAG_NEEDED: u8 = 4;
+const ICMPV6_PACKET_TOO_BIG: u8 = 2;
+const ICMP_HEADER_LEN: usize = 8;
+
+/// What the program should do with a frame, as far as headers tell.
+pub enum Parsed {
+    /// Not VIP material (ARP, other ethertypes, other protocols): pass.
+    Pass,
+    Vlan,
+    /// Truncated or inconsistent headers.
+    Malformed,
+    /// An IP fragment; carries the destination address (port 0, proto 0)
+    /// to check against the VIP set.
+    Fragment(ServiceKey),
+    /// A TCP or UDP packet; `syn` is a bare SYN (new connection attempt).
+    Flow {
+        key: FlowKey,
+        syn: bool,
+        len: u32,
+    },
+    /// ICMP "fragmentation needed" / ICMPv6 "packet too big" about a packet
+    /// a server sent from a VIP; `key` is the client → VIP flow it concerns.
+    IcmpTooBig {
+        key: FlowKey,
+        len: u32,
+    },
+}
+
+/// Pointer to a `T` at `offset` into the frame, if the frame holds it all.
+#[inline(always)]
+pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + core::mem::size_of::<T>() > end {
+        return None;
+    }
+    Some((start + offset) as *mut T)
+}
+
+#[inline(always)]
+fn read<T: Copy>(ctx: &XdpContext, offset: usize) -> Option<T> {
+    // SAFETY: bounds checked by `ptr_at`; T is plain bytes (unaligned read).
+    ptr_at::<T>(ctx, offset).map(|p| unsafe { core::ptr::read_unaligned(p) })
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Ipv4Header {
+    version_ihl: u8,
+    tos: u8,
+    total_len: [u8; 2],
+    id: [u8; 2],
+    frag: [u8; 2],
+    ttl: u8,
+    proto: u8,
+    check: [u8; 2],
+    src: [u8; 4],
+    dst: [u8; 4],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Ipv6Header {
+    version_flow: [u8; 4],
+    payload_len: [u8; 2],
+    next: u8,
+    hop_limit: u8,
+    src: [u8; 16],
+    dst: [u8; 16],
+}
+
+/// The first bytes of TCP and UDP headers: ports.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Ports {
+    src: [u8; 2],
+    dst: [u8; 2],
+}
+
+#[inline(always)]
+fn widen4(a: [u8; 4]) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[0] = a[0];
+    out[1] = a[1];
+    out[2] = a[2];
+    out[3] = a[3];
+    out
+}
+
+pub fn parse_frame(ctx: &XdpContext) -> Parsed {
+    let Some(ethertype) = read::<[u8; 2]>(ctx, 12) else {
+        return Parsed::Malformed;
+    };
+    let frame_len = (ctx.data_end() - ctx.data()) as u32;
+    match u16::from_be_bytes(ethertype) {
+        ETH_P_IPV4 => parse_ipv4(ctx, frame_len),
+        ETH_P_IPV6 => parse_ipv6(ctx, frame_len),
+        ETH_P_8021Q | ETH_P_8021AD => Parsed::Vlan,
+        _ => Parsed::Pass,
+    }
+}
+
+#[inline(always)]
+fn parse_ipv4(ctx: &XdpContext, len: u32) -> Parsed {
+    let Some(ip) = read::<Ipv4Header>(ctx, ETH_LEN) else {
+        return Parsed::Malformed;
+    };
+    let ihl = (ip.version_ihl & 0x0f) as usize;
+    if ip.version_ihl >> 4 != 4 || ihl < 5 {
+        return Parsed::Malformed;
+    }
+    let l4 = ETH_LEN + ihl * 4;
+    // More-fragments flag or a fragment offset: no reliable ports.
+    if u16::from_be_bytes(ip.frag) & 0x3fff != 0 {
+        return Parsed::Fragment(vip_key(widen4(ip.dst), FAMILY_V4));
+    }
+    match ip.proto {
+        PROTO_TCP | PROTO_UDP => l4_flow(
+            ctx,
+            l4,
+            ip.proto,
+            widen4(ip.src),
+            widen4(ip.dst),
+            FAMILY_V4,
+            len,
+        ),
+        PROTO_ICMP => icmp4_too_big(ctx, l4, len),
+        _ => Parsed::Pass,
+    }
+}
+
+#[inline(always)]
+fn parse_ipv6(ctx: &XdpContext, len: u32) -> Parsed {
+    let Some(ip) = read::<Ipv6Header>(ctx, ETH_LEN) else {
+        return Parsed::Malformed;
+    };
+    if ip.version_flow[0] >> 4 != 6 {
+        return Parsed::Malformed;
+    }
+    let l4 = ETH_LEN + IPV6_LEN;
+    match ip.next {
+        PROTO_TCP | PROTO_UDP => l4_flow(ctx, l4, ip.next, ip.src, ip.dst, FAMILY_V6, len),
+        PROTO_ICMPV6 => icmp6_too_big(ctx, l4, len),
+        NEXT_FRAGMENT => Parsed::Fragment(vip_key(ip.dst, FAMILY_V6)),
+        // Other extension headers: not balanced, left to the stack.
+        _ => Parsed::Pass,
+    }
+}
+
+#[inline(always)]
+fn vip_key(addr: [u8; 16], family: u8) -> ServiceKey {
+    ServiceKey {
+        addr,
+        port: [0; 2],
+        proto: 0,
+        family,
+    }
+}
+
+#[inline(always)]
+fn l4_flow(
+    ctx: &XdpContext,
+    l4: usize,
+    proto: u8,
+    src: [u8; 16],
+    dst: [u8; 16],
+    family: u8,
+    len: u32,
+) -> Parsed {
+    let Some(ports) = read::<Ports>(ctx, l4) else {
+        return Parsed::Malformed;
+    };
+    let syn = if proto == PROTO_TCP {
+        // Flags byte is at offset 13 of the TCP header.
+        let Some(flags) = read::<u8>(ctx, l4 + 13) else {
+            return Parsed::Malformed;
+        };
+        flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+    } else {
+        // A UDP header is 8 bytes; refuse shorter ones.
+        if read::<[u8; 8]>(ctx, l4).is_none() {
+            return Parsed::Malformed;
+        }
+        false
+    };
+    Parsed::Flow {
+        key: FlowKey {
+            src,
+            dst,
+            sport: ports.src,
+            dport: ports.dst,
+            proto,
+            family,
+            _pad: [0; 2],
+        },
+        syn,
+        len,
+    }
+}
+
+/// The flow an ICMP error is about: the quoted packet went VIP → client, so
+/// the client → VIP key swaps its addresses and ports.
+#[inline(always)]
+fn quoted_flow(
+    quoted_src: [u8; 16],
+    quoted_dst: [u8; 16],
+    ports: Ports,
+    proto: u8,
+    family: u8,
+) -> FlowKey {
+    FlowKey {
+        src: quoted_dst,
+        dst: quoted_src,
+        sport: ports.dst,
+        dport: ports.src,
+        proto,
+        family,
+        _pad: [0; 2],
+    }
+}
+
+#[inline(always)]
+fn icmp4_too_big(ctx: &XdpContext, l4: usize, len: u32) -> Parsed {
+    let Some(head) = read::<[u8; 2]>(ctx, l4) else {
+        return Parsed::Malformed;
+    };
+    if head[0] != ICMP_DEST_UNREACH || head[1] != ICMP_FRAG_NEEDED {
+        return Parsed::Pass;
+    }
+    let inner = l4 + ICMP_HEADER_LEN;
+    let Some(ip) = read::<Ipv4Header>(ctx, inner) else {
+        return Parsed::Malformed;
+    };
+    let ihl = (ip.version_ihl & 0x0f) as usize;
+    if ihl < 5 || (ip.proto != PROTO_TCP && ip.proto != PROTO_UDP) {
+        return Parsed::Pass;
+    }
+    let Some(ports) = read::<Ports>(ctx, inner + ihl * 4) else {
+        return Parsed::Malformed;
+    };
+    Parsed::IcmpTooBig {
+        key: quoted_flow(widen4(ip.src), widen4(ip.dst), ports, ip.proto, FAMILY_V4),
+        len,
+    }
+}
+
+#[inline(always)]
+fn icmp6_too_big(ctx: &XdpContext, l4: usize, len: u32) -> Parsed {
+    let Some(head) = read::<[u8; 2]>(ctx, l4) else {
+        return Parsed::Malformed;
+    };
+    if head[0] != ICMPV6_PACKET_TOO_BIG {
+        return Parsed::Pass;
+    }
+    let inner = l4 + ICMP_HEADER_LEN;
+    let Some(ip) = read::<Ipv6Header>(ctx, inner) else {
+        return Parsed::Malformed;
+    };
+    if ip.next != PROTO_TCP && ip.next != PROTO_UDP {
+        return Parsed::Pass;
+    }
+    let Some(ports) = read::<Ports>(ctx, inner + IPV6_LEN) else {
+        return Parsed::Malformed;
+    };
+    Parsed::IcmpTooBig {
+        key: quoted_flow(ip.src, ip.dst, ports, ip.next, FAMILY_V6),
+        len,
+    }
+}

@@ -1,0 +1,135 @@
+//! Test backend: greets TCP connections with its name and echoes lines,
+//! answers UDP datagrams with its name.
+//!
+//! `lab-server --name NAME --listen ADDR:PORT [--listen ..] [--udp ADDR:PORT ..]`
+//!
+//! TCP: on accept writes "NAME\n", then answers every line with
+//! "NAME: <line>\n" until EOF. UDP: answers each datagram with "NAME\n".
+//! Sockets use IP_FREEBIND, so addresses need not exist yet (VIPs on `lo`).
+//! Prints "ready" once every socket is bound; runs until killed.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use socket2::{Domain, Protocol, Socket, Type};
+
+#[derive(Parser, Debug)]
+#[command(about = "Lab test backend")]
+struct Args {
+    /// Name sent to clients.
+    #[arg(long)]
+    name: String,
+    /// TCP address to listen on (repeatable).
+    #[arg(long)]
+    listen: Vec<SocketAddr>,
+    /// UDP address to answer on (repeatable).
+    #[arg(long)]
+    udp: Vec<SocketAddr>,
+}
+
+/// Longest line echoed; longer input closes the connection.
+const MAX_LINE: usize = 64 * 1024;
+
+fn socket(addr: SocketAddr, ty: Type, proto: Protocol) -> Result<Socket> {
+    let sock = Socket::new(Domain::for_address(addr), ty, Some(proto))?;
+    sock.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(true)?;
+        sock.set_freebind_v6(true)?;
+    } else {
+        sock.set_freebind_v4(true)?;
+    }
+    sock.bind(&addr.into())
+        .with_context(|| format!("bind {addr}"))?;
+    Ok(sock)
+}
+
+fn serve_conn(name: &str, stream: TcpStream) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    let mut out = stream.try_clone()?;
+    out.write_all(format!("{name}\n").as_bytes())?;
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = reader.by_ref().take(MAX_LINE as u64).read_line(&mut line)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let text = line.trim_end_matches(['\n', '\r']);
+        out.write_all(format!("{name}: {text}\n").as_bytes())?;
+    }
+}
+
+fn tcp_loop(name: Arc<str>, listener: TcpListener) {
+    loop {
+        match listener.accept() {
+            Ok((stream, _peer)) => {
+                let name = Arc::clone(&name);
+                let spawned = thread::Builder::new().spawn(move || {
+                    // Client errors (resets, timeouts) end only this connection.
+                    let _ = serve_conn(&name, stream);
+                });
+                if let Err(e) = spawned {
+                    eprintln!("lab-server: spawning connection thread: {e}");
+                    thread::sleep(Duration::from_millis(10));
+                }
+            }
+            Err(e) => {
+                eprintln!("lab-server: accept: {e}");
+                thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+fn udp_loop(name: Arc<str>, sock: UdpSocket) {
+    let reply = format!("{name}\n");
+    let mut buf = [0u8; 2048];
+    loop {
+        match sock.recv_from(&mut buf) {
+            Ok((_, peer)) => {
+                if let Err(e) = sock.send_to(reply.as_bytes(), peer) {
+                    eprintln!("lab-server: udp send to {peer}: {e}");
+                }
+            }
+            Err(e) => {
+                eprintln!("lab-server: udp recv: {e}");
+                thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if args.listen.is_empty() && args.udp.is_empty() {
+        bail!("nothing to listen on: give --listen and/or --udp");
+    }
+    let name: Arc<str> = args.name.into();
+    let mut threads = Vec::new();
+    for addr in args.listen {
+        let sock = socket(addr, Type::STREAM, Protocol::TCP)?;
+        sock.listen(1024)
+            .with_context(|| format!("listen {addr}"))?;
+        let listener: TcpListener = sock.into();
+        let name = Arc::clone(&name);
+        threads.push(thread::spawn(move || tcp_loop(name, listener)));
+    }
+    for addr in args.udp {
+        let sock: UdpSocket = socket(addr, Type::DGRAM, Protocol::UDP)?.into();
+        let name = Arc::clone(&name);
+        threads.push(thread::spawn(move || udp_loop(name, sock)));
+    }
+    println!("ready");
+    std::io::stdout().flush()?;
+    for t in threads {
+        let _ = t.join();
+    }
+    Ok(())
+}

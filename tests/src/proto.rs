@@ -1,0 +1,42 @@
+//! JSON printed by `lab-client` (one object per line on stdout).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Summary of `lab-client burst` and `lab-client udp`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BurstReport {
+    /// Connections (datagrams) answered with a server name.
+    pub ok: u64,
+    pub failed: u64,
+    /// Answers per server name.
+    pub by_server: BTreeMap<String, u64>,
+    /// The first few errors, as text.
+    pub errors: Vec<String>,
+    /// Server per source port; filled only with `--src-port-start`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub by_port: BTreeMap<u16, String>,
+}
+
+/// One line per connection of `lab-client hold`, printed once all are
+/// connected (or failed).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldConn {
+    /// Local (source) port.
+    pub port: u16,
+    /// Name the server greeted with; `None` when the connection failed.
+    pub server: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Answer of `lab-client hold` to a `ping` command.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PingReport {
+    pub alive: u64,
+    pub dead: u64,
+    /// Per connection, in port order: the server that echoed, or `None`
+    /// (dead: no echo within 2 s, or failed before; dead stays dead).
+    pub servers: Vec<Option<String>>,
+}
