@@ -22,15 +22,29 @@ fn main() {
     );
     println!("cargo:rerun-if-env-changed=LB_EBPF_PREBUILT");
 
-    let object = if let Ok(prebuilt) = env::var("LB_EBPF_PREBUILT") {
+    let dir = if let Ok(prebuilt) = env::var("LB_EBPF_PREBUILT") {
         PathBuf::from(prebuilt)
     } else {
+        build(&ebpf_dir, &target_dir, &[]);
+        // The first release's flow-entry layout, for the upgrade test.
+        build(&ebpf_dir, &root.join("target/bpf-legacy"), &["--features", "legacy-flow-entry"]);
+        target_dir.join("bpfel-unknown-none/release")
+    };
+    println!("cargo:rustc-env=LB_EBPF_OBJECT={}", dir.join("lb-ebpf").display());
+    println!("cargo:rustc-env=LB_EBPF_FLOOR_OBJECT={}", dir.join("xdp-floor").display());
+    let legacy = root.join("target/bpf-legacy/bpfel-unknown-none/release/lb-ebpf");
+    println!("cargo:rustc-env=LB_EBPF_LEGACY_OBJECT={}", legacy.display());
+}
+
+fn build(ebpf_dir: &std::path::Path, target_dir: &std::path::Path, extra: &[&str]) {
+    {
         // A nested cargo must not inherit this build's target settings.
         let mut cmd = Command::new("rustup");
         cmd.args(["run", "nightly", "cargo", "build", "--release", "--bins"])
             .arg("--target-dir")
-            .arg(&target_dir)
-            .current_dir(&ebpf_dir);
+            .arg(target_dir)
+            .args(extra)
+            .current_dir(ebpf_dir);
         for (key, _) in env::vars_os() {
             let key = key.to_string_lossy().into_owned();
             let inherited_build_setting = (key.starts_with("CARGO") && key != "CARGO_HOME")
@@ -50,7 +64,5 @@ fn main() {
                 "building the XDP program failed; `cargo xtask build-ebpf` installs rust-src and bpf-linker and shows the error"
             );
         }
-        target_dir.join("bpfel-unknown-none/release/lb-ebpf")
-    };
-    println!("cargo:rustc-env=LB_EBPF_OBJECT={}", object.display());
+    }
 }

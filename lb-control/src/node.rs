@@ -70,6 +70,9 @@ struct BackendRuntime {
     record: Backend,
     /// Server name (not stored in the map; recovered from the config).
     server: String,
+    /// Removed from the config: out of every table, its flows still
+    /// forwarded (like draining) until the index is needed again.
+    retired: bool,
 }
 
 /// Summary of one apply, for the log and `lbctl`.
@@ -81,8 +84,12 @@ pub struct ApplyReport {
     pub tables_flipped: Vec<String>,
     pub backends_added: usize,
     pub backends_removed: usize,
+    pub backends_retired: usize,
+    /// Retired backends whose index went to another server (their remaining
+    /// flows are re-hashed).
+    pub backends_reused: usize,
     pub unresolved: Vec<String>,
-    pub micros: u128,
+    pub micros: u64,
 }
 
 /// The node: data plane plus bookkeeping.
@@ -96,6 +103,9 @@ pub struct Node {
     quarantined_backends: Vec<u32>,
     quarantined_services: Vec<u32>,
     next_incarnation: u32,
+    /// Next-fit cursor over backend indexes, so freed indexes are not
+    /// immediately handed out again.
+    cursor: u32,
     generation: u32,
     /// A table flipped since the last grace period.
     flipped_since_grace: bool,
@@ -164,6 +174,7 @@ impl Node {
             quarantined_backends: Vec::new(),
             quarantined_services: Vec::new(),
             next_incarnation: 1,
+            cursor: 0,
             generation: 0,
             flipped_since_grace: true,
             learned: BTreeMap::new(),
@@ -209,6 +220,20 @@ impl Node {
             .iter()
             .map(|s| (s.address, s.name.get_ref().clone()))
             .collect();
+        let members: BTreeSet<(u32, IpAddr)> = self
+            .config
+            .service
+            .iter()
+            .filter_map(|svc| {
+                let rt = self.services.get(svc.name.get_ref())?;
+                Some(
+                    self.config
+                        .members(svc.name.get_ref())
+                        .map(move |m| (rt.index, m.address)),
+                )
+            })
+            .flatten()
+            .collect();
         for index in 0..self.dp.limits.max_backends {
             let record = self
                 .dp
@@ -230,6 +255,7 @@ impl Node {
                     index,
                     record,
                     server,
+                    retired: !members.contains(&(record.service, addr)),
                 },
             );
         }
@@ -275,23 +301,59 @@ impl Node {
         })
     }
 
-    fn free_backend_index(&mut self, taken: &BTreeSet<u32>) -> Result<u32, ApplyError> {
+    /// An index for a new backend: a never-used or released one (next fit),
+    /// else the index of the retired backend idle the longest, after its
+    /// record is released and a grace period has passed.
+    fn free_backend_index(
+        &mut self,
+        taken: &BTreeSet<u32>,
+        report: &mut ApplyReport,
+    ) -> Result<u32, ApplyError> {
+        let max = self.dp.limits.max_backends;
         for attempt in 0..2 {
             let used: BTreeSet<u32> = self.backends.values().map(|b| b.index).collect();
-            if let Some(i) = (0..self.dp.limits.max_backends).find(|i| {
+            let free = (0..max).map(|i| (self.cursor + i) % max).find(|i| {
                 !used.contains(i) && !taken.contains(i) && !self.quarantined_backends.contains(i)
-            }) {
+            });
+            if let Some(i) = free {
+                self.cursor = (i + 1) % max;
                 return Ok(i);
             }
             if attempt == 0 && !self.quarantined_backends.is_empty() {
                 self.wait_grace()?;
             }
         }
-        Err(ApplyError::Full {
-            what: "backend",
-            limit: self.dp.limits.max_backends,
-            key: "max_backends",
-        })
+        let oldest = self
+            .backends
+            .iter()
+            .filter(|(_, b)| b.retired && !taken.contains(&b.index))
+            .min_by_key(|(_, b)| self.dp.backend_last_seen(b.index))
+            .map(|(k, _)| *k);
+        let Some(key) = oldest else {
+            return Err(ApplyError::Full {
+                what: "backend",
+                limit: max,
+                key: "max_backends",
+            });
+        };
+        let Some(rt) = self.backends.remove(&key) else {
+            return Err(ApplyError::Full {
+                what: "backend",
+                limit: max,
+                key: "max_backends",
+            });
+        };
+        let mut record = rt.record;
+        record.state = BACKEND_UNUSED;
+        self.dp
+            .backends
+            .set(rt.index, record, 0)
+            .map_err(map_err("BACKENDS"))?;
+        // Nothing may still be reading the old record when it is rewritten.
+        self.wait_grace()?;
+        info!(server = %rt.server, backend = rt.index, "index of retired backend reused; its remaining flows are re-hashed");
+        report.backends_reused += 1;
+        Ok(rt.index)
     }
 
     /// Next hop of a server: from the config's MAC or the neighbour table.
@@ -428,10 +490,13 @@ impl Node {
         let mut demotions: Vec<((u32, IpAddr), Backend)> = Vec::new();
         let mut taken = BTreeSet::new();
         for (key, (record, server, _)) in &want {
-            match self.backends.get(key) {
+            match self.backends.get(key).cloned() {
                 Some(rt) => {
                     let mut next = *record;
                     next.incarnation = rt.record.incarnation;
+                    if let Some(rt) = self.backends.get_mut(key) {
+                        rt.retired = false;
+                    }
                     if next == rt.record {
                         continue;
                     }
@@ -449,7 +514,7 @@ impl Node {
                     }
                 }
                 None => {
-                    let index = self.free_backend_index(&taken)?;
+                    let index = self.free_backend_index(&taken, &mut report)?;
                     taken.insert(index);
                     let mut next = *record;
                     next.incarnation = self.next_incarnation;
@@ -464,6 +529,7 @@ impl Node {
                             index,
                             record: next,
                             server: server.clone(),
+                            retired: false,
                         },
                     );
                     report.backends_added += 1;
@@ -539,21 +605,35 @@ impl Node {
         self.sync_vips(&desired)?;
         self.sync_tx_ports().await;
 
-        // 3. After a grace period: demotions and removals.
-        let removed_backends: Vec<(u32, IpAddr)> = self
+        // 3. After a grace period: demotions, retirements and removals.
+        // A backend left out of the config is retired (draining: its flows
+        // still reach it); one whose service is gone is released.
+        let live_services: BTreeSet<u32> = self.services.values().map(|s| s.index).collect();
+        let leaving: Vec<(u32, IpAddr)> = self
             .backends
-            .keys()
-            .filter(|k| !want.contains_key(k))
-            .copied()
+            .iter()
+            .filter(|(k, b)| !want.contains_key(k) && (!b.retired || !live_services.contains(&k.0)))
+            .map(|(k, _)| *k)
             .collect();
-        if !demotions.is_empty() || !removed_backends.is_empty() || !removed_services.is_empty() {
+        if !demotions.is_empty() || !leaving.is_empty() || !removed_services.is_empty() {
             self.wait_grace()?;
         }
         for (key, record) in demotions {
             self.write_backend(&key, record)?;
         }
-        for key in removed_backends {
-            if let Some(rt) = self.backends.remove(&key) {
+        for key in leaving {
+            if live_services.contains(&key.0) {
+                let Some(rt) = self.backends.get_mut(&key) else {
+                    continue;
+                };
+                rt.retired = true;
+                let mut record = rt.record;
+                if record.state == BACKEND_ACTIVE {
+                    record.state = BACKEND_DRAINING;
+                }
+                self.write_backend(&key, record)?;
+                report.backends_retired += 1;
+            } else if let Some(rt) = self.backends.remove(&key) {
                 let mut record = rt.record;
                 record.state = BACKEND_UNUSED;
                 self.dp
@@ -571,7 +651,7 @@ impl Node {
 
         self.config = config;
         report.generation = self.generation;
-        report.micros = started.elapsed().as_micros();
+        report.micros = started.elapsed().as_micros() as u64;
         info!(
             generation = report.generation,
             added = ?report.services_added,
@@ -579,7 +659,9 @@ impl Node {
             flipped = ?report.tables_flipped,
             backends_added = report.backends_added,
             backends_removed = report.backends_removed,
-            micros = report.micros as u64,
+            backends_retired = report.backends_retired,
+            backends_reused = report.backends_reused,
+            micros = report.micros,
             "configuration applied"
         );
         Ok(report)
@@ -713,6 +795,7 @@ impl Node {
                     backend: b.index,
                     incarnation: b.record.incarnation,
                     state: match b.record.state {
+                        _ if b.retired => "retired",
                         BACKEND_ACTIVE => "active",
                         BACKEND_DRAINING => "draining",
                         BACKEND_DOWN => "down",

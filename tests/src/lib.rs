@@ -7,6 +7,7 @@
 //! are removed by the next [`topo::LabBuilder::build`].
 
 pub mod apps;
+pub mod balancer;
 pub mod lab;
 pub mod proto;
 pub mod topo;

@@ -41,6 +41,12 @@ use mmap::MmapArray;
 
 /// The XDP object built by `cargo xtask build-ebpf` (see `build.rs`).
 pub static EMBEDDED_PROGRAM: &[u8] = aya::include_bytes_aligned!(env!("LB_EBPF_OBJECT"));
+/// Reference programs `xdp_floor` (MAC swap + `XDP_TX`, the benchmark floor)
+/// and `xdp_pass` (what a veth peer needs for `XDP_TX` to reach it in labs).
+pub static FLOOR_PROGRAM: &[u8] = aya::include_bytes_aligned!(env!("LB_EBPF_FLOOR_OBJECT"));
+/// Where the build left the XDP object with the first release's flow-entry
+/// layout (upgrade tests load it with `node.program`).
+pub const LEGACY_PROGRAM_PATH: &str = env!("LB_EBPF_LEGACY_OBJECT");
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const BPF_F_RDONLY_PROG: u32 = 0x80;

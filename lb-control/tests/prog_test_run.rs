@@ -1,0 +1,488 @@
+//! The XDP program under `BPF_PROG_TEST_RUN`: frames built here, expected
+//! action, exact rewritten bytes and map side effects.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, PerCpuArray},
+    programs::{TestRun, TestRunOptions, Xdp},
+};
+use lb_common::{
+    BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_DRAINING, BACKEND_FLAG_LOCAL, Backend, FAMILY_V4,
+    FAMILY_V6, FlowEntry, FlowKey, NO_BACKEND, PROTO_TCP, PROTO_UDP, ServiceKey, ServiceState,
+    ServiceValue, TableCells, flow_hash, global, slot_base, table_stride,
+};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+const SEED: u32 = 0x1234_5678;
+const MAX_SERVICES: u32 = 4;
+const MAX_TABLE: u32 = 13;
+const NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
+const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x100);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
+const LO_IFINDEX: u32 = 1;
+
+fn root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("BPF_PROG_TEST_RUN needs root and CI=true: refusing to skip");
+    }
+    eprintln!("SKIPPED: needs root");
+    false
+}
+
+/// A loaded (not attached) program with one IPv4 TCP, one IPv4 UDP and one
+/// IPv6 TCP service.
+struct Harness {
+    ebpf: Ebpf,
+}
+
+fn server_mac(i: u8) -> [u8; 6] {
+    [0x02, 0, 0, 0, 0x10, i]
+}
+
+impl Harness {
+    fn new(bytes: &[u8]) -> Self {
+        let stride = table_stride(MAX_TABLE);
+        let mut ebpf = EbpfLoader::new()
+            .override_global("HASH_SEED", &SEED, true)
+            .override_global("TABLE_STRIDE", &stride, true)
+            .map_max_entries("SERVICES", MAX_SERVICES)
+            .map_max_entries("SERVICE_STATE", MAX_SERVICES)
+            .map_max_entries("TABLES", MAX_SERVICES * 2 * stride)
+            .map_max_entries("BACKENDS", 16)
+            .map_max_entries("FLOWS", 1024)
+            .map_max_entries("VIPS", MAX_SERVICES)
+            .map_max_entries("SERVICE_STATS", MAX_SERVICES)
+            .map_max_entries("BACKEND_STATS", 16)
+            .map_max_entries("BACKEND_LAST_SEEN", 16)
+            .load(bytes)
+            .expect("load object");
+        let program: &mut Xdp = ebpf
+            .program_mut("xdp_lb")
+            .expect("xdp_lb")
+            .try_into()
+            .expect("xdp");
+        program.load().expect("verifier accepts xdp_lb");
+        let mut h = Self { ebpf };
+        h.add_service(0, ServiceKey::new(&VIP.octets(), 80, PROTO_TCP), &[0, 1, 2]);
+        h.add_service(1, ServiceKey::new(&VIP.octets(), 53, PROTO_UDP), &[3]);
+        h.add_service(2, ServiceKey::new(&VIP6.octets(), 80, PROTO_TCP), &[4]);
+        for (i, svc) in [(0u32, 0u32), (1, 0), (2, 0), (3, 1), (4, 2)] {
+            h.set_backend(i, svc, BACKEND_ACTIVE, 0);
+        }
+        let mut vips: HashMap<_, ServiceKey, u32> =
+            HashMap::try_from(h.ebpf.map_mut("VIPS").expect("VIPS")).expect("VIPS");
+        for addr in [&VIP.octets()[..], &VIP6.octets()[..]] {
+            let mut k = ServiceKey::new(addr, 0, 0);
+            k.port = [0, 0];
+            vips.insert(k, 1, 0).expect("vip");
+        }
+        h
+    }
+
+    /// A service whose table (size 13, slot 1) cycles over `backends`.
+    fn add_service(&mut self, index: u32, key: ServiceKey, backends: &[u32]) {
+        let stride = table_stride(MAX_TABLE);
+        let mut tables: Array<_, TableCells> =
+            Array::try_from(self.ebpf.map_mut("TABLES").expect("TABLES")).expect("TABLES");
+        let base = slot_base(index, 1, stride);
+        for e in 0..stride {
+            let mut cells = [NO_BACKEND; 4];
+            for (lane, cell) in cells.iter_mut().enumerate() {
+                let pos = e * 4 + lane as u32;
+                if pos < MAX_TABLE {
+                    *cell = backends[pos as usize % backends.len()] as u16;
+                }
+            }
+            tables.set(base + e, cells, 0).expect("table");
+        }
+        let mut states: Array<_, ServiceState> =
+            Array::try_from(self.ebpf.map_mut("SERVICE_STATE").expect("STATE")).expect("STATE");
+        states
+            .set(
+                index,
+                ServiceState {
+                    active: 1,
+                    size: [0, MAX_TABLE],
+                    generation: 1,
+                },
+                0,
+            )
+            .expect("state");
+        let mut services: HashMap<_, ServiceKey, ServiceValue> =
+            HashMap::try_from(self.ebpf.map_mut("SERVICES").expect("SERVICES")).expect("SERVICES");
+        services
+            .insert(key, ServiceValue { index, flags: 0 }, 0)
+            .expect("service");
+    }
+
+    fn set_backend(&mut self, index: u32, service: u32, state: u32, flags: u32) {
+        let mut backends: Array<_, Backend> =
+            Array::try_from(self.ebpf.map_mut("BACKENDS").expect("BACKENDS")).expect("BACKENDS");
+        let mut record = backends.get(&index, 0).expect("backend");
+        record.dst_mac = server_mac(index as u8);
+        record.src_mac = NODE_MAC;
+        record.ifindex = LO_IFINDEX;
+        record.state = state;
+        record.flags = flags;
+        record.service = service;
+        if record.incarnation == 0 {
+            record.incarnation = 100 + index;
+        }
+        backends.set(index, record, 0).expect("backend");
+    }
+
+    fn bump_incarnation(&mut self, index: u32) {
+        let mut backends: Array<_, Backend> =
+            Array::try_from(self.ebpf.map_mut("BACKENDS").expect("BACKENDS")).expect("BACKENDS");
+        let mut record = backends.get(&index, 0).expect("backend");
+        record.incarnation += 1000;
+        backends.set(index, record, 0).expect("backend");
+    }
+
+    /// Runs one frame; returns the action and the frame as it left.
+    fn run(&self, frame: &[u8]) -> (u32, Vec<u8>) {
+        let program: &Xdp = self
+            .ebpf
+            .program("xdp_lb")
+            .expect("xdp_lb")
+            .try_into()
+            .expect("xdp");
+        let mut out = vec![0u8; frame.len() + 256];
+        // xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
+        let mut ctx = [0u8; 24];
+        ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+        ctx[12..16].copy_from_slice(&LO_IFINDEX.to_ne_bytes());
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
+                ..Default::default()
+            })
+            .expect("test run");
+        out.truncate(result.data_size_out as usize);
+        (result.return_value, out)
+    }
+
+    fn counter(&self, index: u32) -> u64 {
+        let stats: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.ebpf.map("GLOBAL_STATS").expect("GLOBAL")).expect("GLOBAL");
+        stats.get(&index, 0).expect("counter").iter().sum()
+    }
+
+    fn flow(&self, key: &FlowKey) -> Option<FlowEntry> {
+        let flows: HashMap<_, FlowKey, FlowEntry> =
+            HashMap::try_from(self.ebpf.map("FLOWS").expect("FLOWS")).expect("FLOWS");
+        flows.get(key, 0).ok()
+    }
+
+    fn backend_counters(&self, index: u32) -> (u64, u64, u64) {
+        let stats: PerCpuArray<_, lb_common::Counters> =
+            PerCpuArray::try_from(self.ebpf.map("BACKEND_STATS").expect("STATS")).expect("STATS");
+        stats.get(&index, 0).expect("stats").iter().fold((0, 0, 0), |a, c| {
+            (a.0 + c.packets, a.1 + c.bytes, a.2 + c.new_flows)
+        })
+    }
+}
+
+fn harness() -> Option<Harness> {
+    if !root() {
+        return None;
+    }
+    Some(Harness::new(lb_control::dataplane::EMBEDDED_PROGRAM))
+}
+
+fn eth(ethertype: u16) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&NODE_MAC);
+    f.extend_from_slice(&CLIENT_MAC);
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f
+}
+
+fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, options: &[u8], frag: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = eth(0x0800);
+    let ihl = 5 + options.len() / 4;
+    let total = (ihl * 4 + payload.len()) as u16;
+    f.push(0x40 | ihl as u8);
+    f.push(0);
+    f.extend_from_slice(&total.to_be_bytes());
+    f.extend_from_slice(&[0, 1]);
+    f.extend_from_slice(&frag.to_be_bytes());
+    f.push(64);
+    f.push(proto);
+    f.extend_from_slice(&[0, 0]);
+    f.extend_from_slice(&src.octets());
+    f.extend_from_slice(&dst.octets());
+    f.extend_from_slice(options);
+    f.extend_from_slice(payload);
+    f
+}
+
+fn ipv6(src: Ipv6Addr, dst: Ipv6Addr, next: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = eth(0x86dd);
+    f.extend_from_slice(&[0x60, 0, 0, 0]);
+    f.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    f.push(next);
+    f.push(64);
+    f.extend_from_slice(&src.octets());
+    f.extend_from_slice(&dst.octets());
+    f.extend_from_slice(payload);
+    f
+}
+
+fn tcp(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    let mut t = Vec::new();
+    t.extend_from_slice(&sport.to_be_bytes());
+    t.extend_from_slice(&dport.to_be_bytes());
+    t.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+    t.extend_from_slice(b"hello");
+    t
+}
+
+fn udp(sport: u16, dport: u16) -> Vec<u8> {
+    let mut u = Vec::new();
+    u.extend_from_slice(&sport.to_be_bytes());
+    u.extend_from_slice(&dport.to_be_bytes());
+    u.extend_from_slice(&[0, 12, 0, 0]);
+    u.extend_from_slice(b"ping");
+    u
+}
+
+const SYN: u8 = 0x02;
+const ACK: u8 = 0x10;
+
+/// The backend the test table gives a flow (cells cycle over `backends`).
+fn expected_backend(key: &FlowKey, backends: &[u32]) -> u32 {
+    let pos = flow_hash(key, SEED) % MAX_TABLE;
+    backends[pos as usize % backends.len()]
+}
+
+fn v4_key(sport: u16, dport: u16, proto: u8) -> FlowKey {
+    FlowKey::new(&CLIENT.octets(), sport, &VIP.octets(), dport, proto)
+}
+
+#[test]
+fn new_tcp_flow_rewrites_macs_and_records_flow() {
+    let Some(h) = harness() else { return };
+    for sport in 40000..40040u16 {
+        let frame = ipv4(CLIENT, VIP, PROTO_TCP, &[], 0, &tcp(sport, 80, SYN));
+        let (action, out) = h.run(&frame);
+        assert_eq!(action, XDP_TX);
+        let key = v4_key(sport, 80, PROTO_TCP);
+        let backend = expected_backend(&key, &[0, 1, 2]);
+        let mut want = frame.clone();
+        want[..6].copy_from_slice(&server_mac(backend as u8));
+        want[6..12].copy_from_slice(&NODE_MAC);
+        assert_eq!(out, want, "only the MACs change (sport {sport})");
+        let entry = h.flow(&key).expect("flow entry written");
+        assert_eq!(entry.backend, backend);
+        assert_eq!(entry.incarnation, 100 + backend);
+    }
+    assert_eq!(h.counter(global::FLOW_MISS), 40);
+    assert_eq!(h.counter(global::TX), 40);
+    let total: u64 = (0..3).map(|b| h.backend_counters(b).2).sum();
+    assert_eq!(total, 40, "new flows counted per backend");
+}
+
+#[test]
+fn established_flow_sticks_draining_keeps_down_rehashes() {
+    let Some(mut h) = harness() else { return };
+    let sport = 41000;
+    let key = v4_key(sport, 80, PROTO_TCP);
+    let first = expected_backend(&key, &[0, 1, 2]);
+    let syn = ipv4(CLIENT, VIP, PROTO_TCP, &[], 0, &tcp(sport, 80, SYN));
+    let ack = ipv4(CLIENT, VIP, PROTO_TCP, &[], 0, &tcp(sport, 80, ACK));
+    assert_eq!(h.run(&syn).0, XDP_TX);
+
+    // Point the table elsewhere: the flow entry keeps the flow on `first`.
+    let other = (first + 1) % 3;
+    h.add_service(0, ServiceKey::new(&VIP.octets(), 80, PROTO_TCP), &[other]);
+    let (_, out) = h.run(&ack);
+    assert_eq!(out[..6], server_mac(first as u8));
+
+    // Draining: established packets still go to it, a new SYN does not.
+    h.set_backend(first, 0, BACKEND_DRAINING, 0);
+    assert_eq!(h.run(&ack).1[..6], server_mac(first as u8));
+    assert_eq!(h.run(&syn).1[..6], server_mac(other as u8), "SYN re-hashed away from draining");
+    assert_eq!(h.flow(&key).expect("entry").backend, other, "re-hash overwrites the entry");
+
+    // Down: established flows are re-hashed.
+    let key2 = v4_key(41001, 80, PROTO_TCP);
+    h.add_service(0, ServiceKey::new(&VIP.octets(), 80, PROTO_TCP), &[first]);
+    h.set_backend(first, 0, BACKEND_ACTIVE, 0);
+    let syn2 = ipv4(CLIENT, VIP, PROTO_TCP, &[], 0, &tcp(41001, 80, SYN));
+    assert_eq!(h.run(&syn2).1[..6], server_mac(first as u8));
+    h.set_backend(first, 0, BACKEND_DOWN, 0);
+    h.add_service(0, ServiceKey::new(&VIP.octets(), 80, PROTO_TCP), &[other]);
+    let ack2 = ipv4(CLIENT, VIP, PROTO_TCP, &[], 0, &tcp(41001, 80, ACK));
+    assert_eq!(h.run(&ack2).1[..6], server_mac(other as u8));
+    assert_eq!(h.flow(&key2).expect("entry").backend, other);
+}
+
+#[test]
+fn reused_index_never_inherits_flows() {
+    let Some(mut h) = harness() else { return };
+    let key = v4_key(42000, 80, PROTO_TCP);
+    let first = expected_backend(&key, &[0, 1, 2]);
+    let syn = ipv4(CLIENT, VIP, PROTO_TCP, &[], 0, &tcp(42000, 80, SYN));
+    let ack = ipv4(CLIENT, VIP, PROTO_TCP, &[], 0, &tcp(42000, 80, ACK));
+    h.run(&syn);
+    // The index goes to another server (new incarnation) and the table no
+    // longer names it for this flow: the flow is re-hashed, not inherited.
+    h.bump_incarnation(first);
+    let other = (first + 1) % 3;
+    h.add_service(0, ServiceKey::new(&VIP.octets(), 80, PROTO_TCP), &[other]);
+    assert_eq!(h.run(&ack).1[..6], server_mac(other as u8));
+    let entry = h.flow(&key).expect("entry");
+    assert_eq!((entry.backend, entry.incarnation), (other, 100 + other));
+}
+
+#[test]
+fn udp_ipv6_and_local_delivery() {
+    let Some(mut h) = harness() else { return };
+    let frame = ipv4(CLIENT, VIP, PROTO_UDP, &[], 0, &udp(5000, 53));
+    let (action, out) = h.run(&frame);
+    assert_eq!(action, XDP_TX);
+    assert_eq!(out[..6], server_mac(3));
+    let entry = h.flow(&v4_key(5000, 53, PROTO_UDP)).expect("udp flow");
+    assert!(entry.last_seen > 0, "UDP entries carry a last-seen time");
+
+    let frame6 = ipv6(CLIENT6, VIP6, PROTO_TCP, &tcp(6000, 80, SYN));
+    let (action, out) = h.run(&frame6);
+    assert_eq!(action, XDP_TX);
+    let mut want = frame6.clone();
+    want[..6].copy_from_slice(&server_mac(4));
+    want[6..12].copy_from_slice(&NODE_MAC);
+    assert_eq!(out, want);
+    let key6 = FlowKey::new(&CLIENT6.octets(), 6000, &VIP6.octets(), 80, PROTO_TCP);
+    assert_eq!(key6.family, FAMILY_V6);
+    assert!(h.flow(&key6).is_some());
+
+    h.set_backend(4, 2, BACKEND_ACTIVE, BACKEND_FLAG_LOCAL);
+    let frame6b = ipv6(CLIENT6, VIP6, PROTO_TCP, &tcp(6001, 80, SYN));
+    let (action, out) = h.run(&frame6b);
+    assert_eq!(action, XDP_PASS, "local server: delivered to this host");
+    assert_eq!(out, frame6b, "untouched");
+    assert_eq!(h.counter(global::LOCAL), 1);
+}
+
+#[test]
+fn non_vip_traffic_passes_untouched() {
+    let Some(h) = harness() else { return };
+    let other = Ipv4Addr::new(10, 0, 0, 1);
+    let mut arp = eth(0x0806);
+    arp.extend_from_slice(&[0u8; 28]);
+    let mut vlan = eth(0x8100);
+    vlan.extend_from_slice(&[0, 5, 0x08, 0x00]);
+    vlan.extend_from_slice(&ipv4(CLIENT, VIP, PROTO_TCP, &[], 0, &tcp(1, 80, SYN))[14..]);
+    let mut unknown = eth(0x88b5);
+    unknown.extend_from_slice(&[0u8; 46]);
+    let icmp_echo = ipv4(CLIENT, VIP, 1, &[], 0, &[8, 0, 0, 0, 0, 1, 0, 1]);
+    let frames = [
+        ("arp", arp),
+        ("host tcp", ipv4(CLIENT, other, PROTO_TCP, &[], 0, &tcp(1000, 22, SYN))),
+        ("other port on vip", ipv4(CLIENT, VIP, PROTO_TCP, &[], 0, &tcp(1000, 22, SYN))),
+        ("udp to host", ipv4(CLIENT, other, PROTO_UDP, &[], 0, &udp(1, 53))),
+        ("icmp echo to vip", icmp_echo),
+        ("vlan", vlan),
+        ("unknown ethertype", unknown),
+        ("ipv6 host", ipv6(CLIENT6, Ipv6Addr::LOCALHOST, PROTO_TCP, &tcp(1, 80, SYN))),
+        ("fragment to host", ipv4(CLIENT, other, PROTO_UDP, &[], 0x2000, &udp(1, 53))),
+    ];
+    for (what, frame) in &frames {
+        let (action, out) = h.run(frame);
+        assert_eq!(action, XDP_PASS, "{what}");
+        assert_eq!(&out, frame, "{what} must leave untouched");
+    }
+    assert_eq!(h.counter(global::VLAN), 1);
+    assert_eq!(h.counter(global::PASS), frames.len() as u64);
+    assert_eq!(h.counter(global::TX), 0);
+}
+
+#[test]
+fn truncated_and_odd_frames_never_forward() {
+    let Some(h) = harness() else { return };
+    let full = ipv4(CLIENT, VIP, PROTO_TCP, &[], 0, &tcp(43000, 80, SYN));
+    // Every truncation of a VIP frame: never XDP_TX with a partial header.
+    for len in 14..34 + 14 {
+        let (action, _) = h.run(&full[..len]);
+        assert_eq!(action, XDP_PASS, "truncated to {len} bytes");
+    }
+    let mut bad_ihl = full.clone();
+    bad_ihl[14] = 0x44;
+    assert_eq!(h.run(&bad_ihl).0, XDP_PASS);
+    let mut bad_version = full.clone();
+    bad_version[14] = 0x65;
+    assert_eq!(h.run(&bad_version).0, XDP_PASS);
+    assert!(h.counter(global::MALFORMED) >= 20);
+    assert_eq!(h.counter(global::TX), 0);
+
+    // IPv4 options are skipped correctly: same flow as without them.
+    let with_options = ipv4(CLIENT, VIP, PROTO_TCP, &[1, 1, 1, 0, 7, 4, 0, 0], 0, &tcp(43001, 80, SYN));
+    let (action, out) = h.run(&with_options);
+    assert_eq!(action, XDP_TX);
+    let backend = expected_backend(&v4_key(43001, 80, PROTO_TCP), &[0, 1, 2]);
+    assert_eq!(out[..6], server_mac(backend as u8));
+    assert_eq!(out[12..], with_options[12..]);
+
+    // Fragments to a VIP are dropped and counted.
+    let frag = ipv4(CLIENT, VIP, PROTO_UDP, &[], 0x2000, &udp(1, 53));
+    assert_eq!(h.run(&frag).0, XDP_DROP);
+    let frag6 = ipv6(CLIENT6, VIP6, 44, &[17, 0, 0, 1, 0, 0, 0, 1]);
+    assert_eq!(h.run(&frag6).0, XDP_DROP);
+    assert_eq!(h.counter(global::FRAGMENT), 2);
+}
+
+#[test]
+fn icmp_too_big_follows_its_flow() {
+    let Some(h) = harness() else { return };
+    // Establish a flow, then an ICMP "fragmentation needed" quoting the
+    // server's reply (VIP:80 → client:44000) must reach the same server.
+    let syn = ipv4(CLIENT, VIP, PROTO_TCP, &[], 0, &tcp(44000, 80, SYN));
+    let (_, out) = h.run(&syn);
+    let server = out[..6].to_vec();
+    let router = Ipv4Addr::new(10, 0, 0, 254);
+    let quoted = ipv4(VIP, CLIENT, PROTO_TCP, &[], 0, &tcp(80, 44000, ACK));
+    let mut icmp = vec![3, 4, 0, 0, 0, 0, 0x05, 0xdc];
+    icmp.extend_from_slice(&quoted[14..14 + 28]);
+    let frame = ipv4(router, VIP, 1, &[], 0, &icmp);
+    let (action, out) = h.run(&frame);
+    assert_eq!(action, XDP_TX);
+    assert_eq!(out[..6], server[..]);
+    assert_eq!(h.counter(global::ICMP_FORWARDED), 1);
+
+    // IPv6 packet too big.
+    let syn6 = ipv6(CLIENT6, VIP6, PROTO_TCP, &tcp(44001, 80, SYN));
+    h.run(&syn6);
+    let quoted6 = ipv6(VIP6, CLIENT6, PROTO_TCP, &tcp(80, 44001, ACK));
+    let mut icmp6 = vec![2, 0, 0, 0, 0, 0, 0x05, 0x00];
+    icmp6.extend_from_slice(&quoted6[14..14 + 48]);
+    let frame6 = ipv6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0xfe), VIP6, 58, &icmp6);
+    let (action, out) = h.run(&frame6);
+    assert_eq!(action, XDP_TX);
+    assert_eq!(out[..6], server_mac(4));
+}
+
+#[test]
+fn empty_pool_drops_vip_traffic() {
+    let Some(mut h) = harness() else { return };
+    let mut states: Array<_, ServiceState> =
+        Array::try_from(h.ebpf.map_mut("SERVICE_STATE").expect("STATE")).expect("STATE");
+    states.set(0, ServiceState::default(), 0).expect("state");
+    let frame = ipv4(CLIENT, VIP, PROTO_TCP, &[], 0, &tcp(45000, 80, SYN));
+    assert_eq!(h.run(&frame).0, XDP_DROP);
+    assert_eq!(h.counter(global::NO_BACKEND), 1);
+    let _ = FAMILY_V4;
+}

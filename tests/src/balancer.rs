@@ -1,0 +1,264 @@
+//! Running the real balancer in a lab: `lb-control` in the node namespace,
+//! `lbctl` against it, configs written for the lab, and predictions of where
+//! a flow lands computed with `lb-common` (the same code the node uses).
+
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use lb_common::{FlowKey, NO_BACKEND, flow_hash, maglev};
+
+use crate::{
+    lab::{LabProcess, Netns},
+    topo::Lab,
+};
+
+/// Hash seed every lab config uses.
+pub const LAB_SEED: u32 = 0x1ab5_eed0;
+
+/// Directory of the workspace's built binaries (next to this test's).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let deps = exe.parent().expect("exe dir");
+    if deps.ends_with("deps") {
+        deps.parent().expect("target dir").to_path_buf()
+    } else {
+        deps.to_path_buf()
+    }
+}
+
+/// Path of a workspace binary; fails with what to run when it is missing.
+pub fn workspace_bin(name: &str) -> Result<PathBuf> {
+    let path = bin_dir().join(name);
+    if !path.exists() {
+        bail!(
+            "{} not built; run the tests with `cargo xtask test` (it builds every binary first)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A running `lb-control` in a lab's node namespace. Dropping it kills the
+/// process (only it, by pid) and detaches the program, removing every pin.
+pub struct Balancer {
+    pub process: Option<LabProcess>,
+    pub config_path: PathBuf,
+    pub socket: PathBuf,
+    pub pin_dir: PathBuf,
+    pub work: PathBuf,
+    ns: String,
+}
+
+impl Balancer {
+    /// Writes `config` (TOML) and starts `lb-control run` in the node ns.
+    /// `config` may use `{pin_dir}` and `{socket}` placeholders.
+    pub fn start(lab: &Lab, config: &str) -> Result<Self> {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let tag = format!("lbt{}-{}-{n}", std::process::id(), lab.id);
+        let work = std::env::temp_dir().join(&tag);
+        std::fs::create_dir_all(&work)?;
+        let pin_dir = PathBuf::from("/sys/fs/bpf").join(&tag);
+        let socket = work.join("control.sock");
+        let mut b = Self {
+            process: None,
+            config_path: work.join("lb.toml"),
+            socket,
+            pin_dir,
+            work,
+            ns: lab.node.ns.name().to_string(),
+        };
+        b.write_config(config)?;
+        b.launch()?;
+        Ok(b)
+    }
+
+    /// Replaces the config file (placeholders filled in).
+    pub fn write_config(&self, config: &str) -> Result<()> {
+        let text = config
+            .replace("{pin_dir}", &self.pin_dir.display().to_string())
+            .replace("{socket}", &self.socket.display().to_string());
+        std::fs::write(&self.config_path, text)?;
+        Ok(())
+    }
+
+    /// Starts `lb-control run` in the node namespace (nsenter: the host's
+    /// mount namespace and its bpffs stay) and waits for it to be ready.
+    pub fn launch(&mut self) -> Result<()> {
+        let bin = workspace_bin("lb-control")?;
+        let mut cmd = std::process::Command::new("nsenter");
+        cmd.arg(format!("--net=/var/run/netns/{}", self.ns))
+            .arg("--")
+            .arg(bin)
+            .args(["run", "--config"])
+            .arg(&self.config_path);
+        let mut p = LabProcess::spawn(cmd, "lb-control".into())?;
+        p.wait_for_line("ready", Duration::from_secs(30))
+            .context("lb-control did not become ready")?;
+        self.process = Some(p);
+        Ok(())
+    }
+
+    /// kill -9 of the daemon (only our child).
+    pub fn kill9(&mut self) -> Result<()> {
+        if let Some(mut p) = self.process.take() {
+            p.kill()?;
+        }
+        Ok(())
+    }
+
+    /// `lbctl --json ARGS...`, parsed.
+    pub fn lbctl(&self, args: &[&str]) -> Result<serde_json::Value> {
+        let bin = workspace_bin("lbctl")?;
+        let out = std::process::Command::new(bin)
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--json")
+            .args(args)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "lbctl {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// Writes a new config and applies it with `lbctl config reload`.
+    pub fn reload(&self, config: &str) -> Result<serde_json::Value> {
+        self.write_config(config)?;
+        self.lbctl(&["config", "reload"])
+    }
+
+    /// A global counter by name (`pass`, `drop`, `error`, `tx`, ...).
+    pub fn counter(&self, name: &str) -> Result<u64> {
+        let stats = self.lbctl(&["stats"])?;
+        stats["global"]
+            .as_array()
+            .and_then(|a| {
+                a.iter()
+                    .find(|e| e[0].as_str() == Some(name))
+                    .and_then(|e| e[1].as_u64())
+            })
+            .ok_or_else(|| anyhow!("no counter {name} in {stats}"))
+    }
+
+    /// Program id attached to an interface in the node namespace.
+    pub fn attached_program_id(ns: &Netns, interface: &str) -> Result<Option<u32>> {
+        let out = ns.exec_stdout(&["ip", "-j", "link", "show", "dev", interface])?;
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        Ok(v[0]["xdp"]["prog"]["id"].as_u64().map(|id| id as u32))
+    }
+}
+
+impl Drop for Balancer {
+    fn drop(&mut self) {
+        let _ = self.kill9();
+        if let Ok(bin) = workspace_bin("lb-control") {
+            let path = PathBuf::from("/var/run/netns").join(&self.ns);
+            let _ = std::process::Command::new("nsenter")
+                .arg(format!("--net={}", path.display()))
+                .arg("--")
+                .arg(bin)
+                .args(["detach", "--config"])
+                .arg(&self.config_path)
+                .output();
+        }
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+        let _ = std::fs::remove_dir_all(&self.work);
+    }
+}
+
+/// One server in a predicted pool.
+#[derive(Debug, Clone)]
+pub struct PoolMember {
+    pub name: String,
+    pub address: IpAddr,
+    pub weight: u32,
+}
+
+/// The Maglev table a node builds for `members` (owner names per cell).
+pub fn predict_table(members: &[PoolMember], size: u32) -> Result<Vec<Option<String>>> {
+    let ids: Vec<Vec<u8>> = members
+        .iter()
+        .map(|m| match m.address {
+            IpAddr::V4(a) => a.octets().to_vec(),
+            IpAddr::V6(a) => a.octets().to_vec(),
+        })
+        .collect();
+    let list: Vec<maglev::Member<'_>> = members
+        .iter()
+        .zip(&ids)
+        .map(|(m, id)| maglev::Member {
+            identity: id,
+            weight: m.weight,
+        })
+        .collect();
+    let table = maglev::build_table(&list, size).map_err(|e| anyhow!("maglev: {e:?}"))?;
+    Ok(table
+        .into_iter()
+        .map(|c| (c != NO_BACKEND).then(|| members[c as usize].name.clone()))
+        .collect())
+}
+
+/// The server a new client → VIP TCP flow lands on.
+pub fn predict_flow(
+    table: &[Option<String>],
+    client: IpAddr,
+    sport: u16,
+    vip: IpAddr,
+    dport: u16,
+) -> Option<String> {
+    let key = match (client, vip) {
+        (IpAddr::V4(c), IpAddr::V4(v)) => {
+            FlowKey::new(&c.octets(), sport, &v.octets(), dport, lb_common::PROTO_TCP)
+        }
+        (IpAddr::V6(c), IpAddr::V6(v)) => {
+            FlowKey::new(&c.octets(), sport, &v.octets(), dport, lb_common::PROTO_TCP)
+        }
+        _ => return None,
+    };
+    let seed = std::env::var("DBG_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(LAB_SEED);
+    let h = flow_hash(&key, seed);
+    table[(h % table.len() as u32) as usize].clone()
+}
+
+/// Polls `f` until it returns true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    f()
+}
+
+/// Attaches the bare `xdp_pass` program to the lab's switch-side ports of
+/// the node (needed for `XDP_TX` / redirect on veth to reach the bridge).
+pub fn attach_peer_pass(lab: &mut Lab) -> Result<()> {
+    let bin = workspace_bin("lab-xdp-pass")?;
+    let mut ports = vec![lab.node.eth0.port.name.clone()];
+    if let Some(e1) = &lab.node.eth1 {
+        ports.push(e1.port.name.clone());
+    }
+    let mut args: Vec<&str> = vec![bin.to_str().unwrap_or("lab-xdp-pass")];
+    args.extend(ports.iter().map(String::as_str));
+    let mut p = lab.switch.spawn(&args)?;
+    p.wait_for_line("ready", Duration::from_secs(20))?;
+    lab.adopt("xdp-pass", p);
+    Ok(())
+}
+
+/// `Path` of a file in the balancer's work dir.
+pub fn work_file(b: &Balancer, name: &str) -> PathBuf {
+    Path::new(&b.work).join(name)
+}
