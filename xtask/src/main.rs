@@ -1,1 +1,183 @@
-fn main() {}
+//! `cargo xtask`: toolchain bootstrap, eBPF build, tests, demo, benchmarks.
+
+mod bench;
+mod demo;
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what the eBPF build needs (rust-src, bpf-linker), then build
+    /// the XDP object.
+    BuildEbpf,
+    /// Build everything and run every test (needs root for the kernel tests).
+    Test {
+        /// Extra arguments for `cargo test` (after `--`).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// A network-namespace lab: the balancer serving a VIP to real clients.
+    Demo,
+    /// Benchmarks: ns/packet, Maglev build, table write + verify.
+    Bench,
+    /// The benchmark itself (run by `bench` from a release build).
+    #[command(hide = true)]
+    BenchRun,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Task::BuildEbpf => build_ebpf(),
+        Task::Test { args } => test(&args),
+        Task::Demo => {
+            build_ebpf()?;
+            cargo(&["build", "--workspace", "--bins"])?;
+            demo::run(&root()?)
+        }
+        Task::Bench => {
+            build_ebpf()?;
+            // Timings of user-space code mean something only optimized.
+            cargo(&["run", "--release", "--quiet", "--package", "xtask", "--", "bench-run"])
+        }
+        Task::BenchRun => bench::run(&root()?),
+    }
+}
+
+/// The workspace root.
+pub fn root() -> Result<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    Ok(dir.parent().context("xtask has a parent")?.to_path_buf())
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn cargo(args: &[&str]) -> Result<()> {
+    run(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(args)
+        .current_dir(root()?))
+}
+
+fn have(cmd: &str, args: &[&str]) -> bool {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Where bpf-linker finds nightly's LLVM. bpf-linker keeps an rpath to this
+/// directory, so it must outlive the build: a stable place, not /tmp.
+fn llvm_dir() -> Result<PathBuf> {
+    let home = std::env::var("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|_| std::env::var("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .context("neither CARGO_HOME nor HOME is set")?;
+    Ok(home.join("xdplb-llvm"))
+}
+
+fn bootstrap() -> Result<()> {
+    if !have("rustup", &["run", "nightly", "rustc", "--version"]) {
+        bail!("the nightly toolchain is missing; install it with `rustup toolchain install nightly`");
+    }
+    let sysroot = String::from_utf8(
+        Command::new("rustup")
+            .args(["run", "nightly", "rustc", "--print", "sysroot"])
+            .output()?
+            .stdout,
+    )?;
+    let sysroot = PathBuf::from(sysroot.trim());
+    if !sysroot.join("lib/rustlib/src/rust/library").exists() {
+        eprintln!("xtask: installing rust-src for nightly");
+        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    }
+    // bpf-linker links nightly's own LLVM through an rpath to this
+    // directory; keep both the generic and the versioned name there.
+    let lib = std::fs::read_dir(sysroot.join("lib"))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libLLVM.so."))
+        })
+        .context("nightly ships no libLLVM.so.*; cannot build bpf-linker")?;
+    let dir = llvm_dir()?;
+    std::fs::create_dir_all(dir.join("lib"))?;
+    for name in [
+        std::ffi::OsString::from("libLLVM.so"),
+        lib.file_name().context("file name")?.to_owned(),
+    ] {
+        let link = dir.join("lib").join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&lib, &link)?;
+    }
+    if !have("bpf-linker", &["--version"]) {
+        eprintln!("xtask: installing bpf-linker 0.13.0 against {}", lib.display());
+        run(Command::new("cargo")
+            .args([
+                "install",
+                "--force",
+                "bpf-linker@0.13.0",
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ])
+            .env("LLVM_PREFIX", &dir))?;
+    }
+    ensure_bpffs();
+    Ok(())
+}
+
+/// Mounts bpffs when we can (root) and it is missing; the daemon does the
+/// same, tests rely on it.
+fn ensure_bpffs() {
+    let mounted = std::fs::read_to_string("/proc/mounts")
+        .is_ok_and(|m| m.lines().any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.starts_with("bpf ")));
+    if !mounted {
+        let _ = Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]).status();
+    }
+}
+
+fn build_ebpf() -> Result<()> {
+    bootstrap()?;
+    let root = root()?;
+    run(Command::new("rustup")
+        .args(["run", "nightly", "cargo", "build", "--release", "--bins"])
+        .arg("--target-dir")
+        .arg(root.join("target/bpf"))
+        .current_dir(root.join("lb-ebpf"))
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("CARGO"))?;
+    let object = root.join("target/bpf/bpfel-unknown-none/release/lb-ebpf");
+    eprintln!("xtask: XDP object at {}", object.display());
+    Ok(())
+}
+
+fn test(extra: &[String]) -> Result<()> {
+    build_ebpf()?;
+    // Every binary the end-to-end tests start (lb-control, lbctl, lab tools).
+    cargo(&["build", "--workspace", "--bins"])?;
+    let mut args: Vec<&str> = vec!["test", "--workspace", "--no-fail-fast"];
+    if !extra.is_empty() {
+        args.push("--");
+        args.extend(extra.iter().map(String::as_str));
+    }
+    cargo(&args)
+}

@@ -10,6 +10,7 @@
 pub mod grace;
 pub mod mmap;
 pub mod tables;
+pub mod testbed;
 
 use std::{
     collections::BTreeMap,

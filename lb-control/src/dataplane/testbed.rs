@@ -1,0 +1,284 @@
+//! A loaded, unattached XDP program with hand-filled maps, for
+//! `BPF_PROG_TEST_RUN` in the program tests and `cargo xtask bench`.
+//!
+//! Three services: IPv4 TCP VIP:80 over backends 0, 1, 2; IPv4 UDP VIP:53 on
+//! backend 3; IPv6 TCP VIP6:80 on backend 4. Tables have 13 cells cycling
+//! over their backends, so a flow's backend is easy to predict.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, PerCpuArray},
+    programs::{TestRun, TestRunOptions, Xdp},
+};
+use lb_common::{
+    BACKEND_ACTIVE, Backend, FlowEntry, FlowKey, NO_BACKEND, PROTO_TCP, PROTO_UDP, ServiceKey,
+    ServiceState, ServiceValue, TableCells, slot_base, table_stride,
+};
+
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+pub const SEED: u32 = 0x1234_5678;
+pub const MAX_SERVICES: u32 = 4;
+pub const MAX_TABLE: u32 = 13;
+pub const NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
+pub const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x100);
+pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+pub const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
+pub const LO_IFINDEX: u32 = 1;
+
+/// A loaded (not attached) program with one IPv4 TCP, one IPv4 UDP and one
+/// IPv6 TCP service.
+pub struct TestBed {
+    pub ebpf: Ebpf,
+}
+
+pub fn server_mac(i: u8) -> [u8; 6] {
+    [0x02, 0, 0, 0, 0x10, i]
+}
+
+impl TestBed {
+    pub fn new(bytes: &[u8]) -> Self {
+        let stride = table_stride(MAX_TABLE);
+        let mut ebpf = EbpfLoader::new()
+            .override_global("HASH_SEED", &SEED, true)
+            .override_global("TABLE_STRIDE", &stride, true)
+            .map_max_entries("SERVICES", MAX_SERVICES)
+            .map_max_entries("SERVICE_STATE", MAX_SERVICES)
+            .map_max_entries("TABLES", MAX_SERVICES * 2 * stride)
+            .map_max_entries("BACKENDS", 16)
+            .map_max_entries("FLOWS", 1024)
+            .map_max_entries("VIPS", MAX_SERVICES)
+            .map_max_entries("SERVICE_STATS", MAX_SERVICES)
+            .map_max_entries("BACKEND_STATS", 16)
+            .map_max_entries("BACKEND_LAST_SEEN", 16)
+            .load(bytes)
+            .expect("load object");
+        let program: &mut Xdp = ebpf
+            .program_mut("xdp_lb")
+            .expect("xdp_lb")
+            .try_into()
+            .expect("xdp");
+        program.load().expect("verifier accepts xdp_lb");
+        let mut h = Self { ebpf };
+        h.add_service(0, ServiceKey::new(&VIP.octets(), 80, PROTO_TCP), &[0, 1, 2]);
+        h.add_service(1, ServiceKey::new(&VIP.octets(), 53, PROTO_UDP), &[3]);
+        h.add_service(2, ServiceKey::new(&VIP6.octets(), 80, PROTO_TCP), &[4]);
+        for (i, svc) in [(0u32, 0u32), (1, 0), (2, 0), (3, 1), (4, 2)] {
+            h.set_backend(i, svc, BACKEND_ACTIVE, 0);
+        }
+        let mut vips: HashMap<_, ServiceKey, u32> =
+            HashMap::try_from(h.ebpf.map_mut("VIPS").expect("VIPS")).expect("VIPS");
+        for addr in [&VIP.octets()[..], &VIP6.octets()[..]] {
+            let mut k = ServiceKey::new(addr, 0, 0);
+            k.port = [0, 0];
+            vips.insert(k, 1, 0).expect("vip");
+        }
+        h
+    }
+
+    /// A service whose table (size 13, slot 1) cycles over `backends`.
+    pub fn add_service(&mut self, index: u32, key: ServiceKey, backends: &[u32]) {
+        let stride = table_stride(MAX_TABLE);
+        let mut tables: Array<_, TableCells> =
+            Array::try_from(self.ebpf.map_mut("TABLES").expect("TABLES")).expect("TABLES");
+        let base = slot_base(index, 1, stride);
+        for e in 0..stride {
+            let mut cells = [NO_BACKEND; 4];
+            for (lane, cell) in cells.iter_mut().enumerate() {
+                let pos = e * 4 + lane as u32;
+                if pos < MAX_TABLE {
+                    *cell = backends[pos as usize % backends.len()] as u16;
+                }
+            }
+            tables.set(base + e, cells, 0).expect("table");
+        }
+        let mut states: Array<_, ServiceState> =
+            Array::try_from(self.ebpf.map_mut("SERVICE_STATE").expect("STATE")).expect("STATE");
+        states
+            .set(
+                index,
+                ServiceState {
+                    active: 1,
+                    size: [0, MAX_TABLE],
+                    generation: 1,
+                },
+                0,
+            )
+            .expect("state");
+        let mut services: HashMap<_, ServiceKey, ServiceValue> =
+            HashMap::try_from(self.ebpf.map_mut("SERVICES").expect("SERVICES")).expect("SERVICES");
+        services
+            .insert(key, ServiceValue { index, flags: 0 }, 0)
+            .expect("service");
+    }
+
+    pub fn set_backend(&mut self, index: u32, service: u32, state: u32, flags: u32) {
+        let mut backends: Array<_, Backend> =
+            Array::try_from(self.ebpf.map_mut("BACKENDS").expect("BACKENDS")).expect("BACKENDS");
+        let mut record = backends.get(&index, 0).expect("backend");
+        record.dst_mac = server_mac(index as u8);
+        record.src_mac = NODE_MAC;
+        record.ifindex = LO_IFINDEX;
+        record.state = state;
+        record.flags = flags;
+        record.service = service;
+        if record.incarnation == 0 {
+            record.incarnation = 100 + index;
+        }
+        backends.set(index, record, 0).expect("backend");
+    }
+
+    pub fn bump_incarnation(&mut self, index: u32) {
+        let mut backends: Array<_, Backend> =
+            Array::try_from(self.ebpf.map_mut("BACKENDS").expect("BACKENDS")).expect("BACKENDS");
+        let mut record = backends.get(&index, 0).expect("backend");
+        record.incarnation += 1000;
+        backends.set(index, record, 0).expect("backend");
+    }
+
+    /// Runs one frame; returns the action and the frame as it left.
+    pub fn run(&self, frame: &[u8]) -> (u32, Vec<u8>) {
+        let program: &Xdp = self
+            .ebpf
+            .program("xdp_lb")
+            .expect("xdp_lb")
+            .try_into()
+            .expect("xdp");
+        let mut out = vec![0u8; frame.len() + 256];
+        // xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
+        let mut ctx = [0u8; 24];
+        ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+        ctx[12..16].copy_from_slice(&LO_IFINDEX.to_ne_bytes());
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
+                ..Default::default()
+            })
+            .expect("test run");
+        out.truncate(result.data_size_out as usize);
+        (result.return_value, out)
+    }
+
+    pub fn counter(&self, index: u32) -> u64 {
+        let stats: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.ebpf.map("GLOBAL_STATS").expect("GLOBAL")).expect("GLOBAL");
+        stats.get(&index, 0).expect("counter").iter().sum()
+    }
+
+    pub fn flow(&self, key: &FlowKey) -> Option<FlowEntry> {
+        let flows: HashMap<_, FlowKey, FlowEntry> =
+            HashMap::try_from(self.ebpf.map("FLOWS").expect("FLOWS")).expect("FLOWS");
+        flows.get(key, 0).ok()
+    }
+
+    pub fn backend_counters(&self, index: u32) -> (u64, u64, u64) {
+        let stats: PerCpuArray<_, lb_common::Counters> =
+            PerCpuArray::try_from(self.ebpf.map("BACKEND_STATS").expect("STATS")).expect("STATS");
+        stats.get(&index, 0).expect("stats").iter().fold((0, 0, 0), |a, c| {
+            (a.0 + c.packets, a.1 + c.bytes, a.2 + c.new_flows)
+        })
+    }
+}
+
+
+impl TestBed {
+    /// Runs `frame` `repeat` times in the kernel; returns the average time
+    /// per run as the kernel measured it.
+    pub fn time(&self, frame: &[u8], repeat: u32) -> std::time::Duration {
+        let program: &Xdp = self
+            .ebpf
+            .program("xdp_lb")
+            .expect("xdp_lb")
+            .try_into()
+            .expect("xdp");
+        run_timed(program, frame, repeat)
+    }
+}
+
+/// Average kernel time of `repeat` runs of any XDP program on `frame`.
+pub fn run_timed(program: &Xdp, frame: &[u8], repeat: u32) -> std::time::Duration {
+    let mut out = vec![0u8; frame.len() + 256];
+    let result = program
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            repeat,
+            ..Default::default()
+        })
+        .expect("test run");
+    result.duration
+}
+
+/// Frame builders.
+pub mod frames {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use super::{CLIENT_MAC, NODE_MAC};
+
+pub fn eth(ethertype: u16) -> Vec<u8> {
+        let mut f = Vec::new();
+        f.extend_from_slice(&NODE_MAC);
+        f.extend_from_slice(&CLIENT_MAC);
+        f.extend_from_slice(&ethertype.to_be_bytes());
+        f
+    }
+    
+    pub fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, options: &[u8], frag: u16, payload: &[u8]) -> Vec<u8> {
+        let mut f = eth(0x0800);
+        let ihl = 5 + options.len() / 4;
+        let total = (ihl * 4 + payload.len()) as u16;
+        f.push(0x40 | ihl as u8);
+        f.push(0);
+        f.extend_from_slice(&total.to_be_bytes());
+        f.extend_from_slice(&[0, 1]);
+        f.extend_from_slice(&frag.to_be_bytes());
+        f.push(64);
+        f.push(proto);
+        f.extend_from_slice(&[0, 0]);
+        f.extend_from_slice(&src.octets());
+        f.extend_from_slice(&dst.octets());
+        f.extend_from_slice(options);
+        f.extend_from_slice(payload);
+        f
+    }
+    
+    pub fn ipv6(src: Ipv6Addr, dst: Ipv6Addr, next: u8, payload: &[u8]) -> Vec<u8> {
+        let mut f = eth(0x86dd);
+        f.extend_from_slice(&[0x60, 0, 0, 0]);
+        f.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        f.push(next);
+        f.push(64);
+        f.extend_from_slice(&src.octets());
+        f.extend_from_slice(&dst.octets());
+        f.extend_from_slice(payload);
+        f
+    }
+    
+    pub fn tcp(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+        let mut t = Vec::new();
+        t.extend_from_slice(&sport.to_be_bytes());
+        t.extend_from_slice(&dport.to_be_bytes());
+        t.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+        t.extend_from_slice(b"hello");
+        t
+    }
+    
+    pub fn udp(sport: u16, dport: u16) -> Vec<u8> {
+        let mut u = Vec::new();
+        u.extend_from_slice(&sport.to_be_bytes());
+        u.extend_from_slice(&dport.to_be_bytes());
+        u.extend_from_slice(&[0, 12, 0, 0]);
+        u.extend_from_slice(b"ping");
+        u
+    }
+    
+    pub const SYN: u8 = 0x02;
+    pub const ACK: u8 = 0x10;
+}
