@@ -27,11 +27,21 @@ fn main() {
     } else {
         build(&ebpf_dir, &target_dir, &[]);
         // The first release's flow-entry layout, for the upgrade test.
-        build(&ebpf_dir, &root.join("target/bpf-legacy"), &["--features", "legacy-flow-entry"]);
+        build(
+            &ebpf_dir,
+            &root.join("target/bpf-legacy"),
+            &["--features", "legacy-flow-entry"],
+        );
         target_dir.join("bpfel-unknown-none/release")
     };
-    println!("cargo:rustc-env=LB_EBPF_OBJECT={}", dir.join("lb-ebpf").display());
-    println!("cargo:rustc-env=LB_EBPF_FLOOR_OBJECT={}", dir.join("xdp-floor").display());
+    println!(
+        "cargo:rustc-env=LB_EBPF_OBJECT={}",
+        dir.join("lb-ebpf").display()
+    );
+    println!(
+        "cargo:rustc-env=LB_EBPF_FLOOR_OBJECT={}",
+        dir.join("xdp-floor").display()
+    );
     let legacy = root.join("target/bpf-legacy/bpfel-unknown-none/release/lb-ebpf");
     println!("cargo:rustc-env=LB_EBPF_LEGACY_OBJECT={}", legacy.display());
 }

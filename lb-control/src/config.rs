@@ -351,7 +351,9 @@ impl Config {
                         ),
                     ));
                 }
-                backends += 1;
+                if srv.state != ServerState::Free {
+                    backends += 1;
+                }
             }
         }
         if backends > limits.max_backends as u64 {

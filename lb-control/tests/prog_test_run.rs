@@ -85,8 +85,16 @@ fn established_flow_sticks_draining_keeps_down_rehashes() {
     // Draining: established packets still go to it, a new SYN does not.
     h.set_backend(first, 0, BACKEND_DRAINING, 0);
     assert_eq!(h.run(&ack).1[..6], server_mac(first as u8));
-    assert_eq!(h.run(&syn).1[..6], server_mac(other as u8), "SYN re-hashed away from draining");
-    assert_eq!(h.flow(&key).expect("entry").backend, other, "re-hash overwrites the entry");
+    assert_eq!(
+        h.run(&syn).1[..6],
+        server_mac(other as u8),
+        "SYN re-hashed away from draining"
+    );
+    assert_eq!(
+        h.flow(&key).expect("entry").backend,
+        other,
+        "re-hash overwrites the entry"
+    );
 
     // Down: established flows are re-hashed.
     let key2 = v4_key(41001, 80, PROTO_TCP);
@@ -162,14 +170,29 @@ fn non_vip_traffic_passes_untouched() {
     let icmp_echo = ipv4(CLIENT, VIP, 1, &[], 0, &[8, 0, 0, 0, 0, 1, 0, 1]);
     let frames = [
         ("arp", arp),
-        ("host tcp", ipv4(CLIENT, other, PROTO_TCP, &[], 0, &tcp(1000, 22, SYN))),
-        ("other port on vip", ipv4(CLIENT, VIP, PROTO_TCP, &[], 0, &tcp(1000, 22, SYN))),
-        ("udp to host", ipv4(CLIENT, other, PROTO_UDP, &[], 0, &udp(1, 53))),
+        (
+            "host tcp",
+            ipv4(CLIENT, other, PROTO_TCP, &[], 0, &tcp(1000, 22, SYN)),
+        ),
+        (
+            "other port on vip",
+            ipv4(CLIENT, VIP, PROTO_TCP, &[], 0, &tcp(1000, 22, SYN)),
+        ),
+        (
+            "udp to host",
+            ipv4(CLIENT, other, PROTO_UDP, &[], 0, &udp(1, 53)),
+        ),
         ("icmp echo to vip", icmp_echo),
         ("vlan", vlan),
         ("unknown ethertype", unknown),
-        ("ipv6 host", ipv6(CLIENT6, Ipv6Addr::LOCALHOST, PROTO_TCP, &tcp(1, 80, SYN))),
-        ("fragment to host", ipv4(CLIENT, other, PROTO_UDP, &[], 0x2000, &udp(1, 53))),
+        (
+            "ipv6 host",
+            ipv6(CLIENT6, Ipv6Addr::LOCALHOST, PROTO_TCP, &tcp(1, 80, SYN)),
+        ),
+        (
+            "fragment to host",
+            ipv4(CLIENT, other, PROTO_UDP, &[], 0x2000, &udp(1, 53)),
+        ),
     ];
     for (what, frame) in &frames {
         let (action, out) = h.run(frame);
@@ -200,7 +223,14 @@ fn truncated_and_odd_frames_never_forward() {
     assert_eq!(h.counter(global::TX), 0);
 
     // IPv4 options are skipped correctly: same flow as without them.
-    let with_options = ipv4(CLIENT, VIP, PROTO_TCP, &[1, 1, 1, 0, 7, 4, 0, 0], 0, &tcp(43001, 80, SYN));
+    let with_options = ipv4(
+        CLIENT,
+        VIP,
+        PROTO_TCP,
+        &[1, 1, 1, 0, 7, 4, 0, 0],
+        0,
+        &tcp(43001, 80, SYN),
+    );
     let (action, out) = h.run(&with_options);
     assert_eq!(action, XDP_TX);
     let backend = expected_backend(&v4_key(43001, 80, PROTO_TCP), &[0, 1, 2]);
@@ -239,7 +269,12 @@ fn icmp_too_big_follows_its_flow() {
     let quoted6 = ipv6(VIP6, CLIENT6, PROTO_TCP, &tcp(80, 44001, ACK));
     let mut icmp6 = vec![2, 0, 0, 0, 0, 0, 0x05, 0x00];
     icmp6.extend_from_slice(&quoted6[14..14 + 48]);
-    let frame6 = ipv6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0xfe), VIP6, 58, &icmp6);
+    let frame6 = ipv6(
+        Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0xfe),
+        VIP6,
+        58,
+        &icmp6,
+    );
     let (action, out) = h.run(&frame6);
     assert_eq!(action, XDP_TX);
     assert_eq!(out[..6], server_mac(4));

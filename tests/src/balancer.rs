@@ -225,8 +225,7 @@ pub fn predict_flow(
         }
         _ => return None,
     };
-    let seed = std::env::var("DBG_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(LAB_SEED);
-    let h = flow_hash(&key, seed);
+    let h = flow_hash(&key, LAB_SEED);
     table[(h % table.len() as u32) as usize].clone()
 }
 

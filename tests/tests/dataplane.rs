@@ -5,8 +5,9 @@ use std::{fmt::Write as _, net::IpAddr};
 
 use anyhow::Result;
 use lb_tests::{
-    BurstOpts, HoldSession, Lab, require_root, run_burst, run_udp,
+    BurstOpts, HoldSession, Lab,
     balancer::{Balancer, LAB_SEED, PoolMember, attach_peer_pass, predict_flow, predict_table},
+    require_root, run_burst, run_udp,
 };
 
 const SERVER: &str = env!("CARGO_BIN_EXE_lab-server");
@@ -22,7 +23,13 @@ struct Srv<'a> {
     services: &'a [&'a str],
 }
 
-fn config(lab: &Lab, interfaces: &[&str], table_size: u32, servers: &[Srv<'_>], extra: &str) -> String {
+fn config(
+    lab: &Lab,
+    interfaces: &[&str],
+    table_size: u32,
+    servers: &[Srv<'_>],
+    extra: &str,
+) -> String {
     let mut c = String::new();
     let ifs: Vec<String> = interfaces.iter().map(|i| format!("\"{i}\"")).collect();
     writeln!(
@@ -31,8 +38,15 @@ fn config(lab: &Lab, interfaces: &[&str], table_size: u32, servers: &[Srv<'_>], 
         ifs.join(", ")
     )
     .ok();
-    writeln!(c, "[limits]\nmax_services = 8\nmax_backends = 64\nflow_table_size = 65536\n").ok();
-    for (name, vip) in [("web", lab.vip4().to_string()), ("web6", lab.vip6().to_string())] {
+    writeln!(
+        c,
+        "[limits]\nmax_services = 8\nmax_backends = 64\nflow_table_size = 65536\n"
+    )
+    .ok();
+    for (name, vip) in [
+        ("web", lab.vip4().to_string()),
+        ("web6", lab.vip6().to_string()),
+    ] {
         writeln!(
             c,
             "[[service]]\nname = \"{name}\"\nvip = \"{vip}\"\nport = {PORT}\ntable_size = {table_size}\n"
@@ -61,7 +75,11 @@ fn config(lab: &Lab, interfaces: &[&str], table_size: u32, servers: &[Srv<'_>], 
     c
 }
 
-fn v4_servers<'a>(lab: &Lab, weights: &[u32], states: &[&'a str]) -> Vec<(String, IpAddr, u32, &'a str)> {
+fn v4_servers<'a>(
+    lab: &Lab,
+    weights: &[u32],
+    states: &[&'a str],
+) -> Vec<(String, IpAddr, u32, &'a str)> {
     lab.servers
         .iter()
         .zip(weights)
@@ -70,7 +88,10 @@ fn v4_servers<'a>(lab: &Lab, weights: &[u32], states: &[&'a str]) -> Vec<(String
         .collect()
 }
 
-fn srv_list<'a>(list: &'a [(String, IpAddr, u32, &'a str)], services: &'a [&'a str]) -> Vec<Srv<'a>> {
+fn srv_list<'a>(
+    list: &'a [(String, IpAddr, u32, &'a str)],
+    services: &'a [&'a str],
+) -> Vec<Srv<'a>> {
     list.iter()
         .map(|(n, a, w, st)| Srv {
             name: n,
@@ -121,12 +142,19 @@ fn weighted_spread_direct_return_and_host_traffic() -> Result<()> {
     // route back and does not forward, so every reply went server → client.
     let forwarding = lab.node.ns.read_sysctl("net.ipv4.ip_forward")?;
     assert_eq!(forwarding.trim(), "0");
-    assert!(bal.counter("tx")? >= 3000 * 3, "every connection sends ≥ 3 packets through XDP_TX");
+    assert!(
+        bal.counter("tx")? >= 3000 * 3,
+        "every connection sends ≥ 3 packets through XDP_TX"
+    );
     assert_eq!(bal.counter("drop")?, 0);
     assert_eq!(bal.counter("error")?, 0);
 
     // UDP to the same VIP, another service.
-    let udp = run_udp(&lab.client.ns, CLIENT, &BurstOpts::new(lab.vip4_addr(53), 200))?;
+    let udp = run_udp(
+        &lab.client.ns,
+        CLIENT,
+        &BurstOpts::new(lab.vip4_addr(53), 200),
+    )?;
     assert_eq!(udp.failed, 0, "{:?}", udp.errors);
     assert_eq!(udp.by_server.len(), 3, "{:?}", udp.by_server);
 
@@ -154,7 +182,11 @@ fn ipv6_vip() -> Result<()> {
         .collect();
     let servers = srv_list(&list, &["web6"]);
     let _bal = Balancer::start(&lab, &config(&lab, &["eth0"], 65537, &servers, ""))?;
-    let report = run_burst(&lab.client.ns, CLIENT, &BurstOpts::new(lab.vip6_addr(PORT), 400))?;
+    let report = run_burst(
+        &lab.client.ns,
+        CLIENT,
+        &BurstOpts::new(lab.vip6_addr(PORT), 400),
+    )?;
     assert_eq!(report.failed, 0, "{:?}", report.errors);
     assert_eq!(report.by_server.len(), 2, "{:?}", report.by_server);
     Ok(())
@@ -166,11 +198,18 @@ fn server_behind_second_port_via_redirect() -> Result<()> {
         return Ok(());
     }
     let lab = lab_with_servers(1, true)?;
-    let r1 = lab.redirect_server.as_ref().expect("second port lab has r1");
+    let r1 = lab
+        .redirect_server
+        .as_ref()
+        .expect("second port lab has r1");
     let list = vec![("r1".to_string(), IpAddr::V4(r1.eth0.v4), 1, "allocated")];
     let servers = srv_list(&list, &["web"]);
     let bal = Balancer::start(&lab, &config(&lab, &["eth0", "eth1"], 65537, &servers, ""))?;
-    let report = run_burst(&lab.client.ns, CLIENT, &BurstOpts::new(lab.vip4_addr(PORT), 100))?;
+    let report = run_burst(
+        &lab.client.ns,
+        CLIENT,
+        &BurstOpts::new(lab.vip4_addr(PORT), 100),
+    )?;
     assert_eq!(report.failed, 0, "{:?}", report.errors);
     assert_eq!(report.by_server.get("r1"), Some(&100));
     assert!(bal.counter("redirect")? >= 300, "XDP_REDIRECT used");
@@ -184,7 +223,10 @@ fn pool_changes_keep_established_and_draining_gets_no_new_flows() -> Result<()> 
     }
     let lab = lab_with_servers(3, false)?;
     let two = v4_servers(&lab, &[1, 1], &["allocated"; 2]);
-    let bal = Balancer::start(&lab, &config(&lab, &["eth0"], 65537, &srv_list(&two, &["web"]), ""))?;
+    let bal = Balancer::start(
+        &lab,
+        &config(&lab, &["eth0"], 65537, &srv_list(&two, &["web"]), ""),
+    )?;
 
     let mut hold = HoldSession::start(&lab.client.ns, CLIENT, lab.vip4_addr(PORT), 40, 20000)?;
     let first: Vec<Option<String>> = hold.conns.iter().map(|c| c.server.clone()).collect();
@@ -192,14 +234,26 @@ fn pool_changes_keep_established_and_draining_gets_no_new_flows() -> Result<()> 
 
     // Add s3: existing connections stay where they are.
     let three = v4_servers(&lab, &[1, 1, 1], &["allocated"; 3]);
-    bal.reload(&config(&lab, &["eth0"], 65537, &srv_list(&three, &["web"]), ""))?;
+    bal.reload(&config(
+        &lab,
+        &["eth0"],
+        65537,
+        &srv_list(&three, &["web"]),
+        "",
+    ))?;
     let ping = hold.ping()?;
     assert_eq!(ping.dead, 0, "{ping:?}");
     assert_eq!(ping.servers, first);
 
     // Remove s2 (down: its flows are re-hashed, they die); the others live on.
     let without_s2 = v4_servers(&lab, &[1, 1, 1], &["allocated", "down", "allocated"]);
-    bal.reload(&config(&lab, &["eth0"], 65537, &srv_list(&without_s2, &["web"]), ""))?;
+    bal.reload(&config(
+        &lab,
+        &["eth0"],
+        65537,
+        &srv_list(&without_s2, &["web"]),
+        "",
+    ))?;
     let ping = hold.ping()?;
     for (i, server) in first.iter().enumerate() {
         if server.as_deref() != Some("s2") {
@@ -209,16 +263,35 @@ fn pool_changes_keep_established_and_draining_gets_no_new_flows() -> Result<()> 
 
     // Drain s1: its connections live, new ones avoid it.
     let draining = v4_servers(&lab, &[1, 1, 1], &["draining", "down", "allocated"]);
-    bal.reload(&config(&lab, &["eth0"], 65537, &srv_list(&draining, &["web"]), ""))?;
+    bal.reload(&config(
+        &lab,
+        &["eth0"],
+        65537,
+        &srv_list(&draining, &["web"]),
+        "",
+    ))?;
     let ping = hold.ping()?;
     for (i, server) in first.iter().enumerate() {
         if server.as_deref() == Some("s1") {
-            assert_eq!(ping.servers[i].as_deref(), Some("s1"), "draining s1 lost connection {i}");
+            assert_eq!(
+                ping.servers[i].as_deref(),
+                Some("s1"),
+                "draining s1 lost connection {i}"
+            );
         }
     }
-    let burst = run_burst(&lab.client.ns, CLIENT, &BurstOpts::new(lab.vip4_addr(PORT), 300))?;
+    let burst = run_burst(
+        &lab.client.ns,
+        CLIENT,
+        &BurstOpts::new(lab.vip4_addr(PORT), 300),
+    )?;
     assert_eq!(burst.failed, 0, "{:?}", burst.errors);
-    assert_eq!(burst.by_server.get("s1"), None, "draining server got new flows: {:?}", burst.by_server);
+    assert_eq!(
+        burst.by_server.get("s1"),
+        None,
+        "draining server got new flows: {:?}",
+        burst.by_server
+    );
     assert_eq!(burst.by_server.get("s3"), Some(&300));
     hold.quit()?;
     Ok(())
@@ -231,33 +304,41 @@ fn restart_keeps_program_and_flows() -> Result<()> {
     }
     let lab = lab_with_servers(3, false)?;
     let two = v4_servers(&lab, &[1, 1], &["allocated"; 2]);
-    let mut bal = Balancer::start(&lab, &config(&lab, &["eth0"], 251, &srv_list(&two, &["web"]), ""))?;
+    let mut bal = Balancer::start(
+        &lab,
+        &config(&lab, &["eth0"], 251, &srv_list(&two, &["web"]), ""),
+    )?;
     let id_before = Balancer::attached_program_id(&lab.node.ns, "eth0")?;
     assert!(id_before.is_some());
 
-    {
-        let members0: Vec<PoolMember> = two.iter().map(|(n, a, w, _)| PoolMember { name: n.clone(), address: *a, weight: *w }).collect();
-        let t0 = predict_table(&members0, 251)?;
-        let burst = run_burst(&lab.client.ns, CLIENT, &BurstOpts::new(lab.vip4_addr(PORT), 50).src_port_start(23000))?;
-        let client = IpAddr::V4(lab.client.eth0.v4);
-        let vip = IpAddr::V4(lab.vip4());
-        let bad: Vec<_> = burst.by_port.iter().filter(|(p, s)| predict_flow(&t0, client, **p, vip, PORT) != Some((*s).clone())).collect();
-        eprintln!("DEBUG initial: {} of {} mismatched: {:?}", bad.len(), burst.by_port.len(), &bad[..bad.len().min(5)]);
-    }
     let mut hold = HoldSession::start(&lab.client.ns, CLIENT, lab.vip4_addr(PORT), 30, 21000)?;
     let first: Vec<Option<String>> = hold.conns.iter().map(|c| c.server.clone()).collect();
 
     bal.kill9()?;
-    assert_eq!(Balancer::attached_program_id(&lab.node.ns, "eth0")?, id_before);
+    assert_eq!(
+        Balancer::attached_program_id(&lab.node.ns, "eth0")?,
+        id_before
+    );
     let ping = hold.ping()?;
-    assert_eq!(ping.dead, 0, "traffic stopped while the daemon was down: {ping:?}");
-    let down = run_burst(&lab.client.ns, CLIENT, &BurstOpts::new(lab.vip4_addr(PORT), 50))?;
+    assert_eq!(
+        ping.dead, 0,
+        "traffic stopped while the daemon was down: {ping:?}"
+    );
+    let down = run_burst(
+        &lab.client.ns,
+        CLIENT,
+        &BurstOpts::new(lab.vip4_addr(PORT), 50),
+    )?;
     assert_eq!(down.failed, 0, "{:?}", down.errors);
 
     // Change the pool while it is down so held flows' cells change owner.
     let members = |list: &[(String, IpAddr, u32, &str)]| -> Vec<PoolMember> {
         list.iter()
-            .map(|(n, a, w, _)| PoolMember { name: n.clone(), address: *a, weight: *w })
+            .map(|(n, a, w, _)| PoolMember {
+                name: n.clone(),
+                address: *a,
+                weight: *w,
+            })
             .collect()
     };
     let three = v4_servers(&lab, &[1, 1, 4], &["allocated"; 3]);
@@ -270,13 +351,26 @@ fn restart_keeps_program_and_flows() -> Result<()> {
         .filter(|c| predict_flow(&new_table, client, c.port, vip, PORT) != c.server)
         .count();
     assert!(moved > 0, "the new pool must move some held flows' cells");
-    bal.write_config(&config(&lab, &["eth0"], 251, &srv_list(&three, &["web"]), ""))?;
+    bal.write_config(&config(
+        &lab,
+        &["eth0"],
+        251,
+        &srv_list(&three, &["web"]),
+        "",
+    ))?;
     bal.launch()?;
 
-    assert_eq!(Balancer::attached_program_id(&lab.node.ns, "eth0")?, id_before, "program replaced on restart");
+    assert_eq!(
+        Balancer::attached_program_id(&lab.node.ns, "eth0")?,
+        id_before,
+        "program replaced on restart"
+    );
     let ping = hold.ping()?;
     assert_eq!(ping.dead, 0, "{ping:?}");
-    assert_eq!(ping.servers, first, "{moved} held flows' cells moved; the flows must not");
+    assert_eq!(
+        ping.servers, first,
+        "{moved} held flows' cells moved; the flows must not"
+    );
 
     let burst = run_burst(
         &lab.client.ns,
@@ -289,5 +383,298 @@ fn restart_keeps_program_and_flows() -> Result<()> {
         assert_eq!(Some(server.clone()), want, "new flow from port {port}");
     }
     hold.quit()?;
+    Ok(())
+}
+
+/// Under continuous traffic, switch 1000 times between three pools that
+/// reuse backend indexes for different servers and differ in table size.
+/// Every connection must land on its flow's owner under one of the pools in
+/// force while it ran, none may fail, and nothing may be dropped.
+#[test]
+fn atomic_pool_switches_under_traffic() -> Result<()> {
+    if !require_root("atomic_pool_switches_under_traffic") {
+        return Ok(());
+    }
+    use std::{
+        sync::{
+            Arc, Mutex,
+            atomic::{AtomicBool, Ordering},
+        },
+        time::Instant,
+    };
+    let lab = lab_with_servers(6, false)?;
+    let all: Vec<(String, IpAddr)> = lab
+        .servers
+        .iter()
+        .map(|h| (h.name.clone(), IpAddr::V4(h.eth0.v4)))
+        .collect();
+    // Pool k: servers 2k and 2k+1, table size sizes[k].
+    let sizes = [251u32, 257, 263];
+    let pool_config = |k: usize| -> String {
+        let list: Vec<(String, IpAddr, u32, &str)> = all
+            .iter()
+            .enumerate()
+            .map(|(i, (n, a))| {
+                (
+                    n.clone(),
+                    *a,
+                    1,
+                    if i / 2 == k { "allocated" } else { "free" },
+                )
+            })
+            .collect();
+        config(&lab, &["eth0"], sizes[k], &srv_list(&list, &["web"]), "")
+            .replace("max_backends = 64", "max_backends = 4")
+    };
+    let tables: Vec<Vec<Option<String>>> = (0..3)
+        .map(|k| {
+            let members: Vec<PoolMember> = all[2 * k..2 * k + 2]
+                .iter()
+                .map(|(n, a)| PoolMember {
+                    name: n.clone(),
+                    address: *a,
+                    weight: 1,
+                })
+                .collect();
+            predict_table(&members, sizes[k])
+        })
+        .collect::<Result<_>>()?;
+    let bal = Balancer::start(&lab, &pool_config(0))?;
+
+    // Pool history: (time it took effect, pool).
+    let history = Arc::new(Mutex::new(vec![(Instant::now(), 0usize)]));
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = IpAddr::V4(lab.client.eth0.v4);
+    let vip = IpAddr::V4(lab.vip4());
+    let target = lab.vip4_addr(PORT);
+    let ns_name = lab.client.ns.name().to_string();
+    let traffic = {
+        let stop = stop.clone();
+        std::thread::spawn(
+            move || -> Result<(u64, u64, Vec<(Instant, Instant, lb_tests::BurstReport)>)> {
+                let mut rounds = Vec::new();
+                let (mut ok, mut failed) = (0, 0);
+                let mut port = 10000u16;
+                while !stop.load(Ordering::Relaxed) {
+                    let started = Instant::now();
+                    let out = std::process::Command::new("nsenter")
+                        .arg(format!("--net=/var/run/netns/{ns_name}"))
+                        .args([
+                            "--",
+                            CLIENT,
+                            "burst",
+                            "--target",
+                            &target.to_string(),
+                            "--count",
+                            "200",
+                            "--concurrency",
+                            "8",
+                            "--timeout-ms",
+                            "3000",
+                            "--src-port-start",
+                            &port.to_string(),
+                        ])
+                        .output()?;
+                    let report: lb_tests::BurstReport = serde_json::from_slice(&out.stdout)?;
+                    ok += report.ok;
+                    failed += report.failed;
+                    rounds.push((started, Instant::now(), report));
+                    port = if port > 30000 { 10000 } else { port + 200 };
+                }
+                Ok((ok, failed, rounds))
+            },
+        )
+    };
+
+    let switches = 1000;
+    for i in 1..=switches {
+        let k = i % 3;
+        bal.reload(&pool_config(k))?;
+        history
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?
+            .push((Instant::now(), k));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed, rounds) = traffic
+        .join()
+        .map_err(|_| anyhow::anyhow!("traffic thread panicked"))??;
+    let history = history
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .clone();
+
+    assert_eq!(failed, 0, "connections failed during pool switches");
+    assert!(ok > 1000, "too little traffic during the switches: {ok}");
+    let mut checked = 0;
+    for (start, end, report) in &rounds {
+        // Pools in force at any time during this round (the one before it
+        // started included: the reload ack comes after the flip).
+        let first = history.iter().rposition(|(t, _)| t <= start).unwrap_or(0);
+        let last = history.iter().rposition(|(t, _)| t <= end).unwrap_or(0);
+        let pools: Vec<usize> = history
+            [first.saturating_sub(1)..=(last + 1).min(history.len() - 1)]
+            .iter()
+            .map(|(_, k)| *k)
+            .collect();
+        for (port, server) in &report.by_port {
+            let owners: Vec<Option<String>> = pools
+                .iter()
+                .map(|k| predict_flow(&tables[*k], client, *port, vip, PORT))
+                .collect();
+            assert!(
+                owners.contains(&Some(server.clone())),
+                "port {port} reached {server}; owners under pools {pools:?} are {owners:?}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 1000);
+    assert_eq!(bal.counter("drop")?, 0);
+    assert_eq!(bal.counter("error")?, 0);
+    eprintln!("{switches} switches, {ok} connections checked against lb-common, 0 failed");
+    Ok(())
+}
+
+/// A node running the first release's build (older flow-entry layout) is
+/// upgraded to this build while connections are open: the program is
+/// replaced in place through its pinned link and the flow table migrated,
+/// so connections whose Maglev cells changed owner keep their server.
+#[test]
+fn upgrade_migrates_flow_table() -> Result<()> {
+    if !require_root("upgrade_migrates_flow_table") {
+        return Ok(());
+    }
+    let legacy = lb_control::dataplane::LEGACY_PROGRAM_PATH;
+    assert!(
+        std::path::Path::new(legacy).exists(),
+        "legacy XDP object missing at {legacy}; lb-control's build script builds it"
+    );
+    let lab = lab_with_servers(3, false)?;
+    let two = v4_servers(&lab, &[1, 1], &["allocated"; 2]);
+    let old_build = format!("program = \"{legacy}\"\n");
+    let mut bal = Balancer::start(
+        &lab,
+        &config(&lab, &["eth0"], 251, &srv_list(&two, &["web"]), &old_build),
+    )?;
+    let id_old = Balancer::attached_program_id(&lab.node.ns, "eth0")?;
+    let mut hold = HoldSession::start(&lab.client.ns, CLIENT, lab.vip4_addr(PORT), 30, 24000)?;
+    let first: Vec<Option<String>> = hold.conns.iter().map(|c| c.server.clone()).collect();
+
+    let three = v4_servers(&lab, &[1, 1, 4], &["allocated"; 3]);
+    let members: Vec<PoolMember> = three
+        .iter()
+        .map(|(n, a, w, _)| PoolMember {
+            name: n.clone(),
+            address: *a,
+            weight: *w,
+        })
+        .collect();
+    let table = predict_table(&members, 251)?;
+    let client = IpAddr::V4(lab.client.eth0.v4);
+    let vip = IpAddr::V4(lab.vip4());
+    let moved = hold
+        .conns
+        .iter()
+        .filter(|c| predict_flow(&table, client, c.port, vip, PORT) != c.server)
+        .count();
+    assert!(moved > 0);
+
+    bal.kill9()?;
+    bal.write_config(&config(
+        &lab,
+        &["eth0"],
+        251,
+        &srv_list(&three, &["web"]),
+        "",
+    ))?;
+    bal.launch()?;
+    let id_new = Balancer::attached_program_id(&lab.node.ns, "eth0")?;
+    assert_ne!(id_new, id_old, "the new build must replace the old program");
+    let status = bal.lbctl(&["status"])?;
+    assert_eq!(status["adoption"], "replaced", "{status}");
+
+    let ping = hold.ping()?;
+    assert_eq!(ping.dead, 0, "{ping:?}");
+    assert_eq!(
+        ping.servers, first,
+        "{moved} connections' cells moved; their flows must not"
+    );
+    let burst = run_burst(
+        &lab.client.ns,
+        CLIENT,
+        &BurstOpts::new(lab.vip4_addr(PORT), 100).src_port_start(25000),
+    )?;
+    assert_eq!(burst.failed, 0, "{:?}", burst.errors);
+    for (port, server) in &burst.by_port {
+        assert_eq!(
+            predict_flow(&table, client, *port, vip, PORT),
+            Some(server.clone())
+        );
+    }
+    hold.quit()?;
+    Ok(())
+}
+
+/// SIGHUP and `lbctl config reload` apply a good file and refuse a bad one
+/// without touching the running state.
+#[test]
+fn reload_refuses_bad_config() -> Result<()> {
+    if !require_root("reload_refuses_bad_config") {
+        return Ok(());
+    }
+    let lab = lab_with_servers(2, false)?;
+    let one = v4_servers(&lab, &[1, 0], &["allocated", "free"]);
+    let bal = Balancer::start(
+        &lab,
+        &config(&lab, &["eth0"], 65537, &srv_list(&one, &["web"]), ""),
+    )?;
+    let good = config(&lab, &["eth0"], 65537, &srv_list(&one, &["web"]), "");
+
+    bal.write_config(&good.replace("weight = 1", "wieght = 1"))?;
+    let err = bal
+        .lbctl(&["config", "reload"])
+        .expect_err("bad config must be refused");
+    assert!(err.to_string().contains("wieght"), "{err}");
+    let burst = run_burst(
+        &lab.client.ns,
+        CLIENT,
+        &BurstOpts::new(lab.vip4_addr(PORT), 50),
+    )?;
+    assert_eq!(
+        burst.by_server.get("s1"),
+        Some(&50),
+        "still serving the good config"
+    );
+
+    // Both servers by SIGHUP.
+    let both = v4_servers(&lab, &[1, 1], &["allocated", "allocated"]);
+    bal.write_config(&config(
+        &lab,
+        &["eth0"],
+        65537,
+        &srv_list(&both, &["web"]),
+        "",
+    ))?;
+    let pid = bal.process.as_ref().map(|p| p.pid()).unwrap_or_default();
+    // SAFETY: signalling our own child by pid.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGHUP) }, 0);
+    assert!(lb_tests::balancer::wait_until(
+        std::time::Duration::from_secs(10),
+        || {
+            bal.lbctl(&["server", "list"]).is_ok_and(|v| {
+                v["servers"].as_array().is_some_and(|a| {
+                    a.iter()
+                        .all(|s| s["services"].as_array().is_some_and(|x| !x.is_empty()))
+                })
+            })
+        }
+    ));
+    let burst = run_burst(
+        &lab.client.ns,
+        CLIENT,
+        &BurstOpts::new(lab.vip4_addr(PORT), 200),
+    )?;
+    assert_eq!(burst.by_server.len(), 2, "{:?}", burst.by_server);
     Ok(())
 }

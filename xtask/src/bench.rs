@@ -48,7 +48,14 @@ pub fn run(_root: &Path) -> Result<()> {
 
     let established = ipv4(CLIENT, VIP, PROTO_TCP, &[], 0, &tcp(50000, 80, ACK));
     bed.run(&ipv4(CLIENT, VIP, PROTO_TCP, &[], 0, &tcp(50000, 80, SYN)));
-    let host = ipv4(CLIENT, Ipv4Addr::new(10, 0, 0, 1), PROTO_TCP, &[], 0, &tcp(50000, 22, ACK));
+    let host = ipv4(
+        CLIENT,
+        Ipv4Addr::new(10, 0, 0, 1),
+        PROTO_TCP,
+        &[],
+        0,
+        &tcp(50000, 22, ACK),
+    );
 
     let rounds = 5;
     let mut est = Vec::new();
@@ -75,13 +82,23 @@ pub fn run(_root: &Path) -> Result<()> {
     let (est, pass, flr, new_flow) = (median(est), median(pass), median(flr), median(new_flow));
     println!("  floor (MAC swap + XDP_TX)      {flr:8.1} ns");
     println!("  non-VIP pass                   {pass:8.1} ns");
-    println!("  established flow               {est:8.1} ns   ({:+.1} ns above floor; target <= 110)", est - flr);
-    println!("  new flow                       {new_flow:8.1} ns   ({:.2}x established; target <= 2x)", new_flow / est);
-    println!("  (median of {rounds} rounds; {REPEAT} repeats, {NEW_FLOWS} single runs for new flows)");
+    println!(
+        "  established flow               {est:8.1} ns   ({:+.1} ns above floor; target <= 110)",
+        est - flr
+    );
+    println!(
+        "  new flow                       {new_flow:8.1} ns   ({:.2}x established; target <= 2x)",
+        new_flow / est
+    );
+    println!(
+        "  (median of {rounds} rounds; {REPEAT} repeats, {NEW_FLOWS} single runs for new flows)"
+    );
 
     println!("== Maglev table build (65537 cells)");
     for n in [10usize, 100, 1000] {
-        let ids: Vec<[u8; 4]> = (0..n as u32).map(|i| (0x0a00_0000 + i).to_be_bytes()).collect();
+        let ids: Vec<[u8; 4]> = (0..n as u32)
+            .map(|i| (0x0a00_0000 + i).to_be_bytes())
+            .collect();
         let members: Vec<maglev::Member<'_>> = ids
             .iter()
             .enumerate()
@@ -97,7 +114,10 @@ pub fn run(_root: &Path) -> Result<()> {
             maglev::build_into(&members, 65537, &mut out).map_err(|e| anyhow::anyhow!("{e:?}"))?;
             times.push(t.elapsed().as_secs_f64() * 1e3);
         }
-        println!("  {n:5} servers                  {:8.3} ms   (target <= 5 ms at 1000)", median(times));
+        println!(
+            "  {n:5} servers                  {:8.3} ms   (target <= 5 ms at 1000)",
+            median(times)
+        );
     }
 
     println!("== Table slot write + verify (65537 cells, mmapped array) and flip");
@@ -106,7 +126,8 @@ pub fn run(_root: &Path) -> Result<()> {
     let state_map: Array<MapData, ServiceState> = Array::create(1, 1024)?;
     use aya::maps::IterableMap as _;
     use std::os::fd::AsFd as _;
-    let mut table = MmapArray::<TableCells>::new("TABLES", table_map.map().fd().as_fd(), 2 * stride)?;
+    let mut table =
+        MmapArray::<TableCells>::new("TABLES", table_map.map().fd().as_fd(), 2 * stride)?;
     let mut states = MmapArray::<ServiceState>::new("STATE", state_map.map().fd().as_fd(), 1)?;
     let cells: Vec<u16> = (0..65537u32).map(|i| (i % 1000) as u16).collect();
     let mut times = Vec::new();
@@ -115,7 +136,10 @@ pub fn run(_root: &Path) -> Result<()> {
         tables::write_and_flip(&mut states, &mut table, stride, 0, &cells, generation)?;
         times.push(t.elapsed().as_secs_f64() * 1e3);
     }
-    println!("  write + verify + flip          {:8.3} ms   (target <= 5 ms)", median(times));
+    println!(
+        "  write + verify + flip          {:8.3} ms   (target <= 5 ms)",
+        median(times)
+    );
     let grace = GracePeriod::new()?;
     let mut g = Vec::new();
     for _ in 0..9 {
@@ -123,6 +147,9 @@ pub fn run(_root: &Path) -> Result<()> {
         grace.wait()?;
         g.push(t.elapsed().as_secs_f64() * 1e3);
     }
-    println!("  RCU grace period (before reusing a slot) {:8.3} ms", median(g));
+    println!(
+        "  RCU grace period (before reusing a slot) {:8.3} ms",
+        median(g)
+    );
     Ok(())
 }

@@ -6,8 +6,9 @@ use std::{net::IpAddr, path::Path};
 
 use anyhow::{Result, bail};
 use lb_tests::{
-    BurstOpts, Lab, run_burst,
+    BurstOpts, Lab,
     balancer::{Balancer, LAB_SEED, attach_peer_pass, workspace_bin},
+    run_burst,
 };
 
 fn config(lab: &Lab, states: &[&str]) -> String {
@@ -29,7 +30,10 @@ fn show(title: &str, report: &lb_tests::BurstReport) {
     println!("{title}: {} ok, {} failed", report.ok, report.failed);
     for (server, n) in &report.by_server {
         let share = *n as f64 * 100.0 / report.ok.max(1) as f64;
-        println!("  {server:<4} {n:5}  {share:5.1}%  {}", "#".repeat((share / 2.0) as usize));
+        println!(
+            "  {server:<4} {n:5}  {share:5.1}%  {}",
+            "#".repeat((share / 2.0) as usize)
+        );
     }
 }
 
@@ -66,14 +70,25 @@ pub fn run(_root: &Path) -> Result<()> {
     println!("\n$ lbctl service list");
     lbctl(&bal, &["service", "list"])?;
 
-    let report = run_burst(&lab.client.ns, client_bin, &BurstOpts::new(lab.vip4_addr(80), 3000).concurrency(16))?;
+    let report = run_burst(
+        &lab.client.ns,
+        client_bin,
+        &BurstOpts::new(lab.vip4_addr(80), 3000).concurrency(16),
+    )?;
     println!();
     show("3000 TCP connections to the VIP, weights 1:2:3", &report);
 
     bal.reload(&config(&lab, &["draining", "allocated", "allocated"]))?;
-    let report = run_burst(&lab.client.ns, client_bin, &BurstOpts::new(lab.vip4_addr(80), 1000).concurrency(16))?;
+    let report = run_burst(
+        &lab.client.ns,
+        client_bin,
+        &BurstOpts::new(lab.vip4_addr(80), 1000).concurrency(16),
+    )?;
     println!();
-    show("after draining s1 (lbctl config reload), 1000 more", &report);
+    show(
+        "after draining s1 (lbctl config reload), 1000 more",
+        &report,
+    );
 
     println!("\n$ lbctl server list");
     lbctl(&bal, &["server", "list"])?;

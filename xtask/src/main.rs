@@ -47,7 +47,15 @@ fn main() -> Result<()> {
         Task::Bench => {
             build_ebpf()?;
             // Timings of user-space code mean something only optimized.
-            cargo(&["run", "--release", "--quiet", "--package", "xtask", "--", "bench-run"])
+            cargo(&[
+                "run",
+                "--release",
+                "--quiet",
+                "--package",
+                "xtask",
+                "--",
+                "bench-run",
+            ])
         }
         Task::BenchRun => bench::run(&root()?),
     }
@@ -60,9 +68,7 @@ pub fn root() -> Result<PathBuf> {
 }
 
 fn run(cmd: &mut Command) -> Result<()> {
-    let status = cmd
-        .status()
-        .with_context(|| format!("running {cmd:?}"))?;
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed with {status}");
     }
@@ -70,9 +76,11 @@ fn run(cmd: &mut Command) -> Result<()> {
 }
 
 fn cargo(args: &[&str]) -> Result<()> {
-    run(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(args)
-        .current_dir(root()?))
+    run(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(args)
+            .current_dir(root()?),
+    )
 }
 
 fn have(cmd: &str, args: &[&str]) -> bool {
@@ -94,7 +102,9 @@ fn llvm_dir() -> Result<PathBuf> {
 
 fn bootstrap() -> Result<()> {
     if !have("rustup", &["run", "nightly", "rustc", "--version"]) {
-        bail!("the nightly toolchain is missing; install it with `rustup toolchain install nightly`");
+        bail!(
+            "the nightly toolchain is missing; install it with `rustup toolchain install nightly`"
+        );
     }
     let sysroot = String::from_utf8(
         Command::new("rustup")
@@ -105,7 +115,13 @@ fn bootstrap() -> Result<()> {
     let sysroot = PathBuf::from(sysroot.trim());
     if !sysroot.join("lib/rustlib/src/rust/library").exists() {
         eprintln!("xtask: installing rust-src for nightly");
-        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
     }
     // bpf-linker links nightly's own LLVM through an rpath to this
     // directory; keep both the generic and the versioned name there.
@@ -129,7 +145,10 @@ fn bootstrap() -> Result<()> {
         std::os::unix::fs::symlink(&lib, &link)?;
     }
     if !have("bpf-linker", &["--version"]) {
-        eprintln!("xtask: installing bpf-linker 0.13.0 against {}", lib.display());
+        eprintln!(
+            "xtask: installing bpf-linker 0.13.0 against {}",
+            lib.display()
+        );
         run(Command::new("cargo")
             .args([
                 "install",
@@ -148,10 +167,14 @@ fn bootstrap() -> Result<()> {
 /// Mounts bpffs when we can (root) and it is missing; the daemon does the
 /// same, tests rely on it.
 fn ensure_bpffs() {
-    let mounted = std::fs::read_to_string("/proc/mounts")
-        .is_ok_and(|m| m.lines().any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.starts_with("bpf ")));
+    let mounted = std::fs::read_to_string("/proc/mounts").is_ok_and(|m| {
+        m.lines()
+            .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.starts_with("bpf "))
+    });
     if !mounted {
-        let _ = Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]).status();
+        let _ = Command::new("mount")
+            .args(["-t", "bpf", "bpf", "/sys/fs/bpf"])
+            .status();
     }
 }
 

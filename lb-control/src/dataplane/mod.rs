@@ -379,7 +379,7 @@ impl DataPlane {
 
         // Check every pinned map against what this build expects; the flow
         // table alone may be migrated (layout or size change).
-        let mut migrating_flows: Option<PathBuf> = None;
+        let mut migrating_flows: Option<MapData> = None;
         for want in expected_shapes(&limits, legacy) {
             let path = dir.join(want.name);
             if !path.exists() {
@@ -406,8 +406,12 @@ impl DataPlane {
                 want.flags
             );
             if want.name == MAP_FLOWS && have.key_size() == want.key {
-                let old = dir.join("FLOWS.migrating");
-                std::fs::rename(&path, &old).map_err(|source| DataPlaneError::Io {
+                // Hold the old table open, then unpin it so the loader
+                // creates the new one in its place (bpffs cannot rename).
+                // The running program keeps using the old table until it
+                // is replaced.
+                let old = MapData::from_pin(&path).map_err(map_err(MAP_FLOWS))?;
+                std::fs::remove_file(&path).map_err(|source| DataPlaneError::Io {
                     path: path.clone(),
                     source,
                 })?;
@@ -501,9 +505,8 @@ impl DataPlane {
             id
         };
         detach_stale_links(&dir, &config.node.interfaces);
-        if let Some(old) = &migrating_flows {
-            migrate_flows(old, &mut ebpf, legacy)?;
-            let _ = std::fs::remove_file(old);
+        if let Some(old) = migrating_flows.take() {
+            migrate_flows(&old, &mut ebpf, legacy)?;
         }
 
         let services =
@@ -769,10 +772,17 @@ fn warn_if_vlan(interface: &str) {
 
 /// Copies every entry of the pinned old flow table into the new one,
 /// converting the layout.
-fn migrate_flows(old: &Path, ebpf: &mut Ebpf, legacy_new: bool) -> Result<(), DataPlaneError> {
-    let old_map = MapData::from_pin(old).map_err(map_err(MAP_FLOWS))?;
-    let old_value = old_map.info().map_err(map_err(MAP_FLOWS))?.value_size();
-    let old_map = Map::LruHashMap(old_map);
+fn migrate_flows(old: &MapData, ebpf: &mut Ebpf, legacy_new: bool) -> Result<(), DataPlaneError> {
+    let old_value = old.info().map_err(map_err(MAP_FLOWS))?.value_size();
+    let old_map = Map::LruHashMap(
+        MapData::from_fd(old.fd().as_fd().try_clone_to_owned().map_err(|source| {
+            DataPlaneError::Io {
+                path: PathBuf::from(MAP_FLOWS),
+                source,
+            }
+        })?)
+        .map_err(map_err(MAP_FLOWS))?,
+    );
     let entries: Vec<(FlowKey, FlowEntry)> =
         if old_value == std::mem::size_of::<FlowEntryV0>() as u32 {
             let m: HashMap<_, FlowKey, FlowEntryV0> =

@@ -181,12 +181,15 @@ impl TestBed {
     pub fn backend_counters(&self, index: u32) -> (u64, u64, u64) {
         let stats: PerCpuArray<_, lb_common::Counters> =
             PerCpuArray::try_from(self.ebpf.map("BACKEND_STATS").expect("STATS")).expect("STATS");
-        stats.get(&index, 0).expect("stats").iter().fold((0, 0, 0), |a, c| {
-            (a.0 + c.packets, a.1 + c.bytes, a.2 + c.new_flows)
-        })
+        stats
+            .get(&index, 0)
+            .expect("stats")
+            .iter()
+            .fold((0, 0, 0), |a, c| {
+                (a.0 + c.packets, a.1 + c.bytes, a.2 + c.new_flows)
+            })
     }
 }
-
 
 impl TestBed {
     /// Runs `frame` `repeat` times in the kernel; returns the average time
@@ -222,15 +225,22 @@ pub mod frames {
 
     use super::{CLIENT_MAC, NODE_MAC};
 
-pub fn eth(ethertype: u16) -> Vec<u8> {
+    pub fn eth(ethertype: u16) -> Vec<u8> {
         let mut f = Vec::new();
         f.extend_from_slice(&NODE_MAC);
         f.extend_from_slice(&CLIENT_MAC);
         f.extend_from_slice(&ethertype.to_be_bytes());
         f
     }
-    
-    pub fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, options: &[u8], frag: u16, payload: &[u8]) -> Vec<u8> {
+
+    pub fn ipv4(
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        proto: u8,
+        options: &[u8],
+        frag: u16,
+        payload: &[u8],
+    ) -> Vec<u8> {
         let mut f = eth(0x0800);
         let ihl = 5 + options.len() / 4;
         let total = (ihl * 4 + payload.len()) as u16;
@@ -248,7 +258,7 @@ pub fn eth(ethertype: u16) -> Vec<u8> {
         f.extend_from_slice(payload);
         f
     }
-    
+
     pub fn ipv6(src: Ipv6Addr, dst: Ipv6Addr, next: u8, payload: &[u8]) -> Vec<u8> {
         let mut f = eth(0x86dd);
         f.extend_from_slice(&[0x60, 0, 0, 0]);
@@ -260,7 +270,7 @@ pub fn eth(ethertype: u16) -> Vec<u8> {
         f.extend_from_slice(payload);
         f
     }
-    
+
     pub fn tcp(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
         let mut t = Vec::new();
         t.extend_from_slice(&sport.to_be_bytes());
@@ -269,7 +279,7 @@ pub fn eth(ethertype: u16) -> Vec<u8> {
         t.extend_from_slice(b"hello");
         t
     }
-    
+
     pub fn udp(sport: u16, dport: u16) -> Vec<u8> {
         let mut u = Vec::new();
         u.extend_from_slice(&sport.to_be_bytes());
@@ -278,7 +288,7 @@ pub fn eth(ethertype: u16) -> Vec<u8> {
         u.extend_from_slice(b"ping");
         u
     }
-    
+
     pub const SYN: u8 = 0x02;
     pub const ACK: u8 = 0x10;
 }
