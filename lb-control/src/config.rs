@@ -447,7 +447,7 @@ mac = "02:00:00:00:00:12"
         let text = GOOD.replace("weight = 2", "wieght = 2");
         let e = parse(&text).unwrap_err().to_string();
         assert!(e.contains("wieght"), "{e}");
-        assert!(e.contains("line 15"), "{e}");
+        assert!(e.contains("line 14"), "{e}");
     }
 
     #[test]
@@ -455,7 +455,7 @@ mac = "02:00:00:00:00:12"
         let e = parse(&GOOD.replace("10.0.0.100", "10.0.0.300"))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("line 8"), "{e}");
+        assert!(e.contains("line 7"), "{e}");
         let e = parse(&GOOD.replace("port = 80", "port = 70000"))
             .unwrap_err()
             .to_string();
@@ -467,7 +467,7 @@ mac = "02:00:00:00:00:12"
         .unwrap_err()
         .to_string();
         assert!(
-            e.contains("test.toml:14") && e.contains("unknown service `db`"),
+            e.contains("test.toml:13") && e.contains("unknown service `db`"),
             "{e}"
         );
         let e = parse(&GOOD.replace("02:00:00:00:00:12", "02:00:00:00:12"))
