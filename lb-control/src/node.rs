@@ -365,7 +365,8 @@ impl Node {
                 dst_mac: [0; 6],
             });
         }
-        let resolved = if let Some(mac) = &server.mac {
+
+        if let Some(mac) = &server.mac {
             // The egress port still comes from the interfaces' prefixes.
             let dst_mac = parse_mac(mac).ok()?;
             match self.resolver.egress(server.address).await {
@@ -394,8 +395,7 @@ impl Node {
                     None
                 }
             }
-        };
-        resolved
+        }
     }
 
     /// Applies `config` (already validated) to the maps.
@@ -727,12 +727,12 @@ impl Node {
             let Some(hop) = self.learned.get(&key.1) else {
                 continue;
             };
-            if let Some(mac) = table.get(&(hop.ifindex, key.1)) {
-                if *mac != rt.record.dst_mac {
-                    let mut r = rt.record;
-                    r.dst_mac = *mac;
-                    changed.push((*key, r, rt.server.clone()));
-                }
+            if let Some(mac) = table.get(&(hop.ifindex, key.1))
+                && *mac != rt.record.dst_mac
+            {
+                let mut r = rt.record;
+                r.dst_mac = *mac;
+                changed.push((*key, r, rt.server.clone()));
             }
         }
         for (key, record, server) in &changed {

@@ -120,7 +120,7 @@ fn try_xdp_lb(ctx: &XdpContext) -> Result<u32, ()> {
             pass()
         }
         Parsed::Fragment(vip) => {
-            if VIPS.get_ptr(&vip).is_some() {
+            if VIPS.get_ptr(vip).is_some() {
                 drop_counted(global::FRAGMENT)
             } else {
                 pass()
@@ -134,7 +134,7 @@ fn try_xdp_lb(ctx: &XdpContext) -> Result<u32, ()> {
                 family: key.family,
             };
             // SAFETY: values are plain data; the map is not written by the program.
-            let Some(svc) = (unsafe { SERVICES.get(&service) }) else {
+            let Some(svc) = (unsafe { SERVICES.get(service) }) else {
                 return pass();
             };
             balance(ctx, svc.index, &key, syn, len, true)
@@ -147,7 +147,7 @@ fn try_xdp_lb(ctx: &XdpContext) -> Result<u32, ()> {
                 family: key.family,
             };
             // SAFETY: as above.
-            let Some(svc) = (unsafe { SERVICES.get(&service) }) else {
+            let Some(svc) = (unsafe { SERVICES.get(service) }) else {
                 return pass();
             };
             count(global::ICMP_FORWARDED);

@@ -386,6 +386,17 @@ fn restart_keeps_program_and_flows() -> Result<()> {
     Ok(())
 }
 
+/// (connections ok, failed, rounds with their start and end).
+type TrafficLog = (
+    u64,
+    u64,
+    Vec<(
+        std::time::Instant,
+        std::time::Instant,
+        lb_tests::BurstReport,
+    )>,
+);
+
 /// Under continuous traffic, switch 1000 times between three pools that
 /// reuse backend indexes for different servers and differ in table size.
 /// Every connection must land on its flow's owner under one of the pools in
@@ -450,40 +461,38 @@ fn atomic_pool_switches_under_traffic() -> Result<()> {
     let ns_name = lab.client.ns.name().to_string();
     let traffic = {
         let stop = stop.clone();
-        std::thread::spawn(
-            move || -> Result<(u64, u64, Vec<(Instant, Instant, lb_tests::BurstReport)>)> {
-                let mut rounds = Vec::new();
-                let (mut ok, mut failed) = (0, 0);
-                let mut port = 10000u16;
-                while !stop.load(Ordering::Relaxed) {
-                    let started = Instant::now();
-                    let out = std::process::Command::new("nsenter")
-                        .arg(format!("--net=/var/run/netns/{ns_name}"))
-                        .args([
-                            "--",
-                            CLIENT,
-                            "burst",
-                            "--target",
-                            &target.to_string(),
-                            "--count",
-                            "200",
-                            "--concurrency",
-                            "8",
-                            "--timeout-ms",
-                            "3000",
-                            "--src-port-start",
-                            &port.to_string(),
-                        ])
-                        .output()?;
-                    let report: lb_tests::BurstReport = serde_json::from_slice(&out.stdout)?;
-                    ok += report.ok;
-                    failed += report.failed;
-                    rounds.push((started, Instant::now(), report));
-                    port = if port > 30000 { 10000 } else { port + 200 };
-                }
-                Ok((ok, failed, rounds))
-            },
-        )
+        std::thread::spawn(move || -> Result<TrafficLog> {
+            let mut rounds = Vec::new();
+            let (mut ok, mut failed) = (0, 0);
+            let mut port = 10000u16;
+            while !stop.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                let out = std::process::Command::new("nsenter")
+                    .arg(format!("--net=/var/run/netns/{ns_name}"))
+                    .args([
+                        "--",
+                        CLIENT,
+                        "burst",
+                        "--target",
+                        &target.to_string(),
+                        "--count",
+                        "200",
+                        "--concurrency",
+                        "8",
+                        "--timeout-ms",
+                        "3000",
+                        "--src-port-start",
+                        &port.to_string(),
+                    ])
+                    .output()?;
+                let report: lb_tests::BurstReport = serde_json::from_slice(&out.stdout)?;
+                ok += report.ok;
+                failed += report.failed;
+                rounds.push((started, Instant::now(), report));
+                port = if port > 30000 { 10000 } else { port + 200 };
+            }
+            Ok((ok, failed, rounds))
+        })
     };
 
     let switches = 1000;

@@ -126,7 +126,7 @@ impl<T: Copy> MmapArray<T> {
     /// The 4-byte field at `offset` of element `index`, as an atomic: the
     /// one store that flips a service's active slot.
     pub fn atomic_u32(&self, index: u32, offset: usize) -> &AtomicU32 {
-        assert!(offset + 4 <= std::mem::size_of::<T>() && offset % 4 == 0);
+        assert!(offset + 4 <= std::mem::size_of::<T>() && offset.is_multiple_of(4));
         // SAFETY: in bounds and 4-byte aligned; the memory lives as long as self.
         unsafe { AtomicU32::from_ptr(self.at(index).cast::<u8>().add(offset).cast()) }
     }

@@ -739,17 +739,16 @@ fn detach_stale_links(dir: &Path, interfaces: &[String]) {
     };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if let Some(ifname) = name.strip_prefix("link_") {
-            if !interfaces.iter().any(|i| i == ifname) {
-                if let Ok(link) = PinnedLink::from_pin(e.path()) {
-                    // Unpinning and dropping the last reference detaches it.
-                    let _ = link.unpin();
-                    info!(
-                        interface = ifname,
-                        "detached from interface no longer configured"
-                    );
-                }
-            }
+        if let Some(ifname) = name.strip_prefix("link_")
+            && !interfaces.iter().any(|i| i == ifname)
+            && let Ok(link) = PinnedLink::from_pin(e.path())
+        {
+            // Unpinning and dropping the last reference detaches it.
+            let _ = link.unpin();
+            info!(
+                interface = ifname,
+                "detached from interface no longer configured"
+            );
         }
     }
 }
@@ -843,12 +842,12 @@ pub fn detach(config: &Config) -> Result<(), DataPlaneError> {
     for e in entries.flatten() {
         let path = e.path();
         let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with("link_") {
-            if let Ok(link) = PinnedLink::from_pin(&path) {
-                let _ = link.unpin();
-                info!(link = %name, "detached");
-                continue;
-            }
+        if name.starts_with("link_")
+            && let Ok(link) = PinnedLink::from_pin(&path)
+        {
+            let _ = link.unpin();
+            info!(link = %name, "detached");
+            continue;
         }
         let _ = std::fs::remove_file(&path);
     }
