@@ -1128,88 +1128,20 @@ mod tests {
 
     #[test]
     #[ignore]
-    fn adhoc_bench() {
-        let mut line = String::new();
+    fn adhoc_xtask_like() {
         for n in [10usize, 100, 1000] {
-            let ids = identities(n);
-            let distinct: Vec<u32> = (0..n as u32).map(|i| i * 7 + 1).collect();
-            for (label, weights) in [
-                ("eq", vec![1; n]),
-                ("mix", mixed_weights(n)),
-                ("dist", distinct),
-            ] {
-                let ms = members(&ids, &weights);
-                let mut out = vec![0u16; SIZE as usize];
-                let mut best = std::time::Duration::MAX;
-                let mut sum = std::time::Duration::ZERO;
-                for _ in 0..50 {
-                    let t = std::time::Instant::now();
-                    build_into(&ms, SIZE, &mut out).unwrap();
-                    let e = t.elapsed();
-                    best = best.min(e);
-                    sum += e;
-                }
-                line += &format!(
-                    "{n}{label}: min {:.2} avg {:.2} | ",
-                    best.as_secs_f64() * 1e3,
-                    sum.as_secs_f64() * 1e3 / 50.0
-                );
+            let ids: Vec<[u8; 4]> = (0..n as u32).map(|i| (0x0a00_0000 + i).to_be_bytes()).collect();
+            let ms: Vec<Member<'_>> = ids.iter().enumerate().map(|(i, id)| Member { identity: id, weight: 1 + (i % 4) as u32 }).collect();
+            let mut out = vec![0u16; 65537];
+            let mut times = Vec::new();
+            for _ in 0..25 {
+                let t = std::time::Instant::now();
+                build_into(&ms, 65537, &mut out).unwrap();
+                times.push(t.elapsed().as_secs_f64() * 1e3);
             }
-        }
-        println!("BENCH {line}");
-        // cold: alternate sizes so the per-size tables are rebuilt
-        let ids = identities(1000);
-        let ms = members(&ids, &mixed_weights(1000));
-        let mut best = std::time::Duration::MAX;
-        for _ in 0..20 {
-            build_table(&ms, 65521).unwrap();
-            let t = std::time::Instant::now();
-            build_table(&ms, SIZE).unwrap();
-            best = best.min(t.elapsed());
-        }
-        println!(
-            "COLD 1000mix build_table after other size: min {:.2} ms",
-            best.as_secs_f64() * 1e3
-        );
-    }
-
-    #[test]
-    #[ignore]
-    fn adhoc_stats() {
-        for n in [3usize, 10, 30, 100, 300, 1000] {
-            let ids = identities(n);
-            for (label, weights) in [("equal", vec![1; n]), ("mixed", mixed_weights(n))] {
-                let ms = members(&ids, &weights);
-                let table = build_table(&ms, SIZE).unwrap();
-                let total: u64 = weights.iter().map(|&w| u64::from(w)).sum();
-                let step = n.div_ceil(40);
-                let (mut max_ex, mut sum_ex, mut cnt) = (f64::MIN, 0.0, 0);
-                for gone in (0..n).step_by(step) {
-                    let mut rest = ms.clone();
-                    rest.remove(gone);
-                    let after = build_table(&rest, SIZE).unwrap();
-                    let changed = changed_fraction(&table, &ms, &after, &rest);
-                    let share = f64::from(weights[gone]) / total as f64;
-                    let ex = changed - share;
-                    max_ex = max_ex.max(ex);
-                    sum_ex += ex;
-                    cnt += 1;
-                }
-                let err = max_relative_error(&table, &weights);
-                let total_w: u64 = weights.iter().map(|&w| u64::from(w)).sum();
-                let maxdev = weights
-                    .iter()
-                    .zip(counts(&table, n))
-                    .map(|(&w, c)| (c as f64 - SIZE as f64 * w as f64 / total_w as f64).abs())
-                    .fold(0.0, f64::max);
-                println!(
-                    "n={n} {label}: rel err {:.4}% max dev {:.3} slots, excess max {:.3}% mean {:.3}% ({cnt} removals)",
-                    err * 100.0,
-                    maxdev,
-                    max_ex * 100.0,
-                    sum_ex / cnt as f64 * 100.0
-                );
-            }
+            let first = times[0];
+            times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            println!("XT n={n}: first {first:.3} ms, median {:.3} ms, min {:.3} ms", times[12], times[0]);
         }
     }
 }

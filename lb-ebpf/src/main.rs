@@ -9,8 +9,8 @@
 mod parse;
 
 use aya_ebpf::{
-    bindings::{BPF_F_MMAPABLE, xdp_action},
-    helpers::bpf_ktime_get_ns,
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU, xdp_action},
+    helpers::bpf_ktime_get_coarse_ns,
     macros::{map, xdp},
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
     programs::XdpContext,
@@ -49,9 +49,12 @@ static TABLES: Array<TableCells> = Array::with_max_entries(
 );
 #[map]
 static BACKENDS: Array<Backend> = Array::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
+/// One table shared by all CPUs (a flow's packets may arrive on any CPU);
+/// only the LRU lists are per CPU, which keeps inserts from contending on a
+/// global lock.
 #[map]
 static FLOWS: LruHashMap<FlowKey, FlowValue> =
-    LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, 0);
+    LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, BPF_F_NO_COMMON_LRU);
 /// VIP addresses (port and protocol zero), for traffic that carries no ports.
 #[map]
 static VIPS: HashMap<ServiceKey, u32> = HashMap::with_max_entries(DEFAULT_MAX_SERVICES, 0);
@@ -167,9 +170,11 @@ fn balance(
     len: u32,
     remember: bool,
 ) -> Result<u32, ()> {
+    // Coarse clock: second resolution is all the flow and backend
+    // last-seen times need, and it is cheaper than the precise one.
     let now = coarse_secs(
         // SAFETY: helper with no preconditions.
-        unsafe { bpf_ktime_get_ns() },
+        unsafe { bpf_ktime_get_coarse_ns() },
     );
     if let Some(entry) = FLOWS.get_ptr_mut(key) {
         // SAFETY: a live map value; concurrent writers only store whole fields.
@@ -201,7 +206,7 @@ fn balance(
         let value = new_flow_value(index, b.incarnation, now);
         // A full LRU evicts the oldest entry; a failed insert only costs
         // stickiness for this flow, so it is not an error for the packet.
-        let _ = FLOWS.insert(key, &value, 0);
+        let _ = FLOWS.insert(key, value, 0);
     }
     forward(ctx, svc, index, b, len, remember, now)
 }

@@ -311,7 +311,7 @@ fn expected_shapes(limits: &Limits, legacy_flows: bool) -> Vec<Shape> {
             key: size_of::<FlowKey>() as u32,
             value: flow_value,
             entries: limits.flow_table_size,
-            flags: 0,
+            flags: 2, // BPF_F_NO_COMMON_LRU
         },
         shape(MAP_VIPS, size_of::<ServiceKey>(), 4, limits.max_services, 0),
         shape(MAP_TX_PORTS, 4, 8, lb_common::MAX_TX_PORTS, 0),
@@ -607,8 +607,8 @@ pub fn now_coarse() -> u32 {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    // SAFETY: valid out pointer. CLOCK_MONOTONIC is what bpf_ktime_get_ns reads.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    // SAFETY: valid out pointer. CLOCK_MONOTONIC_COARSE is what bpf_ktime_get_coarse_ns reads.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
     lb_common::coarse_secs(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
 }
 

@@ -43,6 +43,12 @@ pub fn server_mac(i: u8) -> [u8; 6] {
 
 impl TestBed {
     pub fn new(bytes: &[u8]) -> Self {
+        Self::with_flow_capacity(bytes, 1024)
+    }
+
+    /// A test bed whose flow table holds `flows` entries (benchmarks size it
+    /// so new flows never evict).
+    pub fn with_flow_capacity(bytes: &[u8], flows: u32) -> Self {
         let stride = table_stride(MAX_TABLE);
         let mut ebpf = EbpfLoader::new()
             .override_global("HASH_SEED", &SEED, true)
@@ -51,7 +57,7 @@ impl TestBed {
             .map_max_entries("SERVICE_STATE", MAX_SERVICES)
             .map_max_entries("TABLES", MAX_SERVICES * 2 * stride)
             .map_max_entries("BACKENDS", 16)
-            .map_max_entries("FLOWS", 1024)
+            .map_max_entries("FLOWS", flows)
             .map_max_entries("VIPS", MAX_SERVICES)
             .map_max_entries("SERVICE_STATS", MAX_SERVICES)
             .map_max_entries("BACKEND_STATS", 16)
