@@ -596,19 +596,19 @@ impl<'s> Fill<'s> {
                 weight,
             } = cursors[r];
             let weight = u64::from(weight);
-            let mut count = held[r];
-            // Adding `skip` to `x < size` wraps exactly when `x >= room`: no
-            // overflow, no division.
-            let room = size - skip;
+            let mut left = quota - held[r];
             // A member below its quota never runs out of list: had it
             // proposed to every slot, all slots would be held, yet the quotas
             // sum to `size`. So `j < size` below.
-            while count < quota {
+            while left > 0 {
                 let mut slot = permutation[x as usize] + shift;
                 if slot >= size {
                     slot -= size;
                 }
-                x = if x >= room { x - room } else { x + skip };
+                x += skip;
+                if x >= size {
+                    x -= size;
+                }
                 let score = scores[j as usize];
                 j += 1;
                 let cell = cells[slot as usize];
@@ -628,12 +628,12 @@ impl<'s> Fill<'s> {
                     held[owner] -= 1;
                 }
                 cells[slot as usize] = u64::from(rank) << 32 | u64::from(score);
-                count += 1;
+                left -= 1;
             }
+            held[r] = quota;
             let cursor = &mut cursors[r];
             cursor.x = x;
             cursor.j = j;
-            held[r] = count;
         }
     }
 
@@ -1125,23 +1125,4 @@ mod tests {
     const PINNED_SCORES: [u32; 2] = [1474, 2_281_704_324];
     const PINNED_SMALL: [u16; 13] = [0, 2, 2, 1, 4, 1, 2, 3, 4, 4, 3, 4, 3];
     const PINNED_TABLE_HASH: u64 = 0x5f12_584c_484c_2084;
-
-    #[test]
-    #[ignore]
-    fn adhoc_xtask_like() {
-        for n in [10usize, 100, 1000] {
-            let ids: Vec<[u8; 4]> = (0..n as u32).map(|i| (0x0a00_0000 + i).to_be_bytes()).collect();
-            let ms: Vec<Member<'_>> = ids.iter().enumerate().map(|(i, id)| Member { identity: id, weight: 1 + (i % 4) as u32 }).collect();
-            let mut out = vec![0u16; 65537];
-            let mut times = Vec::new();
-            for _ in 0..25 {
-                let t = std::time::Instant::now();
-                build_into(&ms, 65537, &mut out).unwrap();
-                times.push(t.elapsed().as_secs_f64() * 1e3);
-            }
-            let first = times[0];
-            times.sort_by(|a, b| a.partial_cmp(b).unwrap());
-            println!("XT n={n}: first {first:.3} ms, median {:.3} ms, min {:.3} ms", times[12], times[0]);
-        }
-    }
 }

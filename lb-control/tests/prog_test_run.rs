@@ -291,3 +291,39 @@ fn empty_pool_drops_vip_traffic() {
     assert_eq!(h.counter(global::NO_BACKEND), 1);
     let _ = FAMILY_V4;
 }
+
+#[test]
+fn idle_udp_flow_expires_and_is_rehashed() {
+    let Some(mut h) = harness() else { return };
+    let key = v4_key(5001, 53, PROTO_UDP);
+    let frame = ipv4(CLIENT, VIP, PROTO_UDP, &[], 0, &udp(5001, 53));
+    assert_eq!(h.run(&frame).0, XDP_TX);
+    let fresh = h.flow(&key).expect("entry");
+    // A second packet within the idle time: no expiry.
+    h.run(&frame);
+    assert_eq!(h.counter(global::UDP_EXPIRED), 0);
+    // Age the entry past the 30 s idle timeout.
+    let mut flows: aya::maps::HashMap<_, FlowKey, lb_common::FlowEntry> =
+        aya::maps::HashMap::try_from(h.ebpf.map_mut("FLOWS").expect("FLOWS")).expect("FLOWS");
+    let mut aged = fresh;
+    aged.last_seen = fresh.last_seen.wrapping_sub(31);
+    aged.incarnation = fresh.incarnation;
+    flows.insert(key, aged, 0).expect("age entry");
+    assert_eq!(h.run(&frame).0, XDP_TX);
+    assert_eq!(h.counter(global::UDP_EXPIRED), 1);
+    let renewed = h.flow(&key).expect("entry");
+    assert!(
+        renewed.last_seen >= fresh.last_seen,
+        "entry rewritten with a new time"
+    );
+    // TCP entries do not expire by idle time.
+    let tkey = v4_key(5002, 80, PROTO_TCP);
+    h.run(&ipv4(CLIENT, VIP, PROTO_TCP, &[], 0, &tcp(5002, 80, SYN)));
+    let mut t = h.flow(&tkey).expect("tcp entry");
+    t.last_seen = t.last_seen.wrapping_sub(1000);
+    let mut flows: aya::maps::HashMap<_, FlowKey, lb_common::FlowEntry> =
+        aya::maps::HashMap::try_from(h.ebpf.map_mut("FLOWS").expect("FLOWS")).expect("FLOWS");
+    flows.insert(tkey, t, 0).expect("age tcp");
+    h.run(&ipv4(CLIENT, VIP, PROTO_TCP, &[], 0, &tcp(5002, 80, ACK)));
+    assert_eq!(h.counter(global::UDP_EXPIRED), 1);
+}

@@ -687,3 +687,81 @@ fn reload_refuses_bad_config() -> Result<()> {
     assert_eq!(burst.by_server.len(), 2, "{:?}", burst.by_server);
     Ok(())
 }
+
+/// A server whose MAC changes (new NIC, failover) is re-programmed from the
+/// node's neighbour table without any config change.
+#[test]
+fn follows_neighbour_table_changes() -> Result<()> {
+    if !require_root("follows_neighbour_table_changes") {
+        return Ok(());
+    }
+    let lab = lab_with_servers(1, false)?;
+    let one = v4_servers(&lab, &[1], &["allocated"]);
+    let bal = Balancer::start(
+        &lab,
+        &config(&lab, &["eth0"], 65537, &srv_list(&one, &["web"]), ""),
+    )?;
+    let burst = run_burst(
+        &lab.client.ns,
+        CLIENT,
+        &BurstOpts::new(lab.vip4_addr(PORT), 20),
+    )?;
+    assert_eq!(burst.ok, 20, "{:?}", burst.errors);
+
+    // New MAC on s1; it announces itself (gratuitous ARP updates the node's
+    // existing neighbour entry).
+    let s1 = &lab.servers[0];
+    s1.ns.sysctl("net.ipv4.conf.eth0.arp_notify", "1")?;
+    s1.ns.exec(&[
+        "ip",
+        "link",
+        "set",
+        "dev",
+        "eth0",
+        "address",
+        "02:1b:00:00:99:01",
+    ])?;
+    s1.ns.exec(&["ip", "link", "set", "dev", "eth0", "down"])?;
+    s1.ns.exec(&["ip", "link", "set", "dev", "eth0", "up"])?;
+    let moved = lb_tests::balancer::wait_until(std::time::Duration::from_secs(15), || {
+        bal.lbctl(&["server", "list"]).is_ok_and(|v| {
+            v["servers"][0]["services"][0]["mac"].as_str() == Some("02:1b:00:00:99:01")
+        })
+    });
+    assert!(moved, "the node did not follow the server's new MAC");
+    let burst = run_burst(
+        &lab.client.ns,
+        CLIENT,
+        &BurstOpts::new(lab.vip4_addr(PORT), 20),
+    )?;
+    assert_eq!(burst.ok, 20, "{:?}", burst.errors);
+    Ok(())
+}
+
+/// Pinned maps of another size than the config asks for: the restart is
+/// refused with a message that says what to do, and the running program is
+/// left alone.
+#[test]
+fn restart_with_other_limits_is_refused() -> Result<()> {
+    if !require_root("restart_with_other_limits_is_refused") {
+        return Ok(());
+    }
+    let lab = lab_with_servers(1, false)?;
+    let one = v4_servers(&lab, &[1], &["allocated"]);
+    let text = config(&lab, &["eth0"], 65537, &srv_list(&one, &["web"]), "");
+    let mut bal = Balancer::start(&lab, &text)?;
+    let id = Balancer::attached_program_id(&lab.node.ns, "eth0")?;
+    bal.kill9()?;
+    bal.write_config(&text.replace("max_services = 8", "max_services = 16"))?;
+    let err = bal.launch().expect_err("must refuse");
+    let msg = format!("{err:#}");
+    assert!(msg.contains("SERVICES") && msg.contains("detach"), "{msg}");
+    assert_eq!(Balancer::attached_program_id(&lab.node.ns, "eth0")?, id);
+    let burst = run_burst(
+        &lab.client.ns,
+        CLIENT,
+        &BurstOpts::new(lab.vip4_addr(PORT), 20),
+    )?;
+    assert_eq!(burst.ok, 20, "still serving: {:?}", burst.errors);
+    Ok(())
+}

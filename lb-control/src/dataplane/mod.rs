@@ -20,7 +20,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, Map, MapData, MapInfo, PerCpuArray, xdp::DevMapHash},
+    maps::{Array, HashMap, Map, MapData, MapInfo, MapType, PerCpuArray, xdp::DevMapHash},
     programs::{
         Xdp,
         links::{FdLink, PinnedLink},
@@ -117,6 +117,7 @@ pub enum Adoption {
 /// Expected shape of a pinned map.
 struct Shape {
     name: &'static str,
+    kind: MapType,
     key: u32,
     value: u32,
     entries: u32,
@@ -280,6 +281,7 @@ fn expected_shapes(limits: &Limits, legacy_flows: bool) -> Vec<Shape> {
     vec![
         shape(
             MAP_SERVICES,
+            MapType::Hash,
             size_of::<ServiceKey>(),
             size_of::<ServiceValue>(),
             limits.max_services,
@@ -287,6 +289,7 @@ fn expected_shapes(limits: &Limits, legacy_flows: bool) -> Vec<Shape> {
         ),
         shape(
             MAP_SERVICE_STATE,
+            MapType::Array,
             4,
             size_of::<ServiceState>(),
             limits.max_services,
@@ -294,6 +297,7 @@ fn expected_shapes(limits: &Limits, legacy_flows: bool) -> Vec<Shape> {
         ),
         shape(
             MAP_TABLES,
+            MapType::Array,
             4,
             size_of::<TableCells>(),
             limits.max_services * 2 * stride,
@@ -301,6 +305,7 @@ fn expected_shapes(limits: &Limits, legacy_flows: bool) -> Vec<Shape> {
         ),
         shape(
             MAP_BACKENDS,
+            MapType::Array,
             4,
             size_of::<Backend>(),
             limits.max_backends,
@@ -308,15 +313,31 @@ fn expected_shapes(limits: &Limits, legacy_flows: bool) -> Vec<Shape> {
         ),
         Shape {
             name: MAP_FLOWS,
+            kind: MapType::LruHash,
             key: size_of::<FlowKey>() as u32,
             value: flow_value,
             entries: limits.flow_table_size,
             flags: 2, // BPF_F_NO_COMMON_LRU
         },
-        shape(MAP_VIPS, size_of::<ServiceKey>(), 4, limits.max_services, 0),
-        shape(MAP_TX_PORTS, 4, 8, lb_common::MAX_TX_PORTS, 0),
+        shape(
+            MAP_VIPS,
+            MapType::Hash,
+            size_of::<ServiceKey>(),
+            4,
+            limits.max_services,
+            0,
+        ),
+        shape(
+            MAP_TX_PORTS,
+            MapType::DevMapHash,
+            4,
+            8,
+            lb_common::MAX_TX_PORTS,
+            0,
+        ),
         shape(
             MAP_SERVICE_STATS,
+            MapType::PerCpuArray,
             4,
             size_of::<Counters>(),
             limits.max_services,
@@ -324,19 +345,42 @@ fn expected_shapes(limits: &Limits, legacy_flows: bool) -> Vec<Shape> {
         ),
         shape(
             MAP_BACKEND_STATS,
+            MapType::PerCpuArray,
             4,
             size_of::<Counters>(),
             limits.max_backends,
             0,
         ),
-        shape(MAP_BACKEND_LAST_SEEN, 4, 4, limits.max_backends, 0),
-        shape(MAP_GLOBAL_STATS, 4, 8, global::COUNT, 0),
+        shape(
+            MAP_BACKEND_LAST_SEEN,
+            MapType::PerCpuArray,
+            4,
+            4,
+            limits.max_backends,
+            0,
+        ),
+        shape(
+            MAP_GLOBAL_STATS,
+            MapType::PerCpuArray,
+            4,
+            8,
+            global::COUNT,
+            0,
+        ),
     ]
 }
 
-fn shape(name: &'static str, key: usize, value: usize, entries: u32, flags: u32) -> Shape {
+fn shape(
+    name: &'static str,
+    kind: MapType,
+    key: usize,
+    value: usize,
+    entries: u32,
+    flags: u32,
+) -> Shape {
     Shape {
         name,
+        kind,
         key: key as u32,
         value: value as u32,
         entries,
@@ -386,7 +430,8 @@ impl DataPlane {
                 continue;
             }
             let have = MapInfo::from_pin(&path).map_err(map_err(want.name))?;
-            let same = have.key_size() == want.key
+            let same = have.map_type().ok() == Some(want.kind)
+                && have.key_size() == want.key
                 && have.value_size() == want.value
                 && have.max_entries() == want.entries
                 // The kernel marks devmaps read-only for programs (0x80).
@@ -395,17 +440,22 @@ impl DataPlane {
                 continue;
             }
             let detail = format!(
-                "key {} value {} entries {} flags {:#x}; expected key {} value {} entries {} flags {:#x}",
+                "{:?} key {} value {} entries {} flags {:#x}; expected {:?} key {} value {} entries {} flags {:#x}",
+                have.map_type().ok(),
                 have.key_size(),
                 have.value_size(),
                 have.max_entries(),
                 have.map_flags(),
+                want.kind,
                 want.key,
                 want.value,
                 want.entries,
                 want.flags
             );
-            if want.name == MAP_FLOWS && have.key_size() == want.key {
+            if want.name == MAP_FLOWS
+                && have.key_size() == want.key
+                && have.map_type().ok() == Some(want.kind)
+            {
                 // Hold the old table open, then unpin it so the loader
                 // creates the new one in its place (bpffs cannot rename).
                 // The running program keeps using the old table until it
