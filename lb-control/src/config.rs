@@ -242,6 +242,16 @@ impl Config {
                 "node.interfaces is empty: name at least one interface to attach to".into(),
             ));
         }
+        if limits.max_table_size > lb_maglev::MAX_SIZE {
+            return Err(invalid(
+                0..0,
+                format!(
+                    "limits.max_table_size = {} exceeds the Maglev maximum {}",
+                    limits.max_table_size,
+                    lb_maglev::MAX_SIZE
+                ),
+            ));
+        }
         if !lb_maglev::is_prime(limits.max_table_size) {
             return Err(invalid(
                 0..0,
