@@ -9,7 +9,7 @@
 mod parse;
 
 use aya_ebpf::{
-    bindings::{BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU, xdp_action},
+    bindings::{BPF_F_MMAPABLE, xdp_action},
     helpers::bpf_ktime_get_coarse_ns,
     macros::{map, xdp},
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
@@ -49,12 +49,12 @@ static TABLES: Array<TableCells> = Array::with_max_entries(
 );
 #[map]
 static BACKENDS: Array<Backend> = Array::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
-/// One table shared by all CPUs (a flow's packets may arrive on any CPU);
-/// only the LRU lists are per CPU, which keeps inserts from contending on a
-/// global lock.
+/// One table shared by all CPUs: a flow's packets may arrive on any CPU.
+/// The LRU lists are common too (`BPF_F_NO_COMMON_LRU` would split the
+/// capacity per CPU, and a single-queue NIC puts all new flows on one CPU).
 #[map]
 static FLOWS: LruHashMap<FlowKey, FlowValue> =
-    LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, BPF_F_NO_COMMON_LRU);
+    LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, 0);
 /// VIP addresses (port and protocol zero), for traffic that carries no ports.
 #[map]
 static VIPS: HashMap<ServiceKey, u32> = HashMap::with_max_entries(DEFAULT_MAX_SERVICES, 0);
@@ -176,11 +176,15 @@ fn balance(
         // SAFETY: helper with no preconditions.
         unsafe { bpf_ktime_get_coarse_ns() },
     );
-    if let Some(entry) = FLOWS.get_ptr_mut(key) {
+    // A bare SYN starts a connection: it always takes the current table's
+    // choice (never a draining server through a reused client port, never a
+    // stale entry) and skips the flow lookup, which keeps new flows cheap.
+    let entry = if syn { None } else { FLOWS.get_ptr_mut(key) };
+    if let Some(entry) = entry {
         // SAFETY: a live map value; concurrent writers only store whole fields.
         let e = unsafe { *entry };
         if let Some(b) = BACKENDS.get(e.backend) {
-            let state_ok = b.state == BACKEND_ACTIVE || (b.state == BACKEND_DRAINING && !syn);
+            let state_ok = b.state == BACKEND_ACTIVE || b.state == BACKEND_DRAINING;
             if state_ok && b.incarnation == e.incarnation {
                 if flow_fresh(entry, key.proto, now) {
                     return forward(ctx, svc, e.backend, b, len, false, now);

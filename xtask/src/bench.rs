@@ -29,7 +29,7 @@ use lb_control::dataplane::{
 };
 
 const REPEAT: u32 = 2_000_000;
-const NEW_FLOWS: u16 = 20_000;
+const NEW_FLOWS: u16 = 10_000;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -57,57 +57,57 @@ pub fn run(_root: &Path) -> Result<()> {
         &tcp(50000, 22, ACK),
     );
 
-    let rounds = 5;
+    // Rounds interleave the cases so a slow spell of the machine hits all
+    // of them; the minimum over rounds is the figure (noise only adds).
+    let rounds = 7;
     let mut est = Vec::new();
     let mut pass = Vec::new();
     let mut flr = Vec::new();
-    for _ in 0..rounds {
+    let mut new_flow = Vec::new();
+    let mut est_single = Vec::new();
+    let mut floor_single = Vec::new();
+    for round in 0..rounds as u8 {
         est.push(bed.time(&established, REPEAT).as_nanos() as f64);
         pass.push(bed.time(&host, REPEAT).as_nanos() as f64);
         flr.push(run_timed(floor_prog, &established, REPEAT).as_nanos() as f64);
-    }
-    // New flows: one run per distinct flow (repeat would turn it into an
-    // established flow after the first iteration).
-    let mut new_flow = Vec::new();
-    for round in 0..rounds as u8 {
-        let mut total = 0f64;
+        // New flows: one run per distinct flow (with a repeat the flow would
+        // be established after the first iteration).
+        let (mut n, mut e, mut f) = (0f64, 0f64, 0f64);
         for i in 0..NEW_FLOWS {
-            let sport = 1024 + i;
             let client = Ipv4Addr::new(10, 1 + round, (i >> 8) as u8, i as u8);
-            let frame = ipv4(client, VIP, PROTO_TCP, &[], 0, &tcp(sport, 80, SYN));
-            total += bed.time(&frame, 1).as_nanos() as f64;
+            let frame = ipv4(client, VIP, PROTO_TCP, &[], 0, &tcp(1024 + i, 80, SYN));
+            n += bed.time(&frame, 1).as_nanos() as f64;
+            e += bed.time(&established, 1).as_nanos() as f64;
+            f += run_timed(floor_prog, &established, 1).as_nanos() as f64;
         }
-        new_flow.push(total / NEW_FLOWS as f64);
+        new_flow.push(n / NEW_FLOWS as f64);
+        est_single.push(e / NEW_FLOWS as f64);
+        floor_single.push(f / NEW_FLOWS as f64);
     }
-    // The same single-run loop over an established flow and over the floor
-    // program: what one BPF_PROG_TEST_RUN call adds on its own.
-    let single = |f: &dyn Fn() -> f64| -> f64 {
-        let mut v = Vec::new();
-        for _ in 0..rounds {
-            let mut total = 0f64;
-            for _ in 0..NEW_FLOWS {
-                total += f();
-            }
-            v.push(total / NEW_FLOWS as f64);
-        }
-        median(v)
+    let min = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
+    let row = |name: &str, v: &[f64]| {
+        println!(
+            "  {name:<32} {:8.1} ns   (median {:.1})",
+            min(v),
+            median(v.to_vec())
+        );
     };
-    let est_single = single(&|| bed.time(&established, 1).as_nanos() as f64);
-    let floor_single = single(&|| run_timed(floor_prog, &established, 1).as_nanos() as f64);
-    let (est, pass, flr, new_flow) = (median(est), median(pass), median(flr), median(new_flow));
-    println!("  floor (MAC swap + XDP_TX)      {flr:8.1} ns");
-    println!("  non-VIP pass                   {pass:8.1} ns");
+    row("floor (MAC swap + XDP_TX)", &flr);
+    row("non-VIP pass", &pass);
+    row("established flow", &est);
+    row("new flow (single runs)", &new_flow);
+    row("established (single runs)", &est_single);
+    row("floor (single runs)", &floor_single);
     println!(
-        "  established flow               {est:8.1} ns   ({:+.1} ns above floor; target <= 110)",
-        est - flr
+        "  established above floor: {:.1} ns (target <= 110; Katran 136-142)",
+        min(&est) - min(&flr)
     );
     println!(
-        "  new flow                       {new_flow:8.1} ns   ({:.2}x established; target <= 2x)",
-        new_flow / est
+        "  new flow / established: {:.2}x (target <= 2x); both as single runs: {:.2}x",
+        min(&new_flow) / min(&est),
+        min(&new_flow) / min(&est_single)
     );
-    println!(
-        "  (median of {rounds} rounds; {REPEAT} repeats, {NEW_FLOWS} single runs for new flows)"
-    );
+    println!("  ({rounds} rounds, min shown; {REPEAT} repeats; {NEW_FLOWS} single runs per round)");
 
     println!("== Maglev table build (65537 cells)");
     for n in [10usize, 100, 1000] {

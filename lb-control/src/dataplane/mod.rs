@@ -317,7 +317,7 @@ fn expected_shapes(limits: &Limits, legacy_flows: bool) -> Vec<Shape> {
             key: size_of::<FlowKey>() as u32,
             value: flow_value,
             entries: limits.flow_table_size,
-            flags: 2, // BPF_F_NO_COMMON_LRU
+            flags: 0,
         },
         shape(
             MAP_VIPS,
