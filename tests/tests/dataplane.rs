@@ -496,9 +496,11 @@ fn atomic_pool_switches_under_traffic() -> Result<()> {
     };
 
     let switches = 1000;
+    let mut reused = 0;
     for i in 1..=switches {
         let k = i % 3;
-        bal.reload(&pool_config(k))?;
+        let report = bal.reload(&pool_config(k))?;
+        reused += report["backends_reused"].as_u64().unwrap_or(0);
         history
             .lock()
             .map_err(|_| anyhow::anyhow!("poisoned"))?
@@ -539,6 +541,10 @@ fn atomic_pool_switches_under_traffic() -> Result<()> {
         }
     }
     assert!(checked > 1000);
+    assert!(
+        reused >= switches as u64,
+        "indexes must be reused for other servers ({reused} reuses)"
+    );
     assert_eq!(bal.counter("drop")?, 0);
     assert_eq!(bal.counter("error")?, 0);
     eprintln!("{switches} switches, {ok} connections checked against lb-common, 0 failed");

@@ -1,8 +1,5 @@
 //! `cargo xtask`: toolchain bootstrap, eBPF build, tests, demo, benchmarks.
 
-mod bench;
-mod demo;
-
 use std::{path::PathBuf, process::Command};
 
 use anyhow::{Context as _, Result, bail};
@@ -30,9 +27,6 @@ enum Task {
     Demo,
     /// Benchmarks: ns/packet, Maglev build, table write + verify.
     Bench,
-    /// The benchmark itself (run by `bench` from a release build).
-    #[command(hide = true)]
-    BenchRun,
 }
 
 fn main() -> Result<()> {
@@ -42,7 +36,14 @@ fn main() -> Result<()> {
         Task::Demo => {
             build_ebpf()?;
             cargo(&["build", "--workspace", "--bins"])?;
-            demo::run(&root()?)
+            cargo(&[
+                "run",
+                "--quiet",
+                "--package",
+                "lb-tests",
+                "--bin",
+                "lab-demo",
+            ])
         }
         Task::Bench => {
             build_ebpf()?;
@@ -52,12 +53,11 @@ fn main() -> Result<()> {
                 "--release",
                 "--quiet",
                 "--package",
-                "xtask",
-                "--",
-                "bench-run",
+                "lb-control",
+                "--example",
+                "bench",
             ])
         }
-        Task::BenchRun => bench::run(&root()?),
     }
 }
 

@@ -1,8 +1,8 @@
-//! `cargo xtask demo`: a network-namespace lab (client, balancer node, three
+//! `lab-demo`, run by `cargo xtask demo`: a network-namespace lab (client, balancer node, three
 //! real servers on a bridge), the balancer serving a VIP to real TCP
 //! clients with direct server return, printed results, then clean-up.
 
-use std::{net::IpAddr, path::Path};
+use std::net::IpAddr;
 
 use anyhow::{Result, bail};
 use lb_tests::{
@@ -47,7 +47,7 @@ fn lbctl(bal: &Balancer, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-pub fn run(_root: &Path) -> Result<()> {
+fn main() -> Result<()> {
     if !lb_tests::is_root() {
         bail!("the demo builds network namespaces and loads XDP: run it as root");
     }

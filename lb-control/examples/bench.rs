@@ -1,4 +1,4 @@
-//! `cargo xtask bench`: figures, not tests.
+//! `cargo xtask bench` runs this (release build): figures, not tests.
 //!
 //! - ns/packet under `BPF_PROG_TEST_RUN` for a new flow (single runs over
 //!   distinct flows), an established flow and non-VIP traffic (large
@@ -7,7 +7,7 @@
 //! - writing and verifying one table slot through the mapping, and one RCU
 //!   grace period.
 
-use std::{net::Ipv4Addr, path::Path, time::Instant};
+use std::{net::Ipv4Addr, time::Instant};
 
 use anyhow::{Context as _, Result};
 use aya::{
@@ -36,7 +36,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-pub fn run(_root: &Path) -> Result<()> {
+fn main() -> Result<()> {
     println!("== XDP program (BPF_PROG_TEST_RUN, kernel-measured ns/packet)");
     let bed = TestBed::with_flow_capacity(lb_control::dataplane::EMBEDDED_PROGRAM, 1 << 20);
     let mut floor = EbpfLoader::new().load(FLOOR_PROGRAM)?;
