@@ -130,34 +130,33 @@ fn try_xdp_lb(ctx: &XdpContext) -> Result<u32, ()> {
             }
         }
         Parsed::Flow { key, syn, len } => {
-            let service = ServiceKey {
-                addr: key.dst,
-                port: key.dport,
-                proto: key.proto,
-                family: key.family,
-            };
-            // SAFETY: values are plain data; the map is not written by the program.
-            let Some(svc) = (unsafe { SERVICES.get(service) }) else {
+            let Some(svc) = service_of(&key) else {
                 return pass();
             };
-            balance(ctx, svc.index, &key, syn, len, true)
+            balance(ctx, svc, &key, syn, len, true)
         }
         Parsed::IcmpTooBig { key, len } => {
-            let service = ServiceKey {
-                addr: key.dst,
-                port: key.dport,
-                proto: key.proto,
-                family: key.family,
-            };
-            // SAFETY: as above.
-            let Some(svc) = (unsafe { SERVICES.get(service) }) else {
+            let Some(svc) = service_of(&key) else {
                 return pass();
             };
             count(global::ICMP_FORWARDED);
             // Follow the flow the ICMP error is about, without creating state for it.
-            balance(ctx, svc.index, &key, false, len, false)
+            balance(ctx, svc, &key, false, len, false)
         }
     }
+}
+
+/// Index of the service a client → VIP flow is for.
+#[inline(always)]
+fn service_of(key: &FlowKey) -> Option<u32> {
+    let service = ServiceKey {
+        addr: key.dst,
+        port: key.dport,
+        proto: key.proto,
+        family: key.family,
+    };
+    // SAFETY: values are plain data; the program never writes this map.
+    unsafe { SERVICES.get(service) }.map(|s| s.index)
 }
 
 /// Picks the flow's backend (flow table first, Maglev otherwise) and forwards.

@@ -103,6 +103,48 @@ fn srv_list<'a>(
         .collect()
 }
 
+fn pool_members(list: &[(String, IpAddr, u32, &str)]) -> Vec<PoolMember> {
+    list.iter()
+        .map(|(n, a, w, _)| PoolMember {
+            name: n.clone(),
+            address: *a,
+            weight: *w,
+        })
+        .collect()
+}
+
+/// How many held connections sit in cells that `table` gives to another
+/// server than the one they reached (must be some, or the test proves
+/// nothing).
+fn moved_cells(lab: &Lab, table: &[Option<String>], hold: &HoldSession) -> usize {
+    let client = IpAddr::V4(lab.client.eth0.v4);
+    let vip = IpAddr::V4(lab.vip4());
+    let moved = hold
+        .conns
+        .iter()
+        .filter(|c| predict_flow(table, client, c.port, vip, PORT) != c.server)
+        .count();
+    assert!(moved > 0, "the new pool must move some held flows' cells");
+    moved
+}
+
+/// New connections from known source ports land where `table` says.
+fn assert_new_flows_follow(lab: &Lab, table: &[Option<String>], first_port: u16) -> Result<()> {
+    let client = IpAddr::V4(lab.client.eth0.v4);
+    let vip = IpAddr::V4(lab.vip4());
+    let burst = run_burst(
+        &lab.client.ns,
+        CLIENT,
+        &BurstOpts::new(lab.vip4_addr(PORT), 200).src_port_start(first_port),
+    )?;
+    assert_eq!(burst.failed, 0, "{:?}", burst.errors);
+    for (port, server) in &burst.by_port {
+        let want = predict_flow(table, client, *port, vip, PORT);
+        assert_eq!(Some(server.clone()), want, "new flow from port {port}");
+    }
+    Ok(())
+}
+
 fn lab_with_servers(n: usize, second_port: bool) -> Result<Lab> {
     let mut lab = Lab::builder().servers(n).second_port(second_port).build()?;
     lab.start_servers(SERVER, &[PORT], &[53])?;
@@ -332,25 +374,9 @@ fn restart_keeps_program_and_flows() -> Result<()> {
     assert_eq!(down.failed, 0, "{:?}", down.errors);
 
     // Change the pool while it is down so held flows' cells change owner.
-    let members = |list: &[(String, IpAddr, u32, &str)]| -> Vec<PoolMember> {
-        list.iter()
-            .map(|(n, a, w, _)| PoolMember {
-                name: n.clone(),
-                address: *a,
-                weight: *w,
-            })
-            .collect()
-    };
     let three = v4_servers(&lab, &[1, 1, 4], &["allocated"; 3]);
-    let new_table = predict_table(&members(&three), 251)?;
-    let client = IpAddr::V4(lab.client.eth0.v4);
-    let vip = IpAddr::V4(lab.vip4());
-    let moved = hold
-        .conns
-        .iter()
-        .filter(|c| predict_flow(&new_table, client, c.port, vip, PORT) != c.server)
-        .count();
-    assert!(moved > 0, "the new pool must move some held flows' cells");
+    let new_table = predict_table(&pool_members(&three), 251)?;
+    let moved = moved_cells(&lab, &new_table, &hold);
     bal.write_config(&config(
         &lab,
         &["eth0"],
@@ -372,16 +398,7 @@ fn restart_keeps_program_and_flows() -> Result<()> {
         "{moved} held flows' cells moved; the flows must not"
     );
 
-    let burst = run_burst(
-        &lab.client.ns,
-        CLIENT,
-        &BurstOpts::new(lab.vip4_addr(PORT), 200).src_port_start(22000),
-    )?;
-    assert_eq!(burst.failed, 0, "{:?}", burst.errors);
-    for (port, server) in &burst.by_port {
-        let want = predict_flow(&new_table, client, *port, vip, PORT);
-        assert_eq!(Some(server.clone()), want, "new flow from port {port}");
-    }
+    assert_new_flows_follow(&lab, &new_table, 22000)?;
     hold.quit()?;
     Ok(())
 }
@@ -577,23 +594,8 @@ fn upgrade_migrates_flow_table() -> Result<()> {
     let first: Vec<Option<String>> = hold.conns.iter().map(|c| c.server.clone()).collect();
 
     let three = v4_servers(&lab, &[1, 1, 4], &["allocated"; 3]);
-    let members: Vec<PoolMember> = three
-        .iter()
-        .map(|(n, a, w, _)| PoolMember {
-            name: n.clone(),
-            address: *a,
-            weight: *w,
-        })
-        .collect();
-    let table = predict_table(&members, 251)?;
-    let client = IpAddr::V4(lab.client.eth0.v4);
-    let vip = IpAddr::V4(lab.vip4());
-    let moved = hold
-        .conns
-        .iter()
-        .filter(|c| predict_flow(&table, client, c.port, vip, PORT) != c.server)
-        .count();
-    assert!(moved > 0);
+    let table = predict_table(&pool_members(&three), 251)?;
+    let moved = moved_cells(&lab, &table, &hold);
 
     bal.kill9()?;
     bal.write_config(&config(
@@ -615,18 +617,7 @@ fn upgrade_migrates_flow_table() -> Result<()> {
         ping.servers, first,
         "{moved} connections' cells moved; their flows must not"
     );
-    let burst = run_burst(
-        &lab.client.ns,
-        CLIENT,
-        &BurstOpts::new(lab.vip4_addr(PORT), 100).src_port_start(25000),
-    )?;
-    assert_eq!(burst.failed, 0, "{:?}", burst.errors);
-    for (port, server) in &burst.by_port {
-        assert_eq!(
-            predict_flow(&table, client, *port, vip, PORT),
-            Some(server.clone())
-        );
-    }
+    assert_new_flows_follow(&lab, &table, 25000)?;
     hold.quit()?;
     Ok(())
 }
