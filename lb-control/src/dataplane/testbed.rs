@@ -198,6 +198,16 @@ impl TestBed {
 }
 
 impl TestBed {
+    /// Empties the flow table.
+    pub fn clear_flows(&mut self) {
+        let mut flows: HashMap<_, FlowKey, FlowEntry> =
+            HashMap::try_from(self.ebpf.map_mut("FLOWS").expect("FLOWS")).expect("FLOWS");
+        let keys: Vec<FlowKey> = flows.keys().filter_map(Result::ok).collect();
+        for k in keys {
+            let _ = flows.remove(&k);
+        }
+    }
+
     /// Runs `frame` `repeat` times in the kernel; returns the average time
     /// per run as the kernel measured it.
     pub fn time(&self, frame: &[u8], repeat: u32) -> std::time::Duration {
