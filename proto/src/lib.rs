@@ -1,0 +1,41 @@
+//! The XML stream protocol between per-host agents (`lb-agent`), the manager
+//! and balancer nodes (`lb-control`).
+//!
+//! A stream is UTF-8 XML: `<lb-stream version="1" role="agent" host="web-1">`,
+//! then one message per child element, then `</lb-stream>`. [`Encoder`]
+//! writes one; [`Decoder`] reads one incrementally under hard [`Limits`];
+//! [`SequenceGuard`] drops stale or replayed messages. `docs/protocol.md`
+//! describes every message with example streams.
+
+pub mod decoder;
+pub mod encoder;
+pub mod error;
+pub mod header;
+pub mod limits;
+pub mod messages;
+pub mod report;
+pub mod sequence;
+#[cfg(feature = "tls")]
+pub mod tls;
+pub mod types;
+
+#[cfg(test)]
+mod examples;
+#[cfg(test)]
+mod samples;
+
+pub use decoder::Decoder;
+pub use encoder::Encoder;
+pub use error::{EncodeError, ProtoError};
+pub use header::{PROTOCOL_VERSION, Role, StreamHeader};
+pub use limits::Limits;
+pub use messages::{
+    Ack, AckStatus, Application, ApplicationPorts, AuthSettings, ConnectionSettings, ErrorMessage,
+    Hello, Message, Reconfigure, Server, ServerState, Service, SettingsKind, SettingsRequest,
+};
+pub use report::{
+    ApplicationStatus, Cpu, Health, HealthState, Load, Memory, Nic, Readiness, Report, Utilization,
+    UtilizationSource,
+};
+pub use sequence::{SequenceGuard, Stale};
+pub use types::{Fingerprint, MacAddr, ParseError, Protocol};
