@@ -1,0 +1,122 @@
+//! Measurement sources: what the agent reads about its host and how it turns
+//! that into the one utilization figure the manager's policy acts on.
+//!
+//! Every source reads files under a filesystem root it is given (`/` on a real
+//! host, a temporary fixture tree in tests), so each can be tested without the
+//! real `/proc` or `/sys`. Sources that report rates keep the previous reading
+//! and take the elapsed wall time as a parameter rather than reading a clock,
+//! so tests do not sleep.
+//!
+//! | module | reads | gives |
+//! | --- | --- | --- |
+//! | [`cpu`] | `/proc/stat` | host CPU busy share between two samples |
+//! | [`system`] | `/proc/loadavg`, `/proc/meminfo` | load averages, memory total/available |
+//! | [`net_dev`] | `/proc/net/dev` | per-interface receive/transmit bytes per second |
+//! | [`cgroup`] | cgroup v1 `cpuacct`/`cpu`, cgroup v2 `cpu.stat`/`cpu.max` | a cgroup's CPU use as a share of its quota |
+//! | [`cgroup_v1`] | cgroup v1 `cpu` (and `cpuacct`) hierarchies | creates a cgroup with a CFS quota (lab hosts) |
+//! | [`connections`] | `/proc/net/tcp`, `/proc/net/tcp6` (or sock_diag netlink) | established connections per application port and on a VIP |
+//! | [`command`] | an operator's command or file | a number the operator defines |
+//! | [`utilization`] | the readings above | the policy's figure, with its definition |
+
+pub mod cgroup;
+pub mod cgroup_v1;
+pub mod command;
+pub mod connections;
+pub mod cpu;
+pub mod net_dev;
+pub mod system;
+pub mod utilization;
+
+pub use cgroup::{CgroupCpu, CgroupCpuSample, CgroupError};
+pub use cgroup_v1::{CgroupHandle, CgroupV1Error, create_v1_cgroup, create_v1_cgroup_in};
+pub use command::{CommandError, CommandSource, DEFAULT_COMMAND_TIMEOUT};
+pub use connections::{
+    ConnectionCounts, ConnectionQuery, ConnectionsError, TcpSocket, TcpState, count_established,
+    probe_sources,
+};
+pub use cpu::{CpuError, CpuSampler};
+pub use net_dev::{NetDevError, NetDevSampler, NicRate};
+pub use system::{LoadAverage, Memory, SystemError, read_loadavg, read_meminfo};
+pub use utilization::{Readings, SourceKind, Utilization, UtilizationChoice, UtilizationError};
+
+use std::path::{Path, PathBuf};
+
+/// The root that real hosts use; sources built with `host()` read under it.
+pub const HOST_ROOT: &str = "/";
+
+/// `root` joined with an absolute-looking path such as `proc/stat`.
+fn under(root: &Path, relative: &str) -> PathBuf {
+    root.join(relative.trim_start_matches('/'))
+}
+
+/// Counts the `cpuN` lines of `<root>/proc/stat`: the CPUs the kernel has
+/// online. `std::thread::available_parallelism` is not used because it
+/// honours the calling process's affinity and cgroup quota, and here the
+/// host's figure is wanted.
+fn host_cpu_count(root: &Path) -> std::io::Result<usize> {
+    let text = std::fs::read_to_string(under(root, "proc/stat"))?;
+    Ok(text
+        .lines()
+        .filter(|line| {
+            line.split_whitespace()
+                .next()
+                .and_then(|token| token.strip_prefix("cpu"))
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .count())
+}
+
+#[cfg(test)]
+pub(crate) mod fixture {
+    //! Builds fixture trees for the sources' tests.
+    use std::path::Path;
+
+    /// Writes `contents` at `root/relative`, creating directories.
+    pub fn write(root: &Path, relative: &str, contents: &str) {
+        let path = root.join(relative);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("create fixture dir");
+        }
+        std::fs::write(&path, contents).expect("write fixture");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_numbered_cpu_lines_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fixture::write(
+            dir.path(),
+            "proc/stat",
+            "cpu  1 2 3 4 5 6 7 8 0 0\ncpu0 1 1 1 1 1 1 1 1 0 0\ncpu1 1 1 1 1 1 1 1 1 0 0\n\
+             cpu12 1 1 1 1 1 1 1 1 0 0\nintr 1 2 3\nctxt 5\n",
+        );
+        assert_eq!(host_cpu_count(dir.path()).expect("count"), 3);
+    }
+}
+
+/// Why a `/proc` file could not be used: unreadable, or not in the format
+/// the kernel writes.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcFileError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}; is procfs mounted at <root>/proc?")]
+    Read {
+        /// The file that was read.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file did not have the expected format.
+    #[error("unexpected format in {path}: {reason}")]
+    Parse {
+        /// The file that was read.
+        path: PathBuf,
+        /// What was wrong.
+        reason: String,
+    },
+}
