@@ -1,0 +1,482 @@
+//! The configuration file as written (serde types that keep each value's
+//! position) and the checks that turn it into an [`AgentConfig`].
+
+use std::{
+    collections::BTreeSet,
+    net::IpAddr,
+    ops::Range,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use lb_proto::Protocol;
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{
+    AgentConfig, ApplicationConfig, ConfigError, DEFAULT_FALL, DEFAULT_REPORT_INTERVAL_MS,
+    DEFAULT_RISE, MAX_INTERVAL_MS, MIN_INTERVAL_MS, ProbeConfig, UtilizationConfig, kebab,
+};
+use crate::sources::{CommandSource, SourceKind};
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct File {
+    agent: Spanned<AgentSection>,
+    #[serde(default)]
+    utilization: Option<Spanned<UtilizationSection>>,
+    #[serde(default)]
+    application: Vec<Spanned<ApplicationSection>>,
+}
+
+/// `[agent]`; `None` is a key left out.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AgentSection {
+    host: Spanned<String>,
+    manager: Spanned<String>,
+    #[serde(default)]
+    manager_name: Option<Spanned<String>>,
+    #[serde(default)]
+    report_interval_ms: Option<Spanned<u64>>,
+    #[serde(default)]
+    tls_dir: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    insecure_plaintext: Option<Spanned<bool>>,
+    #[serde(default)]
+    control_port: Option<Spanned<u16>>,
+    #[serde(default)]
+    spare: bool,
+    #[serde(default)]
+    capacity_cores: Option<Spanned<f64>>,
+}
+
+/// `[utilization]`: one flat table, checked against `kind` afterwards.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UtilizationSection {
+    #[serde(default)]
+    kind: Option<Spanned<SourceKind>>,
+    #[serde(default)]
+    capacity: Option<Spanned<u64>>,
+    #[serde(default)]
+    cgroup: Option<Spanned<String>>,
+    #[serde(default)]
+    command: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    file: Option<Spanned<PathBuf>>,
+}
+
+/// One `[[application]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApplicationSection {
+    name: Spanned<String>,
+    protocol: Spanned<Protocol>,
+    ports: Spanned<Vec<u16>>,
+    #[serde(default)]
+    vips: Vec<Spanned<IpAddr>>,
+    probe: Spanned<ProbeConfig>,
+    #[serde(default)]
+    rise: Option<Spanned<u32>>,
+    #[serde(default)]
+    fall: Option<Spanned<u32>>,
+    #[serde(default)]
+    probe_interval_ms: Option<Spanned<u64>>,
+    #[serde(default)]
+    connection_capacity: Option<Spanned<u64>>,
+}
+
+/// Checks a parsed file and turns value positions into line numbers for
+/// errors.
+pub(super) struct Validator<'a> {
+    pub(super) text: &'a str,
+    pub(super) path: &'a Path,
+}
+
+impl Validator<'_> {
+    fn error(&self, span: Range<usize>, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_owned(),
+            line: line_of(self.text, span.start),
+            key: key.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    pub(super) fn config(&self, file: File) -> Result<AgentConfig, ConfigError> {
+        let agent_span = file.agent.span();
+        let agent = file.agent.into_inner();
+
+        let host = agent.host.get_ref().trim().to_owned();
+        if host.is_empty() {
+            return Err(self.error(
+                agent.host.span(),
+                "agent.host",
+                "is empty: write this server's name, as on its certificate",
+            ));
+        }
+        let manager_host = self.manager_host(&agent.manager)?;
+        let manager_name = match agent.manager_name {
+            Some(name) if name.get_ref().trim().is_empty() => {
+                return Err(self.error(
+                    name.span(),
+                    "agent.manager_name",
+                    "is empty: write the name on the manager's certificate, or leave the key out",
+                ));
+            }
+            Some(name) => name.into_inner().trim().to_owned(),
+            None => manager_host,
+        };
+        let report_interval_ms = match &agent.report_interval_ms {
+            Some(ms) => self.interval(ms, "agent.report_interval_ms")?,
+            None => DEFAULT_REPORT_INTERVAL_MS,
+        };
+        let insecure_plaintext = agent
+            .insecure_plaintext
+            .as_ref()
+            .is_some_and(|v| *v.get_ref());
+        if agent.tls_dir.is_none() && !insecure_plaintext {
+            return Err(self.error(
+                agent_span,
+                "agent.tls_dir",
+                "is missing: write the directory holding ca.pem, <host>.pem and <host>.key \
+                 (see `lbctl certs`)",
+            ));
+        }
+        if let Some(port) = &agent.control_port
+            && *port.get_ref() == 0
+        {
+            return Err(self.error(
+                port.span(),
+                "agent.control_port",
+                "is 0: write the TCP port of this server's control listener",
+            ));
+        }
+        if let Some(cores) = &agent.capacity_cores
+            && !(cores.get_ref().is_finite() && *cores.get_ref() > 0.0)
+        {
+            return Err(self.error(
+                cores.span(),
+                "agent.capacity_cores",
+                format!(
+                    "{} is not a positive number of cores (fractions such as 0.5 are fine)",
+                    cores.get_ref()
+                ),
+            ));
+        }
+        let utilization_span = file
+            .utilization
+            .as_ref()
+            .map_or(agent_span.clone(), Spanned::span);
+        let utilization = match file.utilization {
+            Some(section) => self.utilization(section)?,
+            None => UtilizationConfig::default(),
+        };
+        let applications = self.applications(
+            file.application,
+            report_interval_ms,
+            &utilization,
+            utilization_span,
+        )?;
+        Ok(AgentConfig {
+            host,
+            manager: agent.manager.into_inner().trim().to_owned(),
+            manager_name,
+            report_interval: Duration::from_millis(report_interval_ms),
+            tls_dir: agent.tls_dir.map(Spanned::into_inner),
+            insecure_plaintext,
+            control_port: agent.control_port.map(Spanned::into_inner),
+            spare: agent.spare,
+            capacity_cores: agent.capacity_cores.map(Spanned::into_inner),
+            utilization,
+            applications,
+        })
+    }
+
+    /// Checks `ADDR:PORT` and returns ADDR without IPv6 brackets.
+    fn manager_host(&self, manager: &Spanned<String>) -> Result<String, ConfigError> {
+        let bad = |why: &str| {
+            self.error(
+                manager.span(),
+                "agent.manager",
+                format!(
+                    "{:?} {why}: write ADDR:PORT, e.g. \"198.51.100.1:7400\", \
+                     \"[2001:db8::1]:7400\" or \"manager.example:7400\"",
+                    manager.get_ref()
+                ),
+            )
+        };
+        let text = manager.get_ref().trim();
+        let (host, port) = text.rsplit_once(':').ok_or_else(|| bad("has no port"))?;
+        match port.parse::<u16>() {
+            Ok(0) => return Err(bad("has port 0")),
+            Ok(_) => {}
+            Err(_) => return Err(bad("has no valid port")),
+        }
+        let host = match host.strip_prefix('[') {
+            Some(inner) => inner
+                .strip_suffix(']')
+                .ok_or_else(|| bad("has an unclosed '['"))?,
+            None if host.contains(':') => {
+                return Err(bad("is an IPv6 address without brackets"));
+            }
+            None => host,
+        };
+        if host.is_empty() {
+            return Err(bad("has no address"));
+        }
+        Ok(host.to_owned())
+    }
+
+    fn interval(&self, ms: &Spanned<u64>, key: &str) -> Result<u64, ConfigError> {
+        let value = *ms.get_ref();
+        if !(MIN_INTERVAL_MS..=MAX_INTERVAL_MS).contains(&value) {
+            return Err(self.error(
+                ms.span(),
+                key,
+                format!("{value} ms is outside {MIN_INTERVAL_MS}..={MAX_INTERVAL_MS} ms"),
+            ));
+        }
+        Ok(value)
+    }
+
+    fn utilization(
+        &self,
+        section: Spanned<UtilizationSection>,
+    ) -> Result<UtilizationConfig, ConfigError> {
+        let span = section.span();
+        let section = section.into_inner();
+        let kind = section
+            .kind
+            .as_ref()
+            .map_or(SourceKind::HostCpu, |k| *k.get_ref());
+        let kind_name = kebab(kind);
+        let only_for = |key: &str, value_span: Range<usize>, wanted: &str| {
+            self.error(
+                value_span,
+                &format!("utilization.{key}"),
+                format!(
+                    "is only used with kind = \"{wanted}\", not \"{kind_name}\": remove it or \
+                     change kind"
+                ),
+            )
+        };
+        if let Some(capacity) = &section.capacity {
+            if kind != SourceKind::Connections {
+                return Err(only_for("capacity", capacity.span(), "connections"));
+            }
+            if *capacity.get_ref() == 0 {
+                return Err(self.error(
+                    capacity.span(),
+                    "utilization.capacity",
+                    "is 0: write the established connections one server handles at full load",
+                ));
+            }
+        }
+        for (key, value_span) in [
+            ("command", section.command.as_ref().map(Spanned::span)),
+            ("file", section.file.as_ref().map(Spanned::span)),
+        ] {
+            if let Some(value_span) = value_span
+                && kind != SourceKind::Command
+            {
+                return Err(only_for(key, value_span, "command"));
+            }
+        }
+        let command = match (section.command, section.file) {
+            (Some(c), Some(_)) => {
+                return Err(self.error(
+                    c.span(),
+                    "utilization.command",
+                    "and utilization.file are both set: keep one",
+                ));
+            }
+            (Some(c), None) if c.get_ref().is_empty() => {
+                return Err(self.error(
+                    c.span(),
+                    "utilization.command",
+                    "is empty: write the program and its arguments, e.g. [\"/usr/local/bin/load\"]",
+                ));
+            }
+            (Some(c), None) => Some(CommandSource::Command(c.into_inner())),
+            (None, Some(f)) => Some(CommandSource::File(f.into_inner())),
+            (None, None) if kind == SourceKind::Command => {
+                return Err(self.error(
+                    span,
+                    "utilization.command",
+                    "is missing: kind = \"command\" needs command = [\"program\", \"arg\"] or \
+                     file = \"/path\"",
+                ));
+            }
+            (None, None) => None,
+        };
+        let cgroup = match section.cgroup {
+            Some(c) if c.get_ref().trim().is_empty() => {
+                return Err(self.error(
+                    c.span(),
+                    "utilization.cgroup",
+                    "is empty: write the cgroup's path in the hierarchy, e.g. \"/lab/h1\"",
+                ));
+            }
+            Some(c) => Some(c.into_inner()),
+            None if kind == SourceKind::CgroupCpu => {
+                return Err(self.error(
+                    span,
+                    "utilization.cgroup",
+                    "is missing: kind = \"cgroup-cpu\" needs the application's cgroup, e.g. \
+                     cgroup = \"/lab/h1\"",
+                ));
+            }
+            None => None,
+        };
+        Ok(UtilizationConfig {
+            kind,
+            connection_capacity: section.capacity.map(Spanned::into_inner),
+            cgroup,
+            command,
+        })
+    }
+
+    fn applications(
+        &self,
+        sections: Vec<Spanned<ApplicationSection>>,
+        report_interval_ms: u64,
+        utilization: &UtilizationConfig,
+        utilization_span: Range<usize>,
+    ) -> Result<Vec<ApplicationConfig>, ConfigError> {
+        let mut names = BTreeSet::new();
+        let mut applications = Vec::with_capacity(sections.len());
+        for section in sections {
+            let app = section.into_inner();
+            let name = app.name.get_ref().trim().to_owned();
+            let key = |field: &str| format!("application[{name}].{field}");
+            if name.is_empty() {
+                return Err(self.error(app.name.span(), "application.name", "is empty"));
+            }
+            if !names.insert(name.clone()) {
+                return Err(self.error(
+                    app.name.span(),
+                    "application.name",
+                    format!("{name:?} is defined twice"),
+                ));
+            }
+            if app.ports.get_ref().is_empty() {
+                return Err(self.error(
+                    app.ports.span(),
+                    &key("ports"),
+                    "is empty: list the ports the application listens on",
+                ));
+            }
+            if app.ports.get_ref().contains(&0) {
+                return Err(self.error(app.ports.span(), &key("ports"), "contains port 0"));
+            }
+            let mut vips = Vec::with_capacity(app.vips.len());
+            for vip in &app.vips {
+                if vips.contains(vip.get_ref()) {
+                    return Err(self.error(
+                        vip.span(),
+                        &key("vips"),
+                        format!("{} is listed twice", vip.get_ref()),
+                    ));
+                }
+                vips.push(*vip.get_ref());
+            }
+            self.probe(&app.probe, &key("probe"))?;
+            let count = |v: &Option<Spanned<u32>>, field: &str, default: u32| match v {
+                Some(n) if *n.get_ref() == 0 => Err(self.error(
+                    n.span(),
+                    &key(field),
+                    "is 0: at least one probe is needed to change state",
+                )),
+                Some(n) => Ok(*n.get_ref()),
+                None => Ok(default),
+            };
+            let rise = count(&app.rise, "rise", DEFAULT_RISE)?;
+            let fall = count(&app.fall, "fall", DEFAULT_FALL)?;
+            let probe_interval_ms = match &app.probe_interval_ms {
+                Some(ms) => self.interval(ms, &key("probe_interval_ms"))?,
+                None => report_interval_ms,
+            };
+            if let Some(capacity) = &app.connection_capacity
+                && *capacity.get_ref() == 0
+            {
+                return Err(self.error(
+                    capacity.span(),
+                    &key("connection_capacity"),
+                    "is 0: write the established connections it handles at full load",
+                ));
+            }
+            let connection_capacity = app.connection_capacity.as_ref().map(|c| *c.get_ref());
+            if utilization.kind == SourceKind::Connections
+                && *app.protocol.get_ref() == Protocol::Tcp
+                && connection_capacity
+                    .or(utilization.connection_capacity)
+                    .is_none()
+            {
+                return Err(self.error(
+                    app.name.span(),
+                    &key("connection_capacity"),
+                    "is missing: utilization kind = \"connections\" needs a capacity, here or \
+                     as utilization.capacity",
+                ));
+            }
+            applications.push(ApplicationConfig {
+                name,
+                protocol: *app.protocol.get_ref(),
+                ports: app.ports.into_inner(),
+                vips,
+                probe: app.probe.into_inner(),
+                rise,
+                fall,
+                probe_interval: Duration::from_millis(probe_interval_ms),
+                connection_capacity,
+            });
+        }
+        if utilization.kind == SourceKind::Connections
+            && !applications.iter().any(|a| a.protocol == Protocol::Tcp)
+        {
+            return Err(self.error(
+                utilization_span,
+                "utilization.kind",
+                "is \"connections\" but no TCP [[application]] is configured to count",
+            ));
+        }
+        Ok(applications)
+    }
+
+    fn probe(&self, probe: &Spanned<ProbeConfig>, key: &str) -> Result<(), ConfigError> {
+        if probe.get_ref().port() == 0 {
+            return Err(self.error(probe.span(), &format!("{key}.port"), "is 0"));
+        }
+        if let ProbeConfig::Http { path, expect, .. } = probe.get_ref() {
+            if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(self.error(
+                    probe.span(),
+                    &format!("{key}.path"),
+                    format!(
+                        "{path:?} must start with '/' and hold no spaces or control characters"
+                    ),
+                ));
+            }
+            if !(100..=599).contains(expect) {
+                return Err(self.error(
+                    probe.span(),
+                    &format!("{key}.expect"),
+                    format!("{expect} is not an HTTP status code (100..=599)"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The 1-based line holding byte `offset` of `text`.
+pub(super) fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()
+        .get(..end)
+        .map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count())
+        + 1
+}

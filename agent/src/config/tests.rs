@@ -1,0 +1,367 @@
+use super::{file::line_of, *};
+
+fn parse(text: &str) -> Result<AgentConfig, ConfigError> {
+    AgentConfig::parse(text, Path::new("agent.toml"))
+}
+
+/// The error's text, which must name `key` and `line`.
+#[track_caller]
+fn expect_error(text: &str, key: &str, line: usize) -> String {
+    let err = parse(text).expect_err("invalid config");
+    let message = err.to_string();
+    assert!(message.contains(key), "{message:?} does not name {key:?}");
+    assert!(
+        message.contains(&format!("agent.toml:{line}:"))
+            || message.contains(&format!("at line {line},")),
+        "{message:?} does not name line {line}"
+    );
+    message
+}
+
+const MINIMAL: &str = r#"
+[agent]
+host = "web-1"
+manager = "manager.lb:7400"
+tls_dir = "/etc/xdplb/pki"
+"#;
+
+#[test]
+fn minimal_file_takes_defaults() {
+    let config = parse(MINIMAL).expect("valid");
+    assert_eq!(config.host, "web-1");
+    assert_eq!(config.manager, "manager.lb:7400");
+    assert_eq!(config.manager_name, "manager.lb");
+    assert_eq!(config.report_interval, Duration::from_millis(1000));
+    assert_eq!(config.tls_dir, Some(PathBuf::from("/etc/xdplb/pki")));
+    assert!(!config.insecure_plaintext);
+    assert_eq!(config.control_port, None);
+    assert!(!config.spare);
+    assert_eq!(config.capacity_cores, None);
+    assert_eq!(config.utilization, UtilizationConfig::default());
+    assert_eq!(config.utilization.kind, SourceKind::HostCpu);
+    assert!(config.applications.is_empty());
+}
+
+#[test]
+fn full_file() {
+    let config = parse(
+        r#"
+        [agent]
+        host = "web-1"
+        manager = "[2001:db8::1]:7400"
+        manager_name = "manager-1"
+        report_interval_ms = 500
+        tls_dir = "/pki"
+        control_port = 7443
+        spare = true
+        capacity_cores = 2.5
+
+        [utilization]
+        kind = "connections"
+        capacity = 400
+
+        [[application]]
+        name = "web"
+        protocol = "tcp"
+        ports = [80, 443]
+        vips = ["192.0.2.10", "2001:db8::10"]
+        probe = { kind = "http", port = 80, path = "/healthz" }
+        rise = 3
+        fall = 5
+        probe_interval_ms = 250
+        connection_capacity = 1000
+
+        [[application]]
+        name = "dns"
+        protocol = "udp"
+        ports = [53]
+        probe = { kind = "tcp", port = 53 }
+        "#,
+    )
+    .expect("valid");
+    assert_eq!(config.manager_name, "manager-1");
+    assert_eq!(config.report_interval, Duration::from_millis(500));
+    assert_eq!(config.control_port, Some(7443));
+    assert!(config.spare);
+    assert_eq!(config.capacity_cores, Some(2.5));
+    assert_eq!(config.utilization.kind, SourceKind::Connections);
+    assert_eq!(config.utilization.connection_capacity, Some(400));
+    let web = &config.applications[0];
+    assert_eq!(web.protocol, Protocol::Tcp);
+    assert_eq!(web.ports, vec![80, 443]);
+    assert_eq!(web.vips.len(), 2);
+    assert_eq!(
+        web.probe,
+        ProbeConfig::Http {
+            port: 80,
+            path: "/healthz".into(),
+            expect: 200,
+            address: None,
+        }
+    );
+    assert_eq!((web.rise, web.fall), (3, 5));
+    assert_eq!(web.probe_interval, Duration::from_millis(250));
+    assert_eq!(web.connection_capacity, Some(1000));
+    let dns = &config.applications[1];
+    assert_eq!(dns.protocol, Protocol::Udp);
+    assert_eq!((dns.rise, dns.fall), (DEFAULT_RISE, DEFAULT_FALL));
+    // The probe interval follows the report interval by default.
+    assert_eq!(dns.probe_interval, Duration::from_millis(500));
+}
+
+#[test]
+fn manager_name_defaults_to_the_address_host_part() {
+    let with = |manager: &str| {
+        parse(&MINIMAL.replace("manager.lb:7400", manager))
+            .expect("valid")
+            .manager_name
+    };
+    assert_eq!(with("198.51.100.1:7400"), "198.51.100.1");
+    assert_eq!(with("[2001:db8::1]:7400"), "2001:db8::1");
+}
+
+#[test]
+fn utilization_sources() {
+    let with = |section: &str| parse(&format!("{MINIMAL}\n[utilization]\n{section}\n"));
+    let cgroup = with("kind = \"cgroup-cpu\"\ncgroup = \"/lab/h1\"").expect("cgroup");
+    assert_eq!(cgroup.utilization.kind, SourceKind::CgroupCpu);
+    assert_eq!(cgroup.utilization.cgroup.as_deref(), Some("/lab/h1"));
+    let command = with("kind = \"command\"\ncommand = [\"/bin/load\", \"-n\"]").expect("command");
+    assert_eq!(
+        command.utilization.command,
+        Some(CommandSource::Command(vec![
+            "/bin/load".into(),
+            "-n".into()
+        ]))
+    );
+    let file = with("kind = \"command\"\nfile = \"/run/load\"").expect("file");
+    assert_eq!(
+        file.utilization.command,
+        Some(CommandSource::File("/run/load".into()))
+    );
+    // A cgroup may be watched beside another source.
+    let beside = with("kind = \"host-cpu\"\ncgroup = \"/app\"").expect("cgroup beside");
+    assert_eq!(beside.utilization.cgroup.as_deref(), Some("/app"));
+}
+
+#[test]
+fn unknown_keys_name_key_and_line() {
+    let message = expect_error(
+        &format!("{MINIMAL}report_intervl_ms = 5\n"),
+        "report_intervl_ms",
+        6,
+    );
+    assert!(
+        message.contains("report_interval_ms"),
+        "suggests the known keys: {message}"
+    );
+    expect_error(
+        &format!(
+            "{MINIMAL}\n[[application]]\nname = \"web\"\nprotocol = \"tcp\"\nports = [80]\nprobe = {{ kind = \"tcp\", port = 80, timeout = 1 }}\n"
+        ),
+        "timeout",
+        11,
+    );
+    expect_error(
+        &format!("{MINIMAL}\n[utilisation]\nkind = \"host-cpu\"\n"),
+        "utilisation",
+        7,
+    );
+}
+
+#[test]
+fn bad_values_name_key_and_line() {
+    expect_error(
+        &MINIMAL.replace("manager.lb:7400", "manager.lb"),
+        "agent.manager",
+        4,
+    );
+    expect_error(&MINIMAL.replace(":7400", ":0"), "agent.manager", 4);
+    expect_error(
+        &MINIMAL.replace("manager.lb:7400", "2001:db8::1:7400"),
+        "agent.manager",
+        4,
+    );
+    expect_error(&MINIMAL.replace("\"web-1\"", "\"  \""), "agent.host", 3);
+    expect_error(
+        &format!("{MINIMAL}report_interval_ms = 10\n"),
+        "agent.report_interval_ms",
+        6,
+    );
+    expect_error(
+        &format!("{MINIMAL}control_port = 0\n"),
+        "agent.control_port",
+        6,
+    );
+    expect_error(
+        &format!("{MINIMAL}control_port = 70000\n"),
+        "control_port",
+        6,
+    );
+    expect_error(
+        &format!("{MINIMAL}capacity_cores = -1.0\n"),
+        "agent.capacity_cores",
+        6,
+    );
+    expect_error(&format!("{MINIMAL}spare = \"yes\"\n"), "spare", 6);
+    // No TLS directory and no explicit plaintext.
+    expect_error(
+        &MINIMAL.replace("tls_dir = \"/etc/xdplb/pki\"\n", ""),
+        "agent.tls_dir",
+        2,
+    );
+}
+
+#[test]
+fn bad_utilization_sections() {
+    let with = |section: &str| format!("{MINIMAL}\n[utilization]\n{section}\n");
+    expect_error(&with("kind = \"gpu\""), "kind", 8);
+    expect_error(&with("kind = \"cgroup-cpu\""), "utilization.cgroup", 7);
+    expect_error(&with("kind = \"command\""), "utilization.command", 7);
+    expect_error(
+        &with("kind = \"command\"\ncommand = [\"a\"]\nfile = \"/b\""),
+        "utilization.command",
+        9,
+    );
+    expect_error(
+        &with("kind = \"command\"\ncommand = []"),
+        "utilization.command",
+        9,
+    );
+    expect_error(
+        &with("kind = \"host-cpu\"\ncapacity = 5"),
+        "utilization.capacity",
+        9,
+    );
+    expect_error(
+        &with("kind = \"host-cpu\"\nfile = \"/x\""),
+        "utilization.file",
+        9,
+    );
+    expect_error(
+        &with("kind = \"connections\"\ncapacity = 0"),
+        "utilization.capacity",
+        9,
+    );
+    // Connections need a TCP application with a capacity.
+    expect_error(
+        &with("kind = \"connections\"\ncapacity = 10"),
+        "utilization.kind",
+        7,
+    );
+    let no_capacity = format!(
+        "{}\n[[application]]\nname = \"web\"\nprotocol = \"tcp\"\nports = [80]\nprobe = {{ kind = \"tcp\", port = 80 }}\n",
+        with("kind = \"connections\"")
+    );
+    expect_error(&no_capacity, "application[web].connection_capacity", 11);
+}
+
+#[test]
+fn bad_applications() {
+    let app = |body: &str| format!("{MINIMAL}\n[[application]]\n{body}\n");
+    let base =
+        "name = \"web\"\nprotocol = \"tcp\"\nports = [80]\nprobe = { kind = \"tcp\", port = 80 }";
+    parse(&app(base)).expect("base is valid");
+    expect_error(
+        &app(&base.replace("\"tcp\"\nports", "\"sctp\"\nports")),
+        "sctp",
+        9,
+    );
+    expect_error(
+        &app(&base.replace("[80]", "[]")),
+        "application[web].ports",
+        10,
+    );
+    expect_error(
+        &app(&base.replace("[80]", "[80, 0]")),
+        "application[web].ports",
+        10,
+    );
+    expect_error(&app(&base.replace("[80]", "[80, 65536]")), "ports", 10);
+    expect_error(
+        &app(&format!("{base}\nvips = [\"192.0.2.300\"]")),
+        "vips",
+        12,
+    );
+    expect_error(
+        &app(&format!("{base}\nvips = [\"192.0.2.1\", \"192.0.2.1\"]")),
+        "application[web].vips",
+        12,
+    );
+    expect_error(
+        &app(&format!("{base}\nrise = 0")),
+        "application[web].rise",
+        12,
+    );
+    expect_error(
+        &app(&format!("{base}\nfall = 0")),
+        "application[web].fall",
+        12,
+    );
+    expect_error(
+        &app(&format!("{base}\nprobe_interval_ms = 5")),
+        "application[web].probe_interval_ms",
+        12,
+    );
+    expect_error(
+        &app(&base.replace("port = 80 }", "port = 0 }")),
+        "application[web].probe.port",
+        11,
+    );
+    expect_error(
+        &app(&base.replace(
+            "{ kind = \"tcp\", port = 80 }",
+            "{ kind = \"http\", port = 80, path = \"healthz\" }",
+        )),
+        "application[web].probe.path",
+        11,
+    );
+    expect_error(
+        &app(&base.replace(
+            "{ kind = \"tcp\", port = 80 }",
+            "{ kind = \"http\", port = 80, path = \"/\", expect = 42 }",
+        )),
+        "application[web].probe.expect",
+        11,
+    );
+    expect_error(
+        &app(&base.replace(
+            "{ kind = \"tcp\", port = 80 }",
+            "{ kind = \"http\", port = 80 }",
+        )),
+        "path",
+        11,
+    );
+    let twice = format!("{}\n[[application]]\n{base}\n", app(base));
+    expect_error(&twice, "application.name", 14);
+    expect_error(
+        &format!("{MINIMAL}\n[[application]]\nname = \"web\"\n"),
+        "protocol",
+        7,
+    );
+}
+
+#[test]
+fn plaintext_needs_no_tls_dir() {
+    let text = MINIMAL.replace("tls_dir = \"/etc/xdplb/pki\"", "insecure_plaintext = true");
+    let config = parse(&text).expect("valid");
+    assert!(config.insecure_plaintext);
+    assert_eq!(config.tls_dir, None);
+    // Writing false is the same as leaving it out.
+    let text = format!("{MINIMAL}insecure_plaintext = false\n");
+    assert!(!parse(&text).expect("valid").insecure_plaintext);
+}
+
+#[test]
+fn load_reports_a_missing_file() {
+    let err = AgentConfig::load(Path::new("/nonexistent/agent.toml")).expect_err("missing");
+    assert!(err.to_string().contains("/nonexistent/agent.toml"), "{err}");
+}
+
+#[test]
+fn lines_are_counted_from_one() {
+    assert_eq!(line_of("a\nb\nc", 0), 1);
+    assert_eq!(line_of("a\nb\nc", 2), 2);
+    assert_eq!(line_of("a\nb\nc", 4), 3);
+    assert_eq!(line_of("a", 99), 1);
+}
