@@ -13,6 +13,7 @@ use tracing::{debug, warn};
 
 use crate::{
     config::Config,
+    manager::{Manager, ManagerStats, db::MonitorView},
     node::{ApplyReport, Node, ServerView, ServiceView},
 };
 
@@ -44,6 +45,9 @@ pub struct Stats {
     pub global: Vec<(String, u64)>,
     pub flows: usize,
     pub services: Vec<ServiceView>,
+    /// Agent streams, when this process is also the manager.
+    #[serde(default)]
+    pub manager: Option<ManagerStats>,
 }
 
 /// Responses.
@@ -51,17 +55,28 @@ pub struct Stats {
 #[serde(tag = "response", rename_all = "snake_case")]
 pub enum Response {
     Status(Status),
-    Services { services: Vec<ServiceView> },
-    Servers { servers: Vec<ServerView> },
+    Services {
+        services: Vec<ServiceView>,
+    },
+    Servers {
+        servers: Vec<ServerView>,
+        /// The manager's view of every server with an agent (also those not
+        /// in the config: announced spares).
+        #[serde(default)]
+        monitors: Vec<MonitorView>,
+    },
     Stats(Stats),
     Reloaded(ApplyReport),
-    Error { message: String },
+    Error {
+        message: String,
+    },
 }
 
 /// Shared daemon state for the handlers.
 pub struct Daemon {
     pub node: Mutex<Node>,
     pub config_path: std::path::PathBuf,
+    pub manager: Option<std::sync::Arc<Manager>>,
 }
 
 impl Daemon {
@@ -100,9 +115,14 @@ impl Daemon {
             Request::ServiceList => Response::Services {
                 services: self.node.lock().await.service_views(),
             },
-            Request::ServerList => Response::Servers {
-                servers: self.node.lock().await.server_views(),
-            },
+            Request::ServerList => {
+                let servers = self.node.lock().await.server_views();
+                let monitors = match &self.manager {
+                    Some(m) => m.views().await,
+                    None => Vec::new(),
+                };
+                Response::Servers { servers, monitors }
+            }
             Request::Stats => {
                 let node = self.node.lock().await;
                 Response::Stats(Stats {
@@ -114,6 +134,7 @@ impl Daemon {
                         .collect(),
                     flows: node.dp.flows.count(),
                     services: node.service_views(),
+                    manager: self.manager.as_ref().map(|m| m.stats()),
                 })
             }
             Request::Reload => match self.reload().await {

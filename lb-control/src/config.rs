@@ -44,6 +44,9 @@ pub struct Config {
     /// Real servers.
     #[serde(default)]
     pub server: Vec<ServerConfig>,
+    /// The manager role (agent streams); absent: this process is a node only.
+    #[serde(default)]
+    pub manager: Option<crate::manager::ManagerConfig>,
 }
 
 /// `[node]`
@@ -236,6 +239,9 @@ impl Config {
             message,
         };
         let limits = &self.limits;
+        if let Some(m) = &self.manager {
+            m.validate().map_err(|e| invalid(0..0, e))?;
+        }
         if self.node.interfaces.is_empty() {
             return Err(invalid(
                 0..0,

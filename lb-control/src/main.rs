@@ -82,6 +82,13 @@ fn run(config_path: PathBuf) -> Result<(), String> {
     runtime.block_on(async move {
         let config = Config::load(&config_path).map_err(|e| e.to_string())?;
         let socket = config.node.socket.clone();
+        let manager = config
+            .manager
+            .clone()
+            .map(lb_control::manager::Manager::new);
+        if let Some(m) = &manager {
+            m.clone().start().await.map_err(|e| e.to_string())?;
+        }
         let mut node = Node::open(config.clone())
             .await
             .map_err(|e| e.to_string())?;
@@ -89,6 +96,7 @@ fn run(config_path: PathBuf) -> Result<(), String> {
         let daemon = Arc::new(Daemon {
             node: Mutex::new(node),
             config_path,
+            manager,
         });
         let api_daemon = daemon.clone();
         let api_socket = socket.clone();

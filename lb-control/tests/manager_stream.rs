@@ -1,0 +1,466 @@
+//! The manager's agent listener over real mutual TLS on loopback: good
+//! streams update the server database; bad peers (wrong CA, expired or no
+//! certificate, a name that does not match, malformed, oversized and deeply
+//! nested XML, replays) are refused, counted, and disturb nobody else.
+
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use lb_control::manager::{Manager, ManagerConfig, db::Monitor};
+use lb_proto::{
+    Application, ApplicationStatus, Cpu, Decoder, Encoder, Health, HealthState, Hello, Load,
+    Memory, Message, Protocol, Report, Role, SettingsKind, StreamHeader, Utilization,
+    UtilizationSource,
+    tls::{self, Pki, Role as CertRole, Validity},
+};
+use rustls::pki_types::pem::PemObject as _;
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpStream,
+};
+
+const DAY: Duration = Duration::from_secs(86_400);
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    pki: Pki,
+    other: Pki,
+    manager: Arc<Manager>,
+    addr: SocketAddr,
+}
+
+async fn setup() -> Setup {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = Pki::new(dir.path().join("pki"));
+    pki.init_ca("test-ca", DAY, false).expect("ca");
+    pki.issue("manager", CertRole::Server, &[], Validity::from_now(DAY))
+        .expect("manager cert");
+    for host in ["s1", "s2", "s3"] {
+        pki.issue(host, CertRole::Client, &[], Validity::from_now(DAY))
+            .expect("agent cert");
+    }
+    let past = SystemTime::now() - 2 * DAY;
+    pki.issue("old", CertRole::Client, &[], Validity::starting(past, DAY))
+        .expect("expired cert");
+    let other = Pki::new(dir.path().join("other"));
+    other.init_ca("stranger-ca", DAY, false).expect("ca");
+    other
+        .issue("s1", CertRole::Client, &[], Validity::from_now(DAY))
+        .expect("stranger cert");
+    let manager = Manager::new(ManagerConfig {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        name: "manager".into(),
+        tls_dir: Some(pki.dir().to_path_buf()),
+        insecure_plaintext: false,
+        report_interval_ms: 100,
+        unmonitored_after_intervals: 3,
+    });
+    let addr = manager.clone().start().await.expect("manager starts");
+    Setup {
+        _dir: dir,
+        pki,
+        other,
+        manager,
+        addr,
+    }
+}
+
+type Stream = tokio_rustls::client::TlsStream<TcpStream>;
+
+async fn dial(pki: &Pki, host: &str, addr: SocketAddr) -> Result<Stream, String> {
+    let ca = pki.load_ca_cert().map_err(|e| e.to_string())?;
+    // Read the files as they are (load_identity would refuse an expired
+    // certificate before the manager ever saw it).
+    let id = tls::Identity {
+        host: host.into(),
+        cert_pem: std::fs::read_to_string(pki.cert_path(host)).map_err(|e| e.to_string())?,
+        key_pem: std::fs::read_to_string(pki.key_path(host)).map_err(|e| e.to_string())?,
+    };
+    let config = tls::client_config(&ca, &id).map_err(|e| e.to_string())?;
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let (mut stream, _) = tls::connect(config, "manager", tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    // TLS 1.3: a refused client certificate shows on the first read.
+    stream.flush().await.map_err(|e| e.to_string())?;
+    Ok(stream)
+}
+
+fn hello(host: &str) -> Message {
+    Hello {
+        seq: 0,
+        host: host.into(),
+        agent_version: "test".into(),
+        cores: 0.2,
+        spare: false,
+        applications: vec![Application {
+            name: "web".into(),
+            protocol: Protocol::Tcp,
+            ports: vec![80],
+            probe: "tcp connect".into(),
+        }],
+    }
+    .into()
+}
+
+fn report(host: &str, time_ms: u64, value: f64) -> Message {
+    Report {
+        seq: 0,
+        host: host.into(),
+        time_ms,
+        interval_ms: 100,
+        utilization: Utilization {
+            value,
+            source: UtilizationSource::CgroupCpu,
+        },
+        cpu: Cpu {
+            host: 0.1,
+            cgroup: Some(value),
+        },
+        load: Load {
+            one: 0.1,
+            five: 0.1,
+            fifteen: 0.1,
+        },
+        memory: Memory {
+            total_bytes: 100,
+            available_bytes: 50,
+        },
+        nics: vec![],
+        applications: vec![ApplicationStatus {
+            name: "web".into(),
+            established: 1,
+            vip_established: 1,
+            health: Health {
+                state: HealthState::Up,
+                rise: 2,
+                fall: 3,
+                ok_streak: 3,
+                fail_streak: 0,
+                detail: None,
+            },
+            readiness: vec![],
+        }],
+    }
+    .into()
+}
+
+/// An agent side of a stream, writing real protocol bytes.
+struct Agent {
+    stream: Stream,
+    enc: Encoder<Vec<u8>>,
+    dec: Decoder,
+}
+
+impl Agent {
+    async fn open(stream: Stream, host: &str) -> Self {
+        let mut a = Self {
+            stream,
+            enc: Encoder::new(Vec::new(), 1),
+            dec: Decoder::new(),
+        };
+        a.enc
+            .start(&StreamHeader::new(Role::Agent, host))
+            .expect("header");
+        a.flush().await.expect("write header");
+        a
+    }
+
+    async fn send(&mut self, mut m: Message) -> std::io::Result<()> {
+        self.enc.encode(&mut m).expect("encode");
+        self.flush().await
+    }
+
+    async fn raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes).await?;
+        self.stream.flush().await
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        let bytes = self.enc.take();
+        self.raw(&bytes).await
+    }
+
+    /// Next message from the manager, or None at the end of the stream.
+    async fn recv(&mut self, timeout: Duration) -> Option<Message> {
+        let deadline = Instant::now() + timeout;
+        let mut buf = [0u8; 4096];
+        loop {
+            match self.dec.next() {
+                Ok(Some(m)) => return Some(m),
+                Ok(None) => {}
+                Err(_) => return None,
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            match tokio::time::timeout(left, self.stream.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return None,
+                Ok(Ok(n)) => self.dec.feed(&buf[..n]),
+            }
+        }
+    }
+
+    /// True once the manager closed the stream.
+    async fn closed(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.recv(left).await {
+                None => return true,
+                Some(_) => continue,
+            }
+        }
+        false
+    }
+}
+
+async fn wait_for(timeout: Duration, mut f: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+async fn utilization(m: &Manager, host: &str) -> Option<f64> {
+    m.db.lock()
+        .await
+        .get(host)
+        .and_then(|r| r.view(Instant::now()).utilization)
+}
+
+#[tokio::test]
+async fn good_stream_updates_database_and_answers_settings() {
+    let s = setup().await;
+    let mut a = Agent::open(dial(&s.pki, "s1", s.addr).await.expect("dial"), "s1").await;
+    a.send(hello("s1")).await.expect("hello");
+    for (i, u) in [0.2, 0.4, 0.6].into_iter().enumerate() {
+        a.send(report("s1", 1000 + i as u64, u))
+            .await
+            .expect("report");
+    }
+    assert!(
+        wait_for(Duration::from_secs(5), async || utilization(
+            &s.manager, "s1"
+        )
+        .await
+            == Some(0.6))
+        .await
+    );
+    let rec = s.manager.views().await;
+    assert_eq!(rec.len(), 1);
+    assert_eq!(rec[0].monitor, Monitor::Monitored);
+    assert_eq!(rec[0].reports, 3);
+    let expected_fp = s
+        .pki
+        .load_identity("s1")
+        .expect("id")
+        .fingerprint()
+        .expect("fp");
+    assert_eq!(rec[0].fingerprint, expected_fp);
+
+    // A replayed report (same time) and an older one are ignored.
+    a.send(report("s1", 1001, 0.99)).await.expect("replay");
+    a.send(report("s1", 1003, 0.7)).await.expect("newer");
+    assert!(
+        wait_for(Duration::from_secs(5), async || utilization(
+            &s.manager, "s1"
+        )
+        .await
+            == Some(0.7))
+        .await
+    );
+    assert_eq!(s.manager.stats().reports_stale, 1);
+
+    // Settings on request: the manager asks, the agent answers by id.
+    let manager = s.manager.clone();
+    let ask = tokio::spawn(async move {
+        manager
+            .request_settings("s1", SettingsKind::Auth, None, Duration::from_secs(5))
+            .await
+    });
+    let Some(Message::SettingsRequest(req)) = a.recv(Duration::from_secs(5)).await else {
+        panic!("no settings request");
+    };
+    assert_eq!(req.kind, SettingsKind::Auth);
+    a.send(
+        lb_proto::AuthSettings {
+            seq: 0,
+            id: req.id,
+            host: "s1".into(),
+            control_port: 7444,
+            expect_manager: "manager".into(),
+            server_fingerprint: expected_fp.parse().expect("fingerprint"),
+        }
+        .into(),
+    )
+    .await
+    .expect("answer");
+    let answer = ask.await.expect("join").expect("answered");
+    assert!(matches!(answer, Message::AuthSettings(a) if a.control_port == 7444));
+
+    // Silence: unmonitored after 3 intervals, figures kept.
+    assert!(
+        wait_for(Duration::from_secs(5), async || {
+            s.manager.views().await[0].monitor == Monitor::Unmonitored
+        })
+        .await
+    );
+    assert_eq!(utilization(&s.manager, "s1").await, Some(0.7));
+}
+
+#[tokio::test]
+async fn untrusted_certificates_are_refused() {
+    let s = setup().await;
+    // Another CA.
+    let r = dial(&s.other, "s1", s.addr).await;
+    let refused_stranger = match r {
+        Err(_) => true,
+        Ok(stream) => {
+            Agent::open(stream, "s1")
+                .await
+                .closed(Duration::from_secs(5))
+                .await
+        }
+    };
+    assert!(
+        refused_stranger,
+        "a certificate from another CA must be refused"
+    );
+    // Expired.
+    let refused_expired = match dial(&s.pki, "old", s.addr).await {
+        Err(_) => true,
+        Ok(stream) => {
+            Agent::open(stream, "old")
+                .await
+                .closed(Duration::from_secs(5))
+                .await
+        }
+    };
+    assert!(refused_expired, "an expired certificate must be refused");
+    // No certificate at all: a TLS client without client auth.
+    let ca = s.pki.load_ca_cert().expect("ca");
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca.as_bytes()) {
+        roots.add(cert.expect("pem")).expect("root");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("tls13")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = TcpStream::connect(s.addr).await.expect("tcp");
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let refused_anonymous = match connector
+        .connect(tls::server_name("manager").expect("name"), tcp)
+        .await
+    {
+        Err(_) => true,
+        Ok(stream) => {
+            Agent::open(stream, "s1")
+                .await
+                .closed(Duration::from_secs(5))
+                .await
+        }
+    };
+    assert!(
+        refused_anonymous,
+        "a client without a certificate must be refused"
+    );
+    assert!(
+        wait_for(Duration::from_secs(5), async || s
+            .manager
+            .stats()
+            .handshakes_refused
+            >= 3)
+        .await,
+        "{:?}",
+        s.manager.stats()
+    );
+    assert!(s.manager.views().await.is_empty());
+
+    // A good certificate claiming another host's name.
+    let mut liar = Agent::open(dial(&s.pki, "s2", s.addr).await.expect("dial"), "s1").await;
+    liar.send(hello("s1")).await.expect("hello");
+    assert!(
+        liar.closed(Duration::from_secs(5)).await,
+        "name mismatch must end the stream"
+    );
+    assert!(s.manager.views().await.is_empty());
+}
+
+#[tokio::test]
+async fn bad_xml_is_refused_without_disturbing_others() {
+    let s = setup().await;
+    let mut good = Agent::open(dial(&s.pki, "s1", s.addr).await.expect("dial"), "s1").await;
+    good.send(hello("s1")).await.expect("hello");
+    good.send(report("s1", 1, 0.1)).await.expect("report");
+
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "malformed",
+            b"<report seq=\"9\" host=\"s2\"><unclosed></report>".to_vec(),
+        ),
+        ("oversized", {
+            let mut v = b"<hello seq=\"9\" host=\"s2\" agent-version=\"x\" cores=\"1\" spare=\"false\"><application name=\"".to_vec();
+            v.extend(std::iter::repeat_n(b'a', 200 * 1024));
+            v
+        }),
+        ("deeply nested", {
+            let mut v = Vec::new();
+            for _ in 0..100 {
+                v.extend_from_slice(b"<report>");
+            }
+            v
+        }),
+        (
+            "entity declaration",
+            b"<!DOCTYPE x [<!ENTITY a \"aaaa\">]><report/>".to_vec(),
+        ),
+    ];
+    for (i, (what, bytes)) in cases.into_iter().enumerate() {
+        let before = s.manager.stats().messages_rejected;
+        let mut bad = Agent::open(dial(&s.pki, "s2", s.addr).await.expect("dial"), "s2").await;
+        bad.send(hello("s2")).await.expect("hello");
+        let _ = bad.raw(&bytes).await;
+        let mut saw_error = false;
+        while let Some(m) = bad.recv(Duration::from_secs(5)).await {
+            if matches!(m, Message::Error(_)) {
+                saw_error = true;
+            }
+        }
+        assert!(saw_error, "{what}: the peer gets an error message");
+        assert!(
+            s.manager.stats().messages_rejected > before,
+            "{what}: counted"
+        );
+        // The good agent's stream carries on.
+        good.send(report("s1", 10 + i as u64, 0.2 + i as f64 / 10.0))
+            .await
+            .expect("still open");
+        let want = 0.2 + i as f64 / 10.0;
+        assert!(
+            wait_for(Duration::from_secs(5), async || utilization(
+                &s.manager, "s1"
+            )
+            .await
+                == Some(want))
+            .await,
+            "{what}: the other agent was disturbed"
+        );
+    }
+    let s1 = s
+        .manager
+        .views()
+        .await
+        .into_iter()
+        .find(|v| v.host == "s1")
+        .expect("s1");
+    assert!(s1.connected);
+}

@@ -1,0 +1,226 @@
+//! End-to-end: real `lb-agent` processes in the lab's server namespaces,
+//! each server in a cgroup of its own with a CFS quota, streaming over
+//! mutual TLS to the manager inside a real `lb-control`.
+
+use std::{net::IpAddr, path::Path, time::Duration};
+
+use anyhow::{Context as _, Result};
+use lb_agent::sources::{CgroupHandle, create_v1_cgroup};
+use lb_proto::tls::{Pki, Role, SanEntry, Validity};
+use lb_tests::{
+    BurstOpts, Lab, LabProcess,
+    balancer::{Balancer, LAB_SEED, attach_peer_pass, wait_until, workspace_bin},
+    require_root, run_burst,
+};
+
+const SERVER: &str = env!("CARGO_BIN_EXE_lab-server");
+const CLIENT: &str = env!("CARGO_BIN_EXE_lab-client");
+const PORT: u16 = 80;
+const MANAGER_PORT: u16 = 7443;
+const INTERVAL_MS: u64 = 200;
+
+struct AgentLab {
+    lab: Lab,
+    pki_dir: tempfile::TempDir,
+    cgroups: Vec<(String, CgroupHandle)>,
+}
+
+fn node_config(lab: &Lab, pki: &Path) -> String {
+    let mut c = format!(
+        "[node]\ninterfaces = [\"eth0\"]\npin_dir = \"{{pin_dir}}\"\nsocket = \"{{socket}}\"\nhash_seed = {LAB_SEED}\n\n\
+         [limits]\nmax_services = 4\nmax_backends = 16\nflow_table_size = 4096\n\n\
+         [manager]\nlisten = \"{}:{MANAGER_PORT}\"\nname = \"manager\"\ntls_dir = \"{}\"\nreport_interval_ms = {INTERVAL_MS}\n\n\
+         [[service]]\nname = \"web\"\nvip = \"{}\"\nport = {PORT}\n\n",
+        lab.node.eth0.v4,
+        pki.display(),
+        lab.vip4()
+    );
+    for h in &lab.servers {
+        c += &format!(
+            "[[server]]\nname = \"{}\"\naddress = \"{}\"\nservices = [\"web\"]\n\n",
+            h.name, h.eth0.v4
+        );
+    }
+    c
+}
+
+fn agent_config(lab: &Lab, host: &str, pki: &Path, cgroup: &str) -> String {
+    format!(
+        "[agent]\nhost = \"{host}\"\nmanager = \"{}:{MANAGER_PORT}\"\nmanager_name = \"manager\"\n\
+         tls_dir = \"{}\"\nreport_interval_ms = {INTERVAL_MS}\ncontrol_port = 7444\n\n\
+         [utilization]\nkind = \"cgroup-cpu\"\ncgroup = \"/{cgroup}\"\n\n\
+         [[application]]\nname = \"web\"\nprotocol = \"tcp\"\nports = [{PORT}]\nvips = [\"{}\"]\n\
+         probe = {{ kind = \"tcp\", port = {PORT}, address = \"{}\" }}\n",
+        lab.node.eth0.v4,
+        pki.display(),
+        lab.vip4(),
+        lab.vip4()
+    )
+}
+
+fn build() -> Result<AgentLab> {
+    let mut lab = Lab::builder().servers(3).build()?;
+    lab.start_servers(SERVER, &[PORT], &[])?;
+    attach_peer_pass(&mut lab)?;
+    let pki_dir = tempfile::tempdir()?;
+    let pki = Pki::new(pki_dir.path());
+    let day = Duration::from_secs(86_400);
+    pki.init_ca("lab-ca", day, false)?;
+    pki.issue(
+        "manager",
+        Role::Both,
+        &[SanEntry::Ip(IpAddr::V4(lab.node.eth0.v4))],
+        Validity::from_now(day),
+    )?;
+    let mut cgroups = Vec::new();
+    let hosts: Vec<String> = lab.servers.iter().map(|h| h.name.clone()).collect();
+    for host in hosts {
+        pki.issue(&host, Role::Client, &[], Validity::from_now(day))?;
+        // Each lab host gets 0.2 CPU: its application can run hot while the
+        // machine has room to spare.
+        let name = format!("lbt-{}-{}-{host}", std::process::id(), lab.id);
+        let cg = create_v1_cgroup(&name, 0.2).context("cgroup")?;
+        let pid = lab.process(&host).context("server process")?.pid();
+        cg.add_pid(pid)?;
+        cgroups.push((name, cg));
+    }
+    Ok(AgentLab {
+        lab,
+        pki_dir,
+        cgroups,
+    })
+}
+
+fn start_agent(al: &AgentLab, i: usize) -> Result<LabProcess> {
+    let host = &al.lab.servers[i];
+    let path = al.pki_dir.path().join(format!("{}-agent.toml", host.name));
+    std::fs::write(
+        &path,
+        agent_config(&al.lab, &host.name, al.pki_dir.path(), &al.cgroups[i].0),
+    )?;
+    let bin = workspace_bin("lb-agent")?;
+    host.ns.spawn(&[
+        bin.to_str().unwrap_or("lb-agent"),
+        "--config",
+        path.to_str().unwrap_or_default(),
+    ])
+}
+
+/// The manager's view of `host`, from `lbctl server list --json`.
+fn monitor(bal: &Balancer, host: &str) -> Option<serde_json::Value> {
+    let v = bal.lbctl(&["server", "list"]).ok()?;
+    v["monitors"]
+        .as_array()?
+        .iter()
+        .find(|m| m["host"] == host)
+        .cloned()
+}
+
+fn monitored(bal: &Balancer, host: &str) -> bool {
+    monitor(bal, host).is_some_and(|m| m["monitor"] == "monitored")
+}
+
+fn utilization(bal: &Balancer, host: &str) -> f64 {
+    monitor(bal, host)
+        .and_then(|m| m["utilization"].as_f64())
+        .unwrap_or(-1.0)
+}
+
+#[test]
+fn agents_report_real_load_and_survive_restarts() -> Result<()> {
+    if !require_root("agents_report_real_load_and_survive_restarts") {
+        return Ok(());
+    }
+    let al = build()?;
+    let lab = &al.lab;
+    let mut bal = Balancer::start(lab, &node_config(lab, al.pki_dir.path()))?;
+    let mut agents: Vec<Option<LabProcess>> = (0..3)
+        .map(|i| start_agent(&al, i).map(Some))
+        .collect::<Result<_>>()?;
+    for h in &lab.servers {
+        assert!(
+            wait_until(Duration::from_secs(20), || monitored(&bal, &h.name)),
+            "{} never monitored: {:?}",
+            h.name,
+            bal.lbctl(&["server", "list"])
+        );
+    }
+    // Health needs `rise` probes in a row before it says up.
+    assert!(wait_until(Duration::from_secs(10), || {
+        monitor(&bal, "s1").is_some_and(|m| m["health"] == "up")
+    }));
+    let m = monitor(&bal, "s1").context("s1")?;
+    assert_eq!(m["ready"], true, "{m}");
+    assert_eq!(m["source"], "cgroup-cpu");
+    assert!(
+        (m["cores"].as_f64().unwrap_or(0.0) - 0.2).abs() < 1e-6,
+        "{m}"
+    );
+
+    // Burn CPU in s2's cgroup only: only s2 rises.
+    let burner = lab.servers[1]
+        .ns
+        .spawn(&["sh", "-c", "while :; do :; done"])?;
+    al.cgroups[1].1.add_pid(burner.pid())?;
+    let hot = wait_until(Duration::from_secs(15), || {
+        utilization(&bal, "s2") > 0.7
+            && utilization(&bal, "s1") < 0.3
+            && utilization(&bal, "s3") < 0.3
+    });
+    assert!(
+        hot,
+        "s1 {} s2 {} s3 {}",
+        utilization(&bal, "s1"),
+        utilization(&bal, "s2"),
+        utilization(&bal, "s3")
+    );
+    drop(burner);
+    assert!(wait_until(Duration::from_secs(15), || utilization(
+        &bal, "s2"
+    ) < 0.3));
+
+    // Kill s1's agent: s1 is unmonitored, not failed — it keeps serving.
+    agents[0] = None;
+    assert!(wait_until(Duration::from_secs(10), || {
+        monitor(&bal, "s1").is_some_and(|m| m["monitor"] == "unmonitored")
+    }));
+    let burst = run_burst(
+        &lab.client.ns,
+        CLIENT,
+        &BurstOpts::new(lab.vip4_addr(PORT), 300),
+    )?;
+    assert_eq!(burst.failed, 0, "{:?}", burst.errors);
+    assert!(
+        burst.by_server.get("s1").is_some_and(|n| *n > 0),
+        "s1 still serves: {:?}",
+        burst.by_server
+    );
+    agents[0] = Some(start_agent(&al, 0)?);
+    assert!(wait_until(Duration::from_secs(20), || monitored(
+        &bal, "s1"
+    )));
+
+    // Restart the manager (kill -9): agents reconnect, nothing duplicated.
+    let before = monitor(&bal, "s3")
+        .and_then(|m| m["reports"].as_u64())
+        .unwrap_or(0);
+    assert!(before > 0);
+    bal.kill9()?;
+    std::thread::sleep(Duration::from_millis(500));
+    bal.launch()?;
+    for h in &lab.servers {
+        assert!(
+            wait_until(Duration::from_secs(30), || monitored(&bal, &h.name)),
+            "{} did not come back after the manager restart",
+            h.name
+        );
+    }
+    let burst = run_burst(
+        &lab.client.ns,
+        CLIENT,
+        &BurstOpts::new(lab.vip4_addr(PORT), 100),
+    )?;
+    assert_eq!(burst.failed, 0, "{:?}", burst.errors);
+    drop(agents);
+    Ok(())
+}
