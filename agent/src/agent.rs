@@ -16,6 +16,7 @@ use crate::{
     backoff::Backoff,
     collector::{CollectError, Collector},
     config::AgentConfig,
+    discovery,
     monitor::ApplicationMonitor,
     readiness::Sysctl,
     session::{SeqClock, Session, Transport},
@@ -90,6 +91,9 @@ pub async fn run(
         .collect();
     let tls_dir = config.tls_dir.clone();
     let mut collector = Collector::new(config, Path::new(HOST_ROOT), Sysctl::host(), monitors)?;
+    // Signed announcements on the segment, when `[discovery]` enables them;
+    // the task ends with `shutdown`.
+    let _announcer = discovery::spawn(collector.config(), collector.hello(), shutdown.clone());
     let mut backoff = Backoff::new();
     let mut seq = SeqClock::default();
     tracing::info!(

@@ -18,10 +18,15 @@
 //! ports = [80]
 //! vips = ["192.0.2.10"]
 //! probe = { kind = "http", port = 80, path = "/healthz" }
+//!
+//! [discovery]                     # optional: signed announcements
+//! enabled = true
+//! address = "255.255.255.255:7445"
+//! interval_ms = 5000
 //! ```
 
 use std::{
-    net::IpAddr,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -48,6 +53,15 @@ pub const DEFAULT_HTTP_EXPECT: u16 = 200;
 pub const MIN_INTERVAL_MS: u64 = 50;
 /// The longest report or probe interval accepted, in milliseconds (1 h).
 pub const MAX_INTERVAL_MS: u64 = 3_600_000;
+/// Where announcements go by default: the limited broadcast address, port
+/// 7445.
+pub const DEFAULT_DISCOVERY_ADDRESS: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::BROADCAST), 7445);
+/// The announcement interval when `discovery.interval_ms` is not set.
+pub const DEFAULT_DISCOVERY_INTERVAL_MS: u64 = 5000;
+/// The shortest announcement interval accepted, in milliseconds: every
+/// host on the segment receives each announcement.
+pub const MIN_DISCOVERY_INTERVAL_MS: u64 = 1000;
 
 /// Why a configuration file cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +125,33 @@ pub struct AgentConfig {
     pub utilization: UtilizationConfig,
     /// The applications this server runs.
     pub applications: Vec<ApplicationConfig>,
+    /// `[discovery]`: signed announcements on the local segment.
+    pub discovery: DiscoveryConfig,
+}
+
+/// `[discovery]`, validated: whether and where the agent announces itself
+/// (see [`crate::discovery`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiscoveryConfig {
+    /// Send announcements (off unless configured).
+    pub enabled: bool,
+    /// Where they go: a broadcast address (SO_BROADCAST is set), a multicast
+    /// group (sent with TTL 1, so they stay on the segment) or a manager's
+    /// unicast address.
+    pub address: SocketAddr,
+    /// How often one is sent.
+    pub interval: Duration,
+}
+
+impl Default for DiscoveryConfig {
+    /// Off; broadcast to port 7445 every 5 s once enabled.
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            address: DEFAULT_DISCOVERY_ADDRESS,
+            interval: Duration::from_millis(DEFAULT_DISCOVERY_INTERVAL_MS),
+        }
+    }
 }
 
 /// `[utilization]`, validated.

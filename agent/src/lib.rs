@@ -9,6 +9,7 @@ pub mod agent;
 pub mod backoff;
 pub mod collector;
 pub mod config;
+pub mod discovery;
 pub mod interfaces;
 pub mod monitor;
 pub mod probe;

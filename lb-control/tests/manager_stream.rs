@@ -57,6 +57,7 @@ async fn setup() -> Setup {
         insecure_plaintext: false,
         report_interval_ms: 100,
         unmonitored_after_intervals: 3,
+        discovery: None,
     });
     let addr = manager.clone().start().await.expect("manager starts");
     Setup {

@@ -7,6 +7,8 @@
 //! [`SequenceGuard`] drops stale or replayed messages. `docs/protocol.md`
 //! describes every message with example streams.
 
+#[cfg(feature = "tls")]
+pub mod announce;
 pub mod decoder;
 pub mod encoder;
 pub mod error;

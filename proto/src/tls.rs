@@ -199,6 +199,16 @@ pub enum TlsError {
     /// Any other handshake failure.
     #[error("TLS handshake failed: {0}")]
     Handshake(io::Error),
+    /// A certificate checked outside a handshake (see [`verify_client_cert`])
+    /// is unusable for a reason without its own variant: unparsable,
+    /// unsupported, or missing an extension.
+    #[error(
+        "the peer's certificate is not acceptable ({detail}); reissue it with `lbctl certs issue`"
+    )]
+    PeerCertificateInvalid {
+        /// rustls' or the parser's description.
+        detail: String,
+    },
     /// A peer announced a different name than its certificate carries.
     #[error(
         "the peer says it is {claimed:?} but its certificate is for {certified:?}; configure it \
@@ -509,6 +519,74 @@ pub fn check_peer_fingerprint(identity: &PeerIdentity, expected: &str) -> Result
             expected: expected.to_string(),
             actual: identity.fingerprint_sha256.clone(),
         })
+    }
+}
+
+/// Checks a client certificate (DER) outside a TLS handshake — e.g. the one
+/// a signed discovery announcement carries: it must be issued by a CA in
+/// `ca_pem`, be within its validity period now and allow client
+/// authentication. Returns the identity it names, as [`accept`] would.
+///
+/// A listener checking many certificates builds a [`ClientCertChecker`]
+/// once instead.
+pub fn verify_client_cert(ca_pem: &str, cert_der: &[u8]) -> Result<PeerIdentity> {
+    ClientCertChecker::new(ca_pem)?.check(cert_der)
+}
+
+/// [`verify_client_cert`] with the CA certificates parsed once.
+#[derive(Debug, Clone)]
+pub struct ClientCertChecker {
+    verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+}
+
+impl ClientCertChecker {
+    /// Trusts the CA certificates in `ca_pem` (several while one replaces
+    /// another), as [`server_config`] does.
+    pub fn new(ca_pem: &str) -> Result<Self> {
+        let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca_pem)?, provider())
+            .build()
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        Ok(Self { verifier })
+    }
+
+    /// Checks `cert_der` (an end-entity certificate, no intermediates) at
+    /// the current time; see [`verify_client_cert`].
+    pub fn check(&self, cert_der: &[u8]) -> Result<PeerIdentity> {
+        let cert = CertificateDer::from(cert_der);
+        self.verifier
+            .verify_client_cert(&cert, &[], rustls::pki_types::UnixTime::now())
+            .map_err(certificate_error)?;
+        let (_, parsed) = x509_parser::parse_x509_certificate(cert_der).map_err(|e| {
+            TlsError::PeerCertificateInvalid {
+                detail: e.to_string(),
+            }
+        })?;
+        Ok(PeerIdentity {
+            name: cert_name(&parsed).ok_or(TlsError::UnnamedPeer)?,
+            fingerprint_sha256: fingerprint_der(cert_der),
+        })
+    }
+}
+
+/// Classifies a certificate refused outside a handshake like
+/// [`TlsError::from_handshake`] does inside one.
+fn certificate_error(err: rustls::Error) -> TlsError {
+    let detail = err.to_string();
+    match err {
+        rustls::Error::InvalidCertificate(cert) => match cert {
+            CertificateError::Expired
+            | CertificateError::ExpiredContext { .. }
+            | CertificateError::NotValidYet
+            | CertificateError::NotValidYetContext { .. } => {
+                TlsError::PeerCertificateExpired { detail }
+            }
+            CertificateError::UnknownIssuer | CertificateError::BadSignature => TlsError::UnknownCa,
+            CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
+                TlsError::WrongRole { detail }
+            }
+            _ => TlsError::PeerCertificateInvalid { detail },
+        },
+        _ => TlsError::PeerCertificateInvalid { detail },
     }
 }
 

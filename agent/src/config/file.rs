@@ -3,7 +3,7 @@
 
 use std::{
     collections::BTreeSet,
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     ops::Range,
     path::{Path, PathBuf},
     time::Duration,
@@ -14,8 +14,9 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    AgentConfig, ApplicationConfig, ConfigError, DEFAULT_FALL, DEFAULT_REPORT_INTERVAL_MS,
-    DEFAULT_RISE, MAX_INTERVAL_MS, MIN_INTERVAL_MS, ProbeConfig, UtilizationConfig, kebab,
+    AgentConfig, ApplicationConfig, ConfigError, DEFAULT_DISCOVERY_INTERVAL_MS, DEFAULT_FALL,
+    DEFAULT_REPORT_INTERVAL_MS, DEFAULT_RISE, DiscoveryConfig, MAX_INTERVAL_MS,
+    MIN_DISCOVERY_INTERVAL_MS, MIN_INTERVAL_MS, ProbeConfig, UtilizationConfig, kebab,
 };
 use crate::sources::{CommandSource, SourceKind};
 
@@ -28,6 +29,20 @@ pub(super) struct File {
     utilization: Option<Spanned<UtilizationSection>>,
     #[serde(default)]
     application: Vec<Spanned<ApplicationSection>>,
+    #[serde(default)]
+    discovery: Option<Spanned<DiscoverySection>>,
+}
+
+/// `[discovery]`; `None` is a key left out.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DiscoverySection {
+    #[serde(default)]
+    enabled: Option<Spanned<bool>>,
+    #[serde(default)]
+    address: Option<Spanned<String>>,
+    #[serde(default)]
+    interval_ms: Option<Spanned<u64>>,
 }
 
 /// `[agent]`; `None` is a key left out.
@@ -180,6 +195,10 @@ impl Validator<'_> {
             &utilization,
             utilization_span,
         )?;
+        let discovery = match file.discovery {
+            Some(section) => self.discovery(section, agent.tls_dir.is_some())?,
+            None => DiscoveryConfig::default(),
+        };
         Ok(AgentConfig {
             host,
             manager: agent.manager.into_inner().trim().to_owned(),
@@ -192,7 +211,81 @@ impl Validator<'_> {
             capacity_cores: agent.capacity_cores.map(Spanned::into_inner),
             utilization,
             applications,
+            discovery,
         })
+    }
+
+    /// `[discovery]`: announcements are signed with this host's TLS key,
+    /// so enabling them needs `agent.tls_dir`.
+    fn discovery(
+        &self,
+        section: Spanned<DiscoverySection>,
+        has_tls_dir: bool,
+    ) -> Result<DiscoveryConfig, ConfigError> {
+        let section = section.into_inner();
+        let mut config = DiscoveryConfig::default();
+        if let Some(address) = &section.address {
+            config.address = self.discovery_address(address)?;
+        }
+        config.interval = Duration::from_millis(match &section.interval_ms {
+            Some(ms) => {
+                let value = *ms.get_ref();
+                if !(MIN_DISCOVERY_INTERVAL_MS..=MAX_INTERVAL_MS).contains(&value) {
+                    return Err(self.error(
+                        ms.span(),
+                        "discovery.interval_ms",
+                        format!(
+                            "{value} ms is outside {MIN_DISCOVERY_INTERVAL_MS}..={MAX_INTERVAL_MS} \
+                             ms (every host on the segment receives each announcement)"
+                        ),
+                    ));
+                }
+                value
+            }
+            None => DEFAULT_DISCOVERY_INTERVAL_MS,
+        });
+        if let Some(enabled) = &section.enabled {
+            config.enabled = *enabled.get_ref();
+            if config.enabled && !has_tls_dir {
+                return Err(self.error(
+                    enabled.span(),
+                    "discovery.enabled",
+                    "needs agent.tls_dir: announcements are signed with this host's key and \
+                     carry its certificate (see `lbctl certs`)",
+                ));
+            }
+        }
+        Ok(config)
+    }
+
+    /// An `IP:PORT` to send announcements to: not the unspecified address,
+    /// not port 0. (Whether an IPv4 address is a directed broadcast cannot
+    /// be told without the netmask, so unicast is accepted too.)
+    fn discovery_address(&self, address: &Spanned<String>) -> Result<SocketAddr, ConfigError> {
+        let bad = |why: &str| {
+            self.error(
+                address.span(),
+                "discovery.address",
+                format!(
+                    "{:?} {why}: write IP:PORT, e.g. the broadcast \"255.255.255.255:7445\", a \
+                     multicast group such as \"239.255.0.45:7445\" or \"[ff02::1:45]:7445\", or \
+                     a manager's address",
+                    address.get_ref()
+                ),
+            )
+        };
+        let parsed: SocketAddr = address
+            .get_ref()
+            .trim()
+            .parse()
+            .map_err(|_| bad("is not an IP address and port (names are not resolved)"))?;
+        if parsed.port() == 0 {
+            return Err(bad("has port 0"));
+        }
+        if parsed.ip().is_unspecified() {
+            return Err(bad("is the unspecified address"));
+        }
+        Ok(parsed)
     }
 
     /// Checks `ADDR:PORT` and returns ADDR without IPv6 brackets.

@@ -365,3 +365,73 @@ fn lines_are_counted_from_one() {
     assert_eq!(line_of("a\nb\nc", 4), 3);
     assert_eq!(line_of("a", 99), 1);
 }
+
+#[test]
+fn discovery_is_off_by_default() {
+    let config = parse(MINIMAL).expect("valid");
+    assert_eq!(config.discovery, DiscoveryConfig::default());
+    assert!(!config.discovery.enabled);
+    assert_eq!(
+        config.discovery.address,
+        "255.255.255.255:7445"
+            .parse::<std::net::SocketAddr>()
+            .expect("addr")
+    );
+    assert_eq!(config.discovery.interval, Duration::from_millis(5000));
+}
+
+#[test]
+fn discovery_section() {
+    let with = |section: &str| parse(&format!("{MINIMAL}\n[discovery]\n{section}\n"));
+    let multicast = with("enabled = true\naddress = \"239.255.0.45:7445\"\ninterval_ms = 2000")
+        .expect("multicast");
+    assert_eq!(
+        multicast.discovery,
+        DiscoveryConfig {
+            enabled: true,
+            address: "239.255.0.45:7445".parse().expect("addr"),
+            interval: Duration::from_millis(2000),
+        }
+    );
+    let v6 = with("enabled = true\naddress = \"[ff02::1:45]:7445\"").expect("ipv6 group");
+    assert_eq!(v6.discovery.address.port(), 7445);
+    // Configured but off: the values are still checked and kept.
+    let off = with("address = \"10.0.0.255:7000\"").expect("off");
+    assert!(!off.discovery.enabled);
+    assert_eq!(off.discovery.address.port(), 7000);
+}
+
+#[test]
+fn bad_discovery_values_name_key_and_line() {
+    let with = |section: &str| format!("{MINIMAL}\n[discovery]\n{section}\n");
+    // `[discovery]` is line 7, its first key line 8.
+    for bad in [
+        "manager.lb:7445",
+        "255.255.255.255",
+        "255.255.255.255:0",
+        "0.0.0.0:7445",
+        "[::]:7445",
+        "ff02::1:7445",
+    ] {
+        let message = expect_error(
+            &with(&format!("enabled = true\naddress = \"{bad}\"")),
+            "discovery.address",
+            9,
+        );
+        assert!(
+            message.contains("255.255.255.255:7445"),
+            "says what to write: {message}"
+        );
+    }
+    expect_error(&with("interval_ms = 10"), "discovery.interval_ms", 8);
+    expect_error(&with("enabled = \"yes\""), "enabled", 8);
+    expect_error(&with("adress = \"255.255.255.255:7445\""), "adress", 8);
+    let plaintext =
+        "\n[agent]\nhost = \"web-1\"\nmanager = \"manager.lb:7400\"\ninsecure_plaintext = true\n";
+    let message = expect_error(
+        &format!("{plaintext}\n[discovery]\nenabled = true\n"),
+        "discovery.enabled",
+        8,
+    );
+    assert!(message.contains("tls_dir"), "{message}");
+}

@@ -3,7 +3,9 @@
 //! monitored.
 //!
 //! Updated by periodic reports, by events (connect, disconnect, a report
-//! that stops coming) and by announcements (a hello with `spare`). Losing
+//! that stops coming) and by announcements (a hello with `spare`, or a
+//! signed discovery datagram from a server the manager was not told about:
+//! [`ServerDb::announced`]). Losing
 //! an agent is not losing a server: a server whose reports stop is
 //! *unmonitored* — left out of decisions, never taken out of service.
 
@@ -43,7 +45,13 @@ pub struct ServerRecord {
     pub last_report: Option<Report>,
     pub last_report_at: Option<Instant>,
     pub reports: u64,
+    /// When the first hello arrived; for a server learnt from an
+    /// announcement, its first announcement until its first hello on a
+    /// stream (the silence clock starts there).
     pub first_seen: Instant,
+    /// The last verified discovery announcement, if the server ever made
+    /// one.
+    pub announced_at: Option<Instant>,
 }
 
 /// An event the database produced, for the log (and later `lbctl events`).
@@ -52,6 +60,7 @@ pub enum DbEvent {
     Connected { host: String },
     Disconnected { host: String },
     Announced { host: String },
+    Discovered { host: String },
     Unmonitored { host: String, silent_for: Duration },
     Monitored { host: String },
 }
@@ -114,6 +123,10 @@ impl ServerDb {
                 if !r.connected {
                     events.push(DbEvent::Connected { host: host.clone() });
                 }
+                if r.announced_at.is_some() && !r.connected && r.last_report_at.is_none() {
+                    // Known from announcements only: its stream starts now.
+                    r.first_seen = now;
+                }
                 r.hello = hello;
                 r.peer = peer;
                 r.fingerprint = fingerprint.to_string();
@@ -134,6 +147,7 @@ impl ServerDb {
                         last_report_at: None,
                         reports: 0,
                         first_seen: now,
+                        announced_at: None,
                     },
                 );
             }
@@ -173,6 +187,56 @@ impl ServerDb {
         Ok(events)
     }
 
+    /// A verified discovery announcement (`hello` made from it, see
+    /// `lb_proto::announce::Announce::hello`) signed by the certificate
+    /// with `fingerprint`.
+    ///
+    /// A new host becomes an *announced* server: not connected, monitor
+    /// pending, with the announced spare flag, capacity and applications
+    /// ([`DbEvent::Discovered`]). A known host whose stream is down gets the
+    /// announced figures ([`DbEvent::Announced`] when it turns spare); while
+    /// its stream is up, the stream is authoritative and only the
+    /// announcement time is noted.
+    pub fn announced(&mut self, hello: Hello, fingerprint: &str, now: Instant) -> Vec<DbEvent> {
+        let host = hello.host.clone();
+        match self.servers.get_mut(&host) {
+            Some(r) if r.connected => {
+                r.announced_at = Some(now);
+                Vec::new()
+            }
+            Some(r) => {
+                let turned_spare = hello.spare && !r.hello.spare;
+                r.hello = hello;
+                r.fingerprint = fingerprint.to_string();
+                r.announced_at = Some(now);
+                if turned_spare {
+                    vec![DbEvent::Announced { host }]
+                } else {
+                    Vec::new()
+                }
+            }
+            None => {
+                self.servers.insert(
+                    host.clone(),
+                    ServerRecord {
+                        host: host.clone(),
+                        hello,
+                        peer: None,
+                        fingerprint: fingerprint.to_string(),
+                        connected: false,
+                        monitor: Monitor::Pending,
+                        last_report: None,
+                        last_report_at: None,
+                        reports: 0,
+                        first_seen: now,
+                        announced_at: Some(now),
+                    },
+                );
+                vec![DbEvent::Discovered { host }]
+            }
+        }
+    }
+
     /// The stream of `host` ended.
     pub fn disconnected(&mut self, host: &str) -> Vec<DbEvent> {
         match self.servers.get_mut(host) {
@@ -190,6 +254,10 @@ impl ServerDb {
         let mut events = Vec::new();
         for r in self.servers.values_mut() {
             if r.monitor == Monitor::Unmonitored {
+                continue;
+            }
+            if r.announced_at.is_some() && !r.connected && r.last_report_at.is_none() {
+                // Announced, never on a stream: no report is expected yet.
                 continue;
             }
             let since = r.last_report_at.unwrap_or(r.first_seen);
@@ -414,6 +482,48 @@ mod tests {
         );
         assert!(db.disconnected("s2").is_empty());
         assert!(db.get("s2").expect("s2").view(t0).spare);
+    }
+
+    #[test]
+    fn announced_servers_wait_for_their_stream() {
+        let t0 = Instant::now();
+        let silence = Duration::from_millis(600);
+        let mut db = ServerDb::new();
+        assert_eq!(
+            db.announced(hello("s1", true), "ab", t0),
+            vec![DbEvent::Discovered { host: "s1".into() }]
+        );
+        // Announced again: nothing new to say.
+        assert!(db.announced(hello("s1", true), "ab", t0).is_empty());
+        let v = db.get("s1").expect("s1").view(t0);
+        assert!(!v.connected);
+        assert!(v.spare);
+        assert_eq!(v.monitor, Monitor::Pending);
+        assert_eq!(v.applications, vec!["web".to_string()]);
+        assert_eq!(v.fingerprint, "ab");
+        // No stream, so no silence: it stays pending.
+        assert!(db.sweep(t0 + 10 * silence, silence).is_empty());
+        // Its stream upgrades the record; the silence clock starts there.
+        let t1 = t0 + 20 * silence;
+        let ev = db.hello(hello("s1", true), None, "ab", t1);
+        assert_eq!(ev[0], DbEvent::Connected { host: "s1".into() });
+        assert!(db.get("s1").expect("s1").connected);
+        assert!(db.sweep(t1 + silence / 2, silence).is_empty());
+        // While the stream is up it is authoritative.
+        assert!(db.announced(hello("s1", false), "cd", t1).is_empty());
+        assert!(db.get("s1").expect("s1").hello.spare);
+        assert_eq!(db.get("s1").expect("s1").fingerprint, "ab");
+        // Silent on its stream: unmonitored as usual.
+        let ev = db.sweep(t1 + 2 * silence, silence);
+        assert!(matches!(&ev[..], [DbEvent::Unmonitored { .. }]), "{ev:?}");
+        // Stream down: announcements refresh it, and say when it turns spare.
+        db.disconnected("s1");
+        db.announced(hello("s1", false), "cd", t1);
+        assert_eq!(
+            db.announced(hello("s1", true), "cd", t1),
+            vec![DbEvent::Announced { host: "s1".into() }]
+        );
+        assert_eq!(db.get("s1").expect("s1").fingerprint, "cd");
     }
 
     #[test]

@@ -2,9 +2,10 @@
 //! it keeps the server database and asks agents for their settings.
 
 pub mod db;
+pub mod discovery;
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     net::SocketAddr,
     path::PathBuf,
     sync::{
@@ -51,6 +52,10 @@ pub struct ManagerConfig {
     /// Intervals without a report before a server is unmonitored.
     #[serde(default = "default_silent_intervals")]
     pub unmonitored_after_intervals: u32,
+    /// `[manager.discovery]`: receive agents' signed announcements on the
+    /// segment; absent: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<discovery::DiscoveryConfig>,
 }
 
 fn default_interval() -> u64 {
@@ -73,6 +78,9 @@ impl ManagerConfig {
             return Err(
                 "manager.report_interval_ms and unmonitored_after_intervals must be > 0".into(),
             );
+        }
+        if let Some(d) = &self.discovery {
+            d.validate(self.tls_dir.is_some())?;
         }
         Ok(())
     }
@@ -108,6 +116,9 @@ pub enum ManagerError {
         claimed: String,
         presented: String,
     },
+    /// `[manager.discovery]` cannot start.
+    #[error(transparent)]
+    Discovery(#[from] discovery::DiscoveryError),
 }
 
 /// Counters of the manager (and, later, metrics).
@@ -118,6 +129,13 @@ pub struct ManagerStats {
     pub messages_rejected: u64,
     pub reports_accepted: u64,
     pub reports_stale: u64,
+    /// Discovery announcements verified and recorded.
+    #[serde(default)]
+    pub announcements_accepted: u64,
+    /// Discovery datagrams refused, by reason (`malformed`, `stale`,
+    /// `bad-signature`, ...: `lb_proto::announce::Rejected::REASONS`).
+    #[serde(default)]
+    pub announcements_rejected: BTreeMap<String, u64>,
 }
 
 /// The manager: server database, live agent sessions, pending requests.
@@ -133,6 +151,7 @@ pub struct Manager {
     reports_accepted: AtomicU64,
     reports_stale: AtomicU64,
     started: Instant,
+    discovery: discovery::DiscoveryState,
 }
 
 /// Bytes read from a stream at a time.
@@ -152,6 +171,7 @@ impl Manager {
             reports_accepted: AtomicU64::new(0),
             reports_stale: AtomicU64::new(0),
             started: Instant::now(),
+            discovery: discovery::DiscoveryState::default(),
         })
     }
 
@@ -162,6 +182,8 @@ impl Manager {
             messages_rejected: self.messages_rejected.load(Ordering::Relaxed),
             reports_accepted: self.reports_accepted.load(Ordering::Relaxed),
             reports_stale: self.reports_stale.load(Ordering::Relaxed),
+            announcements_accepted: self.discovery.accepted(),
+            announcements_rejected: self.discovery.rejected(),
         }
     }
 
@@ -197,6 +219,9 @@ impl Manager {
             .local_addr()
             .map_err(|source| ManagerError::Listen { addr, source })?;
         info!(addr = %bound, tls = tls.is_some(), "manager listening for agents");
+        if let Some(discovery) = &self.config.discovery {
+            self.start_discovery(discovery).await?;
+        }
         let sweeper = self.clone();
         tokio::spawn(async move { sweeper.sweep_loop().await });
         tokio::spawn(async move {
@@ -511,6 +536,10 @@ fn log_events(events: &[DbEvent]) {
                 info!(server = %host, "agent disconnected; the server keeps serving")
             }
             DbEvent::Announced { host } => info!(server = %host, "spare server announced"),
+            DbEvent::Discovered { host } => info!(
+                server = %host,
+                "server discovered by its announcement; waiting for its agent stream"
+            ),
             DbEvent::Unmonitored { host, silent_for } => info!(
                 server = %host,
                 silent_ms = silent_for.as_millis() as u64,
