@@ -5,7 +5,7 @@ use std::{path::Path, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 use tokio::{
-    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     net::{UnixListener, UnixStream},
     sync::Mutex,
 };
@@ -219,5 +219,3 @@ pub async fn call(path: &Path, request: &Request) -> Result<Response, String> {
         .map_err(|e| e.to_string())?;
     serde_json::from_str(&line).map_err(|e| format!("bad response: {e}"))
 }
-
-use tokio::io::AsyncReadExt as _;

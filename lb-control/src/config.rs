@@ -7,7 +7,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use lb_common::{PROTO_TCP, PROTO_UDP};
+use lb_common::{PROTO_TCP, PROTO_UDP, maglev as lb_maglev};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
@@ -413,8 +413,6 @@ impl Config {
 fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
-
-use lb_common::maglev as lb_maglev;
 
 #[cfg(test)]
 mod tests {

@@ -343,12 +343,7 @@ impl Node {
                 key: "max_backends",
             });
         };
-        let mut record = rt.record;
-        record.state = BACKEND_UNUSED;
-        self.dp
-            .backends
-            .set(rt.index, record, 0)
-            .map_err(map_err("BACKENDS"))?;
+        self.release_record(&rt)?;
         // Nothing may still be reading the old record when it is rewritten.
         self.wait_grace()?;
         info!(server = %rt.server, backend = rt.index, "index of retired backend reused; its remaining flows are re-hashed");
@@ -634,12 +629,7 @@ impl Node {
                 self.write_backend(&key, record)?;
                 report.backends_retired += 1;
             } else if let Some(rt) = self.backends.remove(&key) {
-                let mut record = rt.record;
-                record.state = BACKEND_UNUSED;
-                self.dp
-                    .backends
-                    .set(rt.index, record, 0)
-                    .map_err(map_err("BACKENDS"))?;
+                self.release_record(&rt)?;
                 self.quarantined_backends.push(rt.index);
                 report.backends_removed += 1;
             }
@@ -665,6 +655,17 @@ impl Node {
             "configuration applied"
         );
         Ok(report)
+    }
+
+    /// Marks a backend's record unused (its index keeps its incarnation, so
+    /// flow entries that name it are re-hashed).
+    fn release_record(&mut self, rt: &BackendRuntime) -> Result<(), ApplyError> {
+        let mut record = rt.record;
+        record.state = BACKEND_UNUSED;
+        self.dp
+            .backends
+            .set(rt.index, record, 0)
+            .map_err(map_err("BACKENDS"))
     }
 
     fn write_backend(&mut self, key: &(u32, IpAddr), record: Backend) -> Result<(), ApplyError> {

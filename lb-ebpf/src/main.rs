@@ -18,7 +18,7 @@ use aya_ebpf::{
 use lb_common::{
     BACKEND_ACTIVE, BACKEND_DRAINING, BACKEND_FLAG_LOCAL, Backend, Counters,
     DEFAULT_FLOW_TABLE_SIZE, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_SERVICES, DEFAULT_MAX_TABLE_SIZE,
-    DEFAULT_UDP_IDLE_SECS, FlowKey, MAX_TX_PORTS, NO_BACKEND, PROTO_UDP, ServiceKey, ServiceState,
+    DEFAULT_UDP_IDLE_SECS, FlowKey, MAX_TX_PORTS, NO_BACKEND, ServiceKey, ServiceState,
     ServiceValue, TABLE_LANES, TableCells, coarse_secs, flow_hash, global, slot_base, table_stride,
 };
 use parse::{Parsed, parse_frame};
@@ -241,7 +241,7 @@ fn new_flow_value(backend: u32, incarnation: u32, _now: u32) -> FlowValue {
 fn flow_fresh(entry: *mut FlowValue, proto: u8, now: u32) -> bool {
     // SAFETY: a live map value of this program's layout.
     let last = unsafe { (*entry).last_seen };
-    if proto == PROTO_UDP && now.wrapping_sub(last) > read_global(&UDP_IDLE_SECS) {
+    if proto == lb_common::PROTO_UDP && now.wrapping_sub(last) > read_global(&UDP_IDLE_SECS) {
         return false;
     }
     if last != now {
@@ -254,7 +254,6 @@ fn flow_fresh(entry: *mut FlowValue, proto: u8, now: u32) -> bool {
 #[cfg(feature = "legacy-flow-entry")]
 #[inline(always)]
 fn flow_fresh(_entry: *mut FlowValue, _proto: u8, _now: u32) -> bool {
-    let _ = PROTO_UDP;
     true
 }
 

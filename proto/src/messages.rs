@@ -166,10 +166,9 @@ impl Hello {
         if !(self.cores.is_finite() && self.cores > 0.0) {
             return Err(format!("cores {} is not a positive number", self.cores));
         }
-        self.applications.iter().try_for_each(|a| {
-            not_empty("application name", &a.name)?;
-            ports_non_zero(&a.name, &a.ports)
-        })
+        self.applications
+            .iter()
+            .try_for_each(|a| named_ports(&a.name, &a.ports))
     }
 }
 
@@ -258,10 +257,9 @@ impl ConnectionSettings {
         if self.addresses.is_empty() {
             return Err("no addresses".into());
         }
-        self.applications.iter().try_for_each(|a| {
-            not_empty("application name", &a.name)?;
-            ports_non_zero(&a.name, &a.ports)
-        })
+        self.applications
+            .iter()
+            .try_for_each(|a| named_ports(&a.name, &a.ports))
     }
 }
 
@@ -480,6 +478,12 @@ pub(crate) fn non_negative(what: &str, value: f64) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// An application entry: a name and non-zero ports.
+fn named_ports(name: &str, ports: &[u16]) -> Result<(), String> {
+    not_empty("application name", name)?;
+    ports_non_zero(name, ports)
 }
 
 fn ports_non_zero(application: &str, ports: &[u16]) -> Result<(), String> {

@@ -229,6 +229,17 @@ pub fn predict_flow(
     table[(h % table.len() as u32) as usize].clone()
 }
 
+/// `count` fresh TCP connections from the lab's client to its first IPv4
+/// VIP on `port`, with the workspace's `lab-client`.
+pub fn burst_to_vip(lab: &Lab, port: u16, count: usize) -> Result<crate::BurstReport> {
+    let client = workspace_bin("lab-client")?;
+    crate::run_burst(
+        &lab.client.ns,
+        client.to_str().unwrap_or("lab-client"),
+        &crate::BurstOpts::new(lab.vip4_addr(port), count),
+    )
+}
+
 /// Polls `f` until it returns true or `timeout` passes.
 pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;

@@ -8,13 +8,12 @@ use anyhow::{Context as _, Result};
 use lb_agent::sources::{CgroupHandle, create_v1_cgroup};
 use lb_proto::tls::{Pki, Role, SanEntry, Validity};
 use lb_tests::{
-    BurstOpts, Lab, LabProcess,
-    balancer::{Balancer, LAB_SEED, attach_peer_pass, wait_until, workspace_bin},
-    require_root, run_burst,
+    Lab, LabProcess,
+    balancer::{Balancer, LAB_SEED, attach_peer_pass, burst_to_vip, wait_until, workspace_bin},
+    require_root,
 };
 
 const SERVER: &str = env!("CARGO_BIN_EXE_lab-server");
-const CLIENT: &str = env!("CARGO_BIN_EXE_lab-client");
 const PORT: u16 = 80;
 const MANAGER_PORT: u16 = 7443;
 const INTERVAL_MS: u64 = 200;
@@ -184,11 +183,7 @@ fn agents_report_real_load_and_survive_restarts() -> Result<()> {
     assert!(wait_until(Duration::from_secs(10), || {
         monitor(&bal, "s1").is_some_and(|m| m["monitor"] == "unmonitored")
     }));
-    let burst = run_burst(
-        &lab.client.ns,
-        CLIENT,
-        &BurstOpts::new(lab.vip4_addr(PORT), 300),
-    )?;
+    let burst = burst_to_vip(lab, PORT, 300)?;
     assert_eq!(burst.failed, 0, "{:?}", burst.errors);
     assert!(
         burst.by_server.get("s1").is_some_and(|n| *n > 0),
@@ -215,11 +210,7 @@ fn agents_report_real_load_and_survive_restarts() -> Result<()> {
             h.name
         );
     }
-    let burst = run_burst(
-        &lab.client.ns,
-        CLIENT,
-        &BurstOpts::new(lab.vip4_addr(PORT), 100),
-    )?;
+    let burst = burst_to_vip(lab, PORT, 100)?;
     assert_eq!(burst.failed, 0, "{:?}", burst.errors);
     drop(agents);
     Ok(())

@@ -6,7 +6,9 @@ use std::{fmt::Write as _, net::IpAddr};
 use anyhow::Result;
 use lb_tests::{
     BurstOpts, HoldSession, Lab,
-    balancer::{Balancer, LAB_SEED, PoolMember, attach_peer_pass, predict_flow, predict_table},
+    balancer::{
+        Balancer, LAB_SEED, PoolMember, attach_peer_pass, burst_to_vip, predict_flow, predict_table,
+    },
     require_root, run_burst, run_udp,
 };
 
@@ -247,11 +249,7 @@ fn server_behind_second_port_via_redirect() -> Result<()> {
     let list = vec![("r1".to_string(), IpAddr::V4(r1.eth0.v4), 1, "allocated")];
     let servers = srv_list(&list, &["web"]);
     let bal = Balancer::start(&lab, &config(&lab, &["eth0", "eth1"], 65537, &servers, ""))?;
-    let report = run_burst(
-        &lab.client.ns,
-        CLIENT,
-        &BurstOpts::new(lab.vip4_addr(PORT), 100),
-    )?;
+    let report = burst_to_vip(&lab, PORT, 100)?;
     assert_eq!(report.failed, 0, "{:?}", report.errors);
     assert_eq!(report.by_server.get("r1"), Some(&100));
     assert!(bal.counter("redirect")? >= 300, "XDP_REDIRECT used");
@@ -322,11 +320,7 @@ fn pool_changes_keep_established_and_draining_gets_no_new_flows() -> Result<()> 
             );
         }
     }
-    let burst = run_burst(
-        &lab.client.ns,
-        CLIENT,
-        &BurstOpts::new(lab.vip4_addr(PORT), 300),
-    )?;
+    let burst = burst_to_vip(&lab, PORT, 300)?;
     assert_eq!(burst.failed, 0, "{:?}", burst.errors);
     assert_eq!(
         burst.by_server.get("s1"),
@@ -366,11 +360,7 @@ fn restart_keeps_program_and_flows() -> Result<()> {
         ping.dead, 0,
         "traffic stopped while the daemon was down: {ping:?}"
     );
-    let down = run_burst(
-        &lab.client.ns,
-        CLIENT,
-        &BurstOpts::new(lab.vip4_addr(PORT), 50),
-    )?;
+    let down = burst_to_vip(&lab, PORT, 50)?;
     assert_eq!(down.failed, 0, "{:?}", down.errors);
 
     // Change the pool while it is down so held flows' cells change owner.
@@ -642,11 +632,7 @@ fn reload_refuses_bad_config() -> Result<()> {
         .lbctl(&["config", "reload"])
         .expect_err("bad config must be refused");
     assert!(err.to_string().contains("wieght"), "{err}");
-    let burst = run_burst(
-        &lab.client.ns,
-        CLIENT,
-        &BurstOpts::new(lab.vip4_addr(PORT), 50),
-    )?;
+    let burst = burst_to_vip(&lab, PORT, 50)?;
     assert_eq!(
         burst.by_server.get("s1"),
         Some(&50),
@@ -676,11 +662,7 @@ fn reload_refuses_bad_config() -> Result<()> {
             })
         }
     ));
-    let burst = run_burst(
-        &lab.client.ns,
-        CLIENT,
-        &BurstOpts::new(lab.vip4_addr(PORT), 200),
-    )?;
+    let burst = burst_to_vip(&lab, PORT, 200)?;
     assert_eq!(burst.by_server.len(), 2, "{:?}", burst.by_server);
     Ok(())
 }
@@ -698,11 +680,7 @@ fn follows_neighbour_table_changes() -> Result<()> {
         &lab,
         &config(&lab, &["eth0"], 65537, &srv_list(&one, &["web"]), ""),
     )?;
-    let burst = run_burst(
-        &lab.client.ns,
-        CLIENT,
-        &BurstOpts::new(lab.vip4_addr(PORT), 20),
-    )?;
+    let burst = burst_to_vip(&lab, PORT, 20)?;
     assert_eq!(burst.ok, 20, "{:?}", burst.errors);
 
     // New MAC on s1; it announces itself (gratuitous ARP updates the node's
@@ -726,11 +704,7 @@ fn follows_neighbour_table_changes() -> Result<()> {
         })
     });
     assert!(moved, "the node did not follow the server's new MAC");
-    let burst = run_burst(
-        &lab.client.ns,
-        CLIENT,
-        &BurstOpts::new(lab.vip4_addr(PORT), 20),
-    )?;
+    let burst = burst_to_vip(&lab, PORT, 20)?;
     assert_eq!(burst.ok, 20, "{:?}", burst.errors);
     Ok(())
 }
@@ -754,11 +728,7 @@ fn restart_with_other_limits_is_refused() -> Result<()> {
     let msg = format!("{err:#}");
     assert!(msg.contains("SERVICES") && msg.contains("detach"), "{msg}");
     assert_eq!(Balancer::attached_program_id(&lab.node.ns, "eth0")?, id);
-    let burst = run_burst(
-        &lab.client.ns,
-        CLIENT,
-        &BurstOpts::new(lab.vip4_addr(PORT), 20),
-    )?;
+    let burst = burst_to_vip(&lab, PORT, 20)?;
     assert_eq!(burst.ok, 20, "still serving: {:?}", burst.errors);
     Ok(())
 }

@@ -18,6 +18,8 @@
 //! | [`command`] | an operator's command or file | a number the operator defines |
 //! | [`utilization`] | the readings above | the policy's figure, with its definition |
 
+use std::path::{Path, PathBuf};
+
 pub mod cgroup;
 pub mod cgroup_v1;
 pub mod command;
@@ -38,8 +40,6 @@ pub use cpu::{CpuError, CpuSampler};
 pub use net_dev::{NetDevError, NetDevSampler, NicRate};
 pub use system::{LoadAverage, Memory, SystemError, read_loadavg, read_meminfo};
 pub use utilization::{Readings, SourceKind, Utilization, UtilizationChoice, UtilizationError};
-
-use std::path::{Path, PathBuf};
 
 /// The root that real hosts use; sources built with `host()` read under it.
 pub const HOST_ROOT: &str = "/";

@@ -13,7 +13,6 @@ pub mod tables;
 pub mod testbed;
 
 use std::{
-    collections::BTreeMap,
     os::fd::AsFd as _,
     path::{Path, PathBuf},
 };
@@ -391,19 +390,8 @@ fn shape(
 /// Value size of the flow table in an object file (the program decides its
 /// layout; the loader follows it).
 fn object_flow_value_size(bytes: &[u8]) -> Option<u32> {
-    let obj = aya_obj_maps(bytes)?;
-    obj.get(MAP_FLOWS).copied()
-}
-
-/// Map name → value size, read from the object's BTF-less map definitions.
-fn aya_obj_maps(bytes: &[u8]) -> Option<BTreeMap<String, u32>> {
     let obj = aya_obj::Object::parse(bytes).ok()?;
-    Some(
-        obj.maps
-            .iter()
-            .map(|(name, map)| (name.clone(), map.value_size()))
-            .collect(),
-    )
+    obj.maps.get(MAP_FLOWS).map(|map| map.value_size())
 }
 
 impl DataPlane {
