@@ -12,9 +12,14 @@ use tokio::{
 use tracing::{debug, warn};
 
 use crate::{
-    config::Config,
+    config::{Config, Protocol},
     manager::{Manager, ManagerStats, db::MonitorView},
     node::{ApplyReport, Node, ServerView, ServiceView},
+    scaling::{
+        config_file::Edit,
+        controller::{Controller, PoolReport},
+        events::Event,
+    },
 };
 
 /// Requests `lbctl` sends.
@@ -27,6 +32,44 @@ pub enum Request {
     Stats,
     /// Re-read the config file and apply the difference.
     Reload,
+    /// Each service's allocated and free servers (manager).
+    Pool,
+    /// Events after id `after`; `follow`: keep the stream open and send
+    /// each new event as it happens.
+    Events {
+        #[serde(default)]
+        after: u64,
+        #[serde(default)]
+        follow: bool,
+    },
+    /// Allocate a free server to a service (manager).
+    ServerAllocate {
+        server: String,
+        #[serde(default)]
+        service: Option<String>,
+    },
+    /// Drain a server: no new flows, back to the free pool when idle.
+    ServerDrain {
+        server: String,
+    },
+    /// Return a server to the free pool now.
+    ServerDeallocate {
+        server: String,
+    },
+    /// Add a service at run time.
+    ServiceAdd {
+        name: String,
+        vip: std::net::IpAddr,
+        port: u16,
+        #[serde(default)]
+        protocol: Protocol,
+        #[serde(default)]
+        table_size: Option<u32>,
+    },
+    /// Remove a service at run time.
+    ServiceRemove {
+        name: String,
+    },
 }
 
 /// Daemon status.
@@ -67,6 +110,17 @@ pub enum Response {
     },
     Stats(Stats),
     Reloaded(ApplyReport),
+    /// A change the manager made and every node acked.
+    Done {
+        generation: u64,
+        message: String,
+    },
+    Pool {
+        pools: Vec<PoolReport>,
+    },
+    Events {
+        events: Vec<Event>,
+    },
     Error {
         message: String,
     },
@@ -74,9 +128,11 @@ pub enum Response {
 
 /// Shared daemon state for the handlers.
 pub struct Daemon {
-    pub node: Mutex<Node>,
+    pub node: Arc<Mutex<Node>>,
     pub config_path: std::path::PathBuf,
     pub manager: Option<std::sync::Arc<Manager>>,
+    /// The manager's control loop, when this process is the manager.
+    pub controller: Option<Arc<Controller>>,
 }
 
 impl Daemon {
@@ -97,7 +153,76 @@ impl Daemon {
                     .into(),
             );
         }
+        if let Some(controller) = &self.controller {
+            // The manager sends the file to every node, this one included.
+            drop(node);
+            let generation = controller.sync_all("configuration reloaded").await?;
+            let node = self.node.lock().await;
+            return Ok(ApplyReport {
+                generation: node.generation(),
+                micros: 0,
+                manager_generation: Some(generation),
+                ..ApplyReport::default()
+            });
+        }
         node.apply(config).await.map_err(|e| e.to_string())
+    }
+
+    fn controller(&self) -> Result<&Arc<Controller>, String> {
+        self.controller.as_ref().ok_or_else(|| {
+            "this lb-control runs no manager: add a [manager] section to its config to let it allocate servers".to_owned()
+        })
+    }
+
+    async fn manage(&self, request: Request) -> Result<Response, String> {
+        let c = self.controller()?;
+        let done = |generation: u64, message: String| Response::Done {
+            generation,
+            message,
+        };
+        Ok(match request {
+            Request::Pool => Response::Pool {
+                pools: c.pool().await?,
+            },
+            Request::Events { after, .. } => Response::Events {
+                events: c.events.since(after),
+            },
+            Request::ServerAllocate { server, service } => {
+                c.allocate(&server, service.as_deref()).await?;
+                done(0, format!("server `{server}` allocated"))
+            }
+            Request::ServerDrain { server } => {
+                c.drain(&server).await?;
+                done(0, format!("server `{server}` draining"))
+            }
+            Request::ServerDeallocate { server } => {
+                c.deallocate(&server).await?;
+                done(0, format!("server `{server}` back in the free pool"))
+            }
+            Request::ServiceAdd {
+                name,
+                vip,
+                port,
+                protocol,
+                table_size,
+            } => {
+                let g = c
+                    .add_service(Edit::AddService {
+                        name: name.clone(),
+                        vip,
+                        port,
+                        protocol,
+                        table_size,
+                    })
+                    .await?;
+                done(g, format!("service `{name}` added on every node"))
+            }
+            Request::ServiceRemove { name } => {
+                let g = c.remove_service(&name).await?;
+                done(g, format!("service `{name}` removed from every node"))
+            }
+            _ => return Err("not a manager request".into()),
+        })
     }
 
     async fn handle(&self, request: Request) -> Response {
@@ -141,6 +266,10 @@ impl Daemon {
                 Ok(report) => Response::Reloaded(report),
                 Err(message) => Response::Error { message },
             },
+            other => match self.manage(other).await {
+                Ok(r) => r,
+                Err(message) => Response::Error { message },
+            },
         }
     }
 }
@@ -181,6 +310,10 @@ async fn session(daemon: Arc<Daemon>, stream: UnixStream) -> std::io::Result<()>
             return Ok(());
         }
         let response = match serde_json::from_str::<Request>(line.trim()) {
+            Ok(Request::Events {
+                after,
+                follow: true,
+            }) => return follow_events(&daemon, after, &mut write).await,
             Ok(request) => daemon.handle(request).await,
             Err(e) => {
                 warn!(error = %e, "bad control request");
@@ -195,6 +328,55 @@ async fn session(daemon: Arc<Daemon>, stream: UnixStream) -> std::io::Result<()>
         text.push('\n');
         write.write_all(text.as_bytes()).await?;
     }
+}
+
+/// `lbctl events --follow`: the events after `after`, then each new one,
+/// one JSON line each, until the client goes away.
+async fn follow_events(
+    daemon: &Daemon,
+    after: u64,
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+) -> std::io::Result<()> {
+    let Ok(c) = daemon.controller() else {
+        let r = Response::Error {
+            message: "this lb-control runs no manager".into(),
+        };
+        let mut text = serde_json::to_string(&r).unwrap_or_default();
+        text.push('\n');
+        return write.write_all(text.as_bytes()).await;
+    };
+    // Subscribe first so nothing falls between the backlog and the stream.
+    let mut rx = c.events.subscribe();
+    let mut last = after;
+    for e in c.events.since(after) {
+        last = e.id;
+        write_event(write, &e).await?;
+    }
+    loop {
+        match rx.recv().await {
+            Ok(e) if e.id > last => {
+                last = e.id;
+                write_event(write, &e).await?;
+            }
+            Ok(_) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                for e in c.events.since(last) {
+                    last = e.id;
+                    write_event(write, &e).await?;
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
+        }
+    }
+}
+
+async fn write_event(
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+    event: &Event,
+) -> std::io::Result<()> {
+    let mut text = serde_json::to_string(event).map_err(std::io::Error::other)?;
+    text.push('\n');
+    write.write_all(text.as_bytes()).await
 }
 
 /// Client side: one request, one response.

@@ -80,6 +80,39 @@ pub struct NodeConfig {
     /// (upgrades and tests).
     #[serde(default)]
     pub program: Option<PathBuf>,
+    /// Directory for the node's own state: the desired state a remote
+    /// manager sent, with its generations, so a restarted node comes back as
+    /// the manager left it.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// `[node.control]`: accept reconfigurations from a manager on another
+    /// host over mutual TLS. Absent: only the manager in this process (if
+    /// any) drives this node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control: Option<NodeControlConfig>,
+}
+
+/// `[node.control]`: the listener a remote manager sends `<reconfigure>`
+/// to.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeControlConfig {
+    /// Address to listen on, e.g. `10.0.0.2:7301`.
+    pub listen: std::net::SocketAddr,
+    /// This node's name: its certificate in `tls_dir` (`<name>.pem`).
+    pub name: String,
+    /// PKI directory with `ca.pem`, `<name>.pem`, `<name>.key`.
+    pub tls_dir: PathBuf,
+    /// Certificate names of the managers allowed to reconfigure this node.
+    #[serde(default = "default_managers")]
+    pub managers: Vec<String>,
+}
+
+fn default_managers() -> Vec<String> {
+    vec!["manager".into()]
+}
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/xdplb")
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -132,6 +165,24 @@ pub struct ServiceConfig {
     /// Maglev table size, a prime ≥ 100 × servers for even spread.
     #[serde(default = "default_table_size")]
     pub table_size: u32,
+    /// The application (as the agents name it in their hello) that serves
+    /// this service; a free server hosting it can be allocated. Default:
+    /// the service name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub application: Option<String>,
+    /// `[service.scaling]`: when the manager grows or shrinks the pool
+    /// (used only when this process runs the manager).
+    #[serde(default)]
+    pub scaling: crate::scaling::policy::ScalingPolicy,
+}
+
+impl ServiceConfig {
+    /// The application name agents host this service under.
+    pub fn application(&self) -> &str {
+        self.application
+            .as_deref()
+            .unwrap_or(self.name.get_ref().as_str())
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, Hash)]
@@ -175,6 +226,10 @@ pub struct ServerConfig {
     /// The server runs on this node: packets are delivered locally.
     #[serde(default)]
     pub local: bool,
+    /// SHA-256 fingerprint of the server's certificate, pinned by the
+    /// manager when it allocated the server (from its auth settings).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
 }
 
 /// Pool state of a server.
@@ -188,6 +243,10 @@ pub enum ServerState {
     Draining,
     /// Out of service: existing flows are re-hashed to other servers.
     Down,
+    /// Taken out by the manager because its application's health probe
+    /// fails: no new flows, existing ones kept (as draining); put back when
+    /// it passes again.
+    Failed,
     /// In the free pool: not programmed on the node.
     Free,
 }
@@ -310,6 +369,12 @@ impl Config {
                     ),
                 ));
             }
+            s.scaling.validate().map_err(|e| {
+                invalid(
+                    span.clone(),
+                    format!("service `{}`: scaling: {e}", s.name.get_ref()),
+                )
+            })?;
             if !lb_maglev::is_prime(s.table_size) || s.table_size > limits.max_table_size {
                 return Err(invalid(
                     span,

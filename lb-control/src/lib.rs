@@ -12,3 +12,5 @@ pub mod dataplane;
 pub mod manager;
 pub mod nexthop;
 pub mod node;
+pub mod nodelink;
+pub mod scaling;

@@ -8,6 +8,12 @@ use lb_control::{
     config::Config,
     dataplane,
     node::Node,
+    nodelink::{
+        NodeAgent,
+        agent::{NodeState, state_path},
+        remote,
+    },
+    scaling::controller::{Controller, persisted_weights},
 };
 use tokio::{signal::unix::SignalKind, sync::Mutex};
 use tracing::{error, info, warn};
@@ -89,14 +95,65 @@ fn run(config_path: PathBuf) -> Result<(), String> {
         if let Some(m) = &manager {
             m.clone().start().await.map_err(|e| e.to_string())?;
         }
-        let mut node = Node::open(config.clone())
+        // A node a remote manager drives comes back as that manager left it.
+        let (node_state, persist) = match &config.node.control {
+            Some(_) => {
+                std::fs::create_dir_all(&config.node.state_dir).map_err(|e| {
+                    format!(
+                        "cannot create node.state_dir {}: {e}",
+                        config.node.state_dir.display()
+                    )
+                })?;
+                let path = state_path(&config.node.state_dir);
+                (NodeState::load(&path)?, Some(path))
+            }
+            None => (NodeState::default(), None),
+        };
+        let mut effective = node_state.overlay(config.clone());
+        // The manager's published weights, so a restart changes no table.
+        if let Some(m) = &config.manager {
+            let weights = persisted_weights(&m.state_dir);
+            for server in &mut effective.server {
+                if let Some(w) = weights.get(server.name.get_ref()) {
+                    server.weight = *w;
+                }
+            }
+        }
+        let mut node = Node::open(effective.clone())
             .await
             .map_err(|e| e.to_string())?;
-        node.apply(config).await.map_err(|e| e.to_string())?;
+        node.apply(effective).await.map_err(|e| e.to_string())?;
+        let node = Arc::new(Mutex::new(node));
+        let node_name = config
+            .node
+            .control
+            .as_ref()
+            .map_or_else(|| "local".to_owned(), |c| c.name.clone());
+        let agent = Arc::new(NodeAgent::new(node_name, node.clone(), node_state, persist));
+        if let Some(control) = &config.node.control {
+            remote::serve(agent.clone(), control)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        let controller = match &manager {
+            Some(m) => {
+                let c = Controller::new(m.clone(), config_path.clone(), agent.clone())?;
+                let runner = c.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = runner.sync_all("manager started").await {
+                        warn!(error = %e, "not every node took the configuration at start; the next change retries");
+                    }
+                    runner.run().await
+                });
+                Some(c)
+            }
+            None => None,
+        };
         let daemon = Arc::new(Daemon {
-            node: Mutex::new(node),
+            node,
             config_path,
             manager,
+            controller,
         });
         let api_daemon = daemon.clone();
         let api_socket = socket.clone();

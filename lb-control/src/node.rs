@@ -90,6 +90,10 @@ pub struct ApplyReport {
     pub backends_reused: usize,
     pub unresolved: Vec<String>,
     pub micros: u64,
+    /// When the manager sent the configuration to its nodes: the
+    /// generation they acked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manager_generation: Option<u64>,
 }
 
 /// The node: data plane plus bookkeeping.
@@ -111,6 +115,9 @@ pub struct Node {
     flipped_since_grace: bool,
     /// Next hops resolved from the neighbour table (not from config).
     learned: BTreeMap<IpAddr, NextHop>,
+    /// The table each service should have active after the last apply
+    /// (what `verify` reads back against).
+    expected_cells: BTreeMap<String, Vec<u16>>,
 }
 
 fn addr_of(bytes: &[u8; 16], family: u32) -> IpAddr {
@@ -142,8 +149,17 @@ fn service_key(vip: IpAddr, port: u16, proto: u8) -> ServiceKey {
 fn state_code(state: ServerState) -> u32 {
     match state {
         ServerState::Allocated => BACKEND_ACTIVE,
-        ServerState::Draining => BACKEND_DRAINING,
+        ServerState::Draining | ServerState::Failed => BACKEND_DRAINING,
         ServerState::Down | ServerState::Free => BACKEND_DOWN,
+    }
+}
+
+fn backend_state_name(state: u32) -> &'static str {
+    match state {
+        BACKEND_ACTIVE => "active",
+        BACKEND_DRAINING => "draining",
+        BACKEND_DOWN => "down",
+        _ => "unused",
     }
 }
 
@@ -178,6 +194,7 @@ impl Node {
             generation: 0,
             flipped_since_grace: true,
             learned: BTreeMap::new(),
+            expected_cells: BTreeMap::new(),
         };
         node.recover()?;
         Ok(node)
@@ -566,6 +583,7 @@ impl Node {
                 index,
             );
             if current == cells && !new_services.contains(name) {
+                self.expected_cells.insert(name.clone(), cells);
                 continue;
             }
             if self.flipped_since_grace {
@@ -582,6 +600,7 @@ impl Node {
             )?;
             self.flipped_since_grace = true;
             report.tables_flipped.push(name.clone());
+            self.expected_cells.insert(name.clone(), cells);
         }
         for name in &new_services {
             let rt = &self.services[name];
@@ -639,6 +658,8 @@ impl Node {
             self.quarantined_services.push(index);
         }
 
+        self.expected_cells
+            .retain(|name, _| desired.contains_key(name));
         self.config = config;
         report.generation = self.generation;
         report.micros = started.elapsed().as_micros() as u64;
@@ -655,6 +676,95 @@ impl Node {
             "configuration applied"
         );
         Ok(report)
+    }
+
+    /// Every programmed (service, server) pair with its state, the time
+    /// since it last received a packet and, when asked, the flow-table
+    /// entries that point at it (walks the flow table).
+    pub fn backend_status(&self, count_flows: bool) -> Vec<lb_proto::BackendStatus> {
+        let names: BTreeMap<u32, &String> =
+            self.services.iter().map(|(n, s)| (s.index, n)).collect();
+        let mut flows: BTreeMap<(u32, u32), u64> = BTreeMap::new();
+        if count_flows {
+            for (_, backend, incarnation) in self.dp.flows.entries() {
+                *flows.entry((backend, incarnation)).or_default() += 1;
+            }
+        }
+        let now = crate::dataplane::now_coarse();
+        self.backends
+            .values()
+            .map(|b| {
+                let seen = self.dp.backend_last_seen(b.index);
+                lb_proto::BackendStatus {
+                    service: names
+                        .get(&b.record.service)
+                        .map_or_else(|| format!("#{}", b.record.service), |n| (*n).clone()),
+                    server: b.server.clone(),
+                    state: if b.retired {
+                        "retired"
+                    } else {
+                        backend_state_name(b.record.state)
+                    }
+                    .to_owned(),
+                    // Coarse seconds are 2^30 ns.
+                    idle_ms: (seen != 0)
+                        .then(|| u64::from(now.saturating_sub(seen)) * 1_073_741 / 1000),
+                    flows: count_flows.then(|| {
+                        flows
+                            .get(&(b.index, b.record.incarnation))
+                            .copied()
+                            .unwrap_or(0)
+                    }),
+                }
+            })
+            .collect()
+    }
+
+    /// Reads the maps back and compares them with what the last apply
+    /// wrote: every service's key and active table, every backend record.
+    pub fn verify(&self) -> Result<(), String> {
+        for (name, rt) in &self.services {
+            match self.dp.services.get(&rt.key, 0) {
+                Ok(v) if v.index == rt.index => {}
+                Ok(v) => {
+                    return Err(format!(
+                        "service `{name}`: SERVICES names index {} instead of {}",
+                        v.index, rt.index
+                    ));
+                }
+                Err(e) => return Err(format!("service `{name}`: SERVICES lookup: {e}")),
+            }
+            if let Some(cells) = self.expected_cells.get(name) {
+                let read = tables::read_active(
+                    &self.dp.service_state,
+                    &self.dp.tables,
+                    self.dp.stride,
+                    rt.index,
+                );
+                if &read != cells {
+                    let at = read.iter().zip(cells).position(|(a, b)| a != b);
+                    return Err(format!(
+                        "service `{name}`: active table differs from the one written (first difference at cell {at:?}, {} vs {} cells)",
+                        read.len(),
+                        cells.len()
+                    ));
+                }
+            }
+        }
+        for ((_, addr), rt) in &self.backends {
+            let read = self
+                .dp
+                .backends
+                .get(&rt.index, 0)
+                .map_err(|e| format!("BACKENDS[{}]: {e}", rt.index))?;
+            if read != rt.record {
+                return Err(format!(
+                    "backend {} ({addr}): record reads back differently from the one written",
+                    rt.index
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Marks a backend's record unused (its index keeps its incarnation, so

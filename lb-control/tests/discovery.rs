@@ -53,6 +53,10 @@ async fn setup() -> Setup {
         insecure_plaintext: false,
         report_interval_ms: 100,
         unmonitored_after_intervals: 3,
+        nodes: Vec::new(),
+        state_dir: std::env::temp_dir(),
+        ack_timeout_ms: 5000,
+        ack_retries: 2,
         discovery: Some(DiscoveryConfig {
             listen: "127.0.0.1:0".parse().expect("addr"),
             group: None,
@@ -294,6 +298,10 @@ async fn discovery_without_a_ca_is_refused() {
         insecure_plaintext: true,
         report_interval_ms: 100,
         unmonitored_after_intervals: 3,
+        nodes: Vec::new(),
+        state_dir: std::env::temp_dir(),
+        ack_timeout_ms: 5000,
+        ack_retries: 2,
         discovery: Some(DiscoveryConfig {
             listen: "127.0.0.1:0".parse().expect("addr"),
             group: None,

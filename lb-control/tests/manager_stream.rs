@@ -57,6 +57,10 @@ async fn setup() -> Setup {
         insecure_plaintext: false,
         report_interval_ms: 100,
         unmonitored_after_intervals: 3,
+        nodes: Vec::new(),
+        state_dir: std::env::temp_dir(),
+        ack_timeout_ms: 5000,
+        ack_retries: 2,
         discovery: None,
     });
     let addr = manager.clone().start().await.expect("manager starts");

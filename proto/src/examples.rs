@@ -122,6 +122,10 @@ fn node_session() -> String {
     node.send(&mut out, samples::ack(8, AckStatus::Ok));
     manager.send(&mut out, samples::reconfigure(9, ServerState::Down));
     node.send(&mut out, samples::ack(9, AckStatus::Failed));
+    manager.send(&mut out, samples::status_request(3));
+    node.send(&mut out, samples::node_status(3));
+    manager.send(&mut out, samples::retire(10));
+    node.send(&mut out, samples::ack(10, AckStatus::Ok));
     manager.finish(&mut out);
     node.finish(&mut out);
     out
@@ -172,6 +176,9 @@ fn blocks() -> Vec<(&'static str, String)> {
             pretty(samples::reconfigure(7, ServerState::Draining), 3),
         ),
         ("ack", pretty(samples::ack(9, AckStatus::Failed), 5)),
+        ("retire", pretty(samples::retire(10), 11)),
+        ("status-request", pretty(samples::status_request(3), 12)),
+        ("node-status", pretty(samples::node_status(3), 13)),
         ("error", pretty(samples::error(), 4)),
         ("agent-session", agent_session()),
         ("node-session", node_session()),

@@ -32,8 +32,9 @@ pub use error::{EncodeError, ProtoError};
 pub use header::{PROTOCOL_VERSION, Role, StreamHeader};
 pub use limits::Limits;
 pub use messages::{
-    Ack, AckStatus, Application, ApplicationPorts, AuthSettings, ConnectionSettings, ErrorMessage,
-    Hello, Message, Reconfigure, Server, ServerState, Service, SettingsKind, SettingsRequest,
+    Ack, AckStatus, Application, ApplicationPorts, AuthSettings, BackendStatus, ConnectionSettings,
+    ErrorMessage, Hello, Message, NodeStatus, Reconfigure, Server, ServerState, Service,
+    SettingsKind, SettingsRequest, StatusRequest,
 };
 pub use report::{
     ApplicationStatus, Cpu, Health, HealthState, Load, Memory, Nic, Readiness, Report, Utilization,

@@ -33,11 +33,15 @@ pub enum Message {
     Ack(Ack),
     /// `<error>`: either way, rejects a message or announces a disconnect.
     Error(ErrorMessage),
+    /// `<status-request>`: manager → node.
+    StatusRequest(StatusRequest),
+    /// `<node-status>`: node → manager, answers a status request.
+    NodeStatus(NodeStatus),
 }
 
 impl Message {
     /// Every message element name, in the order of the variants.
-    pub const NAMES: [&'static str; 8] = [
+    pub const NAMES: [&'static str; 10] = [
         "hello",
         "report",
         "settings-request",
@@ -46,6 +50,8 @@ impl Message {
         "reconfigure",
         "ack",
         "error",
+        "status-request",
+        "node-status",
     ];
 
     /// The element name.
@@ -59,6 +65,8 @@ impl Message {
             Self::Reconfigure(_) => 5,
             Self::Ack(_) => 6,
             Self::Error(_) => 7,
+            Self::StatusRequest(_) => 8,
+            Self::NodeStatus(_) => 9,
         };
         Self::NAMES[index]
     }
@@ -74,6 +82,8 @@ impl Message {
             Self::Reconfigure(m) => m.seq,
             Self::Ack(m) => m.seq,
             Self::Error(m) => m.seq,
+            Self::StatusRequest(m) => m.seq,
+            Self::NodeStatus(m) => m.seq,
         }
     }
 
@@ -88,6 +98,8 @@ impl Message {
             Self::Reconfigure(m) => &mut m.seq,
             Self::Ack(m) => &mut m.seq,
             Self::Error(m) => &mut m.seq,
+            Self::StatusRequest(m) => &mut m.seq,
+            Self::NodeStatus(m) => &mut m.seq,
         };
         *field = seq;
     }
@@ -99,7 +111,11 @@ impl Message {
         match self {
             Self::Hello(m) => m.validate(),
             Self::Report(m) => m.validate(),
-            Self::SettingsRequest(_) | Self::Ack(_) => Ok(()),
+            Self::SettingsRequest(_) | Self::Ack(_) | Self::StatusRequest(_) => Ok(()),
+            Self::NodeStatus(m) => m
+                .backends
+                .iter()
+                .try_for_each(|b| not_empty("backend server", &b.server)),
             Self::ConnectionSettings(m) => m.validate(),
             Self::AuthSettings(m) => m.validate(),
             Self::Reconfigure(m) => m.service.validate(),
@@ -125,7 +141,9 @@ message_from!(
     ConnectionSettings,
     AuthSettings,
     Reconfigure,
-    Ack
+    Ack,
+    StatusRequest,
+    NodeStatus
 );
 
 impl From<ErrorMessage> for Message {
@@ -352,6 +370,14 @@ pub struct Service {
     /// missing here is removed.
     #[serde(rename = "server", default)]
     pub servers: Vec<Server>,
+    /// `true`: the service is removed from the node (its servers are
+    /// ignored).
+    #[serde(rename = "@retired", default, skip_serializing_if = "is_false")]
+    pub retired: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl Service {
@@ -428,6 +454,58 @@ pub struct Ack {
     /// Why it failed.
     #[serde(rename = "@error", default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// `<status-request>`: the manager asks a node about its backends, e.g.
+/// whether a draining server still receives packets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusRequest {
+    /// Sequence number (stamped by the encoder).
+    #[serde(rename = "@seq")]
+    pub seq: u64,
+    /// Request number, echoed in the [`NodeStatus`].
+    #[serde(rename = "@id")]
+    pub id: u64,
+    /// Also count the flow-table entries that point at each backend (a walk
+    /// of the whole flow table: ask only when the count is needed).
+    #[serde(rename = "@count-flows", default, skip_serializing_if = "is_false")]
+    pub count_flows: bool,
+}
+
+/// `<node-status>`: a node's answer to a [`StatusRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// Sequence number (stamped by the encoder).
+    #[serde(rename = "@seq")]
+    pub seq: u64,
+    /// The [`StatusRequest::id`] this answers.
+    #[serde(rename = "@id")]
+    pub id: u64,
+    /// One `<backend>` per (service, server) programmed on the node.
+    #[serde(rename = "backend", default)]
+    pub backends: Vec<BackendStatus>,
+}
+
+/// One (service, server) pair in a [`NodeStatus`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendStatus {
+    /// Service name.
+    #[serde(rename = "@service")]
+    pub service: String,
+    /// Server name.
+    #[serde(rename = "@server")]
+    pub server: String,
+    /// `active`, `draining`, `down` or `retired` (removed from the service,
+    /// its remaining flows still forwarded).
+    #[serde(rename = "@state")]
+    pub state: String,
+    /// Milliseconds since the node last forwarded a packet to it; absent if
+    /// it never did.
+    #[serde(rename = "@idle-ms", default, skip_serializing_if = "Option::is_none")]
+    pub idle_ms: Option<u64>,
+    /// Flow-table entries that point at it (only when asked).
+    #[serde(rename = "@flows", default, skip_serializing_if = "Option::is_none")]
+    pub flows: Option<u64>,
 }
 
 /// `<error>`: a rejected message, or the reason for a disconnect that

@@ -3,10 +3,10 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use crate::{
-    Ack, AckStatus, Application, ApplicationPorts, ApplicationStatus, AuthSettings,
+    Ack, AckStatus, Application, ApplicationPorts, ApplicationStatus, AuthSettings, BackendStatus,
     ConnectionSettings, Cpu, ErrorMessage, Health, HealthState, Hello, Load, MacAddr, Memory,
-    Message, Nic, Protocol, Readiness, Reconfigure, Report, Server, ServerState, Service,
-    SettingsKind, SettingsRequest, Utilization, UtilizationSource,
+    Message, Nic, NodeStatus, Protocol, Readiness, Reconfigure, Report, Server, ServerState,
+    Service, SettingsKind, SettingsRequest, StatusRequest, Utilization, UtilizationSource,
 };
 
 pub const VIP: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10));
@@ -154,7 +154,50 @@ pub fn reconfigure(generation: u64, web2_state: ServerState) -> Message {
                     mac: None,
                 },
             ],
+            retired: false,
         },
+    }
+    .into()
+}
+
+pub fn retire(generation: u64) -> Message {
+    let Message::Reconfigure(mut r) = reconfigure(generation, ServerState::Down) else {
+        unreachable!()
+    };
+    r.service.servers.clear();
+    r.service.retired = true;
+    r.into()
+}
+
+pub fn status_request(id: u64) -> Message {
+    StatusRequest {
+        seq: 0,
+        id,
+        count_flows: true,
+    }
+    .into()
+}
+
+pub fn node_status(id: u64) -> Message {
+    NodeStatus {
+        seq: 0,
+        id,
+        backends: vec![
+            BackendStatus {
+                service: "web".into(),
+                server: "web-1".into(),
+                state: "active".into(),
+                idle_ms: Some(3),
+                flows: Some(1874),
+            },
+            BackendStatus {
+                service: "web".into(),
+                server: "web-2".into(),
+                state: "draining".into(),
+                idle_ms: Some(12400),
+                flows: Some(0),
+            },
+        ],
     }
     .into()
 }
@@ -210,5 +253,20 @@ pub fn all() -> Vec<Message> {
         ack(7, AckStatus::Ok),
         ack(8, AckStatus::Failed),
         error(),
+        retire(10),
+        status_request(3),
+        StatusRequest {
+            seq: 0,
+            id: 4,
+            count_flows: false,
+        }
+        .into(),
+        node_status(3),
+        NodeStatus {
+            seq: 0,
+            id: 4,
+            backends: Vec::new(),
+        }
+        .into(),
     ]
 }

@@ -4,7 +4,11 @@
 use std::{net::IpAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand, ValueEnum};
-use lb_control::api::{Request, Response, call};
+use lb_control::{
+    api::{Request, Response, call},
+    config::Protocol,
+    scaling::events::Event,
+};
 use lb_proto::tls::{Pki, Role, SanEntry, Validity};
 
 #[derive(Parser)]
@@ -24,15 +28,26 @@ struct Cli {
 enum Command {
     /// Program id, adoption, generation.
     Status,
-    /// Services.
+    /// Services: list, add or remove at run time.
     Service {
         #[command(subcommand)]
-        command: ListOnly,
+        command: ServiceCommand,
     },
-    /// Real servers.
+    /// Real servers: list, allocate, drain, deallocate.
     Server {
         #[command(subcommand)]
-        command: ListOnly,
+        command: ServerCommand,
+    },
+    /// Each service's allocated and free servers (manager).
+    Pool,
+    /// The manager's decisions with their reasons and durations.
+    Events {
+        /// Keep printing events as they happen.
+        #[arg(long)]
+        follow: bool,
+        /// Only events with an id above this.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
     },
     /// Counters.
     Stats,
@@ -109,8 +124,48 @@ impl From<RoleArg> for Role {
 }
 
 #[derive(Subcommand)]
-enum ListOnly {
+enum ServiceCommand {
+    /// Services on this node.
     List,
+    /// Add a service on every node (recorded in the config file).
+    Add {
+        name: String,
+        #[arg(long)]
+        vip: IpAddr,
+        #[arg(long)]
+        port: u16,
+        #[arg(long, value_enum, default_value_t = ProtocolArg::Tcp)]
+        protocol: ProtocolArg,
+        /// Maglev table size (a prime); default 65537.
+        #[arg(long)]
+        table_size: Option<u32>,
+    },
+    /// Remove a service from every node (and from the config file).
+    Remove { name: String },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ProtocolArg {
+    Tcp,
+    Udp,
+}
+
+#[derive(Subcommand)]
+enum ServerCommand {
+    /// Servers on this node, and every agent the manager hears.
+    List,
+    /// Move a free server into a service's pool.
+    Allocate {
+        name: String,
+        /// The service; needed when the server could serve several.
+        #[arg(long)]
+        service: Option<String>,
+    },
+    /// No new flows; back to the free pool once idle (or at the drain
+    /// timeout).
+    Drain { name: String },
+    /// Back to the free pool now, without waiting for its connections.
+    Deallocate { name: String },
 }
 
 #[derive(Subcommand)]
@@ -123,8 +178,37 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let request = match cli.command {
         Command::Status => Request::Status,
-        Command::Service { .. } => Request::ServiceList,
-        Command::Server { .. } => Request::ServerList,
+        Command::Service { command } => match command {
+            ServiceCommand::List => Request::ServiceList,
+            ServiceCommand::Add {
+                name,
+                vip,
+                port,
+                protocol,
+                table_size,
+            } => Request::ServiceAdd {
+                name,
+                vip,
+                port,
+                protocol: match protocol {
+                    ProtocolArg::Tcp => Protocol::Tcp,
+                    ProtocolArg::Udp => Protocol::Udp,
+                },
+                table_size,
+            },
+            ServiceCommand::Remove { name } => Request::ServiceRemove { name },
+        },
+        Command::Server { command } => match command {
+            ServerCommand::List => Request::ServerList,
+            ServerCommand::Allocate { name, service } => Request::ServerAllocate {
+                server: name,
+                service,
+            },
+            ServerCommand::Drain { name } => Request::ServerDrain { server: name },
+            ServerCommand::Deallocate { name } => Request::ServerDeallocate { server: name },
+        },
+        Command::Pool => Request::Pool,
+        Command::Events { follow, after } => Request::Events { after, follow },
         Command::Stats => Request::Stats,
         Command::Config { .. } => Request::Reload,
         // Certificates are files: no daemon, no socket.
@@ -140,6 +224,19 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Request::Events {
+        after,
+        follow: true,
+    } = request
+    {
+        return match runtime.block_on(follow_events(&cli.socket, after, cli.json)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let response = match runtime.block_on(call(&cli.socket, &request)) {
         Ok(r) => r,
         Err(e) => {
@@ -163,6 +260,60 @@ fn main() -> ExitCode {
     }
     print_table(&response);
     ExitCode::SUCCESS
+}
+
+/// `lbctl events --follow`: prints each event line as the daemon sends it.
+async fn follow_events(socket: &std::path::Path, after: u64, json: bool) -> Result<(), String> {
+    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+    let stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .map_err(|e| format!("cannot connect to {}: {e}", socket.display()))?;
+    let (read, mut write) = stream.into_split();
+    let mut text = serde_json::to_string(&Request::Events {
+        after,
+        follow: true,
+    })
+    .map_err(|e| e.to_string())?;
+    text.push('\n');
+    write
+        .write_all(text.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut lines = BufReader::new(read).lines();
+    while let Some(line) = lines.next_line().await.map_err(|e| e.to_string())? {
+        if json {
+            println!("{line}");
+            continue;
+        }
+        match serde_json::from_str::<Event>(&line) {
+            Ok(e) => print_event(&e),
+            Err(_) => match serde_json::from_str::<Response>(&line) {
+                Ok(Response::Error { message }) => return Err(message),
+                _ => println!("{line}"),
+            },
+        }
+    }
+    Ok(())
+}
+
+fn print_event(e: &Event) {
+    let secs = e.time_ms / 1000;
+    let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+    let took = e
+        .duration_ms
+        .map_or(String::new(), |d| format!(" ({d} ms)"));
+    let generation = e
+        .generation
+        .map_or(String::new(), |g| format!(" [gen {g}]"));
+    println!(
+        "#{:<5} {h:02}:{m:02}:{s:02}.{:03} {:<18} {:<10} {:<12} {}{took}{generation}",
+        e.id,
+        e.time_ms % 1000,
+        e.kind,
+        e.service.as_deref().unwrap_or("-"),
+        e.server.as_deref().unwrap_or("-"),
+        e.reason
+    );
 }
 
 fn days(n: u32) -> Duration {
@@ -328,8 +479,58 @@ fn print_table(response: &Response) {
                 r.backends_added,
                 r.backends_removed
             );
+            if let Some(g) = r.manager_generation {
+                println!("the manager sent it to every node as generation {g}, all acked");
+            }
             if !r.unresolved.is_empty() {
                 println!("unresolved servers (left out): {:?}", r.unresolved);
+            }
+        }
+        Response::Done {
+            generation,
+            message,
+        } => {
+            if *generation > 0 {
+                println!("{message} (generation {generation})");
+            } else {
+                println!("{message}");
+            }
+        }
+        Response::Pool { pools } => {
+            for p in pools {
+                println!(
+                    "service {} (application {}), generation {}",
+                    p.service, p.application, p.generation
+                );
+                println!(
+                    "  {:<16} {:<22} {:<12} {:<8} {:>11} {:>6} {:>6} {:>8}",
+                    "SERVER",
+                    "STATE",
+                    "MONITOR",
+                    "HEALTH",
+                    "UTILIZATION",
+                    "CORES",
+                    "WEIGHT",
+                    "VIP CONN"
+                );
+                for m in p.members.iter().chain(&p.free) {
+                    println!(
+                        "  {:<16} {:<22} {:<12} {:<8} {:>11} {:>6.2} {:>6} {:>8}",
+                        m.server,
+                        m.state,
+                        m.monitor,
+                        m.health,
+                        m.utilization.map_or("-".into(), |u| format!("{u:.3}")),
+                        m.capacity,
+                        m.weight.map_or("-".into(), |w| w.to_string()),
+                        m.vip_established.map_or("-".into(), |n| n.to_string()),
+                    );
+                }
+            }
+        }
+        Response::Events { events } => {
+            for e in events {
+                print_event(e);
             }
         }
         Response::Error { message } => eprintln!("error: {message}"),

@@ -56,6 +56,42 @@ pub struct ManagerConfig {
     /// segment; absent: off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub discovery: Option<discovery::DiscoveryConfig>,
+    /// Balancer nodes on other hosts (`[[manager.node]]`), reconfigured over
+    /// mutual TLS like the node in this process.
+    #[serde(default, rename = "node", skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<RemoteNodeConfig>,
+    /// Directory for the manager's own state: the generation counter and
+    /// the published weights.
+    #[serde(default = "default_manager_state_dir")]
+    pub state_dir: PathBuf,
+    /// How long to wait for each node's ack of a reconfiguration, in
+    /// milliseconds.
+    #[serde(default = "default_ack_timeout")]
+    pub ack_timeout_ms: u64,
+    /// Resends of a reconfiguration to a node that did not ack before the
+    /// change is rolled back.
+    #[serde(default = "default_ack_retries")]
+    pub ack_retries: u32,
+}
+
+/// `[[manager.node]]`: a balancer node on another host.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteNodeConfig {
+    /// The node's certificate name (`[node.control] name` on that node).
+    pub name: String,
+    /// `host:port` of its `[node.control] listen`.
+    pub address: String,
+}
+
+fn default_manager_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/xdplb/manager")
+}
+fn default_ack_timeout() -> u64 {
+    5000
+}
+fn default_ack_retries() -> u32 {
+    2
 }
 
 fn default_interval() -> u64 {
@@ -82,10 +118,29 @@ impl ManagerConfig {
         if let Some(d) = &self.discovery {
             d.validate(self.tls_dir.is_some())?;
         }
+        if !self.nodes.is_empty() && self.tls_dir.is_none() {
+            return Err(
+                "manager.node entries need manager.tls_dir: remote nodes are only reconfigured over mutual TLS"
+                    .into(),
+            );
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for n in &self.nodes {
+            if !names.insert(&n.name) {
+                return Err(format!("manager.node `{}` is listed twice", n.name));
+            }
+        }
+        if self.ack_timeout_ms == 0 {
+            return Err("manager.ack_timeout_ms must be > 0".into());
+        }
         Ok(())
     }
 
-    fn silence(&self) -> Duration {
+    pub fn report_interval(&self) -> Duration {
+        Duration::from_millis(self.report_interval_ms)
+    }
+
+    pub fn silence(&self) -> Duration {
         Duration::from_millis(self.report_interval_ms * self.unmonitored_after_intervals as u64)
     }
 }
@@ -224,20 +279,10 @@ impl Manager {
         }
         let sweeper = self.clone();
         tokio::spawn(async move { sweeper.sweep_loop().await });
-        tokio::spawn(async move {
-            loop {
-                let (tcp, peer) = match listener.accept().await {
-                    Ok(x) => x,
-                    Err(e) => {
-                        warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let me = self.clone();
-                let tls = tls.clone();
-                tokio::spawn(async move { me.connection(tcp, peer, tls).await });
-            }
+        spawn_accept_loop(listener, move |tcp, peer| {
+            let me = self.clone();
+            let tls = tls.clone();
+            async move { me.connection(tcp, peer, tls).await }
         });
         Ok(bound)
     }
@@ -516,6 +561,28 @@ impl Manager {
     pub fn uptime(&self) -> Duration {
         self.started.elapsed()
     }
+}
+
+/// Accepts connections on `listener` forever, each handled by its own task
+/// (an accept error is logged and retried after a short pause).
+pub(crate) fn spawn_accept_loop<F, Fut>(listener: TcpListener, handle: F)
+where
+    F: Fn(TcpStream, SocketAddr) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((tcp, peer)) => {
+                    tokio::spawn(handle(tcp, peer));
+                }
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    });
 }
 
 fn reject(code: &str, text: &str) -> Message {

@@ -1,0 +1,191 @@
+//! The node side of a reconfiguration: generations, apply, read-back, ack,
+//! and the state a remote manager left, kept across node restarts.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use lb_proto::{Ack, AckStatus, Reconfigure, Service};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+use tracing::{info, warn};
+
+use crate::{atomic_file, config::Config, node::Node};
+
+/// What a node last applied for one service.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Applied {
+    pub generation: u64,
+    pub service: Service,
+}
+
+/// The node's record of applied generations (and, for a node a remote
+/// manager drives, the desired states themselves), by service name.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct NodeState {
+    pub services: BTreeMap<String, Applied>,
+}
+
+impl NodeState {
+    /// Reads a state file; a missing file is an empty state.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| format!("{}: {e} (move it away to start empty)", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+        }
+    }
+
+    /// `config` with every recorded desired state merged in (a remote node
+    /// restarting comes back as its manager left it). A state that no
+    /// longer fits the config is skipped with a warning; the manager sends
+    /// it again.
+    pub fn overlay(&self, config: Config) -> Config {
+        let mut config = config;
+        for (name, applied) in &self.services {
+            if applied.service.retired {
+                config = super::remove_service(&config, name);
+                continue;
+            }
+            match super::merge_service(&config, &applied.service) {
+                Ok(c) => config = c,
+                Err(e) => warn!(service = %name, error = %e, "recorded desired state skipped"),
+            }
+        }
+        config
+    }
+}
+
+/// The path of a node's state file under `[node] state_dir`.
+pub fn state_path(dir: &Path) -> PathBuf {
+    dir.join("node-state.json")
+}
+
+/// Applies reconfigurations to the node in this process.
+pub struct NodeAgent {
+    name: String,
+    node: Arc<Mutex<Node>>,
+    state: Mutex<NodeState>,
+    /// Where the state is persisted (nodes driven by a remote manager).
+    persist: Option<PathBuf>,
+}
+
+impl NodeAgent {
+    pub fn new(
+        name: String,
+        node: Arc<Mutex<Node>>,
+        state: NodeState,
+        persist: Option<PathBuf>,
+    ) -> Self {
+        Self {
+            name,
+            node,
+            state: Mutex::new(state),
+            persist,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn node(&self) -> &Arc<Mutex<Node>> {
+        &self.node
+    }
+
+    /// The generation last applied to each service.
+    pub async fn generations(&self) -> BTreeMap<String, u64> {
+        self.state
+            .lock()
+            .await
+            .services
+            .iter()
+            .map(|(k, v)| (k.clone(), v.generation))
+            .collect()
+    }
+
+    /// The node's backends (see [`Node::backend_status`]).
+    pub async fn status(&self, count_flows: bool) -> Vec<lb_proto::BackendStatus> {
+        self.node.lock().await.backend_status(count_flows)
+    }
+
+    /// Applies `message` unless its generation is older than the one the
+    /// service already has (refused) or equal (acked again after a
+    /// read-back, nothing applied); answers with the ack.
+    pub async fn reconfigure(&self, message: &Reconfigure) -> Ack {
+        let generation = message.generation;
+        let result = self.apply(message).await;
+        let (status, error) = match result {
+            Ok(()) => (AckStatus::Ok, None),
+            Err(e) => {
+                warn!(node = %self.name, service = %message.service.name, generation, error = %e, "reconfiguration refused");
+                (AckStatus::Failed, Some(e))
+            }
+        };
+        Ack {
+            seq: 0,
+            generation,
+            status,
+            error,
+        }
+    }
+
+    async fn apply(&self, message: &Reconfigure) -> Result<(), String> {
+        let service = &message.service;
+        let generation = message.generation;
+        let mut state = self.state.lock().await;
+        let mut node = self.node.lock().await;
+        if let Some(applied) = state.services.get(&service.name) {
+            if generation < applied.generation {
+                return Err(format!(
+                    "generation {generation} is older than generation {} already applied to service `{}`",
+                    applied.generation, service.name
+                ));
+            }
+            if generation == applied.generation {
+                if applied.service != *service {
+                    return Err(format!(
+                        "generation {generation} of service `{}` was already applied with a different content",
+                        service.name
+                    ));
+                }
+                return node.verify();
+            }
+        }
+        let merged = if service.retired {
+            super::remove_service(&node.config, &service.name)
+        } else {
+            super::merge_service(&node.config, service)?
+        };
+        let report = node.apply(merged).await.map_err(|e| e.to_string())?;
+        let unresolved: Vec<&String> = report
+            .unresolved
+            .iter()
+            .filter(|u| service.servers.iter().any(|s| &&s.name == u))
+            .collect();
+        if !unresolved.is_empty() {
+            return Err(format!(
+                "no next hop for {unresolved:?}: the node cannot reach them (not on a connected segment, or no neighbour answer)"
+            ));
+        }
+        node.verify()?;
+        drop(node);
+        state.services.insert(
+            service.name.clone(),
+            Applied {
+                generation,
+                service: service.clone(),
+            },
+        );
+        if let Some(path) = &self.persist {
+            let bytes = serde_json::to_vec_pretty(&*state).map_err(|e| e.to_string())?;
+            atomic_file::write(path, &bytes)
+                .map_err(|e| format!("applied, but cannot record it in {}: {e}", path.display()))?;
+        }
+        info!(node = %self.name, service = %service.name, generation, micros = report.micros, "reconfiguration applied and verified");
+        Ok(())
+    }
+}

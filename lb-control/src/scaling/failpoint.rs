@@ -1,0 +1,37 @@
+//! Named failpoints between the steps of a change, for crash tests.
+//!
+//! `LB_FAILPOINT=NAME` (or `NAME=pause`) makes the process print
+//! `failpoint NAME reached` on stderr when it gets there and stop in place
+//! (the test then kills it with SIGKILL); `NAME=abort` aborts at once.
+//! Without the variable a failpoint costs one comparison.
+
+use std::sync::OnceLock;
+
+fn armed() -> Option<&'static (String, String)> {
+    static ARMED: OnceLock<Option<(String, String)>> = OnceLock::new();
+    ARMED
+        .get_or_init(|| {
+            let value = std::env::var("LB_FAILPOINT").ok()?;
+            let (name, action) = value.split_once('=').unwrap_or((&value, "pause"));
+            Some((name.to_owned(), action.to_owned()))
+        })
+        .as_ref()
+}
+
+/// Stops here if `LB_FAILPOINT` names this point.
+pub fn hit(name: &str) {
+    let Some((armed, action)) = armed() else {
+        return;
+    };
+    if armed != name {
+        return;
+    }
+    eprintln!("failpoint {name} reached");
+    tracing::warn!(failpoint = name, action = %action, "failpoint reached");
+    if action == "abort" {
+        std::process::abort();
+    }
+    loop {
+        std::thread::park();
+    }
+}
