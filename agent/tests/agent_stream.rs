@@ -335,6 +335,7 @@ async fn agent_streams_reports_answers_requests_and_reconnects() {
             protocol: lb_proto::Protocol::Tcp,
             table_size: 7,
             servers: vec![],
+            retired: false,
         },
     })
     .await;

@@ -23,8 +23,10 @@ pub fn start_lab_server(
     name: &str,
     tcp: &[SocketAddr],
     udp: &[SocketAddr],
+    extra: &[String],
 ) -> Result<LabProcess> {
     let mut args: Vec<String> = vec![server_bin.into(), "--name".into(), name.into()];
+    args.extend(extra.iter().cloned());
     for a in tcp {
         args.extend(["--listen".into(), a.to_string()]);
     }

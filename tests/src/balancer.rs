@@ -58,8 +58,15 @@ pub struct Balancer {
 
 impl Balancer {
     /// Writes `config` (TOML) and starts `lb-control run` in the node ns.
-    /// `config` may use `{pin_dir}` and `{socket}` placeholders.
+    /// `config` may use `{pin_dir}`, `{socket}` and `{state_dir}` (the
+    /// manager's and node's state directory, under the work directory)
+    /// placeholders.
     pub fn start(lab: &Lab, config: &str) -> Result<Self> {
+        Self::start_on(lab, &lab.node, config)
+    }
+
+    /// [`Balancer::start`] on another node host (`lab.node2`).
+    pub fn start_on(lab: &Lab, host: &crate::topo::Host, config: &str) -> Result<Self> {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let tag = format!("lbt{}-{}-{n}", std::process::id(), lab.id);
         let work = std::env::temp_dir().join(&tag);
@@ -72,7 +79,7 @@ impl Balancer {
             socket,
             pin_dir,
             work,
-            ns: lab.node.ns.name().to_string(),
+            ns: host.ns.name().to_string(),
         };
         b.write_config(config)?;
         b.launch()?;
@@ -83,9 +90,15 @@ impl Balancer {
     pub fn write_config(&self, config: &str) -> Result<()> {
         let text = config
             .replace("{pin_dir}", &self.pin_dir.display().to_string())
-            .replace("{socket}", &self.socket.display().to_string());
+            .replace("{socket}", &self.socket.display().to_string())
+            .replace("{state_dir}", &self.state_dir().display().to_string());
         std::fs::write(&self.config_path, text)?;
         Ok(())
+    }
+
+    /// The state directory `{state_dir}` names.
+    pub fn state_dir(&self) -> PathBuf {
+        self.work.join("state")
     }
 
     /// Starts `lb-control run` in the node namespace (nsenter: the host's

@@ -40,3 +40,16 @@ pub struct PingReport {
     /// (dead: no echo within 2 s, or failed before; dead stays dead).
     pub servers: Vec<Option<String>>,
 }
+
+/// Summary of `lab-client load`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadReport {
+    pub ok: u64,
+    pub failed: u64,
+    /// Answers per server name.
+    pub by_server: BTreeMap<String, u64>,
+    /// Wall-clock milliseconds (Unix epoch) of each server's first answer.
+    pub first_seen_ms: BTreeMap<String, u64>,
+    /// The first few errors, as text.
+    pub errors: Vec<String>,
+}

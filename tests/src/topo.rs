@@ -76,6 +76,7 @@ pub struct LabBuilder {
     second_port: bool,
     vip_route: VipRoute,
     tx_offload: bool,
+    second_node: bool,
 }
 
 impl Default for LabBuilder {
@@ -86,6 +87,7 @@ impl Default for LabBuilder {
             second_port: false,
             vip_route: VipRoute::Node,
             tx_offload: false,
+            second_node: false,
         }
     }
 }
@@ -107,6 +109,13 @@ impl LabBuilder {
     /// Adds the node's `eth1` on a second bridge with server `r1` behind it.
     pub fn second_port(mut self, on: bool) -> Self {
         self.second_port = on;
+        self
+    }
+
+    /// Adds a second balancer node `node2` (10.X.0.3, fd00:X::3) on the
+    /// main segment; the client's VIP route still points at `node`.
+    pub fn second_node(mut self, on: bool) -> Self {
+        self.second_node = on;
         self
     }
 
@@ -174,6 +183,7 @@ const SEG_SECOND: u8 = 1;
 const VIP_SEG: u8 = 100;
 const NODE_HOST: u8 = 1;
 const CLIENT_HOST: u8 = 2;
+const NODE2_HOST: u8 = 3;
 const SERVER_HOST0: u8 = 11;
 
 fn base_sysctls(ns: &Netns) -> Result<()> {
@@ -291,6 +301,20 @@ fn build(b: &LabBuilder, id: u8) -> Result<Lab> {
         eth1: node_eth1,
     };
 
+    let node2 = if b.second_node {
+        let ns = Netns::new("node2")?;
+        base_sysctls(&ns)?;
+        let eth0 = plug(&ns, "eth0", &br0, "node2", id, SEG_MAIN, NODE2_HOST)?;
+        Some(Host {
+            name: "node2".to_owned(),
+            ns,
+            eth0,
+            eth1: None,
+        })
+    } else {
+        None
+    };
+
     let mut servers = Vec::with_capacity(b.servers);
     for i in 0..b.servers {
         let host = SERVER_HOST0 + u8::try_from(i)?;
@@ -339,6 +363,7 @@ fn build(b: &LabBuilder, id: u8) -> Result<Lab> {
 
     Ok(Lab {
         procs: Vec::new(),
+        server_args: Vec::new(),
         id,
         vips_v4,
         vips_v6,
@@ -348,6 +373,7 @@ fn build(b: &LabBuilder, id: u8) -> Result<Lab> {
         redirect_server,
         servers,
         node,
+        node2,
         client,
         bridge: br0.name,
         bridge2: br1.map(|b| b.name),
@@ -360,6 +386,9 @@ fn build(b: &LabBuilder, id: u8) -> Result<Lab> {
 #[derive(Debug)]
 pub struct Lab {
     procs: Vec<(String, LabProcess)>,
+    /// Extra arguments `start_server` gives `lab-server` (e.g.
+    /// `--work-us 2000`).
+    pub server_args: Vec<String>,
     /// The per-lab number X in `10.X.0.0/24` and `fd00:X::/64`.
     pub id: u8,
     /// `10.X.100.1`, `10.X.100.2`, ...
@@ -378,6 +407,8 @@ pub struct Lab {
     /// The balancer's namespace: eth0 10.X.0.1 / fd00:X::1, optional eth1
     /// 10.X.1.1 / fd00:X:1::1.
     pub node: Host,
+    /// A second balancer node (`second_node`): 10.X.0.3 / fd00:X::3.
+    pub node2: Option<Host>,
     /// 10.X.0.2 / fd00:X::2.
     pub client: Host,
     /// Main bridge (`br0`) in `switch`.
@@ -424,6 +455,7 @@ impl Lab {
     pub fn host(&self, name: &str) -> Option<&Host> {
         [&self.client, &self.node]
             .into_iter()
+            .chain(self.node2.as_ref())
             .chain(self.all_servers())
             .find(|h| h.name == name)
     }
@@ -468,7 +500,7 @@ impl Lab {
             .iter()
             .flat_map(|&v| udp_ports.iter().map(move |&p| SocketAddr::new(v, p)))
             .collect();
-        let proc = start_lab_server(&host.ns, server_bin, name, &tcp, &udp)?;
+        let proc = start_lab_server(&host.ns, server_bin, name, &tcp, &udp, &self.server_args)?;
         self.adopt(name, proc);
         Ok(())
     }

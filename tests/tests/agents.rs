@@ -28,7 +28,7 @@ fn node_config(lab: &Lab, pki: &Path) -> String {
     let mut c = format!(
         "[node]\ninterfaces = [\"eth0\"]\npin_dir = \"{{pin_dir}}\"\nsocket = \"{{socket}}\"\nhash_seed = {LAB_SEED}\n\n\
          [limits]\nmax_services = 4\nmax_backends = 16\nflow_table_size = 4096\n\n\
-         [manager]\nlisten = \"{}:{MANAGER_PORT}\"\nname = \"manager\"\ntls_dir = \"{}\"\nreport_interval_ms = {INTERVAL_MS}\n\n\
+         [manager]\nlisten = \"{}:{MANAGER_PORT}\"\nname = \"manager\"\ntls_dir = \"{}\"\nreport_interval_ms = {INTERVAL_MS}\nstate_dir = \"{{state_dir}}\"\n\n\
          [[service]]\nname = \"web\"\nvip = \"{}\"\nport = {PORT}\n\n",
         lab.node.eth0.v4,
         pki.display(),

@@ -204,7 +204,8 @@ fn weighted_spread_direct_return_and_host_traffic() -> Result<()> {
 
     // The node's own TCP service keeps working with the program attached.
     let node_addr = std::net::SocketAddr::new(IpAddr::V4(lab.node.eth0.v4), 8080);
-    let own = lb_tests::start_lab_server(&lab.node.ns, SERVER, "node-self", &[node_addr], &[])?;
+    let own =
+        lb_tests::start_lab_server(&lab.node.ns, SERVER, "node-self", &[node_addr], &[], &[])?;
     let r = run_burst(&lab.client.ns, CLIENT, &BurstOpts::new(node_addr, 50))?;
     drop(own);
     assert_eq!(r.ok, 50, "{:?}", r.errors);

@@ -125,7 +125,7 @@ fn standard_topology_and_second_port() {
         SocketAddr::new(r1.eth0.v4.into(), 8080),
         SocketAddr::new(r1.eth0.v6.into(), 8080),
     ];
-    let server = lb_tests::start_lab_server(&r1.ns, SERVER, "r1", &r1_addrs, &[]).unwrap();
+    let server = lb_tests::start_lab_server(&r1.ns, SERVER, "r1", &r1_addrs, &[], &[]).unwrap();
     lab.adopt("r1-direct", server);
     for target in r1_addrs {
         let r = run_burst(&lab.client.ns, CLIENT, &BurstOpts::new(target, 5)).unwrap();

@@ -34,6 +34,13 @@ use crate::{
 
 /// EWMA factor of the weight trackers.
 const WEIGHT_ALPHA: f64 = 0.3;
+/// How far utilization must move back past a level before the crossing
+/// back is an event.
+const CROSSING_HYSTERESIS: f64 = 0.1;
+/// Report intervals a band is held before the next crossing is an event.
+const CROSSING_DWELL: u32 = 5;
+/// EWMA factor of the utilization crossings are judged on.
+const CROSSING_ALPHA: f64 = 0.3;
 /// Weights are republished at most this often.
 const WEIGHT_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -72,9 +79,12 @@ struct Ops {
     persisted: Persisted,
     /// Server → (state seen, since when).
     since: BTreeMap<String, (ServerState, Instant)>,
-    bands: BTreeMap<(String, String), Band>,
-    /// The last report time already judged for threshold crossings.
-    judged: BTreeMap<String, Instant>,
+    /// Per (service, server): the band last reported, and since when.
+    bands: BTreeMap<(String, String), (Band, Instant)>,
+    smoothed: BTreeMap<(String, String), f64>,
+    /// The last report time already judged for threshold crossings, per
+    /// (service, server).
+    judged: BTreeMap<(String, String), Instant>,
 }
 
 /// A pool as `lbctl pool` shows it.
@@ -179,6 +189,7 @@ impl Controller {
                 persisted,
                 since: BTreeMap::new(),
                 bands: BTreeMap::new(),
+                smoothed: BTreeMap::new(),
                 judged: BTreeMap::new(),
             }),
         }))
@@ -393,6 +404,7 @@ impl Controller {
         let now = Instant::now();
         let wall = SystemTime::now();
         let mut found = Vec::new();
+        let dwell = self.config.report_interval() * CROSSING_DWELL;
         for svc in &config.service {
             let policy = &svc.scaling;
             for s in config.members(svc.name.get_ref()) {
@@ -404,20 +416,52 @@ impl Controller {
                     continue;
                 };
                 let u = report.utilization.value;
-                let band = if u >= policy.upper {
-                    Band::High
-                } else if u <= policy.lower {
-                    Band::Low
-                } else {
-                    Band::Mid
-                };
                 let key = (svc.name.get_ref().clone(), server.clone());
-                let old = ops.bands.insert(key, band);
-                if old.is_some_and(|o| o != band) && ops.judged.get(server) != Some(&at) {
-                    let arrived = wall - now.saturating_duration_since(at);
-                    found.push((svc.name.get_ref().clone(), server.clone(), u, band, arrived));
+                // Each new report moves a smoothed figure; a rise to the
+                // upper level counts at once (it starts an allocation), every
+                // other move needs the smoothed figure past the level by
+                // CROSSING_HYSTERESIS, so noise is not a stream of events.
+                let fresh = ops.judged.get(&key) != Some(&at);
+                let smooth = ops.smoothed.entry(key.clone()).or_insert(u);
+                if fresh {
+                    *smooth += CROSSING_ALPHA * (u - *smooth);
                 }
-                ops.judged.insert(server.clone(), at);
+                let smooth = *smooth;
+                // Nothing seen yet counts as between the levels, long ago.
+                let previous = ops
+                    .bands
+                    .get(&key)
+                    .copied()
+                    .or(Some((Band::Mid, now.checked_sub(dwell).unwrap_or(now))));
+                let band = match previous {
+                    Some((Band::High, _)) if smooth > policy.upper - CROSSING_HYSTERESIS => {
+                        Band::High
+                    }
+                    Some((Band::Low, _)) if smooth < policy.lower + CROSSING_HYSTERESIS => {
+                        Band::Low
+                    }
+                    _ if u >= policy.upper => Band::High,
+                    _ if smooth <= policy.lower => Band::Low,
+                    _ => Band::Mid,
+                };
+                match previous {
+                    None => {
+                        ops.bands.insert(key.clone(), (band, now));
+                    }
+                    // A band is held at least CROSSING_DWELL report
+                    // intervals before the next crossing counts.
+                    Some((old, since))
+                        if old != band
+                            && fresh
+                            && now.saturating_duration_since(since) >= dwell =>
+                    {
+                        ops.bands.insert(key.clone(), (band, now));
+                        let arrived = wall - now.saturating_duration_since(at);
+                        found.push((svc.name.get_ref().clone(), server.clone(), u, band, arrived));
+                    }
+                    Some(_) => {}
+                }
+                ops.judged.insert(key, at);
             }
         }
         drop(db);
@@ -425,19 +469,13 @@ impl Controller {
             let level = match band {
                 Band::High => format!("rose to {u:.2}, at or above the upper level"),
                 Band::Low => format!("fell to {u:.2}, at or below the lower level"),
-                Band::Mid => format!("is {u:.2}, between the levels"),
+                Band::Mid => format!("is back between the levels ({u:.2})"),
             };
-            let arrived_ms = arrived
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0);
             self.events.record(
-                NewEvent::new(
-                    "crossed",
-                    format!("utilization {level} (report arrived at {arrived_ms} ms)"),
-                )
-                .service(&service)
-                .server(&server),
+                NewEvent::new("crossed", format!("utilization {level}"))
+                    .service(&service)
+                    .server(&server)
+                    .observed(arrived),
             );
         }
     }

@@ -42,6 +42,11 @@ pub struct Event {
     /// The generation it was sent to the nodes with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generation: Option<u64>,
+    /// When what the event reports was observed, if before `time_ms` (a
+    /// threshold crossing: the arrival of the report that crossed), in
+    /// milliseconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_ms: Option<u64>,
 }
 
 /// Builder for [`EventLog::record`].
@@ -53,6 +58,7 @@ pub struct NewEvent {
     pub reason: String,
     pub duration: Option<Duration>,
     pub generation: Option<u64>,
+    pub observed: Option<SystemTime>,
 }
 
 impl NewEvent {
@@ -77,6 +83,10 @@ impl NewEvent {
     }
     pub fn generation(mut self, g: u64) -> Self {
         self.generation = Some(g);
+        self
+    }
+    pub fn observed(mut self, at: SystemTime) -> Self {
+        self.observed = Some(at);
         self
     }
 }
@@ -144,6 +154,11 @@ impl EventLog {
             reason: new.reason,
             duration_ms: new.duration.map(|d| d.as_millis() as u64),
             generation: new.generation,
+            observed_ms: new.observed.map(|t| {
+                t.duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0)
+            }),
         };
         inner.next_id += 1;
         *inner.counts.entry(event.kind.clone()).or_default() += 1;

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use lb_tests::proto::{BurstReport, HoldConn, PingReport};
+use lb_tests::proto::{BurstReport, HoldConn, LoadReport, PingReport};
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
 /// Errors kept in a report.
@@ -81,6 +81,21 @@ enum Cmd {
         /// Exit (status 2) after this long whatever happens.
         #[arg(long, default_value_t = 600)]
         max_secs: u64,
+    },
+    /// Steady load: `rate` short TCP connections a second for `seconds`
+    /// (each reads the greeting and closes); prints one `LoadReport` line,
+    /// with the wall-clock time each server first answered.
+    Load {
+        #[arg(long)]
+        target: SocketAddr,
+        #[arg(long)]
+        rate: u32,
+        #[arg(long)]
+        seconds: u32,
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 3000)]
+        timeout_ms: u64,
     },
     /// UDP request/response from distinct source sockets.
     Udp {
@@ -235,6 +250,52 @@ fn burst(
     Ok(report(results))
 }
 
+fn load(
+    target: SocketAddr,
+    rate: u32,
+    seconds: u32,
+    concurrency: usize,
+    timeout: Duration,
+) -> Result<LoadReport> {
+    if rate == 0 || rate > 10_000 || seconds > 600 {
+        bail!("--rate must be 1..=10000 and --seconds at most 600");
+    }
+    let count = rate as usize * seconds as usize;
+    let start = std::time::Instant::now();
+    let report = Mutex::new(LoadReport::default());
+    parallel(count, concurrency, |i| {
+        let due = start + Duration::from_secs_f64(i as f64 / f64::from(rate));
+        if let Some(wait) = due.checked_duration_since(std::time::Instant::now()) {
+            thread::sleep(wait);
+        }
+        let res = connect(target, None, timeout).and_then(|s| {
+            let name = read_line(&mut BufReader::new(&s));
+            close(&s, Close::Fin);
+            name
+        });
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let mut r = report.lock().unwrap_or_else(|e| e.into_inner());
+        match res {
+            Ok(name) => {
+                r.ok += 1;
+                *r.by_server.entry(name.clone()).or_default() += 1;
+                let first = r.first_seen_ms.entry(name).or_insert(now_ms);
+                *first = (*first).min(now_ms);
+            }
+            Err(e) => {
+                r.failed += 1;
+                if r.errors.len() < MAX_ERRORS {
+                    r.errors.push(format!("#{i}: {e:#}"));
+                }
+            }
+        }
+    });
+    Ok(report.into_inner().unwrap_or_else(|e| e.into_inner()))
+}
+
 fn udp(
     target: SocketAddr,
     count: usize,
@@ -382,6 +443,19 @@ fn main() -> Result<()> {
             let t = Duration::from_millis(timeout_ms);
             print_json(&burst(target, count, concurrency, t, src_port_start, how)?)
         }
+        Cmd::Load {
+            target,
+            rate,
+            seconds,
+            concurrency,
+            timeout_ms,
+        } => print_json(&load(
+            target,
+            rate,
+            seconds,
+            concurrency,
+            Duration::from_millis(timeout_ms),
+        )?),
         Cmd::Hold {
             target,
             count,

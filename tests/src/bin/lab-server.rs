@@ -30,6 +30,10 @@ struct Args {
     /// UDP address to answer on (repeatable).
     #[arg(long)]
     udp: Vec<SocketAddr>,
+    /// CPU to spend on each TCP connection before the greeting, in
+    /// microseconds (a server that load makes hot).
+    #[arg(long, default_value_t = 0)]
+    work_us: u64,
 }
 
 /// Longest line echoed; longer input closes the connection.
@@ -49,8 +53,18 @@ fn socket(addr: SocketAddr, ty: Type, proto: Protocol) -> Result<Socket> {
     Ok(sock)
 }
 
-fn serve_conn(name: &str, stream: TcpStream) -> std::io::Result<()> {
+/// Spins for `us` microseconds of wall time (all of it on the CPU while
+/// the thread runs).
+fn burn(us: u64) {
+    let until = std::time::Instant::now() + Duration::from_micros(us);
+    while std::time::Instant::now() < until {
+        std::hint::spin_loop();
+    }
+}
+
+fn serve_conn(name: &str, stream: TcpStream, work_us: u64) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
+    burn(work_us);
     let mut out = stream.try_clone()?;
     out.write_all(format!("{name}\n").as_bytes())?;
     let mut reader = BufReader::new(stream);
@@ -66,14 +80,14 @@ fn serve_conn(name: &str, stream: TcpStream) -> std::io::Result<()> {
     }
 }
 
-fn tcp_loop(name: Arc<str>, listener: TcpListener) {
+fn tcp_loop(name: Arc<str>, listener: TcpListener, work_us: u64) {
     loop {
         match listener.accept() {
             Ok((stream, _peer)) => {
                 let name = Arc::clone(&name);
                 let spawned = thread::Builder::new().spawn(move || {
                     // Client errors (resets, timeouts) end only this connection.
-                    let _ = serve_conn(&name, stream);
+                    let _ = serve_conn(&name, stream, work_us);
                 });
                 if let Err(e) = spawned {
                     eprintln!("lab-server: spawning connection thread: {e}");
@@ -119,7 +133,8 @@ fn main() -> Result<()> {
             .with_context(|| format!("listen {addr}"))?;
         let listener: TcpListener = sock.into();
         let name = Arc::clone(&name);
-        threads.push(thread::spawn(move || tcp_loop(name, listener)));
+        let work_us = args.work_us;
+        threads.push(thread::spawn(move || tcp_loop(name, listener, work_us)));
     }
     for addr in args.udp {
         let sock: UdpSocket = socket(addr, Type::DGRAM, Protocol::UDP)?.into();
