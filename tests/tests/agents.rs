@@ -2,27 +2,19 @@
 //! each server in a cgroup of its own with a CFS quota, streaming over
 //! mutual TLS to the manager inside a real `lb-control`.
 
-use std::{net::IpAddr, path::Path, time::Duration};
+use std::{path::Path, time::Duration};
 
 use anyhow::{Context as _, Result};
-use lb_agent::sources::{CgroupHandle, create_v1_cgroup};
-use lb_proto::tls::{Pki, Role, SanEntry, Validity};
 use lb_tests::{
     Lab, LabProcess,
-    balancer::{Balancer, LAB_SEED, attach_peer_pass, burst_to_vip, wait_until, workspace_bin},
+    balancer::{Balancer, LAB_SEED, attach_peer_pass, burst_to_vip, wait_until},
+    fleet::{Fleet, MANAGER_PORT},
     require_root,
 };
 
 const SERVER: &str = env!("CARGO_BIN_EXE_lab-server");
 const PORT: u16 = 80;
-const MANAGER_PORT: u16 = 7443;
 const INTERVAL_MS: u64 = 200;
-
-struct AgentLab {
-    lab: Lab,
-    pki_dir: tempfile::TempDir,
-    cgroups: Vec<(String, CgroupHandle)>,
-}
 
 fn node_config(lab: &Lab, pki: &Path) -> String {
     let mut c = format!(
@@ -43,66 +35,12 @@ fn node_config(lab: &Lab, pki: &Path) -> String {
     c
 }
 
-fn agent_config(lab: &Lab, host: &str, pki: &Path, cgroup: &str) -> String {
-    format!(
-        "[agent]\nhost = \"{host}\"\nmanager = \"{}:{MANAGER_PORT}\"\nmanager_name = \"manager\"\n\
-         tls_dir = \"{}\"\nreport_interval_ms = {INTERVAL_MS}\ncontrol_port = 7444\n\n\
-         [utilization]\nkind = \"cgroup-cpu\"\ncgroup = \"/{cgroup}\"\n\n\
-         [[application]]\nname = \"web\"\nprotocol = \"tcp\"\nports = [{PORT}]\nvips = [\"{}\"]\n\
-         probe = {{ kind = \"tcp\", port = {PORT}, address = \"{}\" }}\n",
-        lab.node.eth0.v4,
-        pki.display(),
-        lab.vip4(),
-        lab.vip4()
-    )
-}
-
-fn build() -> Result<AgentLab> {
+fn build() -> Result<(Lab, Fleet)> {
     let mut lab = Lab::builder().servers(3).build()?;
     lab.start_servers(SERVER, &[PORT], &[])?;
     attach_peer_pass(&mut lab)?;
-    let pki_dir = tempfile::tempdir()?;
-    let pki = Pki::new(pki_dir.path());
-    let day = Duration::from_secs(86_400);
-    pki.init_ca("lab-ca", day, false)?;
-    pki.issue(
-        "manager",
-        Role::Both,
-        &[SanEntry::Ip(IpAddr::V4(lab.node.eth0.v4))],
-        Validity::from_now(day),
-    )?;
-    let mut cgroups = Vec::new();
-    let hosts: Vec<String> = lab.servers.iter().map(|h| h.name.clone()).collect();
-    for host in hosts {
-        pki.issue(&host, Role::Client, &[], Validity::from_now(day))?;
-        // Each lab host gets 0.2 CPU: its application can run hot while the
-        // machine has room to spare.
-        let name = format!("lbt-{}-{}-{host}", std::process::id(), lab.id);
-        let cg = create_v1_cgroup(&name, 0.2).context("cgroup")?;
-        let pid = lab.process(&host).context("server process")?.pid();
-        cg.add_pid(pid)?;
-        cgroups.push((name, cg));
-    }
-    Ok(AgentLab {
-        lab,
-        pki_dir,
-        cgroups,
-    })
-}
-
-fn start_agent(al: &AgentLab, i: usize) -> Result<LabProcess> {
-    let host = &al.lab.servers[i];
-    let path = al.pki_dir.path().join(format!("{}-agent.toml", host.name));
-    std::fs::write(
-        &path,
-        agent_config(&al.lab, &host.name, al.pki_dir.path(), &al.cgroups[i].0),
-    )?;
-    let bin = workspace_bin("lb-agent")?;
-    host.ns.spawn(&[
-        bin.to_str().unwrap_or("lb-agent"),
-        "--config",
-        path.to_str().unwrap_or_default(),
-    ])
+    let fleet = Fleet::new(&mut lab)?;
+    Ok((lab, fleet))
 }
 
 /// The manager's view of `host`, from `lbctl server list --json`.
@@ -130,11 +68,11 @@ fn agents_report_real_load_and_survive_restarts() -> Result<()> {
     if !require_root("agents_report_real_load_and_survive_restarts") {
         return Ok(());
     }
-    let al = build()?;
-    let lab = &al.lab;
-    let mut bal = Balancer::start(lab, &node_config(lab, al.pki_dir.path()))?;
+    let (lab, fleet) = build()?;
+    let lab = &lab;
+    let mut bal = Balancer::start(lab, &node_config(lab, fleet.pki_dir()))?;
     let mut agents: Vec<Option<LabProcess>> = (0..3)
-        .map(|i| start_agent(&al, i).map(Some))
+        .map(|i| fleet.start_agent(lab, i, PORT, INTERVAL_MS).map(Some))
         .collect::<Result<_>>()?;
     for h in &lab.servers {
         assert!(
@@ -160,7 +98,7 @@ fn agents_report_real_load_and_survive_restarts() -> Result<()> {
     let burner = lab.servers[1]
         .ns
         .spawn(&["sh", "-c", "while :; do :; done"])?;
-    al.cgroups[1].1.add_pid(burner.pid())?;
+    fleet.cgroups[1].1.add_pid(burner.pid())?;
     let hot = wait_until(Duration::from_secs(15), || {
         utilization(&bal, "s2") > 0.7
             && utilization(&bal, "s1") < 0.3
@@ -190,7 +128,7 @@ fn agents_report_real_load_and_survive_restarts() -> Result<()> {
         "s1 still serves: {:?}",
         burst.by_server
     );
-    agents[0] = Some(start_agent(&al, 0)?);
+    agents[0] = Some(fleet.start_agent(lab, 0, PORT, INTERVAL_MS)?);
     assert!(wait_until(Duration::from_secs(20), || monitored(
         &bal, "s1"
     )));

@@ -5,11 +5,11 @@
 use std::{net::IpAddr, path::Path, time::Duration};
 
 use anyhow::{Context as _, Result};
-use lb_agent::sources::{CgroupHandle, create_v1_cgroup};
-use lb_proto::tls::{Pki, Role, SanEntry, Validity};
+use lb_proto::tls::{Role, SanEntry};
 use lb_tests::{
     HoldSession, Lab, LabProcess,
-    balancer::{Balancer, LAB_SEED, attach_peer_pass, wait_until, workspace_bin},
+    balancer::{Balancer, LAB_SEED, attach_peer_pass, wait_until},
+    fleet::{Fleet, MANAGER_PORT},
     proto::LoadReport,
     require_root,
 };
@@ -18,7 +18,6 @@ use serde_json::Value;
 const SERVER: &str = env!("CARGO_BIN_EXE_lab-server");
 const CLIENT: &str = env!("CARGO_BIN_EXE_lab-client");
 const PORT: u16 = 80;
-const MANAGER_PORT: u16 = 7443;
 const NODE_PORT: u16 = 7301;
 const INTERVAL_MS: u64 = 200;
 /// CPU each connection costs its server: at 0.2 CPU a server carries 50
@@ -27,12 +26,6 @@ const WORK_US: &str = "4000";
 /// Connections a second of the load: about 0.22 CPU, past one server's
 /// 0.2 and well within two.
 const LOAD_RATE: u32 = 40;
-
-struct ScaleLab {
-    lab: Lab,
-    pki_dir: tempfile::TempDir,
-    cgroups: Vec<(String, CgroupHandle)>,
-}
 
 fn scaling_section() -> &'static str {
     "[service.scaling]\nupper = 0.75\nlower = 0.25\nscale_out_window = \"0s\"\nscale_in_window = \"3s\"\n\
@@ -82,72 +75,15 @@ fn node2_config(lab: &Lab, pki: &Path) -> Result<String> {
     ))
 }
 
-fn agent_config(lab: &Lab, host: &str, pki: &Path, cgroup: &str) -> String {
-    format!(
-        "[agent]\nhost = \"{host}\"\nmanager = \"{}:{MANAGER_PORT}\"\nmanager_name = \"manager\"\n\
-         tls_dir = \"{}\"\nreport_interval_ms = {INTERVAL_MS}\ncontrol_port = 7444\n\n\
-         [utilization]\nkind = \"cgroup-cpu\"\ncgroup = \"/{cgroup}\"\n\n\
-         [[application]]\nname = \"web\"\nprotocol = \"tcp\"\nports = [{PORT}]\nvips = [\"{}\"]\n\
-         probe = {{ kind = \"tcp\", port = {PORT}, address = \"{}\" }}\n",
-        lab.node.eth0.v4,
-        pki.display(),
-        lab.vip4(),
-        lab.vip4()
-    )
-}
-
-fn build() -> Result<ScaleLab> {
+fn build() -> Result<(Lab, Fleet)> {
     let mut lab = Lab::builder().servers(3).second_node(true).build()?;
     lab.server_args = vec!["--work-us".into(), WORK_US.into()];
     lab.start_servers(SERVER, &[PORT], &[])?;
     attach_peer_pass(&mut lab)?;
-    let pki_dir = tempfile::tempdir()?;
-    let pki = Pki::new(pki_dir.path());
-    let day = Duration::from_secs(86_400);
-    pki.init_ca("lab-ca", day, false)?;
-    pki.issue(
-        "manager",
-        Role::Both,
-        &[SanEntry::Ip(IpAddr::V4(lab.node.eth0.v4))],
-        Validity::from_now(day),
-    )?;
+    let fleet = Fleet::new(&mut lab)?;
     let n2 = lab.node2.as_ref().context("no node2")?.eth0.v4;
-    pki.issue(
-        "node2",
-        Role::Server,
-        &[SanEntry::Ip(IpAddr::V4(n2))],
-        Validity::from_now(day),
-    )?;
-    let mut cgroups = Vec::new();
-    let hosts: Vec<String> = lab.servers.iter().map(|h| h.name.clone()).collect();
-    for host in hosts {
-        pki.issue(&host, Role::Client, &[], Validity::from_now(day))?;
-        let name = format!("lbt-{}-{}-{host}", std::process::id(), lab.id);
-        let cg = create_v1_cgroup(&name, 0.2).context("cgroup")?;
-        let pid = lab.process(&host).context("server process")?.pid();
-        cg.add_pid(pid)?;
-        cgroups.push((name, cg));
-    }
-    Ok(ScaleLab {
-        lab,
-        pki_dir,
-        cgroups,
-    })
-}
-
-fn start_agent(sl: &ScaleLab, i: usize) -> Result<LabProcess> {
-    let host = &sl.lab.servers[i];
-    let path = sl.pki_dir.path().join(format!("{}-agent.toml", host.name));
-    std::fs::write(
-        &path,
-        agent_config(&sl.lab, &host.name, sl.pki_dir.path(), &sl.cgroups[i].0),
-    )?;
-    let bin = workspace_bin("lb-agent")?;
-    host.ns.spawn(&[
-        bin.to_str().unwrap_or("lb-agent"),
-        "--config",
-        path.to_str().unwrap_or_default(),
-    ])
+    fleet.issue("node2", Role::Server, &[SanEntry::Ip(IpAddr::V4(n2))])?;
+    Ok((lab, fleet))
 }
 
 /// `lbctl pool --json`: the members and free servers of `web`.
@@ -253,13 +189,15 @@ fn hot_server_gets_help_and_idle_one_goes_back() -> Result<()> {
     if !require_root("hot_server_gets_help_and_idle_one_goes_back") {
         return Ok(());
     }
-    let sl = build()?;
-    let lab = &sl.lab;
-    let pki = sl.pki_dir.path();
+    let (lab, fleet) = build()?;
+    let lab = &lab;
+    let pki = fleet.pki_dir();
     let node2_host = lab.node2.as_ref().context("node2")?;
     let node2 = Balancer::start_on(lab, node2_host, &node2_config(lab, pki)?)?;
     let bal = Balancer::start(lab, &manager_config(lab, pki))?;
-    let _agents: Vec<LabProcess> = (0..3).map(|i| start_agent(&sl, i)).collect::<Result<_>>()?;
+    let _agents: Vec<LabProcess> = (0..3)
+        .map(|i| fleet.start_agent(lab, i, PORT, INTERVAL_MS))
+        .collect::<Result<_>>()?;
 
     // The manager sends the file to both nodes at start.
     assert!(

@@ -1,0 +1,106 @@
+//! Real servers with agents: a project CA with the manager's and every
+//! server's certificate, each lab server in a cgroup of its own with a CFS
+//! quota (its capacity), and `lb-agent` processes streaming to the manager
+//! on the lab's node.
+
+use std::{net::IpAddr, path::Path, time::Duration};
+
+use anyhow::{Context as _, Result};
+use lb_agent::sources::{CgroupHandle, create_v1_cgroup};
+use lb_proto::tls::{Pki, Role, SanEntry, Validity};
+
+use crate::{balancer::workspace_bin, lab::LabProcess, topo::Lab};
+
+/// Port the manager listens for agents on, in every lab config.
+pub const MANAGER_PORT: u16 = 7443;
+/// CPU each lab server may use: its application can run hot while the
+/// machine has room to spare.
+pub const SERVER_QUOTA: f64 = 0.2;
+
+/// The certificates and cgroups of a lab's servers.
+pub struct Fleet {
+    pub pki_dir: tempfile::TempDir,
+    /// Per server, in `lab.servers` order: cgroup name and handle.
+    pub cgroups: Vec<(String, CgroupHandle)>,
+}
+
+impl Fleet {
+    /// Creates the CA, a `manager` certificate (also valid for the node's
+    /// address), one client certificate per server, and puts each server's
+    /// running `lab-server` into a cgroup of its own.
+    pub fn new(lab: &mut Lab) -> Result<Self> {
+        let pki_dir = tempfile::tempdir()?;
+        let pki = Pki::new(pki_dir.path());
+        let day = Duration::from_secs(86_400);
+        pki.init_ca("lab-ca", day, false)?;
+        pki.issue(
+            "manager",
+            Role::Both,
+            &[SanEntry::Ip(IpAddr::V4(lab.node.eth0.v4))],
+            Validity::from_now(day),
+        )?;
+        let mut cgroups = Vec::new();
+        let hosts: Vec<String> = lab.servers.iter().map(|h| h.name.clone()).collect();
+        for host in hosts {
+            pki.issue(&host, Role::Client, &[], Validity::from_now(day))?;
+            let name = format!("lbt-{}-{}-{host}", std::process::id(), lab.id);
+            let cg = create_v1_cgroup(&name, SERVER_QUOTA).context("cgroup")?;
+            let pid = lab.process(&host).context("server process")?.pid();
+            cg.add_pid(pid)?;
+            cgroups.push((name, cg));
+        }
+        Ok(Self { pki_dir, cgroups })
+    }
+
+    pub fn pki_dir(&self) -> &Path {
+        self.pki_dir.path()
+    }
+
+    /// Issues another certificate from the lab CA (e.g. a remote node's).
+    pub fn issue(&self, host: &str, role: Role, sans: &[SanEntry]) -> Result<()> {
+        Pki::new(self.pki_dir()).issue(
+            host,
+            role,
+            sans,
+            Validity::from_now(Duration::from_secs(86_400)),
+        )?;
+        Ok(())
+    }
+
+    /// The agent config of server `i`: cgroup CPU utilization, the `web`
+    /// application on `port` at the lab's first VIP, a TCP health probe.
+    pub fn agent_config(&self, lab: &Lab, i: usize, port: u16, interval_ms: u64) -> String {
+        format!(
+            "[agent]\nhost = \"{}\"\nmanager = \"{}:{MANAGER_PORT}\"\nmanager_name = \"manager\"\n\
+             tls_dir = \"{}\"\nreport_interval_ms = {interval_ms}\ncontrol_port = 7444\n\n\
+             [utilization]\nkind = \"cgroup-cpu\"\ncgroup = \"/{}\"\n\n\
+             [[application]]\nname = \"web\"\nprotocol = \"tcp\"\nports = [{port}]\nvips = [\"{}\"]\n\
+             probe = {{ kind = \"tcp\", port = {port}, address = \"{}\" }}\n",
+            lab.servers[i].name,
+            lab.node.eth0.v4,
+            self.pki_dir().display(),
+            self.cgroups[i].0,
+            lab.vip4(),
+            lab.vip4()
+        )
+    }
+
+    /// Starts `lb-agent` for server `i` in its namespace.
+    pub fn start_agent(
+        &self,
+        lab: &Lab,
+        i: usize,
+        port: u16,
+        interval_ms: u64,
+    ) -> Result<LabProcess> {
+        let host = &lab.servers[i];
+        let path = self.pki_dir().join(format!("{}-agent.toml", host.name));
+        std::fs::write(&path, self.agent_config(lab, i, port, interval_ms))?;
+        let bin = workspace_bin("lb-agent")?;
+        host.ns.spawn(&[
+            bin.to_str().unwrap_or("lb-agent"),
+            "--config",
+            path.to_str().unwrap_or_default(),
+        ])
+    }
+}
