@@ -57,6 +57,7 @@ async fn setup() -> Setup {
         state_dir: std::env::temp_dir(),
         ack_timeout_ms: 5000,
         ack_retries: 2,
+        agent_backoff_ms: 12_500,
         discovery: Some(DiscoveryConfig {
             listen: "127.0.0.1:0".parse().expect("addr"),
             group: None,
@@ -302,6 +303,7 @@ async fn discovery_without_a_ca_is_refused() {
         state_dir: std::env::temp_dir(),
         ack_timeout_ms: 5000,
         ack_retries: 2,
+        agent_backoff_ms: 12_500,
         discovery: Some(DiscoveryConfig {
             listen: "127.0.0.1:0".parse().expect("addr"),
             group: None,

@@ -61,6 +61,7 @@ async fn setup() -> Setup {
         state_dir: std::env::temp_dir(),
         ack_timeout_ms: 5000,
         ack_retries: 2,
+        agent_backoff_ms: 12_500,
         discovery: None,
     });
     let addr = manager.clone().start().await.expect("manager starts");

@@ -104,6 +104,11 @@ impl Balancer {
     /// Starts `lb-control run` in the node namespace (nsenter: the host's
     /// mount namespace and its bpffs stay) and waits for it to be ready.
     pub fn launch(&mut self) -> Result<()> {
+        self.launch_with_env(&[])
+    }
+
+    /// [`Balancer::launch`] with extra environment (e.g. `LB_FAILPOINT`).
+    pub fn launch_with_env(&mut self, env: &[(&str, &str)]) -> Result<()> {
         let bin = workspace_bin("lb-control")?;
         let mut cmd = std::process::Command::new("nsenter");
         cmd.arg(format!("--net=/var/run/netns/{}", self.ns))
@@ -111,6 +116,9 @@ impl Balancer {
             .arg(bin)
             .args(["run", "--config"])
             .arg(&self.config_path);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         let mut p = LabProcess::spawn(cmd, "lb-control".into())?;
         p.wait_for_line("ready", Duration::from_secs(30))
             .context("lb-control did not become ready")?;

@@ -377,3 +377,370 @@ fn hot_server_gets_help_and_idle_one_goes_back() -> Result<()> {
     );
     Ok(())
 }
+
+/// The manager's node with `s1`, `s2` allocated and `s3` free; scale-in
+/// held off for the whole test; `extra` goes into `[manager]`.
+fn steady_config(lab: &Lab, pki: &Path, scaling: &str, extra: &str) -> String {
+    let mut c = format!(
+        "[node]\ninterfaces = [\"eth0\"]\npin_dir = \"{{pin_dir}}\"\nsocket = \"{{socket}}\"\nhash_seed = {LAB_SEED}\n\n\
+         [limits]\nmax_services = 4\nmax_backends = 16\nflow_table_size = 4096\n\n\
+         [manager]\nlisten = \"{}:{MANAGER_PORT}\"\nname = \"manager\"\ntls_dir = \"{}\"\nreport_interval_ms = {INTERVAL_MS}\n\
+         state_dir = \"{{state_dir}}\"\nack_timeout_ms = 3000\nagent_backoff_ms = 500\n{extra}\n\
+         [[service]]\nname = \"web\"\nvip = \"{}\"\nport = {PORT}\n[service.scaling]\n{scaling}\n\n",
+        lab.node.eth0.v4,
+        pki.display(),
+        lab.vip4(),
+    );
+    for (i, h) in lab.servers.iter().enumerate() {
+        let state = if i < 2 { "allocated" } else { "free" };
+        c += &format!(
+            "[[server]]\nname = \"{}\"\naddress = \"{}\"\nservices = [\"web\"]\nstate = \"{state}\"\n\n",
+            h.name, h.eth0.v4
+        );
+    }
+    c
+}
+
+fn member(bal: &Balancer, server: &str) -> Option<Value> {
+    let p = pool(bal)?;
+    p["members"]
+        .as_array()?
+        .iter()
+        .chain(p["free"].as_array()?.iter())
+        .find(|m| m["server"] == server)
+        .cloned()
+}
+
+fn state_of(bal: &Balancer, server: &str) -> String {
+    member(bal, server)
+        .and_then(|m| m["state"].as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+fn table_generation(bal: &Balancer) -> Result<u64> {
+    bal.lbctl(&["status"])?["generation"]
+        .as_u64()
+        .context("status generation")
+}
+
+/// The id of the manager's last event, from its event file (so it works
+/// while the daemon is down).
+fn last_event_id(bal: &Balancer) -> u64 {
+    std::fs::read_to_string(bal.state_dir().join("events.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|e| e["id"].as_u64())
+        .max()
+        .unwrap_or(0)
+}
+
+/// Waits for a `synced` event after `after` (the manager sent the file to
+/// every node) and returns it.
+fn wait_synced(bal: &Balancer, after: u64) -> Result<Value> {
+    let mut found = None;
+    wait_until(Duration::from_secs(30), || {
+        found = events(bal)
+            .into_iter()
+            .find(|e| e["kind"] == "synced" && e["id"].as_u64().unwrap_or(0) > after);
+        found.is_some()
+    });
+    found.with_context(|| format!("no sync after event {after}: {:?}", events(bal)))
+}
+
+#[test]
+fn failed_application_is_not_load_and_silent_agents_keep_serving() -> Result<()> {
+    if !require_root("failed_application_is_not_load_and_silent_agents_keep_serving") {
+        return Ok(());
+    }
+    let mut lab = Lab::builder().servers(3).build()?;
+    lab.server_args = vec!["--work-us".into(), WORK_US.into()];
+    lab.start_servers(SERVER, &[PORT], &[])?;
+    attach_peer_pass(&mut lab)?;
+    let fleet = Fleet::new(&mut lab)?;
+    let scaling = "upper = 0.75\nlower = 0.25\nscale_out_window = \"0s\"\nscale_in_window = \"10m\"\n\
+                   cooldown = \"2s\"\nwarmup = \"2s\"\nmin_servers = 1\nmax_servers = 4\ndynamic_weights = false";
+    let mut bal = Balancer::start(&lab, &steady_config(&lab, fleet.pki_dir(), scaling, ""))?;
+    let mut agents: Vec<Option<LabProcess>> = (0..3)
+        .map(|i| fleet.start_agent(&lab, i, PORT, INTERVAL_MS).map(Some))
+        .collect::<Result<_>>()?;
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            ["s1", "s2", "s3"].iter().all(|s| {
+                member(&bal, s).is_some_and(|m| m["health"] == "up" && m["monitor"] == "monitored")
+            })
+        }),
+        "{:?}",
+        pool(&bal)
+    );
+
+    // 1. s2's application dies: out of the table as failed, not as load.
+    lab.stop_process("s2");
+    assert!(
+        wait_until(Duration::from_secs(20), || state_of(&bal, "s2") == "failed"),
+        "s2 not failed: {:?} {:?}",
+        pool(&bal),
+        events(&bal)
+    );
+    let text = std::fs::read_to_string(&bal.config_path)?;
+    assert!(server_block(&text, "s2")?.contains("state = \"failed\""));
+    let burst = lb_tests::balancer::burst_to_vip(&lab, PORT, 200)?;
+    assert_eq!(burst.failed, 0, "{:?}", burst.errors);
+    assert!(
+        !burst.by_server.contains_key("s2"),
+        "the failed server got new flows: {:?}",
+        burst.by_server
+    );
+    // The burst may well need another server; if so, the failed one was
+    // counted neither as load nor as capacity.
+    for e in events(&bal).iter().filter(|e| e["kind"] == "allocating") {
+        assert!(
+            e["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("on 1 server")),
+            "{e}"
+        );
+    }
+    // Back: restored.
+    lab.start_server("s2", SERVER, &[PORT], &[])?;
+    let pid = lab.process("s2").context("s2")?.pid();
+    fleet.cgroups[1].1.add_pid(pid)?;
+    assert!(
+        wait_until(Duration::from_secs(20), || state_of(&bal, "s2")
+            == "allocated"),
+        "s2 not restored: {:?}",
+        events(&bal)
+    );
+    assert!(event_of(&events(&bal), "restored", Some("s2")).is_some());
+
+    // 2. s1's agent dies: s1 is unmonitored, stays allocated and serves.
+    agents[0] = None;
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            member(&bal, "s1").is_some_and(|m| m["monitor"] == "unmonitored")
+        }),
+        "{:?}",
+        pool(&bal)
+    );
+    let burst = lb_tests::balancer::burst_to_vip(&lab, PORT, 200)?;
+    assert_eq!(burst.failed, 0, "{:?}", burst.errors);
+    assert!(burst.by_server.get("s1").is_some_and(|n| *n > 0));
+    assert_eq!(state_of(&bal, "s1"), "allocated");
+    assert!(event_of(&events(&bal), "failed", Some("s1")).is_none());
+    agents[0] = Some(fleet.start_agent(&lab, 0, PORT, INTERVAL_MS)?);
+    assert!(wait_until(Duration::from_secs(20), || {
+        member(&bal, "s1").is_some_and(|m| m["monitor"] == "monitored")
+    }));
+
+    // 3. Manager restart and every agent cut for 10 s under traffic: no
+    // failed connection, no table change.
+    let load = start_load(&lab, 20, 16)?;
+    std::thread::sleep(Duration::from_secs(1));
+    let before = table_generation(&bal)?;
+    let last = last_event_id(&bal);
+    for a in &mut agents {
+        *a = None;
+    }
+    bal.kill9()?;
+    bal.launch()?;
+    wait_synced(&bal, last)?;
+    std::thread::sleep(Duration::from_secs(10));
+    assert_eq!(
+        table_generation(&bal)?,
+        before,
+        "a table changed: {:?}",
+        events(&bal)
+    );
+    let changes: Vec<Value> = events(&bal)
+        .into_iter()
+        .filter(|e| e["id"].as_u64().unwrap_or(0) > last)
+        .filter(|e| !["synced", "notice", "crossed"].contains(&e["kind"].as_str().unwrap_or("")))
+        .collect();
+    assert!(
+        changes.is_empty(),
+        "decisions while agents were cut: {changes:?}"
+    );
+    for (i, a) in agents.iter_mut().enumerate() {
+        *a = Some(fleet.start_agent(&lab, i, PORT, INTERVAL_MS)?);
+    }
+    let report = finish_load(load, 16)?;
+    assert_eq!(report.failed, 0, "{:?}", report.errors);
+
+    // 4. More load than every server together carries: the free pool
+    // empties and an event says so; nothing breaks.
+    assert!(wait_until(Duration::from_secs(20), || {
+        ["s1", "s2", "s3"]
+            .iter()
+            .all(|s| member(&bal, s).is_some_and(|m| m["monitor"] == "monitored"))
+    }));
+    let load = start_load(&lab, 150, 12)?;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            events(&bal).iter().any(|e| {
+                e["kind"] == "notice"
+                    && e["reason"]
+                        .as_str()
+                        .is_some_and(|r| r.starts_with("NoFreeServer"))
+            })
+        }),
+        "no empty-pool notice: {:?}",
+        events(&bal)
+    );
+    assert_eq!(state_of(&bal, "s3"), "allocated");
+    assert_eq!(members_in(&bal, "allocated").len(), 3);
+    let report = finish_load(load, 12)?;
+    assert_eq!(report.failed, 0, "{:?}", report.errors);
+    Ok(())
+}
+
+/// node2 with room for `backends` (service, server) pairs.
+fn node2_limited(lab: &Lab, pki: &Path, backends: u32) -> Result<String> {
+    Ok(node2_config(lab, pki)?.replace("max_backends = 16", &format!("max_backends = {backends}")))
+}
+
+fn read_generation(bal: &Balancer) -> u64 {
+    std::fs::read_to_string(bal.state_dir().join("generation"))
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The servers a node serves `web` with (active or draining).
+fn serving(bal: &Balancer) -> Vec<String> {
+    node2_backends(bal)
+        .into_iter()
+        .filter(|(_, st)| st == "active")
+        .map(|(s, _)| s)
+        .collect()
+}
+
+#[test]
+fn failed_node_rolls_back_and_crashes_leave_a_whole_file() -> Result<()> {
+    if !require_root("failed_node_rolls_back_and_crashes_leave_a_whole_file") {
+        return Ok(());
+    }
+    let (lab, fleet) = build()?;
+    let lab = &lab;
+    let pki = fleet.pki_dir();
+    let node2_host = lab.node2.as_ref().context("node2")?;
+    // node2 has room for one backend only: adding a second fails there.
+    let mut node2 = Balancer::start_on(lab, node2_host, &node2_limited(lab, pki, 1)?)?;
+    let config = manager_config(lab, pki).replace(
+        "[service.scaling]\n",
+        "[service.scaling]\nenabled = false\n",
+    );
+    let mut bal = Balancer::start(lab, &config)?;
+    let _agents: Vec<LabProcess> = (0..3)
+        .map(|i| fleet.start_agent(lab, i, PORT, INTERVAL_MS))
+        .collect::<Result<_>>()?;
+    assert!(
+        wait_until(Duration::from_secs(30), || ready(&bal)),
+        "{:?}",
+        pool(&bal)
+    );
+    assert!(wait_until(Duration::from_secs(10), || serving(&node2) == ["s1"]));
+
+    // 1. A node that cannot apply: rollback, event, the file as it was.
+    let original = std::fs::read_to_string(&bal.config_path)?;
+    let err = bal.lbctl(&["server", "allocate", "s2"]).unwrap_err();
+    assert!(err.to_string().contains("node2"), "{err:#}");
+    let ev = events(&bal);
+    let rolled = event_of(&ev, "rolled-back", None).context("no rollback event")?;
+    assert!(
+        rolled["reason"].as_str().is_some_and(
+            |r| r.contains("the file is back as it was") && r.contains("every node is back")
+        ),
+        "{rolled}"
+    );
+    assert!(event_of(&ev, "allocation-failed", Some("s2")).is_some());
+    assert_eq!(std::fs::read_to_string(&bal.config_path)?, original);
+    assert_eq!(serving(&bal), ["s1"]);
+    assert_eq!(serving(&node2), ["s1"]);
+
+    // node2 comes back with room; the next change reaches it.
+    drop(node2);
+    node2 = Balancer::start_on(lab, node2_host, &node2_config(lab, pki)?)?;
+    let mut held = HoldSession::start(&lab.client.ns, CLIENT, lab.vip4_addr(PORT), 20, 22000)?;
+
+    // 2. kill -9 at each step of an allocation in turn.
+    for point in [
+        "allocate.settings",
+        "allocate.file",
+        "allocate.generation",
+        "allocate.nodes",
+        "allocate.partial",
+        "allocate.done",
+    ] {
+        let used = read_generation(&bal);
+        let last = last_event_id(&bal);
+        bal.kill9()?;
+        bal.launch_with_env(&[("LB_FAILPOINT", point)])?;
+        let synced = wait_synced(&bal, last)?;
+        // The agent must be back to answer the settings request.
+        assert!(
+            wait_until(Duration::from_secs(30), || {
+                member(&bal, "s2").is_some_and(|m| m["monitor"] == "monitored")
+            }),
+            "s2's agent did not come back: {:?}",
+            pool(&bal)
+        );
+        let socket = bal.socket.clone();
+        let lbctl = lb_tests::balancer::workspace_bin("lbctl")?;
+        let asked = std::thread::spawn(move || {
+            std::process::Command::new(lbctl)
+                .arg("--socket")
+                .arg(socket)
+                .args(["server", "allocate", "s2"])
+                .output()
+        });
+        bal.process.as_mut().context("lb-control")?.wait_for_line(
+            &format!("failpoint {point} reached"),
+            Duration::from_secs(20),
+        )?;
+        bal.kill9()?;
+        let _ = asked.join();
+        // The file is whole: the old one or the new one.
+        let text = std::fs::read_to_string(&bal.config_path)?;
+        let parsed = lb_control::config::Config::parse(&text, &bal.config_path)
+            .with_context(|| format!("file broken after a crash at {point}"))?;
+        let in_file = parsed.server.iter().any(|s| {
+            s.name.get_ref() == "s2" && s.state == lb_control::config::ServerState::Allocated
+        });
+        let last = last_event_id(&bal);
+        bal.launch()?;
+        let resynced = wait_synced(&bal, last)?;
+        let g = resynced["generation"].as_u64().context("generation")?;
+        assert!(
+            g > used && g > synced["generation"].as_u64().unwrap_or(0),
+            "generation {g} after a crash at {point} reuses one (before: {used})"
+        );
+        // Every node converges on the file.
+        let want: Vec<&str> = if in_file {
+            vec!["s1", "s2"]
+        } else {
+            vec!["s1"]
+        };
+        assert!(
+            wait_until(Duration::from_secs(10), || serving(&bal) == want
+                && serving(&node2) == want),
+            "crash at {point}: file says {want:?}, node1 {:?}, node2 {:?}",
+            serving(&bal),
+            serving(&node2)
+        );
+        let ping = held.ping()?;
+        assert_eq!(
+            ping.dead, 0,
+            "connections broke with a crash at {point}: {ping:?}"
+        );
+        if in_file {
+            bal.lbctl(&["server", "deallocate", "s2"])?;
+            assert!(wait_until(Duration::from_secs(10), || serving(&node2) == ["s1"]));
+        }
+        eprintln!(
+            "crash at {point}: file {}, nodes converged at generation {g}",
+            if in_file { "new" } else { "old" }
+        );
+    }
+    held.quit()?;
+    Ok(())
+}

@@ -72,6 +72,11 @@ pub struct ManagerConfig {
     /// change is rolled back.
     #[serde(default = "default_ack_retries")]
     pub ack_retries: u32,
+    /// The agents' longest reconnect delay, in milliseconds (their backoff
+    /// cap plus jitter): after a manager start, no server is judged failed
+    /// before 3 report intervals plus this have passed.
+    #[serde(default = "default_agent_backoff")]
+    pub agent_backoff_ms: u64,
 }
 
 /// `[[manager.node]]`: a balancer node on another host.
@@ -92,6 +97,9 @@ fn default_ack_timeout() -> u64 {
 }
 fn default_ack_retries() -> u32 {
     2
+}
+fn default_agent_backoff() -> u64 {
+    12_500
 }
 
 fn default_interval() -> u64 {

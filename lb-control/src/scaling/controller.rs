@@ -205,7 +205,7 @@ impl Controller {
     /// The agents' longest reconnect backoff (their 10 s cap plus jitter):
     /// failure verdicts wait for it after a start.
     fn max_backoff(&self) -> Duration {
-        Duration::from_millis(12_500)
+        Duration::from_millis(self.config.agent_backoff_ms)
     }
 
     /// Runs the loop forever: evaluates four times per report interval.
@@ -247,7 +247,7 @@ impl Controller {
         let started = Instant::now();
         let weights = ops.persisted.weights.clone();
         let result = self
-            .push(&snapshot.config, &services, generation, &weights)
+            .push("sync", &snapshot.config, &services, generation, &weights)
             .await;
         match result {
             Ok(()) => {
@@ -597,6 +597,11 @@ impl Controller {
                 Ok(())
             }
             Err(e) => {
+                // A failed attempt counts as a change: the cooldown keeps
+                // the next one from following at once.
+                if let Some(p) = ops.policies.get_mut(service) {
+                    p.record_change(Instant::now());
+                }
                 self.events.record(
                     NewEvent::new("allocation-failed", e.clone())
                         .service(service)
@@ -921,7 +926,12 @@ impl Controller {
         let mut changed_servers = BTreeSet::new();
         {
             let db = self.manager.db.lock().await;
-            for svc in snapshot.config.service.iter().filter(|s| s.scaling.enabled) {
+            for svc in snapshot
+                .config
+                .service
+                .iter()
+                .filter(|s| s.scaling.enabled && s.scaling.dynamic_weights)
+            {
                 for s in snapshot.config.members(svc.name.get_ref()) {
                     if s.state != ServerState::Allocated {
                         continue;
@@ -975,7 +985,7 @@ impl Controller {
             .map(|s| format!("{s}={}", weights.get(s).copied().unwrap_or_default()))
             .collect();
         match self
-            .push(&snapshot.config, &services, generation, &weights)
+            .push("weights", &snapshot.config, &services, generation, &weights)
             .await
         {
             Ok(()) => {
@@ -1032,7 +1042,13 @@ impl Controller {
         failpoint::hit(&format!("{action}.nodes"));
         let weights = ops.persisted.weights.clone();
         match self
-            .push(&updated.snapshot.config, services, generation, &weights)
+            .push(
+                action,
+                &updated.snapshot.config,
+                services,
+                generation,
+                &weights,
+            )
             .await
         {
             Ok(()) => {
@@ -1047,7 +1063,7 @@ impl Controller {
                 };
                 let nodes = match ops.generations.take_next() {
                     Ok(g) => match self
-                        .push(&updated.previous.config, services, g, &weights)
+                        .push("rollback", &updated.previous.config, services, g, &weights)
                         .await
                     {
                         Ok(()) => {
@@ -1085,6 +1101,7 @@ impl Controller {
     /// waits for every ack (each node retried `ack_retries` times).
     async fn push(
         &self,
+        action: &str,
         config: &Config,
         services: &[String],
         generation: u64,
@@ -1099,12 +1116,23 @@ impl Controller {
                 generation,
                 service,
             };
-            let results = futures::future::join_all(
-                self.nodes
-                    .iter()
-                    .map(|node| self.send(node, message.clone())),
-            )
-            .await;
+            // The crash test's `<action>.partial` failpoint stops after the
+            // first node applied and before the others heard of it.
+            let partial = format!("{action}.partial");
+            let rest = if failpoint::is_armed(&partial) {
+                if let Some(first) = self.nodes.first()
+                    && let Err(e) = self.send(first, message.clone()).await
+                {
+                    failures.push(e);
+                }
+                failpoint::hit(&partial);
+                &self.nodes[1..]
+            } else {
+                &self.nodes[..]
+            };
+            let results =
+                futures::future::join_all(rest.iter().map(|node| self.send(node, message.clone())))
+                    .await;
             failures.extend(results.into_iter().filter_map(Result::err));
         }
         if failures.is_empty() {

@@ -1,7 +1,7 @@
 //! Named failpoints between the steps of a change, for crash tests.
 //!
 //! `LB_FAILPOINT=NAME` (or `NAME=pause`) makes the process print
-//! `failpoint NAME reached` on stderr when it gets there and stop in place
+//! `failpoint NAME reached` on stdout when it gets there and stop in place
 //! (the test then kills it with SIGKILL); `NAME=abort` aborts at once.
 //! Without the variable a failpoint costs one comparison.
 
@@ -18,6 +18,11 @@ fn armed() -> Option<&'static (String, String)> {
         .as_ref()
 }
 
+/// Whether `LB_FAILPOINT` names this point.
+pub fn is_armed(name: &str) -> bool {
+    armed().is_some_and(|(armed, _)| armed == name)
+}
+
 /// Stops here if `LB_FAILPOINT` names this point.
 pub fn hit(name: &str) {
     let Some((armed, action)) = armed() else {
@@ -26,7 +31,12 @@ pub fn hit(name: &str) {
     if armed != name {
         return;
     }
-    eprintln!("failpoint {name} reached");
+    {
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "failpoint {name} reached");
+        let _ = out.flush();
+    }
     tracing::warn!(failpoint = name, action = %action, "failpoint reached");
     if action == "abort" {
         std::process::abort();

@@ -88,6 +88,10 @@ pub struct ScalingPolicy {
     /// Default `10s`.
     #[serde(with = "humantime_serde")]
     pub drain_idle: Duration,
+    /// Maglev weights follow each server's capacity and idle share
+    /// (smoothed, never below 10% of full weight); `false` keeps the
+    /// configured weights. Default `true`.
+    pub dynamic_weights: bool,
 }
 
 impl Default for ScalingPolicy {
@@ -109,6 +113,7 @@ impl Default for ScalingPolicy {
             margin: 0.1,
             drain_timeout: Duration::from_secs(300),
             drain_idle: Duration::from_secs(10),
+            dynamic_weights: true,
         }
     }
 }
