@@ -9,6 +9,14 @@
 //! values), so bytes that arrive one at a time are scanned once, not once
 //! per arrival. Each complete piece of markup is read by quick-xml's
 //! [`Reader`], which checks its syntax and yields its name and attributes.
+//!
+//! A `<report>` (nearly all a manager reads) is also assembled from those
+//! same events as they go by ([`PartialReport`], which checks the
+//! attributes as it reads them), so reports in the layout the encoder
+//! writes never go through serde; any other goes to serde as every other
+//! message does, with the same result.
+
+use std::ops::Range;
 
 use quick_xml::{
     Reader,
@@ -16,8 +24,11 @@ use quick_xml::{
     parser::{ElementParser, Parser as _},
 };
 
-use crate::{Limits, Message, ProtoError, StreamHeader, header::STREAM_ELEMENT};
+use crate::{Limits, Message, ProtoError, Report, StreamHeader, header::STREAM_ELEMENT};
 
+use report::PartialReport;
+
+mod report;
 #[cfg(test)]
 mod tests;
 
@@ -53,6 +64,15 @@ pub struct Decoder {
     pending: Option<Pending>,
     /// The message being scanned, when its end is still missing.
     message: Option<OpenMessage>,
+    /// Where the names of the message's open elements are, relative to its
+    /// start, the message element first (kept here to reuse its capacity).
+    open: Vec<Range<usize>>,
+    /// Off in tests that compare the report fast path with serde.
+    #[cfg(test)]
+    fast_reports: bool,
+    /// Reports the fast path produced, for those tests.
+    #[cfg(test)]
+    fast_decoded: usize,
 }
 
 #[derive(Debug)]
@@ -85,14 +105,23 @@ enum PendingKind {
 
 #[derive(Debug)]
 struct OpenMessage {
-    /// Offset of its `<` in `buf`.
+    /// Offset of its `<` in `buf`; its name follows.
     start: usize,
-    /// The message element's name, for errors.
-    name: String,
+    /// Length of the message element's name.
+    name_len: usize,
     /// Its `seq` attribute, if readable, for errors.
     seq: Option<u64>,
-    /// Names of the open elements, the message element first.
-    open: Vec<String>,
+    /// A `<report>` assembled so far, while it keeps to the encoder's
+    /// layout.
+    report: Option<PartialReport>,
+}
+
+impl OpenMessage {
+    /// The message element's name, from the buffer it started in.
+    fn name<'b>(&self, buf: &'b [u8]) -> &'b str {
+        let name = buf.get(self.start + 1..self.start + 1 + self.name_len);
+        std::str::from_utf8(name.unwrap_or_default()).unwrap_or_default()
+    }
 }
 
 impl Default for Decoder {
@@ -118,6 +147,11 @@ impl Decoder {
             header: None,
             pending: None,
             message: None,
+            open: Vec::new(),
+            #[cfg(test)]
+            fast_reports: true,
+            #[cfg(test)]
+            fast_decoded: 0,
         }
     }
 
@@ -212,11 +246,16 @@ impl Decoder {
             };
             if first != b'<' {
                 let all_space = self.skip_text();
-                if self.message.is_none() && !all_space {
-                    return Err(ProtoError::Malformed(match self.state {
-                        State::Header => "text before the stream header".into(),
-                        _ => "text between messages".into(),
-                    }));
+                match &mut self.message {
+                    // The fast path takes no text, not even whitespace.
+                    Some(message) => message.report = None,
+                    None if !all_space => {
+                        return Err(ProtoError::Malformed(match self.state {
+                            State::Header => "text before the stream header".into(),
+                            _ => "text between messages".into(),
+                        }));
+                    }
+                    None => {}
                 }
                 continue;
             }
@@ -225,13 +264,22 @@ impl Decoder {
                 return Ok(None);
             };
             self.check_limits(end)?;
-            let start = self.pos;
-            let event = read_markup(self.buf.get(start..end).unwrap_or_default())?;
-            self.pos = end;
-            if let Some(message) = self.handle(event, start, end)? {
+            // The event borrows the buffer while `handle` updates the rest.
+            let buf = std::mem::take(&mut self.buf);
+            let result = self.markup(&buf, end);
+            self.buf = buf;
+            if let Some(message) = result? {
                 return Ok(Some(message));
             }
         }
+    }
+
+    /// Reads the complete piece of markup `buf[pos..end]` and acts on it.
+    fn markup(&mut self, buf: &[u8], end: usize) -> Result<Option<Message>, ProtoError> {
+        let start = self.pos;
+        let event = read_markup(buf.get(start..end).unwrap_or_default())?;
+        self.pos = end;
+        self.handle(event, buf, start, end)
     }
 
     /// Moves `pos` over text up to the next `<` (or the end of the buffer);
@@ -318,11 +366,19 @@ impl Decoder {
     /// when it completed one.
     fn handle(
         &mut self,
-        event: Event<'static>,
+        event: Event<'_>,
+        buf: &[u8],
         start: usize,
         end: usize,
     ) -> Result<Option<Message>, ProtoError> {
         match event {
+            Event::Comment(_) | Event::CData(_) if self.message.is_some() => {
+                // Inside a message: not the layout the fast path reads.
+                if let Some(message) = &mut self.message {
+                    message.report = None;
+                }
+                Ok(None)
+            }
             Event::Comment(_) => Ok(None),
             Event::DocType(_) => Err(ProtoError::DeclarationForbidden("<!DOCTYPE".into())),
             Event::Decl(_) if matches!(self.state, State::Header) => Ok(None),
@@ -332,13 +388,12 @@ impl Decoder {
             Event::PI(_) => Err(ProtoError::Malformed(
                 "processing instructions are not allowed".into(),
             )),
-            Event::CData(_) if self.message.is_some() => Ok(None),
             Event::CData(_) | Event::Text(_) | Event::GeneralRef(_) | Event::Eof => Err(
                 ProtoError::Malformed("character data outside a message".into()),
             ),
-            Event::Start(tag) => self.open(&tag, start, end, false),
-            Event::Empty(tag) => self.open(&tag, start, end, true),
-            Event::End(tag) => self.close(tag.name().as_ref(), end),
+            Event::Start(tag) => self.open(&tag, buf, start, end, false),
+            Event::Empty(tag) => self.open(&tag, buf, start, end, true),
+            Event::End(tag) => self.close(tag.name().as_ref(), buf, end),
         }
     }
 
@@ -346,6 +401,7 @@ impl Decoder {
     fn open(
         &mut self,
         tag: &BytesStart<'_>,
+        buf: &[u8],
         start: usize,
         end: usize,
         empty: bool,
@@ -367,39 +423,70 @@ impl Decoder {
                 Ok(None)
             };
         }
-        check_attributes(tag, &self.limits)?;
-        let depth = self.message.as_ref().map_or(0, |m| m.open.len()) + 1;
+        // The report fast path checks the attributes as it reads them; all
+        // else is checked here.
+        let fast = self.fast_reports();
+        let report = match &mut self.message {
+            Some(message) => message.report.take().and_then(|mut report| {
+                report.open(tag, empty)?;
+                Some(report)
+            }),
+            None if fast && !empty && name == "report" => {
+                PartialReport::start(tag, self.limits.max_attributes)
+            }
+            None => None,
+        };
+        if report.is_none() {
+            check_attributes(tag, &self.limits)?;
+        }
+        let depth = self.message.as_ref().map_or(0, |_| self.open.len()) + 1;
         if depth > self.limits.max_depth {
             return Err(ProtoError::TooDeep {
                 element: short(name),
                 limit: self.limits.max_depth,
             });
         }
+        // quick-xml refuses space after `<`: the name starts right after it.
+        let name_len = name.len();
         match &mut self.message {
             Some(message) => {
+                message.report = report;
                 if !empty {
-                    message.open.push(name.to_owned());
+                    let from = start - message.start + 1;
+                    self.open.push(from..from + name_len);
                 }
                 Ok(None)
             }
             None if empty => {
-                let bytes = self.buf.get(start..end).unwrap_or_default();
-                decode(bytes, name, seq_of(tag)).map(Some)
+                let bytes = buf.get(start..end).unwrap_or_default();
+                decode(bytes, name, seq_of(tag), None).map(Some)
             }
             None => {
                 self.message = Some(OpenMessage {
                     start,
-                    name: short(name),
+                    name_len,
                     seq: seq_of(tag),
-                    open: vec![name.to_owned()],
+                    report,
                 });
+                self.open.clear();
+                self.open.push(1..1 + name_len);
                 Ok(None)
             }
         }
     }
 
+    #[cfg(not(test))]
+    fn fast_reports(&self) -> bool {
+        true
+    }
+
+    #[cfg(test)]
+    fn fast_reports(&self) -> bool {
+        self.fast_reports
+    }
+
     /// An end tag ending at `end`.
-    fn close(&mut self, name: &str, end: usize) -> Result<Option<Message>, ProtoError> {
+    fn close(&mut self, name: &str, buf: &[u8], end: usize) -> Result<Option<Message>, ProtoError> {
         let Some(message) = &mut self.message else {
             return match self.state {
                 State::Stream if name == STREAM_ELEMENT => Err(ProtoError::Closed),
@@ -409,24 +496,37 @@ impl Decoder {
                 ))),
             };
         };
-        match message.open.pop() {
-            Some(open) if open == name => {}
-            open => {
-                return Err(ProtoError::Malformed(format!(
-                    "end tag </{}> does not match <{}>",
-                    short(name),
-                    short(open.as_deref().unwrap_or_default())
-                )));
-            }
+        let open = self
+            .open
+            .pop()
+            .and_then(|r| buf.get(message.start + r.start..message.start + r.end))
+            .unwrap_or_default();
+        if open != name.as_bytes() {
+            return Err(ProtoError::Malformed(format!(
+                "end tag </{}> does not match <{}>",
+                short(name),
+                short(std::str::from_utf8(open).unwrap_or_default())
+            )));
         }
-        if !message.open.is_empty() {
+        if !self.open.is_empty() {
+            if let Some(report) = &mut message.report
+                && report.close().is_none()
+            {
+                message.report = None;
+            }
             return Ok(None);
         }
         let Some(message) = self.message.take() else {
             return Ok(None);
         };
-        let bytes = self.buf.get(message.start..end).unwrap_or_default();
-        decode(bytes, &message.name, message.seq).map(Some)
+        let bytes = buf.get(message.start..end).unwrap_or_default();
+        let name = truncated(message.name(buf));
+        let report = message.report.and_then(PartialReport::finish);
+        #[cfg(test)]
+        if report.is_some() {
+            self.fast_decoded += 1;
+        }
+        decode(bytes, name, message.seq, report).map(Some)
     }
 }
 
@@ -463,7 +563,7 @@ fn classify(bytes: &[u8]) -> Result<Option<(PendingKind, usize)>, ProtoError> {
 /// Reads one complete piece of markup with quick-xml, which checks its
 /// syntax. Anything but exactly one event spanning all of `bytes` is
 /// malformed.
-fn read_markup(bytes: &[u8]) -> Result<Event<'static>, ProtoError> {
+fn read_markup(bytes: &[u8]) -> Result<Event<'_>, ProtoError> {
     let mut reader = Reader::from_reader(bytes);
     let config = reader.config_mut();
     // One piece of markup at a time: the decoder matches end tags itself.
@@ -480,12 +580,44 @@ fn read_markup(bytes: &[u8]) -> Result<Event<'static>, ProtoError> {
             lossy(bytes.get(..32).unwrap_or(bytes))
         )));
     }
-    Ok(event.into_owned())
+    Ok(event)
 }
 
 /// Counts an element's attributes against the limit and checks their
 /// syntax (quoting, duplicates).
+///
+/// Duplicates among the first [`INLINE_ATTRIBUTES`] are found here without
+/// allocating (quick-xml's own check keeps a `Vec` of names); for anything
+/// else (an error, a duplicate, a wider element) quick-xml's check runs from
+/// the start, so the error is the one it gives.
 fn check_attributes(tag: &BytesStart<'_>, limits: &Limits) -> Result<(), ProtoError> {
+    let mut seen = [""; INLINE_ATTRIBUTES];
+    let mut attributes = tag.attributes();
+    attributes.with_checks(false);
+    for (count, attr) in attributes.enumerate() {
+        let Ok(attr) = attr else {
+            return check_attributes_slowly(tag, limits);
+        };
+        let key = attr.key.into_inner();
+        let earlier = seen.get(..count).unwrap_or_default();
+        if count >= limits.max_attributes || earlier.contains(&key) {
+            return check_attributes_slowly(tag, limits);
+        }
+        let Some(slot) = seen.get_mut(count) else {
+            return check_attributes_slowly(tag, limits);
+        };
+        *slot = key;
+    }
+    Ok(())
+}
+
+/// Attributes [`check_attributes`] checks for duplicates without
+/// allocating: the default limit.
+const INLINE_ATTRIBUTES: usize = Limits::DEFAULT_MAX_ATTRIBUTES;
+
+/// [`check_attributes`] with quick-xml's duplicate check.
+#[cold]
+fn check_attributes_slowly(tag: &BytesStart<'_>, limits: &Limits) -> Result<(), ProtoError> {
     for (count, attr) in tag.attributes().enumerate() {
         if count >= limits.max_attributes {
             return Err(ProtoError::TooManyAttributes {
@@ -504,9 +636,15 @@ fn seq_of(tag: &BytesStart<'_>) -> Option<u64> {
     attr.value.parse().ok()
 }
 
-/// Deserializes and validates one complete message element. Failures here
-/// reject that message only: its framing was sound.
-fn decode(bytes: &[u8], name: &str, seq: Option<u64>) -> Result<Message, ProtoError> {
+/// Deserializes and validates one complete message element, unless the
+/// fast path already read it as `report`. Failures here reject that
+/// message only: its framing was sound.
+fn decode(
+    bytes: &[u8],
+    name: &str,
+    seq: Option<u64>,
+    report: Option<Report>,
+) -> Result<Message, ProtoError> {
     if !Message::NAMES.contains(&name) {
         return Err(ProtoError::UnknownMessage {
             name: name.into(),
@@ -519,7 +657,10 @@ fn decode(bytes: &[u8], name: &str, seq: Option<u64>) -> Result<Message, ProtoEr
         reason,
     };
     let text = std::str::from_utf8(bytes).map_err(|_| invalid("not UTF-8".into()))?;
-    let message: Message = quick_xml::de::from_str(text).map_err(|e| invalid(e.to_string()))?;
+    let message = match report {
+        Some(report) => Message::Report(report),
+        None => quick_xml::de::from_str(text).map_err(|e| invalid(e.to_string()))?,
+    };
     message.validate().map_err(invalid)?;
     Ok(message)
 }
@@ -531,5 +672,12 @@ fn lossy(bytes: &[u8]) -> String {
 
 /// A peer-supplied name for an error text, bounded in length.
 fn short(name: &str) -> String {
-    name.chars().take(64).collect()
+    truncated(name).into()
+}
+
+/// The first 64 characters of `name`.
+fn truncated(name: &str) -> &str {
+    name.char_indices()
+        .nth(64)
+        .map_or(name, |(i, _)| name.get(..i).unwrap_or(name))
 }

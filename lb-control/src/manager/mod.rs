@@ -416,13 +416,13 @@ impl Manager {
                         .await
                         .insert(header.host.clone(), tx.clone());
                 }
-                let Some(h) = host.clone() else { continue };
+                let Some(h) = host.as_deref() else { continue };
                 if let Err(stale) = guard.check(message.seq()) {
                     self.messages_rejected.fetch_add(1, Ordering::Relaxed);
                     warn!(host = %h, error = %stale, "replayed or stale message ignored");
                     continue;
                 }
-                self.handle(&h, peer, &fingerprint, message, &tx).await;
+                self.handle(h, peer, &fingerprint, message, &tx).await;
             }
         };
         if let Some(h) = &host {

@@ -4,6 +4,7 @@ use crate::{
 };
 
 mod limits;
+mod report;
 
 const HEADER: &str = r#"<lb-stream version="1" role="agent" host="web-1">"#;
 
@@ -439,4 +440,17 @@ fn element_text_is_kept_as_sent() {
         [Message::Error(e)] => assert_eq!(e.text, "\n  two words \n"),
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn unknown_message_names_are_bounded_in_errors() {
+    let name = "x".repeat(100);
+    let err = first_error(&format!("<{name} seq=\"3\"><y/></{name}>"));
+    assert_eq!(
+        err,
+        ProtoError::UnknownMessage {
+            name: "x".repeat(64),
+            seq: Some(3)
+        }
+    );
 }
