@@ -65,6 +65,8 @@ pub enum Request {
         protocol: Protocol,
         #[serde(default)]
         table_size: Option<u32>,
+        #[serde(default)]
+        application: Option<String>,
     },
     /// Remove a service at run time.
     ServiceRemove {
@@ -205,6 +207,7 @@ impl Daemon {
                 port,
                 protocol,
                 table_size,
+                application,
             } => {
                 let g = c
                     .add_service(Edit::AddService {
@@ -213,6 +216,7 @@ impl Daemon {
                         port,
                         protocol,
                         table_size,
+                        application,
                     })
                     .await?;
                 done(g, format!("service `{name}` added on every node"))

@@ -8,7 +8,7 @@ use anyhow::{Context as _, Result};
 use lb_proto::tls::{Role, SanEntry};
 use lb_tests::{
     HoldSession, Lab, LabProcess,
-    balancer::{Balancer, LAB_SEED, attach_peer_pass, wait_until},
+    balancer::{Balancer, LAB_SEED, attach_peer_pass, wait_until, workspace_bin},
     fleet::{Fleet, MANAGER_PORT},
     proto::LoadReport,
     require_root,
@@ -18,6 +18,8 @@ use serde_json::Value;
 const SERVER: &str = env!("CARGO_BIN_EXE_lab-server");
 const CLIENT: &str = env!("CARGO_BIN_EXE_lab-client");
 const PORT: u16 = 80;
+/// A second service's port (added at run time).
+const ALT_PORT: u16 = 81;
 const NODE_PORT: u16 = 7301;
 const INTERVAL_MS: u64 = 200;
 /// CPU each connection costs its server: at 0.2 CPU a server carries 50
@@ -78,7 +80,7 @@ fn node2_config(lab: &Lab, pki: &Path) -> Result<String> {
 fn build() -> Result<(Lab, Fleet)> {
     let mut lab = Lab::builder().servers(3).second_node(true).build()?;
     lab.server_args = vec!["--work-us".into(), WORK_US.into()];
-    lab.start_servers(SERVER, &[PORT], &[])?;
+    lab.start_servers(SERVER, &[PORT, ALT_PORT], &[])?;
     attach_peer_pass(&mut lab)?;
     let fleet = Fleet::new(&mut lab)?;
     let n2 = lab.node2.as_ref().context("no node2")?.eth0.v4;
@@ -214,6 +216,19 @@ fn hot_server_gets_help_and_idle_one_goes_back() -> Result<()> {
         pool(&bal)
     );
 
+    // `lbctl events --follow` sees the decisions as they happen.
+    let lbctl = workspace_bin("lbctl")?;
+    let mut follow = LabProcess::spawn(
+        {
+            let mut c = std::process::Command::new(lbctl);
+            c.arg("--socket")
+                .arg(&bal.socket)
+                .args(["events", "--follow"]);
+            c
+        },
+        "lbctl events".into(),
+    )?;
+
     // 1. Load past s1's capacity (about 40 × 5.5 ms of CPU a second against
     // 0.2 CPU): a free server joins.
     let load = start_load(lab, LOAD_RATE, 20)?;
@@ -250,6 +265,10 @@ fn hot_server_gets_help_and_idle_one_goes_back() -> Result<()> {
         "node2: {:?}",
         node2_backends(&node2)
     );
+    follow
+        .wait_for_line("allocated", Duration::from_secs(5))
+        .context("lbctl events --follow")?;
+    drop(follow);
     let report = finish_load(load, 20)?;
     assert_eq!(report.failed, 0, "{:?}", report.errors);
     let first = report
@@ -459,7 +478,8 @@ fn failed_application_is_not_load_and_silent_agents_keep_serving() -> Result<()>
     attach_peer_pass(&mut lab)?;
     let fleet = Fleet::new(&mut lab)?;
     let scaling = "upper = 0.75\nlower = 0.25\nscale_out_window = \"0s\"\nscale_in_window = \"10m\"\n\
-                   cooldown = \"2s\"\nwarmup = \"2s\"\nmin_servers = 1\nmax_servers = 4\ndynamic_weights = false";
+                   cooldown = \"2s\"\nwarmup = \"2s\"\nmin_servers = 1\nmax_servers = 4\ndynamic_weights = false\n\
+                   drain_timeout = \"4s\"\ndrain_idle = \"1s\"";
     let mut bal = Balancer::start(&lab, &steady_config(&lab, fleet.pki_dir(), scaling, ""))?;
     let mut agents: Vec<Option<LabProcess>> = (0..3)
         .map(|i| fleet.start_agent(&lab, i, PORT, INTERVAL_MS).map(Some))
@@ -590,6 +610,63 @@ fn failed_application_is_not_load_and_silent_agents_keep_serving() -> Result<()>
     assert_eq!(members_in(&bal, "allocated").len(), 3);
     let report = finish_load(load, 12)?;
     assert_eq!(report.failed, 0, "{:?}", report.errors);
+
+    // 5. An operator drain whose connections never end: at the drain
+    // timeout they are invalidated (counted in the event) and the server
+    // goes back to the free pool; the other connections live on.
+    let mut held = HoldSession::start(&lab.client.ns, CLIENT, lab.vip4_addr(PORT), 30, 23000)?;
+    let on_s2: Vec<usize> = held
+        .conns
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.server.as_deref() == Some("s2"))
+        .map(|(i, _)| i)
+        .collect();
+    assert!(
+        !on_s2.is_empty(),
+        "no held connection on s2: {:?}",
+        held.conns
+    );
+    bal.lbctl(&["server", "drain", "s2"])?;
+    assert_eq!(state_of(&bal, "s2"), "draining");
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            event_of(&events(&bal), "deallocated", Some("s2")).is_some()
+        }),
+        "{:?}",
+        events(&bal)
+    );
+    let ev = events(&bal);
+    let reason = event_of(&ev, "deallocated", Some("s2")).context("event")?["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let invalidated: u64 = reason
+        .split("; ")
+        .find_map(|p| p.strip_suffix(" flow entries invalidated"))
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("no invalidation count in {reason:?}"))?;
+    assert!(
+        reason.contains("drain timeout") && invalidated >= on_s2.len() as u64,
+        "{reason} ({} held on s2)",
+        on_s2.len()
+    );
+    assert_eq!(state_of(&bal, "s2"), "free");
+    let ping = held.ping()?;
+    for (i, server) in ping.servers.iter().enumerate() {
+        if on_s2.contains(&i) {
+            assert!(
+                server.is_none(),
+                "connection {i} to s2 outlived the drain timeout"
+            );
+        } else {
+            assert!(
+                server.is_some(),
+                "connection {i} died with s2's drain: {ping:?}"
+            );
+        }
+    }
+    held.quit()?;
     Ok(())
 }
 
@@ -742,5 +819,42 @@ fn failed_node_rolls_back_and_crashes_leave_a_whole_file() -> Result<()> {
         );
     }
     held.quit()?;
+
+    // 3. A service added and removed at run time, on both nodes, without
+    // restarting anything.
+    let vip = lab.vip4().to_string();
+    bal.lbctl(&[
+        "service",
+        "add",
+        "alt",
+        "--vip",
+        &vip,
+        "--port",
+        "81",
+        "--application",
+        "web",
+    ])?;
+    let has_alt = |b: &Balancer| {
+        b.lbctl(&["service", "list"]).is_ok_and(|v| {
+            v["services"]
+                .as_array()
+                .is_some_and(|l| l.iter().any(|s| s["name"] == "alt"))
+        })
+    };
+    assert!(has_alt(&bal) && has_alt(&node2));
+    bal.lbctl(&["server", "allocate", "s3", "--service", "alt"])?;
+    let burst = lb_tests::balancer::burst_to_vip(lab, ALT_PORT, 50)?;
+    assert_eq!(burst.failed, 0, "{:?}", burst.errors);
+    assert_eq!(burst.by_server.keys().collect::<Vec<_>>(), vec!["s3"]);
+    // s3 serves alt alone: allocating it did not put it into web.
+    assert!(
+        !serving(&node2).contains(&"s3".to_owned()),
+        "{:?}",
+        node2_backends(&node2)
+    );
+    bal.lbctl(&["service", "remove", "alt"])?;
+    assert!(!has_alt(&bal) && !has_alt(&node2));
+    let text = std::fs::read_to_string(&bal.config_path)?;
+    assert!(!text.contains("\"alt\""), "{text}");
     Ok(())
 }

@@ -139,6 +139,9 @@ enum ServiceCommand {
         /// Maglev table size (a prime); default 65537.
         #[arg(long)]
         table_size: Option<u32>,
+        /// The application agents host it under; default: the name.
+        #[arg(long)]
+        application: Option<String>,
     },
     /// Remove a service from every node (and from the config file).
     Remove { name: String },
@@ -186,6 +189,7 @@ fn main() -> ExitCode {
                 port,
                 protocol,
                 table_size,
+                application,
             } => Request::ServiceAdd {
                 name,
                 vip,
@@ -195,6 +199,7 @@ fn main() -> ExitCode {
                     ProtocolArg::Udp => Protocol::Udp,
                 },
                 table_size,
+                application,
             },
             ServiceCommand::Remove { name } => Request::ServiceRemove { name },
         },

@@ -59,6 +59,41 @@ impl NodeState {
     }
 }
 
+/// What a node does with a reconfiguration, given what it applied last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// A newer generation (or the first for the service): apply it.
+    Apply,
+    /// The generation already applied, with the same content: read the
+    /// maps back and ack again (the manager retried).
+    Reack,
+}
+
+/// Refuses an older generation, or the same generation with another
+/// content (the error says which).
+pub fn judge(applied: Option<&Applied>, message: &Reconfigure) -> Result<Verdict, String> {
+    let Some(applied) = applied else {
+        return Ok(Verdict::Apply);
+    };
+    let (generation, service) = (message.generation, &message.service);
+    if generation < applied.generation {
+        return Err(format!(
+            "generation {generation} is older than generation {} already applied to service `{}`",
+            applied.generation, service.name
+        ));
+    }
+    if generation == applied.generation {
+        if applied.service != *service {
+            return Err(format!(
+                "generation {generation} of service `{}` was already applied with a different content",
+                service.name
+            ));
+        }
+        return Ok(Verdict::Reack);
+    }
+    Ok(Verdict::Apply)
+}
+
 /// The path of a node's state file under `[node] state_dir`.
 pub fn state_path(dir: &Path) -> PathBuf {
     dir.join("node-state.json")
@@ -138,22 +173,9 @@ impl NodeAgent {
         let generation = message.generation;
         let mut state = self.state.lock().await;
         let mut node = self.node.lock().await;
-        if let Some(applied) = state.services.get(&service.name) {
-            if generation < applied.generation {
-                return Err(format!(
-                    "generation {generation} is older than generation {} already applied to service `{}`",
-                    applied.generation, service.name
-                ));
-            }
-            if generation == applied.generation {
-                if applied.service != *service {
-                    return Err(format!(
-                        "generation {generation} of service `{}` was already applied with a different content",
-                        service.name
-                    ));
-                }
-                return node.verify();
-            }
+        match judge(state.services.get(&service.name), message)? {
+            Verdict::Apply => {}
+            Verdict::Reack => return node.verify(),
         }
         let merged = if service.retired {
             super::remove_service(&node.config, &service.name)
@@ -187,5 +209,78 @@ impl NodeAgent {
         }
         info!(node = %self.name, service = %service.name, generation, micros = report.micros, "reconfiguration applied and verified");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use lb_proto::{Protocol, Server, ServerState};
+
+    use super::*;
+
+    fn message(generation: u64, weight: u32) -> Reconfigure {
+        Reconfigure {
+            seq: 0,
+            generation,
+            service: Service {
+                name: "web".into(),
+                vip: "192.0.2.10".parse().unwrap(),
+                port: 80,
+                protocol: Protocol::Tcp,
+                table_size: 65537,
+                servers: vec![Server {
+                    name: "s1".into(),
+                    address: "192.0.2.11".parse().unwrap(),
+                    weight,
+                    state: ServerState::Allocated,
+                    mac: None,
+                }],
+                retired: false,
+            },
+        }
+    }
+
+    #[test]
+    fn older_refused_equal_reacked_newer_applied() {
+        let applied = Applied {
+            generation: 7,
+            service: message(7, 100).service,
+        };
+        assert_eq!(judge(None, &message(1, 100)), Ok(Verdict::Apply));
+        assert_eq!(judge(Some(&applied), &message(8, 50)), Ok(Verdict::Apply));
+        assert_eq!(judge(Some(&applied), &message(7, 100)), Ok(Verdict::Reack));
+        let e = judge(Some(&applied), &message(6, 100)).unwrap_err();
+        assert!(e.contains("older than generation 7"), "{e}");
+        let e = judge(Some(&applied), &message(7, 50)).unwrap_err();
+        assert!(e.contains("different content"), "{e}");
+    }
+
+    #[test]
+    fn state_file_round_trip_and_overlay() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = state_path(dir.path());
+        assert!(NodeState::load(&path).unwrap().services.is_empty());
+        let mut state = NodeState::default();
+        state.services.insert(
+            "web".into(),
+            Applied {
+                generation: 3,
+                service: message(3, 100).service,
+            },
+        );
+        std::fs::write(&path, serde_json::to_vec(&state).unwrap()).unwrap();
+        let loaded = NodeState::load(&path).unwrap();
+        assert_eq!(loaded.services["web"].generation, 3);
+        let base = crate::config::Config::parse(
+            "[node]\ninterfaces = [\"eth0\"]\n",
+            std::path::Path::new("node.toml"),
+        )
+        .unwrap();
+        let merged = loaded.overlay(base);
+        assert_eq!(merged.service.len(), 1);
+        assert_eq!(merged.members("web").count(), 1);
+        std::fs::write(&path, "{").unwrap();
+        let e = NodeState::load(&path).unwrap_err();
+        assert!(e.contains("move it away"), "{e}");
     }
 }

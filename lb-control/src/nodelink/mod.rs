@@ -235,3 +235,85 @@ pub fn merge_service(base: &Config, svc: &Service) -> Result<Config, String> {
         .map_err(|e| e.to_string())?;
     Ok(config)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    const MANAGER: &str = r#"
+[node]
+interfaces = ["eth0"]
+
+[[service]]
+name = "web"
+vip = "10.0.0.100"
+port = 80
+
+[[server]]
+name = "s1"
+address = "10.0.0.11"
+services = ["web"]
+mac = "02:00:00:00:00:11"
+
+[[server]]
+name = "s2"
+address = "10.0.0.12"
+services = ["web"]
+state = "failed"
+
+[[server]]
+name = "s3"
+address = "10.0.0.13"
+services = ["web"]
+state = "free"
+"#;
+
+    #[test]
+    fn desired_state_survives_the_trip_to_a_node() {
+        let manager = Config::parse(MANAGER, Path::new("m.toml")).unwrap();
+        let weights = BTreeMap::from([("s1".to_owned(), 40)]);
+        let svc = desired_service(&manager, "web", &weights).unwrap();
+        // Free servers are not sent; a failed one is draining on the node.
+        let sent: Vec<(&str, u32, WireState)> = svc
+            .servers
+            .iter()
+            .map(|s| (s.name.as_str(), s.weight, s.state))
+            .collect();
+        assert_eq!(
+            sent,
+            [
+                ("s1", 40, WireState::Allocated),
+                ("s2", 1, WireState::Draining)
+            ]
+        );
+        let node = Config::parse("[node]\ninterfaces = [\"eth0\"]\n", Path::new("n.toml")).unwrap();
+        let merged = merge_service(&node, &svc).unwrap();
+        let members: Vec<(&str, u32, ServerState)> = merged
+            .members("web")
+            .map(|s| (s.name.get_ref().as_str(), s.weight, s.state))
+            .collect();
+        assert_eq!(
+            members,
+            [
+                ("s1", 40, ServerState::Allocated),
+                ("s2", 1, ServerState::Draining)
+            ]
+        );
+        assert_eq!(merged.server[0].mac.as_deref(), Some("02:00:00:00:00:11"));
+        // A second merge replaces the pool; a server left out leaves it.
+        let mut smaller = svc.clone();
+        smaller.servers.truncate(1);
+        let merged = merge_service(&merged, &smaller).unwrap();
+        assert_eq!(merged.members("web").count(), 1);
+        let gone = remove_service(&merged, "web");
+        assert!(gone.service.is_empty() && gone.members("web").count() == 0);
+        // A desired state the node cannot hold is refused with the reason.
+        let mut limits = node.clone();
+        limits.limits.max_backends = 1;
+        let e = merge_service(&limits, &svc).unwrap_err();
+        assert!(e.contains("max_backends = 1"), "{e}");
+        assert!(desired_service(&manager, "nope", &weights).is_none());
+    }
+}

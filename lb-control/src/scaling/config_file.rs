@@ -74,6 +74,8 @@ pub enum Edit {
         port: u16,
         protocol: Protocol,
         table_size: Option<u32>,
+        /// The application agents host it under (default: the name).
+        application: Option<String>,
     },
     /// Removes a `[[service]]` table and the service from every server's
     /// `services`.
@@ -208,6 +210,7 @@ impl Edit {
                 port,
                 protocol,
                 table_size,
+                application,
             } => {
                 if find(tables(doc, "service")?, name).is_some() {
                     return Err(EditError::DuplicateService(name.clone()));
@@ -219,6 +222,9 @@ impl Edit {
                 t.insert("protocol", Item::Value(Value::from(serde_name(*protocol))));
                 if let Some(size) = table_size {
                     t.insert("table_size", Item::Value(Value::from(i64::from(*size))));
+                }
+                if let Some(app) = application {
+                    t.insert("application", Item::Value(Value::from(app.as_str())));
                 }
                 append_table(doc, "service", t)
             }
@@ -880,6 +886,7 @@ mac = "02:00:00:00:00:12"
                 port: 53,
                 protocol: Protocol::Udp,
                 table_size: Some(251),
+                application: None,
             }],
         )
         .expect("edit");
@@ -914,6 +921,7 @@ mac = "02:00:00:00:00:12"
             port: 443,
             protocol: Protocol::Tcp,
             table_size: None,
+            application: Some("https".into()),
         }
         .apply(&mut doc)
         .expect("edit");
@@ -921,7 +929,7 @@ mac = "02:00:00:00:00:12"
             doc.to_string(),
             text.replace(
                 "min = 1\n",
-                "min = 1\n\n[[service]]\nname = \"api\"\nvip = \"10.0.0.101\"\nport = 443\nprotocol = \"tcp\"\n"
+                "min = 1\n\n[[service]]\nname = \"api\"\nvip = \"10.0.0.101\"\nport = 443\nprotocol = \"tcp\"\napplication = \"https\"\n"
             )
         );
     }
@@ -950,6 +958,7 @@ mac = "02:00:00:00:00:12"
                 port: 1,
                 protocol: Protocol::Tcp,
                 table_size: None,
+                application: None,
             }),
             "service `web` already exists"
         );

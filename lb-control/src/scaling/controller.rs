@@ -675,45 +675,54 @@ impl Controller {
                 })?,
         };
         let mut edits = Vec::new();
-        if existing.is_some() {
-            if existing.is_some_and(|s| s.services.len() > 1 || s.state == ServerState::Free) {
-                // Free, or serving others: it joins this service.
+        // The services the change touches on the nodes.
+        let mut services = vec![service.to_owned()];
+        match existing {
+            Some(s) => {
+                if s.state == ServerState::Free {
+                    // A free server's `services` only recall what it served
+                    // last: it now serves this one alone.
+                    for other in s.services.iter().filter(|n| n.get_ref() != service) {
+                        edits.push(Edit::LeaveService {
+                            server: server.into(),
+                            service: other.get_ref().clone(),
+                        });
+                    }
+                } else {
+                    // In other pools already: it joins this one too.
+                    services.extend(
+                        s.services
+                            .iter()
+                            .map(|n| n.get_ref().clone())
+                            .filter(|n| n != service),
+                    );
+                }
+                edits.push(Edit::JoinService {
+                    server: server.into(),
+                    service: service.into(),
+                });
+                edits.push(Edit::SetState {
+                    server: server.into(),
+                    state: ServerState::Allocated,
+                });
+                edits.push(Edit::SetMac {
+                    server: server.into(),
+                    mac: mac.to_string(),
+                });
             }
-            edits.push(Edit::JoinService {
-                server: server.into(),
-                service: service.into(),
-            });
-            edits.push(Edit::SetState {
-                server: server.into(),
-                state: ServerState::Allocated,
-            });
-            edits.push(Edit::SetMac {
-                server: server.into(),
-                mac: mac.to_string(),
-            });
-        } else {
-            edits.push(Edit::AddServer {
+            None => edits.push(Edit::AddServer {
                 name: server.into(),
                 address,
                 mac: Some(mac.to_string()),
                 services: vec![service.into()],
                 state: ServerState::Allocated,
                 weight: None,
-            });
+            }),
         }
         edits.push(Edit::SetFingerprint {
             server: server.into(),
             fingerprint,
         });
-        let services = {
-            let mut s: Vec<String> = existing
-                .map(|e| e.services.iter().map(|n| n.get_ref().clone()).collect())
-                .unwrap_or_default();
-            if !s.iter().any(|x| x == service) {
-                s.push(service.to_owned());
-            }
-            s
-        };
         self.change(ops, "allocate", &services, &edits).await
     }
 
