@@ -25,8 +25,10 @@ enum Task {
     },
     /// A network-namespace lab: the balancer serving a VIP to real clients.
     Demo,
-    /// Benchmarks: ns/packet, Maglev build, table write + verify, then the
-    /// manager's report ingestion (10,000 agents over mutual TLS).
+    /// Benchmarks: ns/packet, Maglev build, table write + verify, a
+    /// generation applied on a node, the manager's report ingestion (10,000
+    /// agents over mutual TLS), and threshold crossing to the first new
+    /// flow on an allocated server (a netns lab, root).
     Bench {
         /// Only the manager's report ingestion (`examples/manager_bench.rs`).
         #[arg(long)]
@@ -67,6 +69,21 @@ fn main() -> Result<()> {
                     "lb-control",
                     "--example",
                     example,
+                ])?;
+            }
+            if !manager {
+                println!("== Threshold crossing -> new server receiving new flows (netns lab)");
+                cargo(&["build", "--workspace", "--bins"])?;
+                cargo(&[
+                    "test",
+                    "--quiet",
+                    "--package",
+                    "lb-tests",
+                    "--test",
+                    "autoscale",
+                    "hot_server_gets_help_and_idle_one_goes_back",
+                    "--",
+                    "--nocapture",
                 ])?;
             }
             Ok(())
