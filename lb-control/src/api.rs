@@ -93,6 +93,10 @@ pub struct Stats {
     /// Agent streams, when this process is also the manager.
     #[serde(default)]
     pub manager: Option<ManagerStats>,
+    /// The manager's decisions since it started, by event kind
+    /// (`allocated`, `rolled-back`, `allocation-failed`, ...).
+    #[serde(default)]
+    pub decisions: std::collections::BTreeMap<String, u64>,
 }
 
 /// Responses.
@@ -264,6 +268,11 @@ impl Daemon {
                     flows: node.dp.flows.count(),
                     services: node.service_views(),
                     manager: self.manager.as_ref().map(|m| m.stats()),
+                    decisions: self
+                        .controller
+                        .as_ref()
+                        .map(|c| c.events.counts())
+                        .unwrap_or_default(),
                 })
             }
             Request::Reload => match self.reload().await {

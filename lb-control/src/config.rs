@@ -230,6 +230,30 @@ pub struct ServerConfig {
     /// manager when it allocated the server (from its auth settings).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fingerprint: Option<String>,
+    /// Per-service state and weight, set on a node by a manager's
+    /// `<reconfigure>` (the desired state of one service speaks for that
+    /// service only). Never in a file.
+    #[serde(skip)]
+    pub per_service: BTreeMap<String, (ServerState, u32)>,
+}
+
+impl ServerConfig {
+    /// Its state in `service`.
+    pub fn state_in(&self, service: &str) -> ServerState {
+        self.per_service.get(service).map_or(self.state, |x| x.0)
+    }
+
+    /// Its Maglev weight in `service`.
+    pub fn weight_in(&self, service: &str) -> u32 {
+        self.per_service.get(service).map_or(self.weight, |x| x.1)
+    }
+
+    /// Programmed on the node for at least one service.
+    pub fn programmed(&self) -> bool {
+        self.services
+            .iter()
+            .any(|s| self.state_in(s.get_ref()) != ServerState::Free)
+    }
 }
 
 /// Pool state of a server.
@@ -432,7 +456,7 @@ impl Config {
                         ),
                     ));
                 }
-                if srv.state != ServerState::Free {
+                if srv.state_in(svc.get_ref()) != ServerState::Free {
                     backends += 1;
                 }
             }
@@ -453,7 +477,8 @@ impl Config {
     /// state but `free`).
     pub fn members<'a>(&'a self, service: &'a str) -> impl Iterator<Item = &'a ServerConfig> {
         self.server.iter().filter(move |s| {
-            s.state != ServerState::Free && s.services.iter().any(|n| n.get_ref() == service)
+            s.services.iter().any(|n| n.get_ref() == service)
+                && s.state_in(service) != ServerState::Free
         })
     }
 

@@ -420,11 +420,7 @@ impl Node {
 
         // Next hops of every programmed server.
         let mut hops: BTreeMap<IpAddr, Option<NextHop>> = BTreeMap::new();
-        for server in config
-            .server
-            .iter()
-            .filter(|s| s.state != ServerState::Free)
-        {
+        for server in config.server.iter().filter(|s| s.programmed()) {
             let hop = self.next_hop(server).await;
             if hop.is_none() {
                 report.unresolved.push(server.name.get_ref().clone());
@@ -485,7 +481,7 @@ impl Node {
                     src_mac: hop.src_mac,
                     ifindex: hop.ifindex,
                     incarnation: 0,
-                    state: state_code(server.state),
+                    state: state_code(server.state_in(svc.name.get_ref())),
                     flags: if server.local { BACKEND_FLAG_LOCAL } else { 0 },
                     service: index,
                     addr,
@@ -493,7 +489,11 @@ impl Node {
                 };
                 want.insert(
                     (index, server.address),
-                    (record, server.name.get_ref().clone(), server.weight),
+                    (
+                        record,
+                        server.name.get_ref().clone(),
+                        server.weight_in(svc.name.get_ref()),
+                    ),
                 );
             }
         }

@@ -130,13 +130,28 @@ fn server_block<'a>(text: &'a str, name: &str) -> Result<&'a str> {
 
 /// The servers node2 has programmed for `web`, with their state.
 fn node2_backends(bal: &Balancer) -> Vec<(String, String)> {
+    backends_of(bal, "web")
+}
+
+/// The pool of `service` in `lbctl pool --json`.
+fn pool_of(bal: &Balancer, service: &str) -> Option<Value> {
+    let v = bal.lbctl(&["pool"]).ok()?;
+    v["pools"]
+        .as_array()?
+        .iter()
+        .find(|p| p["service"] == service)
+        .cloned()
+}
+
+/// The servers a node has programmed for `service`, with their state.
+fn backends_of(bal: &Balancer, service: &str) -> Vec<(String, String)> {
     let Ok(v) = bal.lbctl(&["server", "list"]) else {
         return Vec::new();
     };
     let mut out = Vec::new();
     for s in v["servers"].as_array().into_iter().flatten() {
         for b in s["services"].as_array().into_iter().flatten() {
-            if b["service"] == "web" {
+            if b["service"] == service {
                 out.push((
                     s["name"].as_str().unwrap_or_default().to_owned(),
                     b["state"].as_str().unwrap_or_default().to_owned(),
@@ -481,7 +496,20 @@ fn failed_application_is_not_load_and_silent_agents_keep_serving() -> Result<()>
     let fleet = Fleet::new(&mut lab)?;
     let scaling = "upper = 0.75\nlower = 0.25\nscale_out_window = \"0s\"\nscale_in_window = \"10m\"\n\
                    cooldown = \"2s\"\nwarmup = \"2s\"\nmin_servers = 1\nmax_servers = 4\ndynamic_weights = false\n\
-                   drain_timeout = \"4s\"\ndrain_idle = \"1s\"";
+                   drain_timeout = \"4s\"\ndrain_idle = \"1s\"\nprobe_port = 82";
+    // Each server's health endpoint on its own address, which the manager
+    // probes itself.
+    let health = |lab: &mut Lab, i: usize| -> Result<()> {
+        let host = &lab.servers[i];
+        let addr = std::net::SocketAddr::new(host.eth0.v4.into(), 82);
+        let name = format!("{}-health", host.name);
+        let p = lb_tests::start_lab_server(&host.ns, SERVER, &name, &[addr], &[], &[])?;
+        lab.adopt(&name, p);
+        Ok(())
+    };
+    for i in 0..3 {
+        health(&mut lab, i)?;
+    }
     let mut bal = Balancer::start(&lab, &steady_config(&lab, fleet.pki_dir(), scaling, ""))?;
     let mut agents: Vec<Option<LabProcess>> = (0..3)
         .map(|i| fleet.start_agent(&lab, i, PORT, INTERVAL_MS).map(Some))
@@ -535,7 +563,31 @@ fn failed_application_is_not_load_and_silent_agents_keep_serving() -> Result<()>
     );
     assert!(event_of(&events(&bal), "restored", Some("s2")).is_some());
 
+    // The manager's own probe: s1's agent still says healthy, but the
+    // manager cannot reach s1's health endpoint: failed all the same.
+    lab.stop_process("s1-health");
+    assert!(
+        wait_until(Duration::from_secs(20), || state_of(&bal, "s1") == "failed"),
+        "s1 not failed by the manager's probe: {:?} {:?}",
+        pool(&bal),
+        events(&bal)
+    );
+    assert!(event_of(&events(&bal), "probe", Some("s1")).is_some());
+    assert_eq!(
+        member(&bal, "s1").context("s1")?["health"],
+        "up",
+        "the agent's view"
+    );
+    health(&mut lab, 0)?;
+    assert!(
+        wait_until(Duration::from_secs(20), || state_of(&bal, "s1")
+            == "allocated"),
+        "s1 not restored: {:?}",
+        events(&bal)
+    );
+
     // 2. s1's agent dies: s1 is unmonitored, stays allocated and serves.
+    let mark = last_event_id(&bal);
     agents[0] = None;
     assert!(
         wait_until(Duration::from_secs(10), || {
@@ -548,7 +600,13 @@ fn failed_application_is_not_load_and_silent_agents_keep_serving() -> Result<()>
     assert_eq!(burst.failed, 0, "{:?}", burst.errors);
     assert!(burst.by_server.get("s1").is_some_and(|n| *n > 0));
     assert_eq!(state_of(&bal, "s1"), "allocated");
-    assert!(event_of(&events(&bal), "failed", Some("s1")).is_none());
+    assert!(
+        !events(&bal).iter().any(|e| e["kind"] == "failed"
+            && e["server"] == "s1"
+            && e["id"].as_u64().unwrap_or(0) > mark),
+        "a silent agent was taken for a failed server: {:?}",
+        events(&bal)
+    );
     agents[0] = Some(fleet.start_agent(&lab, 0, PORT, INTERVAL_MS)?);
     assert!(wait_until(Duration::from_secs(20), || {
         member(&bal, "s1").is_some_and(|m| m["monitor"] == "monitored")
@@ -732,6 +790,9 @@ fn failed_node_rolls_back_and_crashes_leave_a_whole_file() -> Result<()> {
         "{rolled}"
     );
     assert!(event_of(&ev, "allocation-failed", Some("s2")).is_some());
+    // ... and a metric.
+    let stats = bal.lbctl(&["stats"])?;
+    assert_eq!(stats["decisions"]["rolled-back"], 1, "{stats}");
     assert_eq!(std::fs::read_to_string(&bal.config_path)?, original);
     assert_eq!(serving(&bal), ["s1"]);
     assert_eq!(serving(&node2), ["s1"]);
@@ -844,13 +905,44 @@ fn failed_node_rolls_back_and_crashes_leave_a_whole_file() -> Result<()> {
         })
     };
     assert!(has_alt(&bal) && has_alt(&node2));
-    bal.lbctl(&["server", "allocate", "s3", "--service", "alt"])?;
+    // A new service starts below its minimum pool size: the manager fills
+    // it from the free pool at once.
+    let mut alt_server = None;
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            alt_server = pool_of(&bal, "alt").and_then(|p| {
+                p["members"]
+                    .as_array()?
+                    .iter()
+                    .find(|m| m["state"] == "allocated")
+                    .and_then(|m| m["server"].as_str().map(str::to_owned))
+            });
+            alt_server.is_some()
+        }),
+        "alt never got a server: {:?}",
+        events(&bal)
+    );
+    let alt_server = alt_server.context("alt server")?;
+    let ev = events(&bal);
+    let why = event_of(&ev, "allocating", Some(&alt_server)).context("event")?;
+    assert!(
+        why["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("min_servers")),
+        "{why}"
+    );
+    assert!(wait_until(Duration::from_secs(5), || {
+        backends_of(&node2, "alt") == vec![(alt_server.clone(), "active".to_owned())]
+    }));
     let burst = lb_tests::balancer::burst_to_vip(lab, ALT_PORT, 50)?;
     assert_eq!(burst.failed, 0, "{:?}", burst.errors);
-    assert_eq!(burst.by_server.keys().collect::<Vec<_>>(), vec!["s3"]);
-    // s3 serves alt alone: allocating it did not put it into web.
+    assert_eq!(
+        burst.by_server.keys().collect::<Vec<_>>(),
+        vec![&alt_server]
+    );
+    // It serves alt alone: joining alt did not put it into web.
     assert!(
-        !serving(&node2).contains(&"s3".to_owned()),
+        !serving(&node2).contains(&alt_server),
         "{:?}",
         node2_backends(&node2)
     );
@@ -858,5 +950,10 @@ fn failed_node_rolls_back_and_crashes_leave_a_whole_file() -> Result<()> {
     assert!(!has_alt(&bal) && !has_alt(&node2));
     let text = std::fs::read_to_string(&bal.config_path)?;
     assert!(!text.contains("\"alt\""), "{text}");
+    // Its server went back to the free pool.
+    assert!(
+        server_block(&text, &alt_server)?.contains("state = \"free\""),
+        "{text}"
+    );
     Ok(())
 }

@@ -472,6 +472,9 @@ fn print_table(response: &Response) {
                 println!("{k:<16} {v}");
             }
             println!("{:<16} {}", "flows", s.flows);
+            for (kind, n) in &s.decisions {
+                println!("{:<16} {n}", format!("events.{kind}"));
+            }
         }
         Response::Reloaded(r) => {
             println!(

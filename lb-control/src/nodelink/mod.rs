@@ -131,8 +131,8 @@ pub fn desired_service(
             Some(Server {
                 name: server.clone(),
                 address: s.address,
-                weight: weights.get(server).copied().unwrap_or(s.weight),
-                state: wire_state(s.state)?,
+                weight: weights.get(server).copied().unwrap_or(s.weight_in(name)),
+                state: wire_state(s.state_in(name))?,
                 mac: s.mac.as_deref().and_then(|m| m.parse().ok()),
             })
         })
@@ -168,15 +168,15 @@ pub fn remove_service(base: &Config, name: &str) -> Config {
     config.service.retain(|s| s.name.get_ref() != name);
     for server in &mut config.server {
         server.services.retain(|s| s.get_ref() != name);
+        server.per_service.remove(name);
     }
     config
 }
 
 /// `base` with service `svc.name` replaced by the desired state `svc` (the
 /// node side of a reconfiguration). Servers are matched by name; a server
-/// not in `base` is added. A server's state and weight are per server, as
-/// in the config file: the manager sends the same ones for every service
-/// a server is in.
+/// not in `base` is added. The states and weights it carries hold for this
+/// service alone (a server's state in the file is for all its services).
 pub fn merge_service(base: &Config, svc: &Service) -> Result<Config, String> {
     let mut config = base.clone();
     let name = &svc.name;
@@ -200,6 +200,7 @@ pub fn merge_service(base: &Config, svc: &Service) -> Result<Config, String> {
     }
     for server in &mut config.server {
         server.services.retain(|s| s.get_ref() != name);
+        server.per_service.remove(name);
     }
     for want in &svc.servers {
         let state = config_state(want.state);
@@ -214,19 +215,20 @@ pub fn merge_service(base: &Config, svc: &Service) -> Result<Config, String> {
                 if mac.is_some() {
                     s.mac = mac;
                 }
-                s.weight = want.weight;
-                s.state = state;
+                s.per_service.insert(name.clone(), (state, want.weight));
                 s.services.push(spanned(name));
             }
             None => config.server.push(crate::config::ServerConfig {
                 name: spanned(&want.name),
                 address: want.address,
                 services: vec![spanned(name)],
-                state,
+                // Known to the node only through services' desired states.
+                state: ServerState::Free,
                 mac,
                 weight: want.weight,
                 local: false,
                 fingerprint: None,
+                per_service: BTreeMap::from([(name.clone(), (state, want.weight))]),
             }),
         }
     }
@@ -292,7 +294,13 @@ state = "free"
         let merged = merge_service(&node, &svc).unwrap();
         let members: Vec<(&str, u32, ServerState)> = merged
             .members("web")
-            .map(|s| (s.name.get_ref().as_str(), s.weight, s.state))
+            .map(|s| {
+                (
+                    s.name.get_ref().as_str(),
+                    s.weight_in("web"),
+                    s.state_in("web"),
+                )
+            })
             .collect();
         assert_eq!(
             members,

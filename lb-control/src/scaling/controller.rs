@@ -119,6 +119,22 @@ pub struct Controller {
     state_path: PathBuf,
     started: Instant,
     ops: Mutex<Ops>,
+    /// The manager's own probes, per (service, server).
+    probes: std::sync::Mutex<BTreeMap<(String, String), ProbeState>>,
+}
+
+/// Rise and fall of the manager's probe.
+const PROBE_RISE: u32 = 2;
+const PROBE_FALL: u32 = 3;
+
+/// One member's manager-side probe.
+#[derive(Debug, Clone, Default)]
+struct ProbeState {
+    ok_streak: u32,
+    fail_streak: u32,
+    /// `Some(true)` up, `Some(false)` down, `None` not enough probes yet.
+    up: Option<bool>,
+    detail: String,
 }
 
 fn wall_ms() -> u64 {
@@ -182,6 +198,7 @@ impl Controller {
             events,
             state_path,
             started,
+            probes: std::sync::Mutex::new(BTreeMap::new()),
             ops: Mutex::new(Ops {
                 generations,
                 policies: BTreeMap::new(),
@@ -210,6 +227,7 @@ impl Controller {
 
     /// Runs the loop forever: evaluates four times per report interval.
     pub async fn run(self: Arc<Self>) {
+        tokio::spawn(self.clone().probe_loop());
         let period = (self.config.report_interval() / 4).max(Duration::from_millis(25));
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -359,9 +377,9 @@ impl Controller {
                 name: server.clone(),
                 state,
                 monitored: record.is_some_and(|r| r.monitor == Monitor::Monitored),
-                health: match status.map(|a| a.health.state) {
-                    Some(HealthState::Up) => Health::Up,
-                    Some(HealthState::Down) => Health::Down,
+                health: match (status.map(|a| a.health.state), self.probe_up(name, server)) {
+                    (Some(HealthState::Down), _) | (_, Some(false)) => Health::Down,
+                    (Some(HealthState::Up), _) => Health::Up,
                     _ => Health::Unknown,
                 },
                 utilization: report.map(|r| r.utilization.value),
@@ -396,6 +414,105 @@ impl Controller {
             });
         }
         view
+    }
+
+    fn probe_up(&self, service: &str, server: &str) -> Option<bool> {
+        self.probes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(service.to_owned(), server.to_owned()))
+            .and_then(|p| p.up)
+    }
+
+    /// The manager's own probes (`[service.scaling] probe_port`): a TCP
+    /// connect to each member's address, once per report interval.
+    async fn probe_loop(self: Arc<Self>) {
+        let interval = self
+            .config
+            .report_interval()
+            .max(Duration::from_millis(100));
+        let timeout = interval.min(Duration::from_secs(1));
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Ok(snapshot) = self.file.read() else {
+                continue;
+            };
+            let mut targets = Vec::new();
+            for svc in &snapshot.config.service {
+                let Some(port) = svc.scaling.probe_port else {
+                    continue;
+                };
+                for s in snapshot.config.members(svc.name.get_ref()) {
+                    targets.push((
+                        svc.name.get_ref().clone(),
+                        s.name.get_ref().clone(),
+                        std::net::SocketAddr::new(s.address, port),
+                    ));
+                }
+            }
+            let results = futures::future::join_all(targets.into_iter().map(
+                |(service, server, addr)| async move {
+                    let outcome =
+                        match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
+                            .await
+                        {
+                            Ok(Ok(_)) => Ok(()),
+                            Ok(Err(e)) => Err(format!("connect {addr}: {e}")),
+                            Err(_) => Err(format!("connect {addr}: no answer within {timeout:?}")),
+                        };
+                    (service, server, outcome)
+                },
+            ))
+            .await;
+            let mut changes = Vec::new();
+            {
+                let mut probes = self.probes.lock().unwrap_or_else(|p| p.into_inner());
+                let live: BTreeSet<(String, String)> = results
+                    .iter()
+                    .map(|(a, b, _)| (a.clone(), b.clone()))
+                    .collect();
+                probes.retain(|k, _| live.contains(k));
+                for (service, server, outcome) in results {
+                    let p = probes.entry((service.clone(), server.clone())).or_default();
+                    let before = p.up;
+                    match outcome {
+                        Ok(()) => {
+                            p.ok_streak += 1;
+                            p.fail_streak = 0;
+                            if p.ok_streak >= PROBE_RISE {
+                                p.up = Some(true);
+                            }
+                        }
+                        Err(detail) => {
+                            p.fail_streak += 1;
+                            p.ok_streak = 0;
+                            p.detail = detail;
+                            if p.fail_streak >= PROBE_FALL {
+                                p.up = Some(false);
+                            }
+                        }
+                    }
+                    if before.is_some() && before != p.up || before.is_none() && p.up == Some(false)
+                    {
+                        changes.push((service, server, p.up, p.detail.clone()));
+                    }
+                }
+            }
+            for (service, server, up, detail) in changes {
+                let reason = if up == Some(true) {
+                    "the manager's probe answers again".to_owned()
+                } else {
+                    format!("the manager's probe fails {PROBE_FALL} times in a row: {detail}")
+                };
+                self.events.record(
+                    NewEvent::new("probe", reason)
+                        .service(&service)
+                        .server(&server),
+                );
+            }
+        }
     }
 
     /// Threshold crossings, judged on each new report, as events.
@@ -1245,13 +1362,33 @@ impl Controller {
         let mut ops = self.ops.lock().await;
         let t0 = Instant::now();
         let edit = Edit::RemoveService { name: name.into() };
+        // Servers that served this service alone go back to the free pool;
+        // the other services of shared ones are sent again as they are.
+        let snapshot = self.file.read().map_err(|e| e.to_string())?;
+        let mut edits = vec![edit.clone()];
+        let mut services = vec![name.to_owned()];
+        for s in &snapshot.config.server {
+            if !s.services.iter().any(|n| n.get_ref() == name) {
+                continue;
+            }
+            let others: Vec<String> = s
+                .services
+                .iter()
+                .map(|n| n.get_ref().clone())
+                .filter(|n| n != name)
+                .collect();
+            if others.is_empty() && s.state != ServerState::Free {
+                edits.push(Edit::SetState {
+                    server: s.name.get_ref().clone(),
+                    state: ServerState::Free,
+                });
+            }
+            services.extend(others);
+        }
+        services.sort();
+        services.dedup();
         let generation = self
-            .change(
-                &mut ops,
-                "service-remove",
-                &[name.to_owned()],
-                std::slice::from_ref(&edit),
-            )
+            .change(&mut ops, "service-remove", &services, &edits)
             .await?;
         ops.policies.remove(name);
         self.events.record(

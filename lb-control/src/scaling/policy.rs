@@ -92,6 +92,13 @@ pub struct ScalingPolicy {
     /// (smoothed, never below 10% of full weight); `false` keeps the
     /// configured weights. Default `true`.
     pub dynamic_weights: bool,
+    /// The manager's own TCP probe of each member's address on this port
+    /// (rise 2, fall 3), beside the agents' probes: a server its agent
+    /// calls healthy but the manager cannot reach fails too. Absent: the
+    /// agents' probes only (a direct-server-return application often
+    /// listens on the VIP alone).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probe_port: Option<u16>,
 }
 
 impl Default for ScalingPolicy {
@@ -114,6 +121,7 @@ impl Default for ScalingPolicy {
             drain_timeout: Duration::from_secs(300),
             drain_idle: Duration::from_secs(10),
             dynamic_weights: true,
+            probe_port: None,
         }
     }
 }
@@ -131,6 +139,9 @@ impl ScalingPolicy {
 
     /// Checks what serde cannot; the message names the key and the fix.
     pub fn validate(&self) -> Result<(), String> {
+        if self.probe_port == Some(0) {
+            return Err("scaling.probe_port = 0: give the port the manager probes".into());
+        }
         for (key, value) in [
             ("upper", self.upper),
             ("lower", self.lower),
