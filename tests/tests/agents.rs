@@ -148,6 +148,20 @@ fn agents_report_real_load_and_survive_restarts() -> Result<()> {
             h.name
         );
     }
+    // Nothing duplicated: every report the restarted manager gets is new
+    // to it (a replayed or repeated one would count as stale or rejected),
+    // and reports keep arriving at the agents' rate.
+    std::thread::sleep(Duration::from_secs(2));
+    let stats = bal.lbctl(&["stats"])?;
+    let m = &stats["manager"];
+    assert_eq!(m["reports_stale"], 0, "{m}");
+    assert_eq!(m["messages_rejected"], 0, "{m}");
+    for h in &lab.servers {
+        let n = monitor(&bal, &h.name)
+            .and_then(|m| m["reports"].as_u64())
+            .unwrap_or(0);
+        assert!(n >= 5, "{}: {n} reports in 2 s after the restart", h.name);
+    }
     let burst = burst_to_vip(lab, PORT, 100)?;
     assert_eq!(burst.failed, 0, "{:?}", burst.errors);
     drop(agents);
