@@ -265,6 +265,19 @@ fn hot_server_gets_help_and_idle_one_goes_back() -> Result<()> {
         .iter()
         .find(|e| e["kind"] == "crossed" && e["server"] == "s1")
         .context("no crossing event")?;
+    // Every step of the allocation is an event, in order.
+    let steps: Vec<&str> = ev
+        .iter()
+        .skip_while(|e| !(e["kind"] == "allocating" && e["server"] == added.as_str()))
+        .map(|e| e["kind"].as_str().unwrap_or_default())
+        .filter(|k| ["allocating", "settings", "recorded", "acked", "allocated"].contains(k))
+        .take(5)
+        .collect();
+    assert_eq!(
+        steps,
+        ["allocating", "settings", "recorded", "acked", "allocated"],
+        "{ev:?}"
+    );
     // Recorded in the file, with its settings and pinned identity.
     let text = std::fs::read_to_string(&bal.config_path)?;
     assert!(text.contains("# The manager of this lab."), "comments kept");

@@ -268,7 +268,7 @@ impl Controller {
             .push("sync", &snapshot.config, &services, generation, &weights)
             .await;
         match result {
-            Ok(()) => {
+            Ok(_) => {
                 self.events.record(
                     NewEvent::new(
                         "synced",
@@ -766,7 +766,12 @@ impl Controller {
             .request_settings(server, SettingsKind::Connection, Some(app.clone()), timeout)
             .await
             .map_err(|e| format!("connection settings: {e}"))?;
-        let Message::ConnectionSettings(ConnectionSettings { addresses, mac, .. }) = connection
+        let Message::ConnectionSettings(ConnectionSettings {
+            addresses,
+            mac,
+            interface,
+            ..
+        }) = connection
         else {
             return Err("connection settings: unexpected answer".into());
         };
@@ -779,6 +784,25 @@ impl Controller {
             return Err("auth settings: unexpected answer".into());
         };
         let fingerprint = auth.server_fingerprint.to_string();
+        self.events.record(
+            NewEvent::new(
+                "settings",
+                format!(
+                    "connection settings: {} mac {} on {}; auth settings: control port {}, certificate {} pinned",
+                    addresses
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                    mac,
+                    interface,
+                    auth.control_port,
+                    fingerprint
+                ),
+            )
+            .service(service)
+            .server(server),
+        );
         let address = match existing {
             Some(s) => s.address,
             None => *addresses
@@ -1114,7 +1138,7 @@ impl Controller {
             .push("weights", &snapshot.config, &services, generation, &weights)
             .await
         {
-            Ok(()) => {
+            Ok(_) => {
                 self.events.record(
                     NewEvent::new(
                         "weights",
@@ -1163,10 +1187,16 @@ impl Controller {
                 ),
             ));
         }
+        let described: Vec<String> = edits.iter().map(Edit::describe).collect();
+        self.events.record(NewEvent::new(
+            "recorded",
+            format!("{}: {}", self.file.path().display(), described.join(", ")),
+        ));
         failpoint::hit(&format!("{action}.generation"));
         let generation = ops.generations.take_next()?;
         failpoint::hit(&format!("{action}.nodes"));
         let weights = ops.persisted.weights.clone();
+        let sent = Instant::now();
         match self
             .push(
                 action,
@@ -1177,7 +1207,19 @@ impl Controller {
             )
             .await
         {
-            Ok(()) => {
+            Ok(acks) => {
+                self.events.record(
+                    NewEvent::new(
+                        "acked",
+                        format!(
+                            "{} applied and read back on every node ({})",
+                            services.join(", "),
+                            acks.join(", ")
+                        ),
+                    )
+                    .took(sent.elapsed())
+                    .generation(generation),
+                );
                 failpoint::hit(&format!("{action}.done"));
                 Ok(generation)
             }
@@ -1192,7 +1234,7 @@ impl Controller {
                         .push("rollback", &updated.previous.config, services, g, &weights)
                         .await
                     {
-                        Ok(()) => {
+                        Ok(_) => {
                             format!("every node is back on the previous state (generation {g})")
                         }
                         Err(f) => format!(
@@ -1232,8 +1274,9 @@ impl Controller {
         services: &[String],
         generation: u64,
         weights: &BTreeMap<String, u32>,
-    ) -> Result<(), Vec<String>> {
+    ) -> Result<Vec<String>, Vec<String>> {
         let mut failures = Vec::new();
+        let mut acks = Vec::new();
         for name in services {
             let service =
                 desired_service(config, name, weights).unwrap_or_else(|| retired_service(name));
@@ -1246,10 +1289,11 @@ impl Controller {
             // first node applied and before the others heard of it.
             let partial = format!("{action}.partial");
             let rest = if failpoint::is_armed(&partial) {
-                if let Some(first) = self.nodes.first()
-                    && let Err(e) = self.send(first, message.clone()).await
-                {
-                    failures.push(e);
+                if let Some(first) = self.nodes.first() {
+                    match self.send(first, message.clone()).await {
+                        Ok(a) => acks.push(a),
+                        Err(e) => failures.push(e),
+                    }
                 }
                 failpoint::hit(&partial);
                 &self.nodes[1..]
@@ -1259,21 +1303,35 @@ impl Controller {
             let results =
                 futures::future::join_all(rest.iter().map(|node| self.send(node, message.clone())))
                     .await;
-            failures.extend(results.into_iter().filter_map(Result::err));
+            for r in results {
+                match r {
+                    Ok(a) => acks.push(a),
+                    Err(e) => failures.push(e),
+                }
+            }
         }
         if failures.is_empty() {
-            Ok(())
+            Ok(acks)
         } else {
             Err(failures)
         }
     }
 
-    async fn send(&self, node: &NodeLink, message: Reconfigure) -> Result<(), String> {
+    /// Sends one reconfiguration to one node, with retries; `Ok` names the
+    /// node and how long its ack took.
+    async fn send(&self, node: &NodeLink, message: Reconfigure) -> Result<String, String> {
         let timeout = Duration::from_millis(self.config.ack_timeout_ms);
         let mut last = String::new();
+        let started = Instant::now();
         for attempt in 0..=self.config.ack_retries {
             match node.reconfigure(message.clone(), timeout).await {
-                Ok(ack) if ack.status == lb_proto::AckStatus::Ok => return Ok(()),
+                Ok(ack) if ack.status == lb_proto::AckStatus::Ok => {
+                    return Ok(format!(
+                        "{} {} ms",
+                        node.name(),
+                        started.elapsed().as_millis()
+                    ));
+                }
                 Ok(ack) => {
                     last = format!(
                         "node `{}` did not apply generation {}: {}",
