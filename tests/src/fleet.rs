@@ -104,3 +104,52 @@ impl Fleet {
         ])
     }
 }
+
+/// A manager's node serving `web` on the lab's first VIP, for [`manager_config`].
+#[derive(Debug, Clone)]
+pub struct ScaledService<'a> {
+    pub port: u16,
+    pub interval_ms: u64,
+    /// The body of `[service.scaling]`.
+    pub scaling: &'a str,
+    /// More keys for `[manager]`.
+    pub manager_keys: &'a str,
+    /// `[[manager.node]]` entries: name, `host:port`.
+    pub remote_nodes: &'a [(&'a str, String)],
+    /// The first this many servers are allocated, the others free.
+    pub allocated: usize,
+}
+
+/// The config of a node that also runs the manager (with comments, which
+/// the manager's edits must keep).
+pub fn manager_config(lab: &Lab, pki: &Path, s: &ScaledService<'_>) -> String {
+    let mut c = format!(
+        "[node]\ninterfaces = [\"eth0\"]\npin_dir = \"{{pin_dir}}\"\nsocket = \"{{socket}}\"\nhash_seed = {}\n\n\
+         [limits]\nmax_services = 4\nmax_backends = 16\nflow_table_size = 4096\n\n\
+         # The manager of this lab.\n\
+         [manager]\nlisten = \"{}:{MANAGER_PORT}\"\nname = \"manager\"\ntls_dir = \"{}\"\nreport_interval_ms = {}\n\
+         state_dir = \"{{state_dir}}\"\nack_timeout_ms = 3000\n{}\n",
+        crate::balancer::LAB_SEED,
+        lab.node.eth0.v4,
+        pki.display(),
+        s.interval_ms,
+        s.manager_keys,
+    );
+    for (name, address) in s.remote_nodes {
+        c += &format!("[[manager.node]]\nname = \"{name}\"\naddress = \"{address}\"\n\n");
+    }
+    c += &format!(
+        "[[service]]\nname = \"web\"\nvip = \"{}\"\nport = {}\n[service.scaling]\n{}\n\n",
+        lab.vip4(),
+        s.port,
+        s.scaling
+    );
+    for (i, h) in lab.servers.iter().enumerate() {
+        let state = if i < s.allocated { "allocated" } else { "free" };
+        c += &format!(
+            "# {} is a lab server.\n[[server]]\nname = \"{}\"\naddress = \"{}\"\nservices = [\"web\"]\nstate = \"{state}\"\n\n",
+            h.name, h.name, h.eth0.v4
+        );
+    }
+    c
+}

@@ -9,7 +9,7 @@ use lb_proto::tls::{Role, SanEntry};
 use lb_tests::{
     HoldSession, Lab, LabProcess,
     balancer::{Balancer, LAB_SEED, attach_peer_pass, wait_until, workspace_bin},
-    fleet::{Fleet, MANAGER_PORT},
+    fleet::{self, Fleet, ScaledService},
     proto::LoadReport,
     require_root,
 };
@@ -29,39 +29,30 @@ const WORK_US: &str = "4000";
 /// 0.2 and well within two.
 const LOAD_RATE: u32 = 40;
 
-fn scaling_section() -> &'static str {
-    "[service.scaling]\nupper = 0.75\nlower = 0.25\nscale_out_window = \"0s\"\nscale_in_window = \"3s\"\n\
-     cooldown = \"2s\"\nwarmup = \"2s\"\nmin_servers = 1\nmax_servers = 3\ndrain_idle = \"2s\"\ndrain_timeout = \"10s\"\n\n"
-}
+const SCALING: &str = "upper = 0.75\nlower = 0.25\nscale_out_window = \"0s\"\nscale_in_window = \"3s\"\n\
+     cooldown = \"2s\"\nwarmup = \"2s\"\nmin_servers = 1\nmax_servers = 3\ndrain_idle = \"2s\"\ndrain_timeout = \"10s\"";
 
-/// The manager's node: s1 allocated, s2 and s3 in the free pool.
+/// The manager's node: s1 allocated, s2 and s3 in the free pool, node2
+/// (when the lab has it) reconfigured over mutual TLS.
 fn manager_config(lab: &Lab, pki: &Path) -> String {
-    let node2 = lab.node2.as_ref().map(|h| h.eth0.v4);
-    let mut c = format!(
-        "[node]\ninterfaces = [\"eth0\"]\npin_dir = \"{{pin_dir}}\"\nsocket = \"{{socket}}\"\nhash_seed = {LAB_SEED}\n\n\
-         [limits]\nmax_services = 4\nmax_backends = 16\nflow_table_size = 4096\n\n\
-         # The manager of this lab.\n\
-         [manager]\nlisten = \"{}:{MANAGER_PORT}\"\nname = \"manager\"\ntls_dir = \"{}\"\nreport_interval_ms = {INTERVAL_MS}\n\
-         state_dir = \"{{state_dir}}\"\nack_timeout_ms = 3000\n\n",
-        lab.node.eth0.v4,
-        pki.display(),
-    );
-    if let Some(n2) = node2 {
-        c += &format!("[[manager.node]]\nname = \"node2\"\naddress = \"{n2}:{NODE_PORT}\"\n\n");
-    }
-    c += &format!(
-        "[[service]]\nname = \"web\"\nvip = \"{}\"\nport = {PORT}\n",
-        lab.vip4()
-    );
-    c += scaling_section();
-    for (i, h) in lab.servers.iter().enumerate() {
-        let state = if i == 0 { "allocated" } else { "free" };
-        c += &format!(
-            "# {} is a lab server.\n[[server]]\nname = \"{}\"\naddress = \"{}\"\nservices = [\"web\"]\nstate = \"{state}\"\n\n",
-            h.name, h.name, h.eth0.v4
-        );
-    }
-    c
+    let remote: Vec<(&str, String)> = lab
+        .node2
+        .as_ref()
+        .map(|h| ("node2", format!("{}:{NODE_PORT}", h.eth0.v4)))
+        .into_iter()
+        .collect();
+    fleet::manager_config(
+        lab,
+        pki,
+        &ScaledService {
+            port: PORT,
+            interval_ms: INTERVAL_MS,
+            scaling: SCALING,
+            manager_keys: "",
+            remote_nodes: &remote,
+            allocated: 1,
+        },
+    )
 }
 
 /// The remote node: no services of its own, everything from the manager.
@@ -427,27 +418,20 @@ fn hot_server_gets_help_and_idle_one_goes_back() -> Result<()> {
     Ok(())
 }
 
-/// The manager's node with `s1`, `s2` allocated and `s3` free; scale-in
-/// held off for the whole test; `extra` goes into `[manager]`.
-fn steady_config(lab: &Lab, pki: &Path, scaling: &str, extra: &str) -> String {
-    let mut c = format!(
-        "[node]\ninterfaces = [\"eth0\"]\npin_dir = \"{{pin_dir}}\"\nsocket = \"{{socket}}\"\nhash_seed = {LAB_SEED}\n\n\
-         [limits]\nmax_services = 4\nmax_backends = 16\nflow_table_size = 4096\n\n\
-         [manager]\nlisten = \"{}:{MANAGER_PORT}\"\nname = \"manager\"\ntls_dir = \"{}\"\nreport_interval_ms = {INTERVAL_MS}\n\
-         state_dir = \"{{state_dir}}\"\nack_timeout_ms = 3000\nagent_backoff_ms = 500\n{extra}\n\
-         [[service]]\nname = \"web\"\nvip = \"{}\"\nport = {PORT}\n[service.scaling]\n{scaling}\n\n",
-        lab.node.eth0.v4,
-        pki.display(),
-        lab.vip4(),
-    );
-    for (i, h) in lab.servers.iter().enumerate() {
-        let state = if i < 2 { "allocated" } else { "free" };
-        c += &format!(
-            "[[server]]\nname = \"{}\"\naddress = \"{}\"\nservices = [\"web\"]\nstate = \"{state}\"\n\n",
-            h.name, h.eth0.v4
-        );
-    }
-    c
+/// The manager's node with `s1`, `s2` allocated and `s3` free.
+fn steady_config(lab: &Lab, pki: &Path, scaling: &str) -> String {
+    fleet::manager_config(
+        lab,
+        pki,
+        &ScaledService {
+            port: PORT,
+            interval_ms: INTERVAL_MS,
+            scaling,
+            manager_keys: "agent_backoff_ms = 500",
+            remote_nodes: &[],
+            allocated: 2,
+        },
+    )
 }
 
 fn member(bal: &Balancer, server: &str) -> Option<Value> {
@@ -523,7 +507,7 @@ fn failed_application_is_not_load_and_silent_agents_keep_serving() -> Result<()>
     for i in 0..3 {
         health(&mut lab, i)?;
     }
-    let mut bal = Balancer::start(&lab, &steady_config(&lab, fleet.pki_dir(), scaling, ""))?;
+    let mut bal = Balancer::start(&lab, &steady_config(&lab, fleet.pki_dir(), scaling))?;
     let mut agents: Vec<Option<LabProcess>> = (0..3)
         .map(|i| fleet.start_agent(&lab, i, PORT, INTERVAL_MS).map(Some))
         .collect::<Result<_>>()?;
@@ -779,6 +763,7 @@ fn failed_node_rolls_back_and_crashes_leave_a_whole_file() -> Result<()> {
         "[service.scaling]\n",
         "[service.scaling]\nenabled = false\n",
     );
+    assert!(config.contains("enabled = false"));
     let mut bal = Balancer::start(lab, &config)?;
     let _agents: Vec<LabProcess> = (0..3)
         .map(|i| fleet.start_agent(lab, i, PORT, INTERVAL_MS))

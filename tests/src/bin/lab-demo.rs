@@ -1,13 +1,19 @@
 //! `lab-demo`, run by `cargo xtask demo`: a network-namespace lab (client, balancer node, three
 //! real servers on a bridge), the balancer serving a VIP to real TCP
-//! clients with direct server return, printed results, then clean-up.
+//! clients with direct server return, printed results; then a second lab
+//! where the manager grows the pool under real load and shrinks it again;
+//! clean-up.
 
 use std::net::IpAddr;
+
+use std::time::Duration;
 
 use anyhow::{Result, bail};
 use lb_tests::{
     BurstOpts, Lab,
-    balancer::{Balancer, LAB_SEED, attach_peer_pass, workspace_bin},
+    balancer::{Balancer, LAB_SEED, attach_peer_pass, wait_until, workspace_bin},
+    fleet::{self, Fleet, ScaledService},
+    proto::LoadReport,
     run_burst,
 };
 
@@ -96,6 +102,85 @@ fn main() -> Result<()> {
     lbctl(&bal, &["stats"])?;
     let _ = IpAddr::V4(lab.vip4());
     println!("\ncleaning up (program detached, pins removed, namespaces deleted)");
+    drop(bal);
+    drop(lab);
+    autoscaling(server_bin, client_bin)
+}
+
+/// The manager at work: s1 serves, s2 and s3 wait in the free pool, each
+/// server in a cgroup of 0.2 CPU with an agent; load past s1's capacity
+/// brings in a free server, and the pool shrinks back when it stops.
+fn autoscaling(server_bin: &str, client_bin: &str) -> Result<()> {
+    println!("\n== autoscaling: a second lab, servers with agents and 0.2 CPU each ...");
+    let mut lab = Lab::builder().servers(3).build()?;
+    lab.server_args = vec!["--work-us".into(), "4000".into()];
+    lab.start_servers(server_bin, &[80], &[])?;
+    attach_peer_pass(&mut lab)?;
+    let fleet = Fleet::new(&mut lab)?;
+    let config = fleet::manager_config(
+        &lab,
+        fleet.pki_dir(),
+        &ScaledService {
+            port: 80,
+            interval_ms: 200,
+            scaling: "scale_in_window = \"3s\"\ncooldown = \"2s\"\nwarmup = \"2s\"\ndrain_idle = \"2s\"",
+            manager_keys: "",
+            remote_nodes: &[],
+            allocated: 1,
+        },
+    );
+    let bal = Balancer::start(&lab, &config)?;
+    let _agents: Vec<_> = (0..3)
+        .map(|i| fleet.start_agent(&lab, i, 80, 200))
+        .collect::<Result<_>>()?;
+    let ready = wait_until(Duration::from_secs(30), || {
+        bal.lbctl(&["pool"]).is_ok_and(|v| {
+            v["pools"][0]["free"]
+                .as_array()
+                .is_some_and(|f| f.len() == 2 && f.iter().all(|m| m["health"] == "up"))
+        })
+    });
+    if !ready {
+        bail!("the agents did not all report in 30 s");
+    }
+    println!("\n$ lbctl pool");
+    lbctl(&bal, &["pool"])?;
+    println!("\n40 connections a second for 12 s (each costs its server about 5 ms of CPU) ...");
+    let target = lab.vip4_addr(80).to_string();
+    let mut load = lab.client.ns.spawn(&[
+        client_bin,
+        "load",
+        "--target",
+        &target,
+        "--rate",
+        "40",
+        "--seconds",
+        "12",
+    ])?;
+    let line = load.read_line(Duration::from_secs(60))?;
+    let report: LoadReport = serde_json::from_str(&line)?;
+    println!(
+        "{} ok, {} failed, by server {:?}",
+        report.ok, report.failed, report.by_server
+    );
+    println!("\n$ lbctl pool");
+    lbctl(&bal, &["pool"])?;
+    println!("\nidle now: waiting for the scale-in window and the drain ...");
+    let shrunk = wait_until(Duration::from_secs(40), || {
+        bal.lbctl(&["pool"]).is_ok_and(|v| {
+            v["pools"][0]["members"]
+                .as_array()
+                .is_some_and(|m| m.len() == 1)
+        })
+    });
+    if !shrunk {
+        println!("(the pool has not shrunk yet)");
+    }
+    println!("\n$ lbctl events");
+    lbctl(&bal, &["events"])?;
+    println!("\n$ lbctl pool");
+    lbctl(&bal, &["pool"])?;
+    println!("\ncleaning up");
     drop(bal);
     drop(lab);
     Ok(())
