@@ -482,6 +482,16 @@ impl Config {
         })
     }
 
+    /// The services server `server` is listed in (none if there is no such
+    /// server).
+    pub fn services_of(&self, server: &str) -> Vec<String> {
+        self.server
+            .iter()
+            .find(|s| s.name.get_ref() == server)
+            .map(|s| s.services.iter().map(|n| n.get_ref().clone()).collect())
+            .unwrap_or_default()
+    }
+
     /// Warnings that do not stop the config (said in the log).
     pub fn warnings(&self) -> Vec<String> {
         let mut out = Vec::new();

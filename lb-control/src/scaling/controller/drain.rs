@@ -1,0 +1,220 @@
+//! Draining: a server stops taking new flows, and goes back to the free
+//! pool once its flows ended or the drain timed out.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tracing::warn;
+
+use super::{Controller, Ops};
+use crate::{
+    config::{Config, ServerConfig, ServerState, ServiceConfig},
+    manager::db::Monitor,
+    scaling::{config_file::Edit, events::NewEvent},
+};
+
+fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Controller {
+    /// Marks `server` draining (or, when it also serves other services,
+    /// takes it out of this one, which keeps its flows the same way).
+    pub(super) async fn drain_locked(
+        &self,
+        ops: &mut Ops,
+        service: &str,
+        server: &str,
+        reason: &str,
+    ) -> Result<(), String> {
+        let t0 = Instant::now();
+        let snapshot = self.file.read().map_err(|e| e.to_string())?;
+        let Some(s) = snapshot
+            .config
+            .server
+            .iter()
+            .find(|s| s.name.get_ref() == server)
+        else {
+            return Err(format!("no server `{server}` in the configuration"));
+        };
+        let shared = s.services.iter().filter(|n| n.get_ref() != service).count() > 0;
+        let edits = if shared {
+            vec![Edit::LeaveService {
+                server: server.into(),
+                service: service.into(),
+            }]
+        } else {
+            vec![Edit::SetState {
+                server: server.into(),
+                state: ServerState::Draining,
+            }]
+        };
+        let services = self.services_of(server, service)?;
+        let generation = self.change(ops, "drain", &services, &edits).await?;
+        if !shared {
+            ops.persisted.drains.insert(server.to_owned(), wall_ms());
+            self.save(ops);
+        }
+        if let Some(p) = ops.policies.get_mut(service) {
+            p.record_change(Instant::now());
+        }
+        self.events.record(
+            NewEvent::new(
+                "draining",
+                format!(
+                    "{reason}{}",
+                    if shared {
+                        "; it serves other services too, so it left this one (its flows still reach it)"
+                    } else {
+                        ""
+                    }
+                ),
+            )
+            .service(service)
+            .server(server)
+            .took(t0.elapsed())
+            .generation(generation),
+        );
+        Ok(())
+    }
+
+    /// Ends the drains that are complete (no connection on the VIP, no
+    /// packet on any node for `drain_idle`) or timed out.
+    pub(super) async fn drains(&self, ops: &mut Ops, config: &Config) {
+        let timeout = Duration::from_millis(self.config.ack_timeout_ms);
+        let draining: Vec<(&ServerConfig, &ServiceConfig)> = config
+            .server
+            .iter()
+            .filter(|s| s.state == ServerState::Draining)
+            .filter_map(|s| {
+                let first = s.services.first()?;
+                let svc = config
+                    .service
+                    .iter()
+                    .find(|x| x.name.get_ref() == first.get_ref())?;
+                Some((s, svc))
+            })
+            .collect();
+        if draining.is_empty() {
+            if !ops.persisted.drains.is_empty() {
+                ops.persisted.drains.clear();
+                self.save(ops);
+            }
+            return;
+        }
+        let mut statuses = Vec::new();
+        for node in &self.nodes {
+            statuses.push((node.name().to_owned(), node.status(false, timeout).await));
+        }
+        for (server, svc) in draining {
+            let name = server.name.get_ref();
+            let service = svc.name.get_ref();
+            let policy = &svc.scaling;
+            let began = *ops
+                .persisted
+                .drains
+                .entry(name.clone())
+                .or_insert_with(wall_ms);
+            let elapsed = Duration::from_millis(wall_ms().saturating_sub(began));
+            let established = {
+                let db = self.manager.db.lock().await;
+                db.get(name)
+                    .filter(|r| r.monitor == Monitor::Monitored)
+                    .and_then(|r| r.last_report.as_ref())
+                    .and_then(|r| r.applications.iter().find(|a| a.name == svc.application()))
+                    .map(|a| a.vip_established)
+            };
+            let mut idle_everywhere = true;
+            let mut busiest = Duration::ZERO;
+            for (node, status) in &statuses {
+                match status {
+                    Ok(list) => {
+                        for b in list
+                            .iter()
+                            .filter(|b| &b.service == service && &b.server == name)
+                        {
+                            if let Some(ms) = b.idle_ms {
+                                let idle = Duration::from_millis(ms);
+                                if idle < policy.drain_idle {
+                                    idle_everywhere = false;
+                                    busiest = busiest.max(policy.drain_idle - idle);
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        idle_everywhere = false;
+                        warn!(node, error = %e, "no status from node; drain waits");
+                    }
+                }
+            }
+            if established == Some(0) && idle_everywhere {
+                let reason = format!(
+                    "drained after {:.1} s: no connection on {}:{} and no packet on any node for {:?}",
+                    elapsed.as_secs_f64(),
+                    svc.vip,
+                    svc.port,
+                    policy.drain_idle
+                );
+                let _ = self.release(ops, service, name, &reason, false).await;
+            } else if elapsed >= policy.drain_timeout {
+                let mut flows = 0;
+                for node in &self.nodes {
+                    if let Ok(list) = node.status(true, timeout).await {
+                        flows += list
+                            .iter()
+                            .filter(|b| &b.service == service && &b.server == name)
+                            .filter_map(|b| b.flows)
+                            .sum::<u64>();
+                    }
+                }
+                let reason = format!(
+                    "drain timeout {:?} passed with {} connections reported on the VIP; {flows} flow entries invalidated",
+                    policy.drain_timeout,
+                    established.map_or("unknown".into(), |n| n.to_string()),
+                );
+                let _ = self.release(ops, service, name, &reason, true).await;
+            }
+        }
+    }
+
+    /// Returns a drained server to the free pool; `invalidate`: first put it
+    /// down so the flows still pointing at it are re-hashed.
+    pub(super) async fn release(
+        &self,
+        ops: &mut Ops,
+        service: &str,
+        server: &str,
+        reason: &str,
+        invalidate: bool,
+    ) -> Result<(), String> {
+        let t0 = Instant::now();
+        let services = self.services_of(server, service)?;
+        if invalidate {
+            let edits = [Edit::SetState {
+                server: server.into(),
+                state: ServerState::Down,
+            }];
+            self.change(ops, "deallocate", &services, &edits).await?;
+        }
+        let edits = [Edit::SetState {
+            server: server.into(),
+            state: ServerState::Free,
+        }];
+        let generation = self.change(ops, "deallocate", &services, &edits).await?;
+        ops.persisted.drains.remove(server);
+        ops.persisted.weights.remove(server);
+        ops.trackers.remove(server);
+        self.save(ops);
+        self.events.record(
+            NewEvent::new("deallocated", format!("{reason}; back in the free pool"))
+                .service(service)
+                .server(server)
+                .took(t0.elapsed())
+                .generation(generation),
+        );
+        Ok(())
+    }
+}

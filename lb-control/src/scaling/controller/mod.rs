@@ -1,0 +1,547 @@
+//! The manager's control loop: reads the server database and the
+//! configuration file, asks the policy what to do for each service, and
+//! carries it out — allocation, drain, de-allocation, failure, restoration,
+//! weights — each as a recorded change: configuration file first (atomic,
+//! compare-and-swap), then a new generation to every node, acked by all or
+//! rolled back.
+
+mod allocate;
+mod drain;
+mod observe;
+mod operator;
+
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use lb_proto::{Reconfigure, tls::Pki};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+use tracing::warn;
+
+use super::{
+    config_file::{ConfigFile, Edit, Snapshot},
+    events::{EventLog, NewEvent},
+    failpoint,
+    generation::Generations,
+    policy::{Decision, PolicyState},
+    weights::WeightTracker,
+};
+use crate::{
+    config::{Config, ServerState},
+    manager::{Manager, ManagerConfig},
+    nodelink::{NodeAgent, NodeLink, desired_service, remote::RemoteNode, retired_service},
+};
+
+use observe::{Band, ProbeState};
+pub use operator::{PoolMember, PoolReport};
+
+/// What the manager keeps across its restarts besides the generation:
+/// the weights the nodes have (so a restart rebuilds the same tables) and
+/// when each drain began (so a restart does not restart its timeout).
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+struct Persisted {
+    weights: BTreeMap<String, u32>,
+    /// Server → wall-clock ms when its drain began.
+    drains: BTreeMap<String, u64>,
+}
+
+/// The weights a manager last published (from its state directory), to
+/// apply with the file at start so a restart rebuilds the same tables.
+pub fn persisted_weights(state_dir: &std::path::Path) -> BTreeMap<String, u32> {
+    std::fs::read(state_dir.join("controller-state.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Persisted>(&b).ok())
+        .map(|p| p.weights)
+        .unwrap_or_default()
+}
+
+struct Ops {
+    generations: Generations,
+    policies: BTreeMap<String, PolicyState>,
+    trackers: BTreeMap<String, WeightTracker>,
+    persisted: Persisted,
+    /// Server → (state seen, since when).
+    since: BTreeMap<String, (ServerState, Instant)>,
+    /// Per (service, server): the band last reported, and since when.
+    bands: BTreeMap<(String, String), (Band, Instant)>,
+    smoothed: BTreeMap<(String, String), f64>,
+    /// The last report time already judged for threshold crossings, per
+    /// (service, server).
+    judged: BTreeMap<(String, String), Instant>,
+}
+
+/// The control loop and the operator's actions.
+pub struct Controller {
+    manager: Arc<Manager>,
+    config: ManagerConfig,
+    file: ConfigFile,
+    nodes: Vec<NodeLink>,
+    pub events: Arc<EventLog>,
+    state_path: PathBuf,
+    started: Instant,
+    ops: Mutex<Ops>,
+    /// The manager's own probes, per (service, server).
+    probes: std::sync::Mutex<BTreeMap<(String, String), ProbeState>>,
+}
+
+fn state_name(state: ServerState) -> &'static str {
+    match state {
+        ServerState::Allocated => "allocated",
+        ServerState::Draining => "draining",
+        ServerState::Down => "down",
+        ServerState::Failed => "failed",
+        ServerState::Free => "free",
+    }
+}
+
+impl Controller {
+    /// Sets up the controller: state directory, generation counter, event
+    /// log, links to the local node and every `[[manager.node]]`.
+    pub fn new(
+        manager: Arc<Manager>,
+        config_path: PathBuf,
+        local: Arc<NodeAgent>,
+    ) -> Result<Arc<Self>, String> {
+        let config = manager.config.clone();
+        let dir = config.state_dir.clone();
+        let generations = Generations::open(&dir)?;
+        let state_path = dir.join("controller-state.json");
+        let persisted: Persisted = match std::fs::read(&state_path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                format!(
+                    "{}: {e} (move it away to start with configured weights)",
+                    state_path.display()
+                )
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Persisted::default(),
+            Err(e) => return Err(format!("cannot read {}: {e}", state_path.display())),
+        };
+        let mut nodes = vec![NodeLink::Local(local)];
+        if !config.nodes.is_empty() {
+            let Some(tls_dir) = &config.tls_dir else {
+                return Err("manager.node needs manager.tls_dir".into());
+            };
+            let pki = Pki::new(tls_dir);
+            for n in &config.nodes {
+                let remote = RemoteNode::new(n.clone(), &config.name, &pki)
+                    .map_err(|e| format!("manager.node `{}`: {e}", n.name))?;
+                nodes.push(NodeLink::Remote(Arc::new(remote)));
+            }
+        }
+        let events = Arc::new(EventLog::open(Some(&dir)));
+        let started = Instant::now();
+        Ok(Arc::new(Self {
+            manager,
+            config,
+            file: ConfigFile::new(config_path),
+            nodes,
+            events,
+            state_path,
+            started,
+            probes: std::sync::Mutex::new(BTreeMap::new()),
+            ops: Mutex::new(Ops {
+                generations,
+                policies: BTreeMap::new(),
+                trackers: BTreeMap::new(),
+                persisted,
+                since: BTreeMap::new(),
+                bands: BTreeMap::new(),
+                smoothed: BTreeMap::new(),
+                judged: BTreeMap::new(),
+            }),
+        }))
+    }
+
+    /// The weights the nodes were last given (applied by the local node
+    /// at start, before the first generation, so a restart changes no
+    /// table).
+    pub async fn published_weights(&self) -> BTreeMap<String, u32> {
+        self.ops.lock().await.persisted.weights.clone()
+    }
+
+    /// The agents' longest reconnect backoff (their 10 s cap plus jitter):
+    /// failure verdicts wait for it after a start.
+    fn max_backoff(&self) -> Duration {
+        Duration::from_millis(self.config.agent_backoff_ms)
+    }
+
+    /// Runs the loop forever: evaluates four times per report interval.
+    pub async fn run(self: Arc<Self>) {
+        tokio::spawn(self.clone().probe_loop());
+        let period = (self.config.report_interval() / 4).max(Duration::from_millis(25));
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.tick().await;
+        }
+    }
+
+    /// Sends every service of the file to every node with a new generation
+    /// (at start, after a reload): the nodes converge on the file.
+    pub async fn sync_all(&self, why: &str) -> Result<u64, String> {
+        let mut ops = self.ops.lock().await;
+        let snapshot = self.file.read().map_err(|e| e.to_string())?;
+        let mut services: Vec<String> = snapshot
+            .config
+            .service
+            .iter()
+            .map(|s| s.name.get_ref().clone())
+            .collect();
+        // Services a node still has that the file no longer names.
+        for node in &self.nodes {
+            if let Ok(list) = node
+                .status(false, Duration::from_millis(self.config.ack_timeout_ms))
+                .await
+            {
+                for b in list {
+                    if !services.contains(&b.service) && !b.service.starts_with('#') {
+                        services.push(b.service);
+                    }
+                }
+            }
+        }
+        let generation = ops.generations.take_next()?;
+        let started = Instant::now();
+        let weights = ops.persisted.weights.clone();
+        let result = self
+            .push("sync", &snapshot.config, &services, generation, &weights)
+            .await;
+        match result {
+            Ok(_) => {
+                self.events.record(
+                    NewEvent::new(
+                        "synced",
+                        format!(
+                            "{why}: {} services sent to {} nodes, all acked",
+                            services.len(),
+                            self.nodes.len()
+                        ),
+                    )
+                    .took(started.elapsed())
+                    .generation(generation),
+                );
+                Ok(generation)
+            }
+            Err(failures) => {
+                let text = failures.join("; ");
+                self.events.record(
+                    NewEvent::new("sync-failed", format!("{why}: {text}")).generation(generation),
+                );
+                Err(text)
+            }
+        }
+    }
+
+    /// One evaluation of every service.
+    pub async fn tick(&self) {
+        let mut ops = self.ops.lock().await;
+        let snapshot = match self.file.read() {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "configuration file unreadable; no decisions until it is fixed");
+                return;
+            }
+        };
+        let now = Instant::now();
+        self.track_states(&mut ops, &snapshot.config, now);
+        self.crossings(&mut ops, &snapshot.config).await;
+        self.drains(&mut ops, &snapshot.config).await;
+        let mut decisions = Vec::new();
+        for svc in &snapshot.config.service {
+            let name = svc.name.get_ref().clone();
+            let view = self.pool_view(&ops, &snapshot.config, svc, now).await;
+            let started = self.started;
+            let state = ops
+                .policies
+                .entry(name.clone())
+                .or_insert_with(|| PolicyState::new(started));
+            for d in state.evaluate(
+                &svc.scaling,
+                &view,
+                self.config.report_interval(),
+                self.max_backoff(),
+                now,
+            ) {
+                decisions.push((name.clone(), d));
+            }
+        }
+        for (service, decision) in decisions {
+            self.execute(&mut ops, &service, decision).await;
+        }
+        self.weights(&mut ops).await;
+    }
+
+    async fn execute(&self, ops: &mut Ops, service: &str, decision: Decision) {
+        let result = match decision {
+            Decision::Allocate { candidate, reason } => {
+                self.allocate_locked(ops, service, &candidate, &reason)
+                    .await
+            }
+            Decision::Drain { server, reason } => {
+                self.drain_locked(ops, service, &server, &reason).await
+            }
+            Decision::Fail { server, reason } => {
+                let edits = [Edit::SetState {
+                    server: server.clone(),
+                    state: ServerState::Failed,
+                }];
+                self.simple_change(ops, "fail", "failed", service, &server, &edits, &reason)
+                    .await
+            }
+            Decision::Restore { server, reason } => {
+                let edits = [Edit::SetState {
+                    server: server.clone(),
+                    state: ServerState::Allocated,
+                }];
+                self.simple_change(
+                    ops, "restore", "restored", service, &server, &edits, &reason,
+                )
+                .await
+            }
+            Decision::Notice { kind, message } => {
+                self.events.record(
+                    NewEvent::new("notice", format!("{kind:?}: {message}")).service(service),
+                );
+                Ok(())
+            }
+        };
+        if let Err(e) = result {
+            warn!(service, error = %e, "decision not carried out");
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn simple_change(
+        &self,
+        ops: &mut Ops,
+        action: &str,
+        kind: &'static str,
+        service: &str,
+        server: &str,
+        edits: &[Edit],
+        reason: &str,
+    ) -> Result<(), String> {
+        let t0 = Instant::now();
+        let services = self.services_of(server, service)?;
+        let generation = self.change(ops, action, &services, edits).await?;
+        self.events.record(
+            NewEvent::new(kind, reason)
+                .service(service)
+                .server(server)
+                .took(t0.elapsed())
+                .generation(generation),
+        );
+        Ok(())
+    }
+
+    /// The services a change of `server`'s state touches: every service it
+    /// is listed in, and `service`.
+    fn services_of(&self, server: &str, service: &str) -> Result<Vec<String>, String> {
+        let snapshot = self.file.read().map_err(|e| e.to_string())?;
+        let mut out = snapshot.config.services_of(server);
+        if !out.iter().any(|s| s == service) {
+            out.push(service.to_owned());
+        }
+        Ok(out)
+    }
+
+    fn save(&self, ops: &Ops) {
+        match serde_json::to_vec_pretty(&ops.persisted) {
+            Ok(bytes) => {
+                if let Err(e) = crate::atomic_file::write(&self.state_path, &bytes) {
+                    warn!(file = %self.state_path.display(), error = %e, "cannot record controller state");
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot encode controller state"),
+        }
+    }
+
+    /// One recorded change: the file (compare-and-swap), a generation, every
+    /// node; on any node's failure the file and the nodes go back.
+    async fn change(
+        &self,
+        ops: &mut Ops,
+        action: &str,
+        services: &[String],
+        edits: &[Edit],
+    ) -> Result<u64, String> {
+        let base: Snapshot = self.file.read().map_err(|e| e.to_string())?;
+        failpoint::hit(&format!("{action}.file"));
+        let updated = self.file.update(&base, edits).map_err(|e| e.to_string())?;
+        if updated.rebased {
+            self.events.record(NewEvent::new(
+                "conflict",
+                format!(
+                    "{} was edited by someone else since it was read; the change ({}) was re-applied on top of that edit",
+                    self.file.path().display(),
+                    edits.iter().map(Edit::describe).collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+        let described: Vec<String> = edits.iter().map(Edit::describe).collect();
+        self.events.record(NewEvent::new(
+            "recorded",
+            format!("{}: {}", self.file.path().display(), described.join(", ")),
+        ));
+        failpoint::hit(&format!("{action}.generation"));
+        let generation = ops.generations.take_next()?;
+        failpoint::hit(&format!("{action}.nodes"));
+        let weights = ops.persisted.weights.clone();
+        let sent = Instant::now();
+        match self
+            .push(
+                action,
+                &updated.snapshot.config,
+                services,
+                generation,
+                &weights,
+            )
+            .await
+        {
+            Ok(acks) => {
+                self.events.record(
+                    NewEvent::new(
+                        "acked",
+                        format!(
+                            "{} applied and read back on every node ({})",
+                            services.join(", "),
+                            acks.join(", ")
+                        ),
+                    )
+                    .took(sent.elapsed())
+                    .generation(generation),
+                );
+                failpoint::hit(&format!("{action}.done"));
+                Ok(generation)
+            }
+            Err(failures) => {
+                let failure = failures.join("; ");
+                let file = match self.file.restore(&updated.previous, &updated.snapshot) {
+                    Ok(()) => "the file is back as it was".to_owned(),
+                    Err(e) => format!("the file could not be restored: {e}"),
+                };
+                let nodes = match ops.generations.take_next() {
+                    Ok(g) => match self
+                        .push("rollback", &updated.previous.config, services, g, &weights)
+                        .await
+                    {
+                        Ok(_) => {
+                            format!("every node is back on the previous state (generation {g})")
+                        }
+                        Err(f) => format!(
+                            "nodes not all back on the previous state (generation {g}): {}",
+                            f.join("; ")
+                        ),
+                    },
+                    Err(e) => e,
+                };
+                self.events.record(
+                    NewEvent::new(
+                        "rolled-back",
+                        format!(
+                            "{} failed on the nodes ({failure}); {file}; {nodes}",
+                            edits
+                                .iter()
+                                .map(Edit::describe)
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    )
+                    .generation(generation),
+                );
+                Err(format!(
+                    "nodes did not all apply generation {generation}: {failure}"
+                ))
+            }
+        }
+    }
+
+    /// Sends the desired state of `services` in `config` to every node and
+    /// waits for every ack (each node retried `ack_retries` times).
+    async fn push(
+        &self,
+        action: &str,
+        config: &Config,
+        services: &[String],
+        generation: u64,
+        weights: &BTreeMap<String, u32>,
+    ) -> Result<Vec<String>, Vec<String>> {
+        let mut failures = Vec::new();
+        let mut acks = Vec::new();
+        for name in services {
+            let service =
+                desired_service(config, name, weights).unwrap_or_else(|| retired_service(name));
+            let message = Reconfigure {
+                seq: 0,
+                generation,
+                service,
+            };
+            // The crash test's `<action>.partial` failpoint stops after the
+            // first node applied and before the others heard of it.
+            let partial = format!("{action}.partial");
+            let rest = if failpoint::is_armed(&partial) {
+                if let Some(first) = self.nodes.first() {
+                    match self.send(first, message.clone()).await {
+                        Ok(a) => acks.push(a),
+                        Err(e) => failures.push(e),
+                    }
+                }
+                failpoint::hit(&partial);
+                &self.nodes[1..]
+            } else {
+                &self.nodes[..]
+            };
+            let results =
+                futures::future::join_all(rest.iter().map(|node| self.send(node, message.clone())))
+                    .await;
+            for r in results {
+                match r {
+                    Ok(a) => acks.push(a),
+                    Err(e) => failures.push(e),
+                }
+            }
+        }
+        if failures.is_empty() {
+            Ok(acks)
+        } else {
+            Err(failures)
+        }
+    }
+
+    /// Sends one reconfiguration to one node, with retries; `Ok` names the
+    /// node and how long its ack took.
+    async fn send(&self, node: &NodeLink, message: Reconfigure) -> Result<String, String> {
+        let timeout = Duration::from_millis(self.config.ack_timeout_ms);
+        let mut last = String::new();
+        let started = Instant::now();
+        for attempt in 0..=self.config.ack_retries {
+            match node.reconfigure(message.clone(), timeout).await {
+                Ok(ack) if ack.status == lb_proto::AckStatus::Ok => {
+                    return Ok(format!(
+                        "{} {} ms",
+                        node.name(),
+                        started.elapsed().as_millis()
+                    ));
+                }
+                Ok(ack) => {
+                    last = format!(
+                        "node `{}` did not apply generation {}: {}",
+                        node.name(),
+                        ack.generation,
+                        ack.error.unwrap_or_default()
+                    )
+                }
+                Err(e) => last = e.to_string(),
+            }
+            if attempt < self.config.ack_retries {
+                tokio::time::sleep(Duration::from_millis(200 * (attempt as u64 + 1))).await;
+            }
+        }
+        Err(last)
+    }
+}

@@ -1,0 +1,412 @@
+//! What the controller observes: each service's pool as the policy sees
+//! it, the manager's own probes, utilization crossings as events, and the
+//! weights that follow idle capacity.
+
+use std::{
+    collections::BTreeSet,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use lb_proto::HealthState;
+
+use super::{Controller, Ops};
+use crate::{
+    config::{Config, ServerState, ServiceConfig},
+    manager::db::Monitor,
+    scaling::{
+        events::NewEvent,
+        policy::{Candidate, Health, Member, MemberState, PoolView},
+        weights::WeightTracker,
+    },
+};
+
+/// EWMA factor of the weight trackers.
+const WEIGHT_ALPHA: f64 = 0.3;
+/// How far utilization must move back past a level before the crossing
+/// back is an event.
+const CROSSING_HYSTERESIS: f64 = 0.1;
+/// Report intervals a band is held before the next crossing is an event.
+const CROSSING_DWELL: u32 = 5;
+/// EWMA factor of the utilization crossings are judged on.
+const CROSSING_ALPHA: f64 = 0.3;
+/// Weights are republished at most this often.
+const WEIGHT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Where a server's utilization sits relative to a service's levels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Band {
+    Low,
+    Mid,
+    High,
+}
+
+/// Rise and fall of the manager's probe.
+const PROBE_RISE: u32 = 2;
+const PROBE_FALL: u32 = 3;
+
+/// One member's manager-side probe.
+#[derive(Debug, Clone, Default)]
+pub(super) struct ProbeState {
+    ok_streak: u32,
+    fail_streak: u32,
+    /// `Some(true)` up, `Some(false)` down, `None` not enough probes yet.
+    up: Option<bool>,
+    detail: String,
+}
+
+impl Controller {
+    pub(super) fn track_states(&self, ops: &mut Ops, config: &Config, now: Instant) {
+        let started = self.started;
+        for s in &config.server {
+            let entry = ops
+                .since
+                .entry(s.name.get_ref().clone())
+                .or_insert((s.state, started));
+            if entry.0 != s.state {
+                *entry = (s.state, now);
+            }
+        }
+    }
+
+    /// The policy's view of one service.
+    pub(super) async fn pool_view(
+        &self,
+        ops: &Ops,
+        config: &Config,
+        svc: &ServiceConfig,
+        _now: Instant,
+    ) -> PoolView {
+        let name = svc.name.get_ref();
+        let app = svc.application();
+        let db = self.manager.db.lock().await;
+        let mut view = PoolView::default();
+        let mut in_config = BTreeSet::new();
+        for s in &config.server {
+            in_config.insert(s.name.get_ref().clone());
+        }
+        for s in config.members(name) {
+            let state = match s.state {
+                ServerState::Allocated => MemberState::Allocated,
+                ServerState::Draining => MemberState::Draining,
+                ServerState::Failed => MemberState::Failed,
+                // Taken out by the operator: not the policy's to judge.
+                ServerState::Down | ServerState::Free => continue,
+            };
+            let server = s.name.get_ref();
+            let record = db.get(server);
+            let report = record.and_then(|r| r.last_report.as_ref());
+            let status = report.and_then(|r| r.applications.iter().find(|a| a.name == app));
+            view.members.push(Member {
+                name: server.clone(),
+                state,
+                monitored: record.is_some_and(|r| r.monitor == Monitor::Monitored),
+                health: match (status.map(|a| a.health.state), self.probe_up(name, server)) {
+                    (Some(HealthState::Down), _) | (_, Some(false)) => Health::Down,
+                    (Some(HealthState::Up), _) => Health::Up,
+                    _ => Health::Unknown,
+                },
+                utilization: report.map(|r| r.utilization.value),
+                capacity: record.map_or(1.0, |r| r.hello.cores).max(0.01),
+                since: ops.since.get(server).map_or(self.started, |x| x.1),
+            });
+        }
+        let free_in_config: BTreeSet<&str> = config
+            .server
+            .iter()
+            .filter(|s| s.state == ServerState::Free)
+            .map(|s| s.name.get_ref().as_str())
+            .collect();
+        for record in db.iter() {
+            let hosts = record.hello.applications.iter().any(|a| a.name == app);
+            let free = free_in_config.contains(record.host.as_str())
+                || (!in_config.contains(&record.host) && record.hello.spare);
+            if !hosts || !free {
+                continue;
+            }
+            let report = record.last_report.as_ref();
+            let status = report.and_then(|r| r.applications.iter().find(|a| a.name == app));
+            let ready = status.is_some_and(|a| {
+                a.readiness.iter().any(|x| x.vip == svc.vip && x.ready)
+                    && a.health.state == HealthState::Up
+            });
+            view.free.push(Candidate {
+                name: record.host.clone(),
+                utilization: report.map(|r| r.utilization.value),
+                capacity: record.hello.cores.max(0.01),
+                functional: record.monitor == Monitor::Monitored && ready,
+            });
+        }
+        view
+    }
+
+    fn probe_up(&self, service: &str, server: &str) -> Option<bool> {
+        self.probes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(service.to_owned(), server.to_owned()))
+            .and_then(|p| p.up)
+    }
+
+    /// The manager's own probes (`[service.scaling] probe_port`): a TCP
+    /// connect to each member's address, once per report interval.
+    pub(super) async fn probe_loop(self: Arc<Self>) {
+        let interval = self
+            .config
+            .report_interval()
+            .max(Duration::from_millis(100));
+        let timeout = interval.min(Duration::from_secs(1));
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Ok(snapshot) = self.file.read() else {
+                continue;
+            };
+            let mut targets = Vec::new();
+            for svc in &snapshot.config.service {
+                let Some(port) = svc.scaling.probe_port else {
+                    continue;
+                };
+                for s in snapshot.config.members(svc.name.get_ref()) {
+                    targets.push((
+                        svc.name.get_ref().clone(),
+                        s.name.get_ref().clone(),
+                        std::net::SocketAddr::new(s.address, port),
+                    ));
+                }
+            }
+            let results = futures::future::join_all(targets.into_iter().map(
+                |(service, server, addr)| async move {
+                    let outcome =
+                        match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
+                            .await
+                        {
+                            Ok(Ok(_)) => Ok(()),
+                            Ok(Err(e)) => Err(format!("connect {addr}: {e}")),
+                            Err(_) => Err(format!("connect {addr}: no answer within {timeout:?}")),
+                        };
+                    (service, server, outcome)
+                },
+            ))
+            .await;
+            let mut changes = Vec::new();
+            {
+                let mut probes = self.probes.lock().unwrap_or_else(|p| p.into_inner());
+                let live: BTreeSet<(String, String)> = results
+                    .iter()
+                    .map(|(a, b, _)| (a.clone(), b.clone()))
+                    .collect();
+                probes.retain(|k, _| live.contains(k));
+                for (service, server, outcome) in results {
+                    let p = probes.entry((service.clone(), server.clone())).or_default();
+                    let before = p.up;
+                    match outcome {
+                        Ok(()) => {
+                            p.ok_streak += 1;
+                            p.fail_streak = 0;
+                            if p.ok_streak >= PROBE_RISE {
+                                p.up = Some(true);
+                            }
+                        }
+                        Err(detail) => {
+                            p.fail_streak += 1;
+                            p.ok_streak = 0;
+                            p.detail = detail;
+                            if p.fail_streak >= PROBE_FALL {
+                                p.up = Some(false);
+                            }
+                        }
+                    }
+                    if before.is_some() && before != p.up || before.is_none() && p.up == Some(false)
+                    {
+                        changes.push((service, server, p.up, p.detail.clone()));
+                    }
+                }
+            }
+            for (service, server, up, detail) in changes {
+                let reason = if up == Some(true) {
+                    "the manager's probe answers again".to_owned()
+                } else {
+                    format!("the manager's probe fails {PROBE_FALL} times in a row: {detail}")
+                };
+                self.events.record(
+                    NewEvent::new("probe", reason)
+                        .service(&service)
+                        .server(&server),
+                );
+            }
+        }
+    }
+
+    /// Threshold crossings, judged on each new report, as events.
+    pub(super) async fn crossings(&self, ops: &mut Ops, config: &Config) {
+        let db = self.manager.db.lock().await;
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        let mut found = Vec::new();
+        let dwell = self.config.report_interval() * CROSSING_DWELL;
+        for svc in &config.service {
+            let policy = &svc.scaling;
+            for s in config.members(svc.name.get_ref()) {
+                let server = s.name.get_ref();
+                let Some(record) = db.get(server) else {
+                    continue;
+                };
+                let (Some(report), Some(at)) = (&record.last_report, record.last_report_at) else {
+                    continue;
+                };
+                let u = report.utilization.value;
+                let key = (svc.name.get_ref().clone(), server.clone());
+                // Each new report moves a smoothed figure; a rise to the
+                // upper level counts at once (it starts an allocation), every
+                // other move needs the smoothed figure past the level by
+                // CROSSING_HYSTERESIS, so noise is not a stream of events.
+                let fresh = ops.judged.get(&key) != Some(&at);
+                let smooth = ops.smoothed.entry(key.clone()).or_insert(u);
+                if fresh {
+                    *smooth += CROSSING_ALPHA * (u - *smooth);
+                }
+                let smooth = *smooth;
+                // Nothing seen yet counts as between the levels, long ago.
+                let previous = ops
+                    .bands
+                    .get(&key)
+                    .copied()
+                    .or(Some((Band::Mid, now.checked_sub(dwell).unwrap_or(now))));
+                let band = match previous {
+                    Some((Band::High, _)) if smooth > policy.upper - CROSSING_HYSTERESIS => {
+                        Band::High
+                    }
+                    Some((Band::Low, _)) if smooth < policy.lower + CROSSING_HYSTERESIS => {
+                        Band::Low
+                    }
+                    _ if u >= policy.upper => Band::High,
+                    _ if smooth <= policy.lower => Band::Low,
+                    _ => Band::Mid,
+                };
+                match previous {
+                    None => {
+                        ops.bands.insert(key.clone(), (band, now));
+                    }
+                    // A band is held at least CROSSING_DWELL report
+                    // intervals before the next crossing counts.
+                    Some((old, since))
+                        if old != band
+                            && fresh
+                            && now.saturating_duration_since(since) >= dwell =>
+                    {
+                        ops.bands.insert(key.clone(), (band, now));
+                        let arrived = wall - now.saturating_duration_since(at);
+                        found.push((svc.name.get_ref().clone(), server.clone(), u, band, arrived));
+                    }
+                    Some(_) => {}
+                }
+                ops.judged.insert(key, at);
+            }
+        }
+        drop(db);
+        for (service, server, u, band, arrived) in found {
+            let level = match band {
+                Band::High => format!("rose to {u:.2}, at or above the upper level"),
+                Band::Low => format!("fell to {u:.2}, at or below the lower level"),
+                Band::Mid => format!("is back between the levels ({u:.2})"),
+            };
+            self.events.record(
+                NewEvent::new("crossed", format!("utilization {level}"))
+                    .service(&service)
+                    .server(&server)
+                    .observed(arrived),
+            );
+        }
+    }
+
+    /// Weights follow capacity and idle share; a service whose weights
+    /// moved enough is sent again (no file change: weights are runtime
+    /// state, kept in the manager's state directory).
+    pub(super) async fn weights(&self, ops: &mut Ops) {
+        let Ok(snapshot) = self.file.read() else {
+            return;
+        };
+        let now = Instant::now();
+        let mut changed_servers = BTreeSet::new();
+        {
+            let db = self.manager.db.lock().await;
+            for svc in snapshot
+                .config
+                .service
+                .iter()
+                .filter(|s| s.scaling.enabled && s.scaling.dynamic_weights)
+            {
+                for s in snapshot.config.members(svc.name.get_ref()) {
+                    if s.state != ServerState::Allocated {
+                        continue;
+                    }
+                    let server = s.name.get_ref();
+                    let Some(record) = db.get(server).filter(|r| r.monitor == Monitor::Monitored)
+                    else {
+                        continue;
+                    };
+                    let Some(report) = &record.last_report else {
+                        continue;
+                    };
+                    let persisted = ops.persisted.weights.get(server).copied();
+                    let tracker = ops.trackers.entry(server.clone()).or_insert_with(|| {
+                        WeightTracker::new(
+                            record.hello.cores.max(0.01),
+                            WEIGHT_ALPHA,
+                            WEIGHT_INTERVAL,
+                        )
+                        .starting_at(persisted, now)
+                    });
+                    if let Some(w) = tracker.observe(report.utilization.value, now) {
+                        ops.persisted.weights.insert(server.clone(), w);
+                        changed_servers.insert(server.clone());
+                    }
+                }
+            }
+        }
+        if changed_servers.is_empty() {
+            return;
+        }
+        let services: Vec<String> = snapshot
+            .config
+            .service
+            .iter()
+            .filter(|svc| {
+                snapshot
+                    .config
+                    .members(svc.name.get_ref())
+                    .any(|m| changed_servers.contains(m.name.get_ref()))
+            })
+            .map(|s| s.name.get_ref().clone())
+            .collect();
+        self.save(ops);
+        let Ok(generation) = ops.generations.take_next() else {
+            return;
+        };
+        let weights = ops.persisted.weights.clone();
+        let detail: Vec<String> = changed_servers
+            .iter()
+            .map(|s| format!("{s}={}", weights.get(s).copied().unwrap_or_default()))
+            .collect();
+        match self
+            .push("weights", &snapshot.config, &services, generation, &weights)
+            .await
+        {
+            Ok(_) => {
+                self.events.record(
+                    NewEvent::new(
+                        "weights",
+                        format!("weights follow idle capacity: {}", detail.join(", ")),
+                    )
+                    .generation(generation),
+                );
+            }
+            Err(f) => {
+                self.events
+                    .record(NewEvent::new("weights-failed", f.join("; ")).generation(generation));
+            }
+        }
+    }
+}
