@@ -894,7 +894,62 @@ fn failed_node_rolls_back_and_crashes_leave_a_whole_file() -> Result<()> {
     }
     held.quit()?;
 
-    // 3. A service added and removed at run time, on both nodes, without
+    // 3. An operator edits the file while the manager is writing it: the
+    // manager's change goes on top of the edit (compare-and-swap on the
+    // content), the edit survives, and an event says so.
+    let last = last_event_id(&bal);
+    bal.kill9()?;
+    bal.launch_with_env(&[("LB_FAILPOINT", "allocate.file=sleep:3000")])?;
+    wait_synced(&bal, last)?;
+    assert!(wait_until(Duration::from_secs(30), || {
+        member(&bal, "s2").is_some_and(|m| m["monitor"] == "monitored")
+    }));
+    let socket = bal.socket.clone();
+    let lbctl = lb_tests::balancer::workspace_bin("lbctl")?;
+    let asked = std::thread::spawn(move || {
+        std::process::Command::new(lbctl)
+            .arg("--socket")
+            .arg(socket)
+            .args(["server", "allocate", "s2"])
+            .output()
+    });
+    bal.process
+        .as_mut()
+        .context("lb-control")?
+        .wait_for_line("failpoint allocate.file reached", Duration::from_secs(20))?;
+    let text = std::fs::read_to_string(&bal.config_path)?;
+    let edited = text.replace(
+        "# s3 is a lab server.",
+        "# edited by the operator meanwhile\n# s3 is a lab server.",
+    );
+    assert_ne!(edited, text);
+    std::fs::write(&bal.config_path, &edited)?;
+    let out = asked
+        .join()
+        .map_err(|_| anyhow::anyhow!("lbctl thread"))??;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&bal.config_path)?;
+    assert!(
+        text.contains("# edited by the operator meanwhile"),
+        "{text}"
+    );
+    assert!(server_block(&text, "s2")?.contains("state = \"allocated\""));
+    assert!(
+        event_of(&events(&bal), "conflict", None).is_some(),
+        "{:?}",
+        events(&bal)
+    );
+    bal.lbctl(&["server", "deallocate", "s2"])?;
+    let last = last_event_id(&bal);
+    bal.kill9()?;
+    bal.launch()?;
+    wait_synced(&bal, last)?;
+
+    // 4. A service added and removed at run time, on both nodes, without
     // restarting anything.
     let vip = lab.vip4().to_string();
     bal.lbctl(&[

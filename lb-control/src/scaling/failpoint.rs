@@ -2,8 +2,10 @@
 //!
 //! `LB_FAILPOINT=NAME` (or `NAME=pause`) makes the process print
 //! `failpoint NAME reached` on stdout when it gets there and stop in place
-//! (the test then kills it with SIGKILL); `NAME=abort` aborts at once.
-//! Without the variable a failpoint costs one comparison.
+//! (the test then kills it with SIGKILL); `NAME=abort` aborts at once;
+//! `NAME=sleep:MS` stops the whole process for MS milliseconds and goes on
+//! (a test makes a concurrent edit meanwhile). Without the variable a
+//! failpoint costs one comparison.
 
 use std::sync::OnceLock;
 
@@ -40,6 +42,10 @@ pub fn hit(name: &str) {
     tracing::warn!(failpoint = name, action = %action, "failpoint reached");
     if action == "abort" {
         std::process::abort();
+    }
+    if let Some(ms) = action.strip_prefix("sleep:").and_then(|m| m.parse().ok()) {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+        return;
     }
     loop {
         std::thread::park();
