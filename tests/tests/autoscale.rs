@@ -740,6 +740,17 @@ fn failed_application_is_not_load_and_silent_agents_keep_serving() -> Result<()>
     Ok(())
 }
 
+/// `lbctl ARGS` on a thread (the daemon may stop at a failpoint before it
+/// answers).
+fn lbctl_in_background(
+    bal: &Balancer,
+    args: &[&str],
+) -> Result<std::thread::JoinHandle<std::io::Result<std::process::Output>>> {
+    let mut cmd = std::process::Command::new(workspace_bin("lbctl")?);
+    cmd.arg("--socket").arg(&bal.socket).args(args);
+    Ok(std::thread::spawn(move || cmd.output()))
+}
+
 /// node2 with room for `backends` (service, server) pairs.
 fn node2_limited(lab: &Lab, pki: &Path, backends: u32) -> Result<String> {
     Ok(node2_config(lab, pki)?.replace("max_backends = 16", &format!("max_backends = {backends}")))
@@ -835,15 +846,7 @@ fn failed_node_rolls_back_and_crashes_leave_a_whole_file() -> Result<()> {
             "s2's agent did not come back: {:?}",
             pool(&bal)
         );
-        let socket = bal.socket.clone();
-        let lbctl = lb_tests::balancer::workspace_bin("lbctl")?;
-        let asked = std::thread::spawn(move || {
-            std::process::Command::new(lbctl)
-                .arg("--socket")
-                .arg(socket)
-                .args(["server", "allocate", "s2"])
-                .output()
-        });
+        let asked = lbctl_in_background(&bal, &["server", "allocate", "s2"])?;
         bal.process.as_mut().context("lb-control")?.wait_for_line(
             &format!("failpoint {point} reached"),
             Duration::from_secs(20),
@@ -904,15 +907,7 @@ fn failed_node_rolls_back_and_crashes_leave_a_whole_file() -> Result<()> {
     assert!(wait_until(Duration::from_secs(30), || {
         member(&bal, "s2").is_some_and(|m| m["monitor"] == "monitored")
     }));
-    let socket = bal.socket.clone();
-    let lbctl = lb_tests::balancer::workspace_bin("lbctl")?;
-    let asked = std::thread::spawn(move || {
-        std::process::Command::new(lbctl)
-            .arg("--socket")
-            .arg(socket)
-            .args(["server", "allocate", "s2"])
-            .output()
-    });
+    let asked = lbctl_in_background(&bal, &["server", "allocate", "s2"])?;
     bal.process
         .as_mut()
         .context("lb-control")?
