@@ -167,9 +167,10 @@ impl PolicyState {
         let judging = now.saturating_duration_since(self.started) >= grace;
         let mut round = Round::default();
 
+        // Right after a start agents are still reconnecting: no notice yet.
         for m in members
             .iter()
-            .filter(|m| !m.monitored && m.state != MemberState::Draining)
+            .filter(|m| judging && !m.monitored && m.state != MemberState::Draining)
         {
             round.notice(
                 NoticeKind::Unmonitored,

@@ -507,6 +507,19 @@ fn empty_pool_is_filled_to_min() {
 }
 
 #[test]
+fn no_unmonitored_notice_while_agents_reconnect_after_a_start() {
+    let mut sim = Sim::new(ScalingPolicy::default());
+    let mut pending = sim.member("s1", 0.5, 0);
+    pending.monitored = false;
+    let v = view(vec![pending]);
+    // Within 3 intervals + the backoff after the start: quiet.
+    assert_eq!(sim.eval(1, &v), vec![]);
+    // Past it, the agent still silent: said once.
+    let ds = sim.eval(30, &v);
+    assert_eq!(notices(&ds, NoticeKind::Unmonitored).len(), 1, "{ds:?}");
+}
+
+#[test]
 fn unmonitored_member_is_left_out() {
     let mut sim = Sim::new(ScalingPolicy {
         scale_in_window: Duration::ZERO,
