@@ -89,14 +89,60 @@ pub struct Updated {
 /// compare content rather than mtime so that any change made before the
 /// compare is seen: mtime is coarse on some filesystems, and a save within
 /// the same tick, or a `touch`, would fool it.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ConfigFile {
     path: PathBuf,
+    /// The last snapshot [`ConfigFile::read_cached`] parsed, with the
+    /// file's identity then.
+    cache: std::sync::Mutex<Option<(FileStamp, std::sync::Arc<Snapshot>)>>,
+}
+
+/// A clone names the same file, with a cache of its own.
+impl Clone for ConfigFile {
+    fn clone(&self) -> Self {
+        Self::new(self.path.clone())
+    }
+}
+
+/// What tells one version of the file from the next without reading it:
+/// our writes rename a new inode into place; an editor writing in place
+/// changes the size or the modification time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    inode: u64,
+    len: u64,
+    modified: Option<std::time::SystemTime>,
 }
 
 impl ConfigFile {
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        Self { path: path.into() }
+        Self {
+            path: path.into(),
+            cache: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// [`ConfigFile::read`], parsed again only when the file changed (the
+    /// control loop looks at it several times a second; a large file is
+    /// not parsed that often). Decisions are still written with a
+    /// compare-and-swap on a fresh read.
+    pub fn read_cached(&self) -> Result<std::sync::Arc<Snapshot>, ConfigFileError> {
+        use std::os::unix::fs::MetadataExt as _;
+        let meta = std::fs::metadata(&self.path).map_err(self.io(&self.path))?;
+        let stamp = FileStamp {
+            inode: meta.ino(),
+            len: meta.len(),
+            modified: meta.modified().ok(),
+        };
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((seen, snapshot)) = cache.as_ref()
+            && *seen == stamp
+        {
+            return Ok(snapshot.clone());
+        }
+        let snapshot = std::sync::Arc::new(self.read()?);
+        *cache = Some((stamp, snapshot.clone()));
+        Ok(snapshot)
     }
 
     pub fn path(&self) -> &Path {

@@ -479,3 +479,29 @@ fn describe_names_the_change() {
         "server `s1` leaves service `web`"
     );
 }
+
+#[test]
+fn cached_read_parses_again_only_after_a_change() {
+    let (_dir, f) = file(TEXT);
+    let a = f.read_cached().expect("read");
+    let b = f.read_cached().expect("read");
+    assert!(
+        std::sync::Arc::ptr_eq(&a, &b),
+        "unchanged file parsed again"
+    );
+    // Our own write (a rename) and an editor's in-place write both show.
+    let base = f.read().expect("read");
+    f.update(&base, &[set_state("s1", ServerState::Draining)])
+        .expect("update");
+    let c = f.read_cached().expect("read");
+    assert!(!std::sync::Arc::ptr_eq(&b, &c));
+    assert_eq!(c.text, on_disk(&f));
+    std::fs::write(f.path(), format!("{}# more\n", on_disk(&f))).expect("write");
+    let d = f.read_cached().expect("read");
+    assert!(d.text.ends_with("# more\n"));
+    // A broken file is an error, and the next good one is read.
+    std::fs::write(f.path(), "[node").expect("write");
+    assert!(f.read_cached().is_err());
+    std::fs::write(f.path(), TEXT).expect("write");
+    assert_eq!(f.read_cached().expect("read").text, TEXT);
+}

@@ -72,6 +72,8 @@ struct Ops {
     /// The last report time already judged for threshold crossings, per
     /// (service, server).
     judged: BTreeMap<(String, String), Instant>,
+    /// The configuration file's last error, said once.
+    file_error: Option<String>,
 }
 
 /// The control loop and the operator's actions.
@@ -152,6 +154,7 @@ impl Controller {
                 bands: BTreeMap::new(),
                 smoothed: BTreeMap::new(),
                 judged: BTreeMap::new(),
+                file_error: None,
             }),
         }))
     }
@@ -240,10 +243,27 @@ impl Controller {
     /// One evaluation of every service.
     pub async fn tick(&self) {
         let mut ops = self.ops.lock().await;
-        let snapshot = match self.file.read() {
-            Ok(s) => s,
+        let snapshot = match self.file.read_cached() {
+            Ok(s) => {
+                if ops.file_error.take().is_some() {
+                    self.events.record(NewEvent::new(
+                        "notice",
+                        "the configuration file is valid again; decisions resume",
+                    ));
+                }
+                s
+            }
             Err(e) => {
-                warn!(error = %e, "configuration file unreadable; no decisions until it is fixed");
+                // Said once per distinct error, not four times a second.
+                let text = e.to_string();
+                if ops.file_error.as_deref() != Some(text.as_str()) {
+                    warn!(error = %text, "configuration file unreadable; no decisions until it is fixed");
+                    self.events.record(NewEvent::new(
+                        "notice",
+                        format!("no decisions until the configuration file is fixed: {text}"),
+                    ));
+                    ops.file_error = Some(text);
+                }
                 return;
             }
         };

@@ -160,7 +160,7 @@ impl Controller {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let Ok(snapshot) = self.file.read() else {
+            let Ok(snapshot) = self.file.read_cached() else {
                 continue;
             };
             let mut targets = Vec::new();
@@ -325,7 +325,7 @@ impl Controller {
     /// moved enough is sent again (no file change: weights are runtime
     /// state, kept in the manager's state directory).
     pub(super) async fn weights(&self, ops: &mut Ops) {
-        let Ok(snapshot) = self.file.read() else {
+        let Ok(snapshot) = self.file.read_cached() else {
             return;
         };
         let now = Instant::now();
