@@ -47,22 +47,15 @@ async fn setup() -> Setup {
         .issue("web-3", CertRole::Client, &[], Validity::from_now(DAY))
         .expect("stranger cert");
     let manager = Manager::new(ManagerConfig {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        name: "manager".into(),
         tls_dir: Some(pki.dir().to_path_buf()),
-        insecure_plaintext: false,
         report_interval_ms: 100,
-        unmonitored_after_intervals: 3,
-        nodes: Vec::new(),
         state_dir: std::env::temp_dir(),
-        ack_timeout_ms: 5000,
-        ack_retries: 2,
-        agent_backoff_ms: 12_500,
         discovery: Some(DiscoveryConfig {
             listen: "127.0.0.1:0".parse().expect("addr"),
             group: None,
             interface: None,
         }),
+        ..ManagerConfig::new("127.0.0.1:0".parse().expect("addr"), "manager")
     });
     manager.config.validate().expect("valid config");
     let stream_addr = manager.clone().start().await.expect("manager starts");
@@ -293,22 +286,16 @@ async fn forged_and_broken_announcements_are_counted_and_ignored() {
 #[tokio::test]
 async fn discovery_without_a_ca_is_refused() {
     let config = ManagerConfig {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        name: "manager".into(),
         tls_dir: None,
         insecure_plaintext: true,
         report_interval_ms: 100,
-        unmonitored_after_intervals: 3,
-        nodes: Vec::new(),
         state_dir: std::env::temp_dir(),
-        ack_timeout_ms: 5000,
-        ack_retries: 2,
-        agent_backoff_ms: 12_500,
         discovery: Some(DiscoveryConfig {
             listen: "127.0.0.1:0".parse().expect("addr"),
             group: None,
             interface: None,
         }),
+        ..ManagerConfig::new("127.0.0.1:0".parse().expect("addr"), "manager")
     };
     let err = config.validate().expect_err("needs tls_dir");
     assert!(err.contains("tls_dir"), "{err}");

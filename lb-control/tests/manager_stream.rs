@@ -51,18 +51,10 @@ async fn setup() -> Setup {
         .issue("s1", CertRole::Client, &[], Validity::from_now(DAY))
         .expect("stranger cert");
     let manager = Manager::new(ManagerConfig {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        name: "manager".into(),
         tls_dir: Some(pki.dir().to_path_buf()),
-        insecure_plaintext: false,
         report_interval_ms: 100,
-        unmonitored_after_intervals: 3,
-        nodes: Vec::new(),
         state_dir: std::env::temp_dir(),
-        ack_timeout_ms: 5000,
-        ack_retries: 2,
-        agent_backoff_ms: 12_500,
-        discovery: None,
+        ..ManagerConfig::new("127.0.0.1:0".parse().expect("addr"), "manager")
     });
     let addr = manager.clone().start().await.expect("manager starts");
     Setup {

@@ -457,6 +457,11 @@ fn member(bal: &Balancer, server: &str) -> Option<Value> {
         .cloned()
 }
 
+/// Whether `server`'s agent reports to the manager.
+fn monitored(bal: &Balancer, server: &str) -> bool {
+    member(bal, server).is_some_and(|m| m["monitor"] == "monitored")
+}
+
 fn state_of(bal: &Balancer, server: &str) -> String {
     member(bal, server)
         .and_then(|m| m["state"].as_str().map(str::to_owned))
@@ -619,7 +624,7 @@ fn failed_application_is_not_load_and_silent_agents_keep_serving() -> Result<()>
     );
     agents[0] = Some(fleet.start_agent(&lab, 0, PORT, INTERVAL_MS)?);
     assert!(wait_until(Duration::from_secs(20), || {
-        member(&bal, "s1").is_some_and(|m| m["monitor"] == "monitored")
+        monitored(&bal, "s1")
     }));
 
     // 3. Manager restart and every agent cut for 10 s under traffic: no
@@ -659,9 +664,7 @@ fn failed_application_is_not_load_and_silent_agents_keep_serving() -> Result<()>
     // 4. More load than every server together carries: the free pool
     // empties and an event says so; nothing breaks.
     assert!(wait_until(Duration::from_secs(20), || {
-        ["s1", "s2", "s3"]
-            .iter()
-            .all(|s| member(&bal, s).is_some_and(|m| m["monitor"] == "monitored"))
+        ["s1", "s2", "s3"].iter().all(|s| monitored(&bal, s))
     }));
     let load = start_load(&lab, 150, 12)?;
     assert!(
@@ -840,9 +843,7 @@ fn failed_node_rolls_back_and_crashes_leave_a_whole_file() -> Result<()> {
         let synced = wait_synced(&bal, last)?;
         // The agent must be back to answer the settings request.
         assert!(
-            wait_until(Duration::from_secs(30), || {
-                member(&bal, "s2").is_some_and(|m| m["monitor"] == "monitored")
-            }),
+            wait_until(Duration::from_secs(30), || monitored(&bal, "s2")),
             "s2's agent did not come back: {:?}",
             pool(&bal)
         );
@@ -905,7 +906,7 @@ fn failed_node_rolls_back_and_crashes_leave_a_whole_file() -> Result<()> {
     bal.launch_with_env(&[("LB_FAILPOINT", "allocate.file=sleep:3000")])?;
     wait_synced(&bal, last)?;
     assert!(wait_until(Duration::from_secs(30), || {
-        member(&bal, "s2").is_some_and(|m| m["monitor"] == "monitored")
+        monitored(&bal, "s2")
     }));
     let asked = lbctl_in_background(&bal, &["server", "allocate", "s2"])?;
     bal.process

@@ -110,6 +110,26 @@ fn default_silent_intervals() -> u32 {
 }
 
 impl ManagerConfig {
+    /// A manager named `name` on `listen` with every other key at its
+    /// default (no TLS directory yet: set `tls_dir` or
+    /// `insecure_plaintext`).
+    pub fn new(listen: SocketAddr, name: &str) -> Self {
+        Self {
+            listen,
+            name: name.to_owned(),
+            tls_dir: None,
+            insecure_plaintext: false,
+            report_interval_ms: default_interval(),
+            unmonitored_after_intervals: default_silent_intervals(),
+            discovery: None,
+            nodes: Vec::new(),
+            state_dir: default_manager_state_dir(),
+            ack_timeout_ms: default_ack_timeout(),
+            ack_retries: default_ack_retries(),
+            agent_backoff_ms: default_agent_backoff(),
+        }
+    }
+
     /// Checks what serde cannot.
     pub fn validate(&self) -> Result<(), String> {
         if self.tls_dir.is_none() && !self.insecure_plaintext {

@@ -127,21 +127,6 @@ impl NodeAgent {
         &self.name
     }
 
-    pub fn node(&self) -> &Arc<Mutex<Node>> {
-        &self.node
-    }
-
-    /// The generation last applied to each service.
-    pub async fn generations(&self) -> BTreeMap<String, u64> {
-        self.state
-            .lock()
-            .await
-            .services
-            .iter()
-            .map(|(k, v)| (k.clone(), v.generation))
-            .collect()
-    }
-
     /// The node's backends (see [`Node::backend_status`]).
     pub async fn status(&self, count_flows: bool) -> Vec<lb_proto::BackendStatus> {
         self.node.lock().await.backend_status(count_flows)

@@ -159,13 +159,6 @@ impl Controller {
         }))
     }
 
-    /// The weights the nodes were last given (applied by the local node
-    /// at start, before the first generation, so a restart changes no
-    /// table).
-    pub async fn published_weights(&self) -> BTreeMap<String, u32> {
-        self.ops.lock().await.persisted.weights.clone()
-    }
-
     /// The agents' longest reconnect backoff (their 10 s cap plus jitter):
     /// failure verdicts wait for it after a start.
     fn max_backoff(&self) -> Duration {
@@ -274,7 +267,7 @@ impl Controller {
         let mut decisions = Vec::new();
         for svc in &snapshot.config.service {
             let name = svc.name.get_ref().clone();
-            let view = self.pool_view(&ops, &snapshot.config, svc, now).await;
+            let view = self.pool_view(&ops, &snapshot.config, svc).await;
             let started = self.started;
             let state = ops
                 .policies

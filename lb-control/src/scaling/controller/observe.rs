@@ -75,7 +75,6 @@ impl Controller {
         ops: &Ops,
         config: &Config,
         svc: &ServiceConfig,
-        _now: Instant,
     ) -> PoolView {
         let name = svc.name.get_ref();
         let app = svc.application();

@@ -198,10 +198,9 @@ impl Controller {
     pub async fn pool(&self) -> Result<Vec<PoolReport>, String> {
         let snapshot = self.file.read().map_err(|e| e.to_string())?;
         let ops = self.ops.lock().await;
-        let now = Instant::now();
         let mut out = Vec::new();
         for svc in &snapshot.config.service {
-            let view = self.pool_view(&ops, &snapshot.config, svc, now).await;
+            let view = self.pool_view(&ops, &snapshot.config, svc).await;
             let db = self.manager.db.lock().await;
             let row = |name: &str, state: String, utilization, capacity| {
                 let record = db.get(name);
