@@ -5,11 +5,13 @@
 //! byte arrays in network order so neither side has endianness surprises.
 #![cfg_attr(not(any(test, feature = "user")), no_std)]
 
+pub mod flows;
 pub mod hash;
 pub mod maps;
 
 #[cfg(feature = "user")]
 pub mod maglev;
 
+pub use flows::*;
 pub use hash::flow_hash;
 pub use maps::*;

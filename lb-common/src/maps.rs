@@ -40,6 +40,7 @@ pub const PROGRAM_NAME: &str = "xdp_lb";
 pub const GLOBAL_HASH_SEED: &str = "HASH_SEED";
 pub const GLOBAL_TABLE_STRIDE: &str = "TABLE_STRIDE";
 pub const GLOBAL_UDP_IDLE_SECS: &str = "UDP_IDLE_SECS";
+pub const GLOBAL_FLOW_SETS: &str = "FLOW_SETS";
 
 /// Compile-time defaults for map sizes; the loader overrides them from the
 /// config (`[limits]`).
@@ -144,8 +145,9 @@ pub struct Backend {
     pub family: u32,
 }
 
-/// `FLOWS` key: the 5-tuple as received (client → VIP).
-#[repr(C)]
+/// A flow's key: the 5-tuple as received (client → VIP). Eight-byte
+/// aligned so the program compares it a word at a time.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
     pub src: [u8; 16],
@@ -286,6 +288,22 @@ impl FlowKey {
             _pad: [0; 2],
         }
     }
+
+    /// Whether two keys are equal, compared a word at a time (no `memcmp`
+    /// in the XDP program).
+    #[inline(always)]
+    pub fn same(&self, other: &Self) -> bool {
+        let (a, b) = (self.words(), other.words());
+        ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4])) == 0
+    }
+
+    /// The key as five words (for word-wise copies and comparisons).
+    #[inline(always)]
+    pub fn words(&self) -> &[u64; 5] {
+        // SAFETY: `FlowKey` is 40 bytes, 8-byte aligned, without padding
+        // (asserted below), so it is readable as five `u64`s.
+        unsafe { &*(self as *const Self as *const [u64; 5]) }
+    }
 }
 
 /// Widens a 4- or 16-byte address to the 16-byte map form and its family.
@@ -323,6 +341,7 @@ mod pod {
     unsafe impl aya::Pod for super::FlowEntry {}
     unsafe impl aya::Pod for super::FlowEntryV0 {}
     unsafe impl aya::Pod for super::Counters {}
+    unsafe impl aya::Pod for crate::flows::FlowSet {}
 }
 
 // No implicit padding anywhere: sizes are the sum of the fields.

@@ -287,14 +287,18 @@ impl Daemon {
     }
 }
 
-/// Serves the control socket until the task is dropped.
-pub async fn serve(daemon: Arc<Daemon>, path: &Path) -> std::io::Result<()> {
+/// Binds the control socket (replacing one a killed predecessor left), so
+/// it accepts connections before the daemon says it is ready.
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    // A socket left by a killed predecessor.
     let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path)?;
+    UnixListener::bind(path)
+}
+
+/// Serves the control socket until the task is dropped.
+pub async fn serve(daemon: Arc<Daemon>, listener: UnixListener) -> std::io::Result<()> {
     loop {
         let (stream, _) = listener.accept().await?;
         let daemon = daemon.clone();

@@ -124,9 +124,12 @@ pub enum XdpModeConfig {
     Skb,
 }
 
+/// Largest flow table accepted: 2^28 flows (14 GiB of sets).
+pub const MAX_FLOW_TABLE_SIZE: u32 = 1 << 28;
+
 /// `[limits]`: map sizes. Memory: each service costs
 /// `2 × ceil(max_table_size / 4) × 8` bytes of Maglev table (256 KiB at
-/// 65537), each flow-table entry about 121 bytes, each backend under 100.
+/// 65537), each flow-table entry 56 bytes, each backend under 100.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
@@ -136,7 +139,8 @@ pub struct Limits {
     pub max_backends: u32,
     /// Largest Maglev table a service may use (a prime).
     pub max_table_size: u32,
-    /// Flow-table (LRU) entries.
+    /// Flow-table capacity in flows (rounded up to a power of two of
+    /// 8-way sets).
     pub flow_table_size: u32,
 }
 
@@ -348,6 +352,16 @@ impl Config {
                     "limits.max_table_size = {} is not a prime (try {})",
                     limits.max_table_size,
                     lb_maglev::next_prime(limits.max_table_size)
+                ),
+            ));
+        }
+        if !(lb_common::FLOW_WAYS as u32..=MAX_FLOW_TABLE_SIZE).contains(&limits.flow_table_size) {
+            return Err(invalid(
+                0..0,
+                format!(
+                    "limits.flow_table_size = {} must be {}..={MAX_FLOW_TABLE_SIZE} flows",
+                    limits.flow_table_size,
+                    lb_common::FLOW_WAYS
                 ),
             ));
         }
@@ -607,6 +621,10 @@ mac = "02:00:00:00:00:12"
             .unwrap_err()
             .to_string();
         assert!(e.contains("address family"), "{e}");
+        let e = parse(&format!("{GOOD}\n[limits]\nflow_table_size = 4\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("limits.flow_table_size = 4 must be 8.."), "{e}");
     }
 
     #[test]

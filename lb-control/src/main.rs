@@ -157,8 +157,10 @@ fn run(config_path: PathBuf) -> Result<(), String> {
         });
         let api_daemon = daemon.clone();
         let api_socket = socket.clone();
+        let listener = api::bind(&socket)
+            .map_err(|e| format!("control socket {}: {e}", socket.display()))?;
         tokio::spawn(async move {
-            if let Err(e) = api::serve(api_daemon, &api_socket).await {
+            if let Err(e) = api::serve(api_daemon, listener).await {
                 error!(error = %e, socket = %api_socket.display(), "control socket failed");
             }
         });

@@ -294,7 +294,7 @@ fn empty_pool_drops_vip_traffic() {
 
 #[test]
 fn idle_udp_flow_expires_and_is_rehashed() {
-    let Some(mut h) = harness() else { return };
+    let Some(h) = harness() else { return };
     let key = v4_key(5001, 53, PROTO_UDP);
     let frame = ipv4(CLIENT, VIP, PROTO_UDP, &[], 0, &udp(5001, 53));
     assert_eq!(h.run(&frame).0, XDP_TX);
@@ -303,12 +303,9 @@ fn idle_udp_flow_expires_and_is_rehashed() {
     h.run(&frame);
     assert_eq!(h.counter(global::UDP_EXPIRED), 0);
     // Age the entry past the 30 s idle timeout.
-    let mut flows: aya::maps::HashMap<_, FlowKey, lb_common::FlowEntry> =
-        aya::maps::HashMap::try_from(h.ebpf.map_mut("FLOWS").expect("FLOWS")).expect("FLOWS");
     let mut aged = fresh;
     aged.last_seen = fresh.last_seen.wrapping_sub(31);
-    aged.incarnation = fresh.incarnation;
-    flows.insert(key, aged, 0).expect("age entry");
+    assert!(h.flow_sets().insert(&key, &aged), "age entry");
     assert_eq!(h.run(&frame).0, XDP_TX);
     assert_eq!(h.counter(global::UDP_EXPIRED), 1);
     let renewed = h.flow(&key).expect("entry");
@@ -321,9 +318,74 @@ fn idle_udp_flow_expires_and_is_rehashed() {
     h.run(&ipv4(CLIENT, VIP, PROTO_TCP, &[], 0, &tcp(5002, 80, SYN)));
     let mut t = h.flow(&tkey).expect("tcp entry");
     t.last_seen = t.last_seen.wrapping_sub(1000);
-    let mut flows: aya::maps::HashMap<_, FlowKey, lb_common::FlowEntry> =
-        aya::maps::HashMap::try_from(h.ebpf.map_mut("FLOWS").expect("FLOWS")).expect("FLOWS");
-    flows.insert(tkey, t, 0).expect("age tcp");
+    assert!(h.flow_sets().insert(&tkey, &t), "age tcp");
     h.run(&ipv4(CLIENT, VIP, PROTO_TCP, &[], 0, &tcp(5002, 80, ACK)));
     assert_eq!(h.counter(global::UDP_EXPIRED), 1);
+}
+
+/// A table of one set: every flow competes for the same eight ways.
+fn one_set() -> Option<TestBed> {
+    root().then(|| TestBed::with_flow_capacity(lb_control::dataplane::EMBEDDED_PROGRAM, 8))
+}
+
+#[test]
+fn full_set_evicts_its_least_recently_seen_flow() {
+    let Some(h) = one_set() else { return };
+    let keys: Vec<FlowKey> = (6000..6008u16).map(|p| v4_key(p, 80, PROTO_TCP)).collect();
+    for p in 6000..6008u16 {
+        assert_eq!(
+            h.run(&ipv4(CLIENT, VIP, PROTO_TCP, &[], 0, &tcp(p, 80, SYN)))
+                .0,
+            XDP_TX
+        );
+    }
+    assert_eq!(h.flow_sets().count(), 8, "eight ways, eight flows");
+    // Make flow 6003 the one seen longest ago; the others were seen now.
+    let mut old = h.flow(&keys[3]).expect("entry");
+    let now = old.last_seen;
+    old.last_seen = now.wrapping_sub(100);
+    assert!(h.flow_sets().insert(&keys[3], &old));
+    // An established packet refreshes 6005's time (it is already `now`).
+    h.run(&ipv4(CLIENT, VIP, PROTO_TCP, &[], 0, &tcp(6005, 80, ACK)));
+    // A ninth flow takes 6003's way; everything else stays.
+    let ninth = v4_key(6100, 80, PROTO_TCP);
+    h.run(&ipv4(CLIENT, VIP, PROTO_TCP, &[], 0, &tcp(6100, 80, SYN)));
+    assert!(h.flow(&keys[3]).is_none(), "the oldest flow was evicted");
+    assert!(h.flow(&ninth).is_some(), "the new flow was written");
+    for (i, k) in keys.iter().enumerate().filter(|(i, _)| *i != 3) {
+        assert!(h.flow(k).is_some(), "flow {i} kept");
+    }
+    assert_eq!(h.flow_sets().count(), 8);
+    // The evicted flow's next packet misses, is re-hashed by Maglev to the
+    // same backend (the table did not change) and written again.
+    let misses = h.counter(global::FLOW_MISS);
+    let (action, out) = h.run(&ipv4(CLIENT, VIP, PROTO_TCP, &[], 0, &tcp(6003, 80, ACK)));
+    assert_eq!(action, XDP_TX);
+    assert_eq!(
+        out[..6],
+        server_mac(expected_backend(&keys[3], &[0, 1, 2]) as u8)
+    );
+    assert_eq!(h.counter(global::FLOW_MISS), misses + 1);
+    assert!(h.flow(&keys[3]).is_some());
+}
+
+#[test]
+fn a_repeated_syn_rewrites_its_own_entry() {
+    let Some(h) = one_set() else { return };
+    let key = v4_key(6200, 80, PROTO_TCP);
+    let syn = ipv4(CLIENT, VIP, PROTO_TCP, &[], 0, &tcp(6200, 80, SYN));
+    for _ in 0..5 {
+        assert_eq!(h.run(&syn).0, XDP_TX);
+    }
+    // The client port is reused after a drain: its entry pointed elsewhere.
+    let mut stale = h.flow(&key).expect("entry");
+    stale.backend = (stale.backend + 1) % 3;
+    assert!(h.flow_sets().insert(&key, &stale));
+    h.run(&syn);
+    assert_eq!(h.flow_sets().count(), 1, "one entry per flow, never two");
+    assert_eq!(
+        h.flow(&key).expect("entry").backend,
+        expected_backend(&key, &[0, 1, 2]),
+        "the SYN took the table's choice"
+    );
 }

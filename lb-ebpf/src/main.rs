@@ -6,27 +6,25 @@
 #![no_std]
 #![no_main]
 
+mod flows;
 mod parse;
 
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, xdp_action},
     helpers::bpf_ktime_get_coarse_ns,
     macros::{map, xdp},
-    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, PerCpuArray},
     programs::XdpContext,
 };
+use flows::Lookup;
 use lb_common::{
     BACKEND_ACTIVE, BACKEND_DRAINING, BACKEND_FLAG_LOCAL, Backend, Counters,
     DEFAULT_FLOW_TABLE_SIZE, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_SERVICES, DEFAULT_MAX_TABLE_SIZE,
     DEFAULT_UDP_IDLE_SECS, FlowKey, MAX_TX_PORTS, NO_BACKEND, ServiceKey, ServiceState,
-    ServiceValue, TABLE_LANES, TableCells, coarse_secs, flow_hash, global, slot_base, table_stride,
+    ServiceValue, TABLE_LANES, TableCells, coarse_secs, flow_hash, flow_sets, global, slot_base,
+    table_stride,
 };
 use parse::{Parsed, parse_frame};
-
-#[cfg(not(feature = "legacy-flow-entry"))]
-type FlowValue = lb_common::FlowEntry;
-#[cfg(feature = "legacy-flow-entry")]
-type FlowValue = lb_common::FlowEntryV0;
 
 // Load-time constants (set by the loader with `EbpfLoader::set_global`).
 #[unsafe(no_mangle)]
@@ -34,7 +32,10 @@ static HASH_SEED: u32 = 0;
 #[unsafe(no_mangle)]
 static TABLE_STRIDE: u32 = table_stride(DEFAULT_MAX_TABLE_SIZE);
 #[unsafe(no_mangle)]
-static UDP_IDLE_SECS: u32 = DEFAULT_UDP_IDLE_SECS;
+pub(crate) static UDP_IDLE_SECS: u32 = DEFAULT_UDP_IDLE_SECS;
+/// Number of flow-table sets (a power of two).
+#[unsafe(no_mangle)]
+pub(crate) static FLOW_SETS: u32 = flow_sets(DEFAULT_FLOW_TABLE_SIZE);
 
 #[map]
 static SERVICES: HashMap<ServiceKey, ServiceValue> =
@@ -49,12 +50,6 @@ static TABLES: Array<TableCells> = Array::with_max_entries(
 );
 #[map]
 static BACKENDS: Array<Backend> = Array::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
-/// One table shared by all CPUs: a flow's packets may arrive on any CPU.
-/// The LRU lists are common too (`BPF_F_NO_COMMON_LRU` would split the
-/// capacity per CPU, and a single-queue NIC puts all new flows on one CPU).
-#[map]
-static FLOWS: LruHashMap<FlowKey, FlowValue> =
-    LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, 0);
 /// VIP addresses (port and protocol zero), for traffic that carries no ports.
 #[map]
 static VIPS: HashMap<ServiceKey, u32> = HashMap::with_max_entries(DEFAULT_MAX_SERVICES, 0);
@@ -85,7 +80,7 @@ pub fn xdp_lb(ctx: XdpContext) -> u32 {
 }
 
 #[inline(always)]
-fn read_global(value: &u32) -> u32 {
+pub(crate) fn read_global(value: &u32) -> u32 {
     // SAFETY: a plain aligned read of a `.rodata` value the loader set.
     unsafe { core::ptr::read_volatile(value) }
 }
@@ -175,26 +170,29 @@ fn balance(
         // SAFETY: helper with no preconditions.
         unsafe { bpf_ktime_get_coarse_ns() },
     );
+    let hash = flow_hash(key, read_global(&HASH_SEED));
     // A bare SYN starts a connection: it always takes the current table's
     // choice (never a draining server through a reused client port, never a
-    // stale entry) and skips the flow lookup, which keeps new flows cheap.
-    let entry = if syn { None } else { FLOWS.get_ptr_mut(key) };
-    if let Some(entry) = entry {
-        // SAFETY: a live map value; concurrent writers only store whole fields.
-        let e = unsafe { *entry };
-        if let Some(b) = BACKENDS.get(e.backend) {
-            let state_ok = b.state == BACKEND_ACTIVE || b.state == BACKEND_DRAINING;
-            if state_ok && b.incarnation == e.incarnation {
-                if flow_fresh(entry, key.proto, now) {
-                    return forward(ctx, svc, e.backend, b, len, false, now);
+    // stale entry).
+    let (found, place) = flows::lookup(key, hash, syn, now)?;
+    match found {
+        Lookup::Hit {
+            backend,
+            incarnation,
+        } => {
+            if let Some(b) = BACKENDS.get(backend) {
+                let state_ok = b.state == BACKEND_ACTIVE || b.state == BACKEND_DRAINING;
+                if state_ok && b.incarnation == incarnation {
+                    return forward(ctx, svc, backend, b, len, false, now);
                 }
-                count(global::UDP_EXPIRED);
             }
         }
+        Lookup::Expired => count(global::UDP_EXPIRED),
+        Lookup::Miss => {}
     }
     count(global::FLOW_MISS);
 
-    let Some(index) = maglev_pick(svc, key) else {
+    let Some(index) = maglev_pick(svc, hash) else {
         return drop_counted(global::NO_BACKEND);
     };
     let Some(b) = BACKENDS.get(index) else {
@@ -206,60 +204,14 @@ fn balance(
         return drop_counted(global::NO_BACKEND);
     }
     if remember {
-        let value = new_flow_value(index, b.incarnation, now);
-        // A full LRU evicts the oldest entry; a failed insert only costs
-        // stickiness for this flow, so it is not an error for the packet.
-        let _ = FLOWS.insert(key, value, 0);
+        flows::remember(place, key, hash, index, b.incarnation, now);
     }
     forward(ctx, svc, index, b, len, remember, now)
 }
 
-#[cfg(not(feature = "legacy-flow-entry"))]
-#[inline(always)]
-fn new_flow_value(backend: u32, incarnation: u32, now: u32) -> FlowValue {
-    FlowValue {
-        backend,
-        incarnation,
-        last_seen: now,
-        flags: 0,
-    }
-}
-
-#[cfg(feature = "legacy-flow-entry")]
-#[inline(always)]
-fn new_flow_value(backend: u32, incarnation: u32, _now: u32) -> FlowValue {
-    FlowValue {
-        backend,
-        incarnation,
-    }
-}
-
-/// UDP entries expire after `UDP_IDLE_SECS` without traffic; the last-seen
-/// time is written at most once per coarse second.
-#[cfg(not(feature = "legacy-flow-entry"))]
-#[inline(always)]
-fn flow_fresh(entry: *mut FlowValue, proto: u8, now: u32) -> bool {
-    // SAFETY: a live map value of this program's layout.
-    let last = unsafe { (*entry).last_seen };
-    if proto == lb_common::PROTO_UDP && now.wrapping_sub(last) > read_global(&UDP_IDLE_SECS) {
-        return false;
-    }
-    if last != now {
-        // SAFETY: as above; an aligned u32 store.
-        unsafe { (*entry).last_seen = now };
-    }
-    true
-}
-
-#[cfg(feature = "legacy-flow-entry")]
-#[inline(always)]
-fn flow_fresh(_entry: *mut FlowValue, _proto: u8, _now: u32) -> bool {
-    true
-}
-
 /// Maglev lookup in the service's active table slot.
 #[inline(always)]
-fn maglev_pick(svc: u32, key: &FlowKey) -> Option<u32> {
+fn maglev_pick(svc: u32, hash: u32) -> Option<u32> {
     let state = SERVICE_STATE.get_ptr(svc)?;
     // SAFETY: mmapable array value; `active` is flipped by one aligned store
     // after the slot and its size were written.
@@ -268,7 +220,7 @@ fn maglev_pick(svc: u32, key: &FlowKey) -> Option<u32> {
     if size == 0 {
         return None;
     }
-    let pos = flow_hash(key, read_global(&HASH_SEED)) % size;
+    let pos = hash % size;
     let base = slot_base(svc, slot, read_global(&TABLE_STRIDE));
     let cells = TABLES.get(base + pos / TABLE_LANES)?;
     let index = cells[(pos % TABLE_LANES) as usize];

@@ -7,6 +7,7 @@
 //! are unchanged it keeps the running program (same id, not a packet lost),
 //! otherwise it replaces it in place through the pinned link.
 
+pub mod flows;
 pub mod grace;
 pub mod mmap;
 pub mod tables;
@@ -27,15 +28,17 @@ use aya::{
     },
 };
 use lb_common::{
-    ALL_MAPS, Backend, Counters, FlowEntry, FlowEntryV0, FlowKey, GLOBAL_HASH_SEED,
-    GLOBAL_TABLE_STRIDE, GLOBAL_UDP_IDLE_SECS, MAP_ABI_VERSION, MAP_BACKEND_LAST_SEEN,
-    MAP_BACKEND_STATS, MAP_BACKENDS, MAP_FLOWS, MAP_GLOBAL_STATS, MAP_SERVICE_STATE,
-    MAP_SERVICE_STATS, MAP_SERVICES, MAP_TABLES, MAP_TX_PORTS, MAP_VIPS, PROGRAM_NAME, ServiceKey,
-    ServiceState, ServiceValue, TableCells, global, table_stride,
+    ALL_MAPS, Backend, Counters, FlowEntry, FlowEntryV0, FlowKey, FlowSet, GLOBAL_FLOW_SETS,
+    GLOBAL_HASH_SEED, GLOBAL_TABLE_STRIDE, GLOBAL_UDP_IDLE_SECS, MAP_ABI_VERSION,
+    MAP_BACKEND_LAST_SEEN, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_FLOWS, MAP_GLOBAL_STATS,
+    MAP_SERVICE_STATE, MAP_SERVICE_STATS, MAP_SERVICES, MAP_TABLES, MAP_TX_PORTS, MAP_VIPS,
+    PROGRAM_NAME, ServiceKey, ServiceState, ServiceValue, TableCells, flow_sets, global,
+    table_stride,
 };
 use tracing::{info, warn};
 
 use crate::config::{Config, Limits, XdpModeConfig};
+pub use flows::{FlowSets, FlowTable};
 use grace::GracePeriod;
 use mmap::MmapArray;
 
@@ -50,6 +53,7 @@ pub const LEGACY_PROGRAM_PATH: &str = env!("LB_EBPF_LEGACY_OBJECT");
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const BPF_F_RDONLY_PROG: u32 = 0x80;
+const BPF_F_MMAPABLE: u32 = 0x400;
 
 /// Errors of the data plane.
 #[derive(Debug, thiserror::Error)]
@@ -145,57 +149,6 @@ pub struct DataPlane {
     pub grace: GracePeriod,
 }
 
-/// The flow table (an LRU hash; aya types it as a hash map), in whichever layout the running program uses.
-pub enum FlowTable {
-    Current(HashMap<MapData, FlowKey, FlowEntry>),
-    Legacy(HashMap<MapData, FlowKey, FlowEntryV0>),
-}
-
-impl FlowTable {
-    /// Number of entries (walks the table).
-    pub fn count(&self) -> usize {
-        match self {
-            FlowTable::Current(m) => m.keys().count(),
-            FlowTable::Legacy(m) => m.keys().count(),
-        }
-    }
-
-    /// Entries as (key, backend, incarnation).
-    pub fn entries(&self) -> Vec<(FlowKey, u32, u32)> {
-        match self {
-            FlowTable::Current(m) => m
-                .iter()
-                .filter_map(Result::ok)
-                .map(|(k, v)| (k, v.backend, v.incarnation))
-                .collect(),
-            FlowTable::Legacy(m) => m
-                .iter()
-                .filter_map(Result::ok)
-                .map(|(k, v)| (k, v.backend, v.incarnation))
-                .collect(),
-        }
-    }
-
-    /// Removes the entries of one backend; returns how many.
-    pub fn invalidate_backend(&mut self, backend: u32) -> usize {
-        let keys: Vec<FlowKey> = self
-            .entries()
-            .into_iter()
-            .filter(|(_, b, _)| *b == backend)
-            .map(|(k, _, _)| k)
-            .collect();
-        let mut removed = 0;
-        for k in keys {
-            let ok = match self {
-                FlowTable::Current(m) => m.remove(&k).is_ok(),
-                FlowTable::Legacy(m) => m.remove(&k).is_ok(),
-            };
-            removed += ok as usize;
-        }
-        removed
-    }
-}
-
 /// Program bytes: the configured object file or the embedded build.
 pub fn program_bytes(config: &Config) -> Result<Vec<u8>, DataPlaneError> {
     match &config.node.program {
@@ -272,11 +225,6 @@ fn build_identity(bytes: &[u8], config: &Config) -> u64 {
 fn expected_shapes(limits: &Limits, legacy_flows: bool) -> Vec<Shape> {
     use std::mem::size_of;
     let stride = table_stride(limits.max_table_size);
-    let flow_value = if legacy_flows {
-        size_of::<FlowEntryV0>()
-    } else {
-        size_of::<FlowEntry>()
-    } as u32;
     vec![
         shape(
             MAP_SERVICES,
@@ -292,7 +240,7 @@ fn expected_shapes(limits: &Limits, legacy_flows: bool) -> Vec<Shape> {
             4,
             size_of::<ServiceState>(),
             limits.max_services,
-            1024,
+            BPF_F_MMAPABLE,
         ),
         shape(
             MAP_TABLES,
@@ -300,7 +248,7 @@ fn expected_shapes(limits: &Limits, legacy_flows: bool) -> Vec<Shape> {
             4,
             size_of::<TableCells>(),
             limits.max_services * 2 * stride,
-            1024,
+            BPF_F_MMAPABLE,
         ),
         shape(
             MAP_BACKENDS,
@@ -310,13 +258,24 @@ fn expected_shapes(limits: &Limits, legacy_flows: bool) -> Vec<Shape> {
             limits.max_backends,
             0,
         ),
-        Shape {
-            name: MAP_FLOWS,
-            kind: MapType::LruHash,
-            key: size_of::<FlowKey>() as u32,
-            value: flow_value,
-            entries: limits.flow_table_size,
-            flags: 0,
+        if legacy_flows {
+            shape(
+                MAP_FLOWS,
+                MapType::LruHash,
+                size_of::<FlowKey>(),
+                size_of::<FlowEntryV0>(),
+                limits.flow_table_size,
+                0,
+            )
+        } else {
+            shape(
+                MAP_FLOWS,
+                MapType::Array,
+                4,
+                size_of::<FlowSet>(),
+                flow_sets(limits.flow_table_size),
+                BPF_F_MMAPABLE,
+            )
         },
         shape(
             MAP_VIPS,
@@ -406,8 +365,9 @@ impl DataPlane {
             source,
         })?;
         let limits = config.limits.clone();
-        let flow_value = object_flow_value_size(&bytes).unwrap_or(16);
-        let legacy = flow_value == std::mem::size_of::<FlowEntryV0>() as u32;
+        // The program decides the flow table's layout; the loader follows.
+        let legacy =
+            object_flow_value_size(&bytes) == Some(std::mem::size_of::<FlowEntryV0>() as u32);
 
         // Check every pinned map against what this build expects; the flow
         // table alone may be migrated (layout or size change).
@@ -440,10 +400,7 @@ impl DataPlane {
                 want.entries,
                 want.flags
             );
-            if want.name == MAP_FLOWS
-                && have.key_size() == want.key
-                && have.map_type().ok() == Some(want.kind)
-            {
+            if want.name == MAP_FLOWS && migratable_flows(&have) {
                 // Hold the old table open, then unpin it so the loader
                 // creates the new one in its place (bpffs cannot rename).
                 // The running program keeps using the old table until it
@@ -463,6 +420,7 @@ impl DataPlane {
         let stride = table_stride(limits.max_table_size);
         let seed = config.node.hash_seed;
         let idle = config.node.udp_idle_timeout;
+        let sets = flow_sets(limits.flow_table_size);
         let map_paths: Vec<(&str, PathBuf)> = ALL_MAPS
             .iter()
             .map(|name| (*name, dir.join(name)))
@@ -472,11 +430,15 @@ impl DataPlane {
             .override_global(GLOBAL_HASH_SEED, &seed, true)
             .override_global(GLOBAL_TABLE_STRIDE, &stride, true)
             .override_global(GLOBAL_UDP_IDLE_SECS, &idle, true)
+            .override_global(GLOBAL_FLOW_SETS, &sets, true)
             .map_max_entries(MAP_SERVICES, limits.max_services)
             .map_max_entries(MAP_SERVICE_STATE, limits.max_services)
             .map_max_entries(MAP_TABLES, limits.max_services * 2 * stride)
             .map_max_entries(MAP_BACKENDS, limits.max_backends)
-            .map_max_entries(MAP_FLOWS, limits.flow_table_size)
+            .map_max_entries(
+                MAP_FLOWS,
+                if legacy { limits.flow_table_size } else { sets },
+            )
             .map_max_entries(MAP_VIPS, limits.max_services)
             .map_max_entries(MAP_SERVICE_STATS, limits.max_services)
             .map_max_entries(MAP_BACKEND_STATS, limits.max_backends)
@@ -512,7 +474,7 @@ impl DataPlane {
         // program takes over, and once more after, for flows the old program
         // created in between.
         if let Some(old) = &migrating_flows {
-            migrate_flows(old, &mut ebpf, legacy)?;
+            migrate_flows(old, &mut ebpf, legacy, seed, sets)?;
         }
 
         let program: &mut Xdp = ebpf
@@ -544,7 +506,7 @@ impl DataPlane {
         };
         detach_stale_links(&dir, &config.node.interfaces);
         if let Some(old) = migrating_flows.take() {
-            migrate_flows(&old, &mut ebpf, legacy)?;
+            migrate_flows(&old, &mut ebpf, legacy, seed, sets)?;
         }
 
         let services =
@@ -556,7 +518,11 @@ impl DataPlane {
         let flows = if legacy {
             FlowTable::Legacy(HashMap::try_from(flows_map).map_err(map_err(MAP_FLOWS))?)
         } else {
-            FlowTable::Current(HashMap::try_from(flows_map).map_err(map_err(MAP_FLOWS))?)
+            FlowTable::Sets(FlowSets::new(
+                map_data(&flows_map).fd().as_fd(),
+                sets,
+                seed,
+            )?)
         };
         let tx_ports =
             DevMapHash::try_from(take(&mut ebpf, MAP_TX_PORTS)?).map_err(map_err(MAP_TX_PORTS))?;
@@ -807,10 +773,29 @@ fn warn_if_vlan(interface: &str) {
     }
 }
 
-/// Copies every entry of the pinned old flow table into the new one,
-/// converting the layout.
-fn migrate_flows(old: &MapData, ebpf: &mut Ebpf, legacy_new: bool) -> Result<(), DataPlaneError> {
-    let old_value = old.info().map_err(map_err(MAP_FLOWS))?.value_size();
+/// Whether a pinned flow table can be migrated into this build's: a kernel
+/// LRU hash of either earlier entry layout, or a set array of another size.
+fn migratable_flows(have: &MapInfo) -> bool {
+    use std::mem::size_of;
+    match have.map_type().ok() {
+        Some(MapType::LruHash) => {
+            have.key_size() == size_of::<FlowKey>() as u32
+                && [size_of::<FlowEntryV0>(), size_of::<FlowEntry>()]
+                    .contains(&(have.value_size() as usize))
+        }
+        Some(MapType::Array) => have.value_size() == size_of::<FlowSet>() as u32,
+        _ => false,
+    }
+}
+
+/// Entries of a pinned old flow table, in any layout [`migratable_flows`]
+/// accepts.
+fn old_flow_entries(old: &MapData, seed: u32) -> Result<Vec<(FlowKey, FlowEntry)>, DataPlaneError> {
+    let info = old.info().map_err(map_err(MAP_FLOWS))?;
+    if info.map_type().ok() == Some(MapType::Array) {
+        let sets = FlowSets::new(old.fd().as_fd(), info.max_entries(), seed)?;
+        return Ok(sets.entries());
+    }
     let old_map = Map::LruHashMap(
         MapData::from_fd(old.fd().as_fd().try_clone_to_owned().map_err(|source| {
             DataPlaneError::Io {
@@ -820,8 +805,8 @@ fn migrate_flows(old: &MapData, ebpf: &mut Ebpf, legacy_new: bool) -> Result<(),
         })?)
         .map_err(map_err(MAP_FLOWS))?,
     );
-    let entries: Vec<(FlowKey, FlowEntry)> =
-        if old_value == std::mem::size_of::<FlowEntryV0>() as u32 {
+    Ok(
+        if info.value_size() == std::mem::size_of::<FlowEntryV0>() as u32 {
             let m: HashMap<_, FlowKey, FlowEntryV0> =
                 HashMap::try_from(&old_map).map_err(map_err(MAP_FLOWS))?;
             m.iter()
@@ -832,7 +817,20 @@ fn migrate_flows(old: &MapData, ebpf: &mut Ebpf, legacy_new: bool) -> Result<(),
             let m: HashMap<_, FlowKey, FlowEntry> =
                 HashMap::try_from(&old_map).map_err(map_err(MAP_FLOWS))?;
             m.iter().filter_map(Result::ok).collect()
-        };
+        },
+    )
+}
+
+/// Copies every entry of the pinned old flow table into the new one,
+/// converting the layout.
+fn migrate_flows(
+    old: &MapData,
+    ebpf: &mut Ebpf,
+    legacy_new: bool,
+    seed: u32,
+    new_sets: u32,
+) -> Result<(), DataPlaneError> {
+    let entries = old_flow_entries(old, seed)?;
     let new = ebpf.map_mut(MAP_FLOWS).ok_or(DataPlaneError::Map {
         name: MAP_FLOWS,
         source: aya::maps::MapError::InvalidName {
@@ -851,15 +849,14 @@ fn migrate_flows(old: &MapData, ebpf: &mut Ebpf, legacy_new: bool) -> Result<(),
             copied += m.insert(k, v0, 0).is_ok() as usize;
         }
     } else {
-        let mut m: HashMap<_, FlowKey, FlowEntry> =
-            HashMap::try_from(new).map_err(map_err(MAP_FLOWS))?;
+        let mut sets = FlowSets::new(map_data(new).fd().as_fd(), new_sets, seed)?;
         let now = now_coarse();
         for (k, v) in &entries {
             let mut v = *v;
             if v.last_seen == 0 {
                 v.last_seen = now;
             }
-            copied += m.insert(k, v, 0).is_ok() as usize;
+            copied += sets.insert(k, &v) as usize;
         }
     }
     info!(entries = entries.len(), copied, "flow table migrated");

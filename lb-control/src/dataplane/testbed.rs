@@ -5,7 +5,10 @@
 //! backend 3; IPv6 TCP VIP6:80 on backend 4. Tables have 13 cells cycling
 //! over their backends, so a flow's backend is easy to predict.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    os::fd::AsFd as _,
+};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -14,8 +17,10 @@ use aya::{
 };
 use lb_common::{
     BACKEND_ACTIVE, Backend, FlowEntry, FlowKey, NO_BACKEND, PROTO_TCP, PROTO_UDP, ServiceKey,
-    ServiceState, ServiceValue, TableCells, slot_base, table_stride,
+    ServiceState, ServiceValue, TableCells, flow_sets, slot_base, table_stride,
 };
+
+use super::FlowSets;
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
@@ -46,8 +51,8 @@ impl TestBed {
         Self::with_flow_capacity(bytes, 1024)
     }
 
-    /// A test bed whose flow table holds `flows` entries (benchmarks size it
-    /// so new flows never evict).
+    /// A test bed whose flow table holds `flows` entries (rounded up to a
+    /// power-of-two number of sets).
     pub fn with_flow_capacity(bytes: &[u8], flows: u32) -> Self {
         let stride = table_stride(MAX_TABLE);
         let mut ebpf = EbpfLoader::new()
@@ -57,7 +62,8 @@ impl TestBed {
             .map_max_entries("SERVICE_STATE", MAX_SERVICES)
             .map_max_entries("TABLES", MAX_SERVICES * 2 * stride)
             .map_max_entries("BACKENDS", 16)
-            .map_max_entries("FLOWS", flows)
+            .override_global("FLOW_SETS", &flow_sets(flows), true)
+            .map_max_entries("FLOWS", flow_sets(flows))
             .map_max_entries("VIPS", MAX_SERVICES)
             .map_max_entries("SERVICE_STATS", MAX_SERVICES)
             .map_max_entries("BACKEND_STATS", 16)
@@ -179,9 +185,17 @@ impl TestBed {
     }
 
     pub fn flow(&self, key: &FlowKey) -> Option<FlowEntry> {
-        let flows: HashMap<_, FlowKey, FlowEntry> =
-            HashMap::try_from(self.ebpf.map("FLOWS").expect("FLOWS")).expect("FLOWS");
-        flows.get(key, 0).ok()
+        self.flow_sets().get(key)
+    }
+
+    /// The flow table through its mapping.
+    pub fn flow_sets(&self) -> FlowSets {
+        let map = self.ebpf.map("FLOWS").expect("FLOWS");
+        let aya::maps::Map::Array(data) = map else {
+            panic!("FLOWS is not an array: {map:?}");
+        };
+        let sets = data.info().expect("FLOWS info").max_entries();
+        FlowSets::new(data.fd().as_fd(), sets, SEED).expect("map FLOWS")
     }
 
     pub fn backend_counters(&self, index: u32) -> (u64, u64, u64) {
@@ -200,12 +214,7 @@ impl TestBed {
 impl TestBed {
     /// Empties the flow table.
     pub fn clear_flows(&mut self) {
-        let mut flows: HashMap<_, FlowKey, FlowEntry> =
-            HashMap::try_from(self.ebpf.map_mut("FLOWS").expect("FLOWS")).expect("FLOWS");
-        let keys: Vec<FlowKey> = flows.keys().filter_map(Result::ok).collect();
-        for k in keys {
-            let _ = flows.remove(&k);
-        }
+        self.flow_sets().clear();
     }
 
     /// Runs `frame` `repeat` times in the kernel; returns the average time

@@ -1,0 +1,167 @@
+//! The flow table: a set-associative array (`FLOWS`, a `BPF_F_MMAPABLE`
+//! array of [`FlowSet`]s), shared by all CPUs.
+//!
+//! A flow lives in the set its [`flow_hash`](crate::flow_hash) picks (the
+//! same hash the Maglev lookup uses, so one hash per packet serves both), in
+//! one of [`FLOW_WAYS`] ways. A new flow takes a free way, or else the way
+//! whose flow was seen longest ago (least recently used within the set, at
+//! one-second resolution). Compared with a kernel LRU hash this costs no
+//! lock, no list move and no allocation per new flow, and a lookup is one
+//! cache line of tags plus the matching slot; the price is that a set that
+//! overflows evicts its oldest flow while other sets have room, so the table
+//! is sized with headroom (see `docs/configuration.md`, `flow_table_size`).
+//!
+//! Writers publish a slot by clearing its tag, writing the slot, then
+//! setting the tag; a reader that races an eviction sees a tag or key that
+//! does not match and treats the packet as a miss (re-hash), the same as an
+//! evicted flow.
+
+use crate::maps::FlowKey;
+
+/// Ways per set: the tags and last-seen times of one set fill one 64-byte
+/// cache line.
+pub const FLOW_WAYS: usize = 8;
+
+/// A tag that marks a free way.
+pub const FLOW_TAG_FREE: u32 = 0;
+
+/// One way of a set: the flow's key and where it goes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowSlot {
+    pub key: FlowKey,
+    pub backend: u32,
+    /// The backend's incarnation when the entry was written.
+    pub incarnation: u32,
+}
+
+/// `FLOWS` value: one set of [`FLOW_WAYS`] flows.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowSet {
+    /// Per way: [`flow_tag`] of its flow, [`FLOW_TAG_FREE`] when free.
+    pub tags: [u32; FLOW_WAYS],
+    /// Per way: coarse seconds ([`crate::coarse_secs`]) the flow was last
+    /// seen, written at most once per such second. Picks the way a new flow
+    /// takes in a full set, and expires idle UDP flows.
+    pub seen: [u32; FLOW_WAYS],
+    pub slots: [FlowSlot; FLOW_WAYS],
+}
+
+/// Number of sets for a table of at least `capacity` flows: a power of two,
+/// so the set index is a mask of the hash.
+pub const fn flow_sets(capacity: u32) -> u32 {
+    let sets = capacity.div_ceil(FLOW_WAYS as u32);
+    if sets <= 1 {
+        1
+    } else {
+        sets.next_power_of_two()
+    }
+}
+
+/// Set of a flow with hash `hash` in a table of `sets` sets (a power of two).
+#[inline(always)]
+pub const fn flow_set_index(hash: u32, sets: u32) -> u32 {
+    hash & (sets - 1)
+}
+
+/// Tag of a flow with hash `hash`: never [`FLOW_TAG_FREE`]. The set index
+/// uses the low bits, so the high bits tell the flows of one set apart; the
+/// key decides.
+#[inline(always)]
+pub const fn flow_tag(hash: u32) -> u32 {
+    hash | 1
+}
+
+impl FlowSet {
+    /// The way holding `key` (tag first, then the whole key).
+    #[inline(always)]
+    pub fn find(&self, tag: u32, key: &FlowKey) -> Option<usize> {
+        let mut w = 0;
+        while w < FLOW_WAYS {
+            if self.tags[w] == tag && self.slots[w].key.same(key) {
+                return Some(w);
+            }
+            w += 1;
+        }
+        None
+    }
+
+    /// The way a new flow takes: a free one, else the one seen longest ago
+    /// (ties to the lower way).
+    #[inline(always)]
+    pub fn victim(&self, now: u32) -> usize {
+        let mut best = 0;
+        let mut best_age = 0;
+        for w in 0..FLOW_WAYS {
+            if self.tags[w] == FLOW_TAG_FREE {
+                return w;
+            }
+            let age = now.wrapping_sub(self.seen[w]);
+            if age > best_age {
+                best = w;
+                best_age = age;
+            }
+        }
+        best
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<FlowSlot>() == 48);
+const _: () = assert!(core::mem::size_of::<FlowSet>() == 64 + 48 * FLOW_WAYS);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::maps::PROTO_TCP;
+
+    fn key(sport: u16) -> FlowKey {
+        FlowKey::new(&[10, 0, 0, 2], sport, &[10, 0, 0, 100], 80, PROTO_TCP)
+    }
+
+    #[test]
+    fn set_counts_are_powers_of_two_with_room() {
+        assert_eq!(flow_sets(0), 1);
+        assert_eq!(flow_sets(8), 1);
+        assert_eq!(flow_sets(9), 2);
+        assert_eq!(flow_sets(1 << 20), 1 << 17);
+        assert_eq!(flow_sets(1_000_000), 1 << 17);
+        assert_eq!(flow_set_index(0xdead_beef, 1 << 17), 0xdead_beef & 0x1_ffff);
+        assert_ne!(flow_tag(0), FLOW_TAG_FREE);
+    }
+
+    #[test]
+    fn find_matches_tag_and_whole_key() {
+        let mut set = FlowSet::default();
+        set.tags[3] = flow_tag(77);
+        set.slots[3].key = key(1000);
+        assert_eq!(set.find(flow_tag(77), &key(1000)), Some(3));
+        // Same tag, other key: not a match.
+        assert_eq!(set.find(flow_tag(77), &key(1001)), None);
+        // Same key under a free tag: not a match.
+        set.tags[3] = FLOW_TAG_FREE;
+        assert_eq!(set.find(flow_tag(77), &key(1000)), None);
+    }
+
+    #[test]
+    fn victim_is_a_free_way_then_the_oldest() {
+        let mut set = FlowSet::default();
+        assert_eq!(set.victim(100), 0);
+        for w in 0..FLOW_WAYS {
+            set.tags[w] = flow_tag(w as u32 * 2);
+            set.seen[w] = 90 + w as u32;
+        }
+        set.seen[5] = 50;
+        assert_eq!(set.victim(100), 5);
+        set.tags[6] = FLOW_TAG_FREE;
+        assert_eq!(set.victim(100), 6);
+        // Clock wrap: ages are wrapping differences.
+        let mut set = FlowSet::default();
+        for w in 0..FLOW_WAYS {
+            set.tags[w] = 1;
+            set.seen[w] = u32::MAX;
+        }
+        set.seen[2] = u32::MAX - 5;
+        assert_eq!(set.victim(3), 2);
+    }
+}
