@@ -8,6 +8,7 @@
 pub mod flows;
 pub mod hash;
 pub mod maps;
+pub mod services;
 
 #[cfg(feature = "user")]
 pub mod maglev;
@@ -15,3 +16,4 @@ pub mod maglev;
 pub use flows::*;
 pub use hash::flow_hash;
 pub use maps::*;
+pub use services::*;

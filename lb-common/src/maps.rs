@@ -9,6 +9,7 @@ pub const MAP_ABI_VERSION: u32 = 1;
 
 pub const MAP_SERVICES: &str = "SERVICES";
 pub const MAP_SERVICE_STATE: &str = "SERVICE_STATE";
+pub const MAP_SERVICE_BUCKETS: &str = "SERVICE_BUCKETS";
 pub const MAP_TABLES: &str = "TABLES";
 pub const MAP_BACKENDS: &str = "BACKENDS";
 pub const MAP_FLOWS: &str = "FLOWS";
@@ -19,8 +20,9 @@ pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
 pub const MAP_BACKEND_LAST_SEEN: &str = "BACKEND_LAST_SEEN";
 pub const MAP_GLOBAL_STATS: &str = "GLOBAL_STATS";
 /// Every map the program declares, in the order they are pinned.
-pub const ALL_MAPS: [&str; 11] = [
+pub const ALL_MAPS: [&str; 12] = [
     MAP_SERVICES,
+    MAP_SERVICE_BUCKETS,
     MAP_SERVICE_STATE,
     MAP_TABLES,
     MAP_BACKENDS,
@@ -41,6 +43,7 @@ pub const GLOBAL_HASH_SEED: &str = "HASH_SEED";
 pub const GLOBAL_TABLE_STRIDE: &str = "TABLE_STRIDE";
 pub const GLOBAL_UDP_IDLE_SECS: &str = "UDP_IDLE_SECS";
 pub const GLOBAL_FLOW_SETS: &str = "FLOW_SETS";
+pub const GLOBAL_SERVICE_BUCKETS: &str = "SERVICE_BUCKET_COUNT";
 
 /// Compile-time defaults for map sizes; the loader overrides them from the
 /// config (`[limits]`).
@@ -69,8 +72,9 @@ pub const FAMILY_V4: u8 = 4;
 pub const FAMILY_V6: u8 = 6;
 
 /// `SERVICES` key: (VIP, port, protocol). IPv4 addresses use the first four
-/// bytes of `addr`, the rest zero.
-#[repr(C)]
+/// bytes of `addr`, the rest zero. Four-byte aligned so the program compares
+/// it a word at a time.
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServiceKey {
     pub addr: [u8; 16],
@@ -270,6 +274,21 @@ impl ServiceKey {
     pub fn port(&self) -> u16 {
         u16::from_be_bytes(self.port)
     }
+
+    /// Whether two keys are equal, compared a word at a time.
+    #[inline(always)]
+    pub fn same(&self, other: &Self) -> bool {
+        let (a, b) = (self.words(), other.words());
+        ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4])) == 0
+    }
+
+    /// The key as five words.
+    #[inline(always)]
+    pub fn words(&self) -> &[u32; 5] {
+        // SAFETY: `ServiceKey` is 20 bytes, 4-byte aligned, without padding
+        // (asserted below), so it is readable as five `u32`s.
+        unsafe { &*(self as *const Self as *const [u32; 5]) }
+    }
 }
 
 impl FlowKey {
@@ -342,6 +361,7 @@ mod pod {
     unsafe impl aya::Pod for super::FlowEntryV0 {}
     unsafe impl aya::Pod for super::Counters {}
     unsafe impl aya::Pod for crate::flows::FlowSet {}
+    unsafe impl aya::Pod for crate::services::ServiceBucket {}
 }
 
 // No implicit padding anywhere: sizes are the sum of the fields.

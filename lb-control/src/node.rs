@@ -451,6 +451,9 @@ impl Node {
                 removed_services.push((name.clone(), rt.index));
             }
         }
+        if !removed_services.is_empty() {
+            self.dp.publish_services()?;
+        }
         for (name, _) in &removed_services {
             self.services.remove(name);
             report.services_removed.push(name.clone());
@@ -616,6 +619,9 @@ impl Node {
                 )
                 .map_err(map_err("SERVICES"))?;
         }
+        if !new_services.is_empty() {
+            self.dp.publish_services()?;
+        }
         self.sync_vips(&desired)?;
         self.sync_tx_ports().await;
 
@@ -733,6 +739,23 @@ impl Node {
                     ));
                 }
                 Err(e) => return Err(format!("service `{name}`: SERVICES lookup: {e}")),
+            }
+            // What the program reads first: the bucket names the same index,
+            // or sends the program on to SERVICES.
+            match crate::dataplane::services::lookup(&self.dp.service_buckets, &rt.key) {
+                Some(index) if index == rt.index => {}
+                Some(index) => {
+                    return Err(format!(
+                        "service `{name}`: SERVICE_BUCKETS names index {index} instead of {}",
+                        rt.index
+                    ));
+                }
+                None if self.dp.service_overflows(&rt.key) => {}
+                None => {
+                    return Err(format!(
+                        "service `{name}`: missing from SERVICE_BUCKETS and its bucket does not overflow"
+                    ));
+                }
             }
             if let Some(cells) = self.expected_cells.get(name) {
                 let read = tables::read_active(

@@ -389,3 +389,62 @@ fn a_repeated_syn_rewrites_its_own_entry() {
         "the SYN took the table's choice"
     );
 }
+
+#[test]
+fn services_beyond_a_full_bucket_are_still_found() {
+    let Some(mut h) = harness() else { return };
+    let buckets = lb_common::service_buckets(lb_control::dataplane::testbed::MAX_SERVICES);
+    // Seven ports of the VIP whose keys share one bucket with each other
+    // (not with the test bed's own services): four fit, three overflow.
+    let taken: Vec<u32> = [
+        ServiceKey::new(&VIP.octets(), 80, PROTO_TCP),
+        ServiceKey::new(&VIP.octets(), 53, PROTO_UDP),
+        ServiceKey::new(&VIP6.octets(), 80, PROTO_TCP),
+    ]
+    .iter()
+    .map(|k| lb_common::service_bucket_of(k, buckets))
+    .collect();
+    let key = |port: u16| ServiceKey::new(&VIP.octets(), port, PROTO_TCP);
+    let target = (1000..2000u16)
+        .map(|p| lb_common::service_bucket_of(&key(p), buckets))
+        .find(|b| !taken.contains(b))
+        .expect("a free bucket");
+    let ports: Vec<u16> = (1000..60000u16)
+        .filter(|&p| lb_common::service_bucket_of(&key(p), buckets) == target)
+        .take(7)
+        .collect();
+    assert_eq!(ports.len(), 7);
+    let forwarded = |h: &TestBed, port: u16| {
+        h.run(&ipv4(CLIENT, VIP, PROTO_TCP, &[], 0, &tcp(7000, port, SYN)))
+            .0
+            == XDP_TX
+    };
+    for &p in &ports {
+        assert!(!forwarded(&h, p), "port {p} is not a service yet");
+        h.add_service_key(key(p), 0);
+    }
+    let bucket = h.service_buckets().get(target);
+    assert_ne!(bucket.overflow, 0, "seven keys, four ways: overflow");
+    for &p in &ports {
+        assert!(
+            forwarded(&h, p),
+            "port {p} is a service (in a way or through SERVICES)"
+        );
+    }
+    // Removing three keys leaves four: every one in a way, no overflow.
+    for &p in &ports[..3] {
+        h.remove_service_key(&key(p));
+    }
+    let bucket = h.service_buckets().get(target);
+    assert_eq!(bucket.overflow, 0);
+    for &p in &ports[..3] {
+        assert!(!forwarded(&h, p), "port {p} was removed");
+    }
+    for &p in &ports[3..] {
+        assert!(forwarded(&h, p), "port {p} stays a service");
+        assert_eq!(bucket.find(&key(p)), Some(0));
+    }
+    // Host traffic to other ports of the VIP still passes.
+    let (action, _) = h.run(&ipv4(CLIENT, VIP, PROTO_TCP, &[], 0, &tcp(7000, 22, SYN)));
+    assert_eq!(action, XDP_PASS);
+}

@@ -20,9 +20,9 @@ use flows::Lookup;
 use lb_common::{
     BACKEND_ACTIVE, BACKEND_DRAINING, BACKEND_FLAG_LOCAL, Backend, Counters,
     DEFAULT_FLOW_TABLE_SIZE, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_SERVICES, DEFAULT_MAX_TABLE_SIZE,
-    DEFAULT_UDP_IDLE_SECS, FlowKey, MAX_TX_PORTS, NO_BACKEND, ServiceKey, ServiceState,
-    ServiceValue, TABLE_LANES, TableCells, coarse_secs, flow_hash, flow_sets, global, slot_base,
-    table_stride,
+    DEFAULT_UDP_IDLE_SECS, FlowKey, MAX_TX_PORTS, NO_BACKEND, ServiceBucket, ServiceKey,
+    ServiceState, ServiceValue, TABLE_LANES, TableCells, coarse_secs, flow_hash, flow_sets, global,
+    service_bucket_of, service_buckets, slot_base, table_stride,
 };
 use parse::{Parsed, parse_frame};
 
@@ -33,6 +33,9 @@ static HASH_SEED: u32 = 0;
 static TABLE_STRIDE: u32 = table_stride(DEFAULT_MAX_TABLE_SIZE);
 #[unsafe(no_mangle)]
 pub(crate) static UDP_IDLE_SECS: u32 = DEFAULT_UDP_IDLE_SECS;
+/// Number of `SERVICE_BUCKETS` (a power of two).
+#[unsafe(no_mangle)]
+static SERVICE_BUCKET_COUNT: u32 = service_buckets(DEFAULT_MAX_SERVICES);
 /// Number of flow-table sets (a power of two).
 #[unsafe(no_mangle)]
 pub(crate) static FLOW_SETS: u32 = flow_sets(DEFAULT_FLOW_TABLE_SIZE);
@@ -40,6 +43,11 @@ pub(crate) static FLOW_SETS: u32 = flow_sets(DEFAULT_FLOW_TABLE_SIZE);
 #[map]
 static SERVICES: HashMap<ServiceKey, ServiceValue> =
     HashMap::with_max_entries(DEFAULT_MAX_SERVICES, 0);
+/// The fast service index (see `lb_common::services`); `SERVICES` holds
+/// every service and is read only for buckets marked as overflowing.
+#[map]
+static SERVICE_BUCKETS: Array<ServiceBucket> =
+    Array::with_max_entries(service_buckets(DEFAULT_MAX_SERVICES), BPF_F_MMAPABLE);
 #[map]
 static SERVICE_STATE: Array<ServiceState> =
     Array::with_max_entries(DEFAULT_MAX_SERVICES, BPF_F_MMAPABLE);
@@ -150,8 +158,20 @@ fn service_of(key: &FlowKey) -> Option<u32> {
         proto: key.proto,
         family: key.family,
     };
-    // SAFETY: values are plain data; the program never writes this map.
-    unsafe { SERVICES.get(service) }.map(|s| s.index)
+    let bucket = service_bucket_of(&service, read_global(&SERVICE_BUCKET_COUNT));
+    let bucket = SERVICE_BUCKETS.get_ptr(bucket)?;
+    // SAFETY: a live map value; user space publishes a way by writing its
+    // key's family last (module docs of lb_common::services).
+    unsafe {
+        if let Some(index) = (*bucket).find(&service) {
+            return Some(index);
+        }
+        if core::ptr::read_volatile(&(*bucket).overflow) == 0 {
+            return None;
+        }
+        // SAFETY: values are plain data; the program never writes this map.
+        SERVICES.get(service).map(|s| s.index)
+    }
 }
 
 /// Picks the flow's backend (flow table first, Maglev otherwise) and forwards.

@@ -10,6 +10,7 @@
 pub mod flows;
 pub mod grace;
 pub mod mmap;
+pub mod services;
 pub mod tables;
 pub mod testbed;
 
@@ -29,11 +30,11 @@ use aya::{
 };
 use lb_common::{
     ALL_MAPS, Backend, Counters, FlowEntry, FlowEntryV0, FlowKey, FlowSet, GLOBAL_FLOW_SETS,
-    GLOBAL_HASH_SEED, GLOBAL_TABLE_STRIDE, GLOBAL_UDP_IDLE_SECS, MAP_ABI_VERSION,
-    MAP_BACKEND_LAST_SEEN, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_FLOWS, MAP_GLOBAL_STATS,
-    MAP_SERVICE_STATE, MAP_SERVICE_STATS, MAP_SERVICES, MAP_TABLES, MAP_TX_PORTS, MAP_VIPS,
-    PROGRAM_NAME, ServiceKey, ServiceState, ServiceValue, TableCells, flow_sets, global,
-    table_stride,
+    GLOBAL_HASH_SEED, GLOBAL_SERVICE_BUCKETS, GLOBAL_TABLE_STRIDE, GLOBAL_UDP_IDLE_SECS,
+    MAP_ABI_VERSION, MAP_BACKEND_LAST_SEEN, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_FLOWS,
+    MAP_GLOBAL_STATS, MAP_SERVICE_BUCKETS, MAP_SERVICE_STATE, MAP_SERVICE_STATS, MAP_SERVICES,
+    MAP_TABLES, MAP_TX_PORTS, MAP_VIPS, PROGRAM_NAME, ServiceBucket, ServiceKey, ServiceState,
+    ServiceValue, TableCells, flow_sets, global, service_buckets, table_stride,
 };
 use tracing::{info, warn};
 
@@ -145,6 +146,9 @@ pub struct DataPlane {
     pub backend_last_seen: PerCpuArray<MapData, u32>,
     pub global_stats: PerCpuArray<MapData, u64>,
     pub service_state: MmapArray<ServiceState>,
+    /// The program's fast service index; follows `services` through
+    /// [`DataPlane::publish_services`].
+    pub service_buckets: MmapArray<ServiceBucket>,
     pub tables: MmapArray<TableCells>,
     pub grace: GracePeriod,
 }
@@ -233,6 +237,14 @@ fn expected_shapes(limits: &Limits, legacy_flows: bool) -> Vec<Shape> {
             size_of::<ServiceValue>(),
             limits.max_services,
             0,
+        ),
+        shape(
+            MAP_SERVICE_BUCKETS,
+            MapType::Array,
+            4,
+            size_of::<ServiceBucket>(),
+            service_buckets(limits.max_services),
+            BPF_F_MMAPABLE,
         ),
         shape(
             MAP_SERVICE_STATE,
@@ -421,6 +433,7 @@ impl DataPlane {
         let seed = config.node.hash_seed;
         let idle = config.node.udp_idle_timeout;
         let sets = flow_sets(limits.flow_table_size);
+        let buckets = service_buckets(limits.max_services);
         let map_paths: Vec<(&str, PathBuf)> = ALL_MAPS
             .iter()
             .map(|name| (*name, dir.join(name)))
@@ -431,6 +444,8 @@ impl DataPlane {
             .override_global(GLOBAL_TABLE_STRIDE, &stride, true)
             .override_global(GLOBAL_UDP_IDLE_SECS, &idle, true)
             .override_global(GLOBAL_FLOW_SETS, &sets, true)
+            .override_global(GLOBAL_SERVICE_BUCKETS, &buckets, true)
+            .map_max_entries(MAP_SERVICE_BUCKETS, buckets)
             .map_max_entries(MAP_SERVICES, limits.max_services)
             .map_max_entries(MAP_SERVICE_STATE, limits.max_services)
             .map_max_entries(MAP_TABLES, limits.max_services * 2 * stride)
@@ -475,6 +490,31 @@ impl DataPlane {
         // created in between.
         if let Some(old) = &migrating_flows {
             migrate_flows(old, &mut ebpf, legacy, seed, sets)?;
+        }
+        // The service index follows SERVICES before a new program reads it
+        // (a build that predates it leaves the pinned SERVICES only).
+        let mut service_buckets = MmapArray::new(
+            MAP_SERVICE_BUCKETS,
+            map_data(ebpf.map(MAP_SERVICE_BUCKETS).ok_or(DataPlaneError::Map {
+                name: MAP_SERVICE_BUCKETS,
+                source: aya::maps::MapError::InvalidName {
+                    name: MAP_SERVICE_BUCKETS.into(),
+                },
+            })?)
+            .fd()
+            .as_fd(),
+            buckets,
+        )?;
+        {
+            let pinned: HashMap<_, ServiceKey, ServiceValue> =
+                HashMap::try_from(ebpf.map(MAP_SERVICES).ok_or(DataPlaneError::Map {
+                    name: MAP_SERVICES,
+                    source: aya::maps::MapError::InvalidName {
+                        name: MAP_SERVICES.into(),
+                    },
+                })?)
+                .map_err(map_err(MAP_SERVICES))?;
+            services::publish(&mut service_buckets, &service_entries(&pinned)?);
         }
 
         let program: &mut Xdp = ebpf
@@ -547,6 +587,7 @@ impl DataPlane {
             limits.max_services * 2 * stride,
         )?;
         Ok(Self {
+            service_buckets,
             _ebpf: ebpf,
             dir,
             limits,
@@ -566,6 +607,20 @@ impl DataPlane {
             tables,
             grace: GracePeriod::new()?,
         })
+    }
+
+    /// Makes `SERVICE_BUCKETS` say what `SERVICES` says; call after every
+    /// change of `services`.
+    pub fn publish_services(&mut self) -> Result<(), DataPlaneError> {
+        let entries = service_entries(&self.services)?;
+        services::publish(&mut self.service_buckets, &entries);
+        Ok(())
+    }
+
+    /// Whether the bucket of `key` sends the program on to `SERVICES`.
+    pub fn service_overflows(&self, key: &ServiceKey) -> bool {
+        let bucket = lb_common::service_bucket_of(key, self.service_buckets.entries());
+        self.service_buckets.get(bucket).overflow != 0
     }
 
     /// Global counters summed over CPUs, by name.
@@ -771,6 +826,18 @@ fn warn_if_vlan(interface: &str) {
             "interface carries VLAN-tagged traffic; tagged frames are passed to the stack, not balanced"
         );
     }
+}
+
+/// Every (key, index) of a `SERVICES` map.
+fn service_entries<T: std::borrow::Borrow<MapData>>(
+    map: &HashMap<T, ServiceKey, ServiceValue>,
+) -> Result<Vec<(ServiceKey, u32)>, DataPlaneError> {
+    map.iter()
+        .map(|item| {
+            item.map(|(k, v)| (k, v.index))
+                .map_err(map_err(MAP_SERVICES))
+        })
+        .collect()
 }
 
 /// Whether a pinned flow table can be migrated into this build's: a kernel

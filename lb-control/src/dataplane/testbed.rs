@@ -16,17 +16,21 @@ use aya::{
     programs::{TestRun, TestRunOptions, Xdp},
 };
 use lb_common::{
-    BACKEND_ACTIVE, Backend, FlowEntry, FlowKey, NO_BACKEND, PROTO_TCP, PROTO_UDP, ServiceKey,
-    ServiceState, ServiceValue, TableCells, flow_sets, slot_base, table_stride,
+    BACKEND_ACTIVE, Backend, FlowEntry, FlowKey, NO_BACKEND, PROTO_TCP, PROTO_UDP, ServiceBucket,
+    ServiceKey, ServiceState, ServiceValue, TableCells, flow_sets, service_buckets, slot_base,
+    table_stride,
 };
 
-use super::FlowSets;
+use super::{FlowSets, mmap::MmapArray};
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
 pub const XDP_TX: u32 = 3;
 pub const SEED: u32 = 0x1234_5678;
 pub const MAX_SERVICES: u32 = 4;
+/// `SERVICES` entries the test bed allows (more keys than `MAX_SERVICES`
+/// may name the same service index).
+pub const MAX_SERVICE_KEYS: u32 = 64;
 pub const MAX_TABLE: u32 = 13;
 pub const NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
@@ -58,7 +62,10 @@ impl TestBed {
         let mut ebpf = EbpfLoader::new()
             .override_global("HASH_SEED", &SEED, true)
             .override_global("TABLE_STRIDE", &stride, true)
-            .map_max_entries("SERVICES", MAX_SERVICES)
+            .override_global("SERVICE_BUCKET_COUNT", &service_buckets(MAX_SERVICES), true)
+            .map_max_entries("SERVICE_BUCKETS", service_buckets(MAX_SERVICES))
+            // Room for more keys than buckets hold, to exercise overflow.
+            .map_max_entries("SERVICES", MAX_SERVICE_KEYS)
             .map_max_entries("SERVICE_STATE", MAX_SERVICES)
             .map_max_entries("TABLES", MAX_SERVICES * 2 * stride)
             .map_max_entries("BACKENDS", 16)
@@ -127,6 +134,49 @@ impl TestBed {
         services
             .insert(key, ServiceValue { index, flags: 0 }, 0)
             .expect("service");
+        self.publish_services();
+    }
+
+    /// Another key for service `index` (its table must exist).
+    pub fn add_service_key(&mut self, key: ServiceKey, index: u32) {
+        let mut services: HashMap<_, ServiceKey, ServiceValue> =
+            HashMap::try_from(self.ebpf.map_mut("SERVICES").expect("SERVICES")).expect("SERVICES");
+        services
+            .insert(key, ServiceValue { index, flags: 0 }, 0)
+            .expect("service key");
+        self.publish_services();
+    }
+
+    pub fn remove_service_key(&mut self, key: &ServiceKey) {
+        let mut services: HashMap<_, ServiceKey, ServiceValue> =
+            HashMap::try_from(self.ebpf.map_mut("SERVICES").expect("SERVICES")).expect("SERVICES");
+        services.remove(key).expect("remove service key");
+        self.publish_services();
+    }
+
+    /// `SERVICE_BUCKETS` through its mapping.
+    pub fn service_buckets(&self) -> MmapArray<ServiceBucket> {
+        let map = self.ebpf.map("SERVICE_BUCKETS").expect("SERVICE_BUCKETS");
+        let aya::maps::Map::Array(data) = map else {
+            panic!("SERVICE_BUCKETS is not an array: {map:?}");
+        };
+        MmapArray::new(
+            "SERVICE_BUCKETS",
+            data.fd().as_fd(),
+            service_buckets(MAX_SERVICES),
+        )
+        .expect("map SERVICE_BUCKETS")
+    }
+
+    /// Makes `SERVICE_BUCKETS` follow `SERVICES`, as the controller does.
+    fn publish_services(&mut self) {
+        let services: HashMap<_, ServiceKey, ServiceValue> =
+            HashMap::try_from(self.ebpf.map("SERVICES").expect("SERVICES")).expect("SERVICES");
+        let entries: Vec<(ServiceKey, u32)> = services
+            .iter()
+            .map(|e| e.map(|(k, v)| (k, v.index)).expect("SERVICES entry"))
+            .collect();
+        super::services::publish(&mut self.service_buckets(), &entries);
     }
 
     pub fn set_backend(&mut self, index: u32, service: u32, state: u32, flags: u32) {
