@@ -157,6 +157,10 @@ fn main() -> Result<()> {
         "  new flow in a cache-resident table / established, single runs: {:.2}x",
         min(&new_flow_warm) / min(&est_single)
     );
+    println!(
+        "  the floor program itself, single runs / large repeats: {:.2}x (what single runs add, whatever the program)",
+        min(&floor_single) / min(&flr)
+    );
     println!("  ({rounds} rounds, min shown; {REPEAT} repeats; {NEW_FLOWS} single runs per round)");
 
     println!("== Maglev table build (65537 cells)");
