@@ -2,7 +2,8 @@
 //!
 //! The ABI version below names the bpffs pin directory (`.../v1/`). Bump it
 //! whenever a pinned map other than the flow table changes layout; the flow
-//! table is migrated in place instead (see `FLOW_ENTRY_LAYOUTS`).
+//! table is migrated in place instead (`lb_common::flows`; earlier builds'
+//! kernel LRU tables with [`FlowEntry`] or [`FlowEntryV0`] values too).
 
 /// Version of the pinned-map layout; part of the pin directory name.
 pub const MAP_ABI_VERSION: u32 = 1;
@@ -163,7 +164,9 @@ pub struct FlowKey {
     pub _pad: [u8; 2],
 }
 
-/// `FLOWS` value of the current layout.
+/// A flow entry as user space reports it (backend, incarnation, last-seen
+/// time); also the value of the kernel LRU flow table of earlier builds,
+/// which a node migrates from.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowEntry {
