@@ -11,10 +11,11 @@
 //! overflows evicts its oldest flow while other sets have room, so the table
 //! is sized with headroom (see `docs/configuration.md`, `flow_table_size`).
 //!
-//! Writers publish a slot by clearing its tag, writing the slot, then
-//! setting the tag; a reader that races an eviction sees a tag or key that
-//! does not match and treats the packet as a miss (re-hash), the same as an
-//! evicted flow.
+//! Writers publish a slot by clearing its tag, writing the key, the
+//! incarnation and the checked backend word ([`flow_target`]), then setting
+//! the tag. A reader that races a writer sees a tag, key or check that does
+//! not match and treats the packet as a miss (re-hash), the same as an
+//! evicted flow; so does a slot two writers interleaved.
 
 use crate::maps::FlowKey;
 
@@ -30,9 +31,36 @@ pub const FLOW_TAG_FREE: u32 = 0;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowSlot {
     pub key: FlowKey,
-    pub backend: u32,
     /// The backend's incarnation when the entry was written.
     pub incarnation: u32,
+    /// [`flow_target`]: the backend index and a check that ties it to the
+    /// flow's tag and the incarnation, written with one store.
+    pub target: u32,
+}
+
+/// The `target` word of a slot: backend index (backend indexes are `u16`)
+/// in the low half, a 16-bit check of (tag, backend, incarnation) in the
+/// high half. Two CPUs writing new flows into the same way at the same
+/// instant can interleave their stores; the check makes a slot whose fields
+/// come from different writers read as a miss (re-hash) instead of sending
+/// one flow to the other's backend.
+#[inline(always)]
+pub const fn flow_target(tag: u32, backend: u32, incarnation: u32) -> u32 {
+    let h = (tag ^ backend.wrapping_mul(0x9e37_79b1) ^ incarnation.wrapping_mul(0x85eb_ca6b))
+        .wrapping_mul(0xc2b2_ae35);
+    (backend & 0xffff) | (h & 0xffff_0000)
+}
+
+/// The backend a slot names, if its `target` checks out against the tag
+/// and incarnation read with it.
+#[inline(always)]
+pub const fn flow_backend(tag: u32, target: u32, incarnation: u32) -> Option<u32> {
+    let backend = target & 0xffff;
+    if flow_target(tag, backend, incarnation) == target {
+        Some(backend)
+    } else {
+        None
+    }
 }
 
 /// `FLOWS` value: one set of [`FLOW_WAYS`] flows.
@@ -128,6 +156,29 @@ mod tests {
         assert_eq!(flow_sets(1_000_000), 1 << 17);
         assert_eq!(flow_set_index(0xdead_beef, 1 << 17), 0xdead_beef & 0x1_ffff);
         assert_ne!(flow_tag(0), FLOW_TAG_FREE);
+    }
+
+    #[test]
+    fn target_checks_tag_backend_and_incarnation() {
+        let t = flow_target(flow_tag(0xabcd), 42, 7);
+        assert_eq!(flow_backend(flow_tag(0xabcd), t, 7), Some(42));
+        // Fields from another writer: another tag, incarnation or backend.
+        assert_eq!(flow_backend(flow_tag(0xabce), t, 7), None);
+        assert_eq!(flow_backend(flow_tag(0xabcd), t, 8), None);
+        let other = flow_target(flow_tag(0xabcd), 43, 7);
+        assert_eq!(
+            flow_backend(flow_tag(0xabcd), (t & 0xffff_0000) | (other & 0xffff), 7),
+            None
+        );
+        // Over many mixes, a torn slot almost never passes.
+        let mut passed = 0;
+        for i in 0..100_000u32 {
+            let (a, b) = (flow_tag(i.wrapping_mul(2_654_435_761)), flow_tag(i));
+            if a != b && flow_backend(a, flow_target(b, i % 1000, i), i).is_some() {
+                passed += 1;
+            }
+        }
+        assert!(passed < 10, "{passed} of 100000 torn slots passed");
     }
 
     #[test]

@@ -448,3 +448,39 @@ fn services_beyond_a_full_bucket_are_still_found() {
     let (action, _) = h.run(&ipv4(CLIENT, VIP, PROTO_TCP, &[], 0, &tcp(7000, 22, SYN)));
     assert_eq!(action, XDP_PASS);
 }
+
+#[test]
+fn a_slot_two_writers_interleaved_reads_as_a_miss() {
+    let Some(h) = one_set() else { return };
+    let key = v4_key(6300, 80, PROTO_TCP);
+    h.run(&ipv4(CLIENT, VIP, PROTO_TCP, &[], 0, &tcp(6300, 80, SYN)));
+    let right = expected_backend(&key, &[0, 1, 2]);
+    // Another writer's backend word landed over this flow's key: the check
+    // ties the word to its own flow's tag, so this flow's tag rejects it.
+    let mut flows = h.flow_array();
+    let mut set = flows.get(0);
+    let w = set
+        .tags
+        .iter()
+        .position(|&t| t != 0)
+        .expect("the flow's way");
+    let other_tag = lb_common::flow_tag(0x5eed_0001);
+    let wrong = (right + 1) % 3;
+    set.slots[w].target = lb_common::flow_target(other_tag, wrong, set.slots[w].incarnation);
+    flows.set(0, set);
+    assert!(
+        h.flow(&key).is_none(),
+        "user space does not believe it either"
+    );
+    let misses = h.counter(global::FLOW_MISS);
+    let (action, out) = h.run(&ipv4(CLIENT, VIP, PROTO_TCP, &[], 0, &tcp(6300, 80, ACK)));
+    assert_eq!(action, XDP_TX);
+    assert_eq!(
+        out[..6],
+        server_mac(right as u8),
+        "re-hashed, not sent to {wrong}"
+    );
+    assert_eq!(h.counter(global::FLOW_MISS), misses + 1);
+    assert_eq!(h.flow(&key).expect("rewritten").backend, right);
+    assert_eq!(h.flow_sets().count(), 1, "rewritten in its own way");
+}

@@ -22,7 +22,7 @@ mod sets {
     use aya_ebpf::{bindings::BPF_F_MMAPABLE, macros::map, maps::Array};
     use lb_common::{
         DEFAULT_FLOW_TABLE_SIZE, FLOW_TAG_FREE, FLOW_WAYS, FlowKey, FlowSet, PROTO_UDP,
-        flow_set_index, flow_sets, flow_tag,
+        flow_backend, flow_set_index, flow_sets, flow_tag, flow_target,
     };
 
     use super::Lookup;
@@ -51,7 +51,8 @@ mod sets {
         let set = FLOWS.get_ptr_mut(index).ok_or(())?;
         // SAFETY: a live map value; writers store whole aligned fields and
         // publish a slot through its tag (module docs of lb_common::flows).
-        let way = unsafe { (*set).find(flow_tag(hash), key) }.unwrap_or(NO_WAY);
+        let tag = flow_tag(hash);
+        let way = unsafe { (*set).find(tag, key) }.unwrap_or(NO_WAY);
         let place = Place { set, way };
         // A SYN still finds its way so that it overwrites rather than
         // duplicates an entry of a reused client port.
@@ -62,8 +63,12 @@ mod sets {
         // SAFETY: as above; `w` is a way index.
         unsafe {
             let slot = addr_of!((*set).slots[w]);
-            let backend = read_volatile(addr_of!((*slot).backend));
             let incarnation = read_volatile(addr_of!((*slot).incarnation));
+            let target = read_volatile(addr_of!((*slot).target));
+            // A slot written by two CPUs at once fails its check: a miss.
+            let Some(backend) = flow_backend(tag, target, incarnation) else {
+                return Ok((Lookup::Miss, place));
+            };
             let seen = addr_of_mut!((*set).seen[w]);
             let last = read_volatile(seen);
             if key.proto == PROTO_UDP && now.wrapping_sub(last) > read_global(&UDP_IDLE_SECS) {
@@ -112,8 +117,11 @@ mod sets {
             for (i, word) in words.iter().enumerate() {
                 write_volatile(out.add(i), *word);
             }
-            write_volatile(addr_of_mut!((*slot).backend), backend);
             write_volatile(addr_of_mut!((*slot).incarnation), incarnation);
+            write_volatile(
+                addr_of_mut!((*slot).target),
+                flow_target(flow_tag(hash), backend, incarnation),
+            );
             write_volatile(addr_of_mut!((*set).seen[w]), now);
             write_volatile(tag, flow_tag(hash));
         }

@@ -9,8 +9,8 @@ use std::os::fd::BorrowedFd;
 
 use aya::maps::{HashMap, MapData};
 use lb_common::{
-    FLOW_TAG_FREE, FLOW_WAYS, FlowEntry, FlowEntryV0, FlowKey, FlowSet, FlowSlot, flow_hash,
-    flow_set_index, flow_tag,
+    FLOW_TAG_FREE, FLOW_WAYS, FlowEntry, FlowEntryV0, FlowKey, FlowSet, FlowSlot, flow_backend,
+    flow_hash, flow_set_index, flow_tag, flow_target,
 };
 
 use super::mmap::{MmapArray, MmapError};
@@ -40,12 +40,7 @@ impl FlowSets {
     pub fn get(&self, key: &FlowKey) -> Option<FlowEntry> {
         let (index, tag) = self.place(key);
         let set = self.sets.get(index);
-        set.find(tag, key).map(|w| FlowEntry {
-            backend: set.slots[w].backend,
-            incarnation: set.slots[w].incarnation,
-            last_seen: set.seen[w],
-            flags: 0,
-        })
+        set.find(tag, key).and_then(|w| entry_of(&set, w))
     }
 
     /// Every entry.
@@ -53,17 +48,8 @@ impl FlowSets {
         let mut out = Vec::new();
         for set in self.sets.slice(0, self.sets.entries()) {
             for w in 0..FLOW_WAYS {
-                if set.tags[w] != FLOW_TAG_FREE {
-                    let slot = set.slots[w];
-                    out.push((
-                        slot.key,
-                        FlowEntry {
-                            backend: slot.backend,
-                            incarnation: slot.incarnation,
-                            last_seen: set.seen[w],
-                            flags: 0,
-                        },
-                    ));
+                if let Some(entry) = entry_of(set, w) {
+                    out.push((set.slots[w].key, entry));
                 }
             }
         }
@@ -99,8 +85,8 @@ impl FlowSets {
                 &mut set.slots[w],
                 FlowSlot {
                     key: *key,
-                    backend: entry.backend,
                     incarnation: entry.incarnation,
+                    target: flow_target(tag, entry.backend, entry.incarnation),
                 },
             );
             std::ptr::write_volatile(&mut set.seen[w], entry.last_seen);
@@ -118,6 +104,22 @@ impl FlowSets {
             }
         }
     }
+}
+
+/// The entry in way `w` of `set`, unless the way is free or its backend
+/// word fails its check (a slot two CPUs wrote at once).
+fn entry_of(set: &FlowSet, w: usize) -> Option<FlowEntry> {
+    let slot = &set.slots[w];
+    let backend = flow_backend(set.tags[w], slot.target, slot.incarnation);
+    (set.tags[w] != FLOW_TAG_FREE)
+        .then_some(backend)
+        .flatten()
+        .map(|backend| FlowEntry {
+            backend,
+            incarnation: slot.incarnation,
+            last_seen: set.seen[w],
+            flags: 0,
+        })
 }
 
 /// The flow table, in whichever layout the running program uses.

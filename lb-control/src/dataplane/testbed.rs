@@ -16,9 +16,9 @@ use aya::{
     programs::{TestRun, TestRunOptions, Xdp},
 };
 use lb_common::{
-    BACKEND_ACTIVE, Backend, FlowEntry, FlowKey, NO_BACKEND, PROTO_TCP, PROTO_UDP, ServiceBucket,
-    ServiceKey, ServiceState, ServiceValue, TableCells, flow_sets, service_buckets, slot_base,
-    table_stride,
+    BACKEND_ACTIVE, Backend, FlowEntry, FlowKey, FlowSet, NO_BACKEND, PROTO_TCP, PROTO_UDP,
+    ServiceBucket, ServiceKey, ServiceState, ServiceValue, TableCells, flow_sets, service_buckets,
+    slot_base, table_stride,
 };
 
 use super::{FlowSets, mmap::MmapArray};
@@ -240,12 +240,23 @@ impl TestBed {
 
     /// The flow table through its mapping.
     pub fn flow_sets(&self) -> FlowSets {
+        let (fd, sets) = self.flows_map();
+        FlowSets::new(fd, sets, SEED).expect("map FLOWS")
+    }
+
+    /// The flow table's raw sets, to write what the program never would.
+    pub fn flow_array(&self) -> MmapArray<FlowSet> {
+        let (fd, sets) = self.flows_map();
+        MmapArray::new("FLOWS", fd, sets).expect("map FLOWS")
+    }
+
+    fn flows_map(&self) -> (std::os::fd::BorrowedFd<'_>, u32) {
         let map = self.ebpf.map("FLOWS").expect("FLOWS");
         let aya::maps::Map::Array(data) = map else {
             panic!("FLOWS is not an array: {map:?}");
         };
         let sets = data.info().expect("FLOWS info").max_entries();
-        FlowSets::new(data.fd().as_fd(), sets, SEED).expect("map FLOWS")
+        (data.fd().as_fd(), sets)
     }
 
     pub fn backend_counters(&self, index: u32) -> (u64, u64, u64) {
