@@ -76,6 +76,17 @@ pub struct FlowSet {
     pub slots: [FlowSlot; FLOW_WAYS],
 }
 
+/// Indexes of `FLOW_STATS` (a per-CPU array of `u64`; apart from
+/// `GLOBAL_STATS` so that adding one does not resize a pinned map).
+pub mod flow_stats {
+    /// New flows that took the way of another flow (its set was full): a
+    /// steady rate means the table is too small for the flows it serves.
+    pub const EVICTED: u32 = 0;
+    pub const COUNT: u32 = 1;
+    /// Names for display, by index.
+    pub const NAMES: [&str; COUNT as usize] = ["flow_evicted"];
+}
+
 /// Number of sets for a table of at least `capacity` flows: a power of two,
 /// so the set index is a mask of the hash.
 pub const fn flow_sets(capacity: u32) -> u32 {

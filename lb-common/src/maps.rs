@@ -20,8 +20,9 @@ pub const MAP_SERVICE_STATS: &str = "SERVICE_STATS";
 pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
 pub const MAP_BACKEND_LAST_SEEN: &str = "BACKEND_LAST_SEEN";
 pub const MAP_GLOBAL_STATS: &str = "GLOBAL_STATS";
+pub const MAP_FLOW_STATS: &str = "FLOW_STATS";
 /// Every map the program declares, in the order they are pinned.
-pub const ALL_MAPS: [&str; 12] = [
+pub const ALL_MAPS: [&str; 13] = [
     MAP_SERVICES,
     MAP_SERVICE_BUCKETS,
     MAP_SERVICE_STATE,
@@ -34,6 +35,7 @@ pub const ALL_MAPS: [&str; 12] = [
     MAP_BACKEND_STATS,
     MAP_BACKEND_LAST_SEEN,
     MAP_GLOBAL_STATS,
+    MAP_FLOW_STATS,
 ];
 
 /// Name of the XDP entry point in the object file.

@@ -340,6 +340,7 @@ fn full_set_evicts_its_least_recently_seen_flow() {
         );
     }
     assert_eq!(h.flow_sets().count(), 8, "eight ways, eight flows");
+    assert_eq!(h.flow_counter(lb_common::flow_stats::EVICTED), 0);
     // Make flow 6003 the one seen longest ago; the others were seen now.
     let mut old = h.flow(&keys[3]).expect("entry");
     let now = old.last_seen;
@@ -351,6 +352,11 @@ fn full_set_evicts_its_least_recently_seen_flow() {
     let ninth = v4_key(6100, 80, PROTO_TCP);
     h.run(&ipv4(CLIENT, VIP, PROTO_TCP, &[], 0, &tcp(6100, 80, SYN)));
     assert!(h.flow(&keys[3]).is_none(), "the oldest flow was evicted");
+    assert_eq!(
+        h.flow_counter(lb_common::flow_stats::EVICTED),
+        1,
+        "and counted"
+    );
     assert!(h.flow(&ninth).is_some(), "the new flow was written");
     for (i, k) in keys.iter().enumerate().filter(|(i, _)| *i != 3) {
         assert!(h.flow(k).is_some(), "flow {i} kept");

@@ -22,11 +22,11 @@ mod sets {
     use aya_ebpf::{bindings::BPF_F_MMAPABLE, macros::map, maps::Array};
     use lb_common::{
         DEFAULT_FLOW_TABLE_SIZE, FLOW_TAG_FREE, FLOW_WAYS, FlowKey, FlowSet, PROTO_UDP,
-        flow_backend, flow_set_index, flow_sets, flow_tag, flow_target,
+        flow_backend, flow_set_index, flow_sets, flow_stats, flow_tag, flow_target,
     };
 
     use super::Lookup;
-    use crate::{FLOW_SETS, UDP_IDLE_SECS, read_global};
+    use crate::{FLOW_SETS, FLOW_STATS, UDP_IDLE_SECS, bump, read_global};
 
     /// One table shared by all CPUs: a flow's packets may arrive on any CPU.
     #[map]
@@ -103,7 +103,11 @@ mod sets {
         // by its new tag.
         unsafe {
             let w = if way == NO_WAY {
-                (*set).victim(now)
+                let victim = (*set).victim(now) & (FLOW_WAYS - 1);
+                if read_volatile(addr_of!((*set).tags[victim])) != FLOW_TAG_FREE {
+                    bump(&FLOW_STATS, flow_stats::EVICTED);
+                }
+                victim
             } else {
                 way
             } & (FLOW_WAYS - 1);

@@ -21,8 +21,8 @@ use lb_common::{
     BACKEND_ACTIVE, BACKEND_DRAINING, BACKEND_FLAG_LOCAL, Backend, Counters,
     DEFAULT_FLOW_TABLE_SIZE, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_SERVICES, DEFAULT_MAX_TABLE_SIZE,
     DEFAULT_UDP_IDLE_SECS, FlowKey, MAX_TX_PORTS, NO_BACKEND, ServiceBucket, ServiceKey,
-    ServiceState, ServiceValue, TABLE_LANES, TableCells, coarse_secs, flow_hash, flow_sets, global,
-    service_bucket_of, service_buckets, slot_base, table_stride,
+    ServiceState, ServiceValue, TABLE_LANES, TableCells, coarse_secs, flow_hash, flow_sets,
+    flow_stats, global, service_bucket_of, service_buckets, slot_base, table_stride,
 };
 use parse::{Parsed, parse_frame};
 
@@ -73,6 +73,9 @@ static BACKEND_STATS: PerCpuArray<Counters> =
 static BACKEND_LAST_SEEN: PerCpuArray<u32> = PerCpuArray::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
 #[map]
 static GLOBAL_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(global::COUNT, 0);
+#[map]
+pub(crate) static FLOW_STATS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(flow_stats::COUNT, 0);
 
 #[xdp]
 pub fn xdp_lb(ctx: XdpContext) -> u32 {
@@ -95,7 +98,12 @@ pub(crate) fn read_global(value: &u32) -> u32 {
 
 #[inline(always)]
 fn count(index: u32) {
-    if let Some(c) = GLOBAL_STATS.get_ptr_mut(index) {
+    bump(&GLOBAL_STATS, index);
+}
+
+#[inline(always)]
+pub(crate) fn bump(map: &PerCpuArray<u64>, index: u32) {
+    if let Some(c) = map.get_ptr_mut(index) {
         // SAFETY: per-CPU value, only this CPU writes it.
         unsafe { *c += 1 };
     }

@@ -31,10 +31,11 @@ use aya::{
 use lb_common::{
     ALL_MAPS, Backend, Counters, FlowEntry, FlowEntryV0, FlowKey, FlowSet, GLOBAL_FLOW_SETS,
     GLOBAL_HASH_SEED, GLOBAL_SERVICE_BUCKETS, GLOBAL_TABLE_STRIDE, GLOBAL_UDP_IDLE_SECS,
-    MAP_ABI_VERSION, MAP_BACKEND_LAST_SEEN, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_FLOWS,
-    MAP_GLOBAL_STATS, MAP_SERVICE_BUCKETS, MAP_SERVICE_STATE, MAP_SERVICE_STATS, MAP_SERVICES,
-    MAP_TABLES, MAP_TX_PORTS, MAP_VIPS, PROGRAM_NAME, ServiceBucket, ServiceKey, ServiceState,
-    ServiceValue, TableCells, flow_sets, global, service_buckets, table_stride,
+    MAP_ABI_VERSION, MAP_BACKEND_LAST_SEEN, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_FLOW_STATS,
+    MAP_FLOWS, MAP_GLOBAL_STATS, MAP_SERVICE_BUCKETS, MAP_SERVICE_STATE, MAP_SERVICE_STATS,
+    MAP_SERVICES, MAP_TABLES, MAP_TX_PORTS, MAP_VIPS, PROGRAM_NAME, ServiceBucket, ServiceKey,
+    ServiceState, ServiceValue, TableCells, flow_sets, flow_stats, global, service_buckets,
+    table_stride,
 };
 use tracing::{info, warn};
 
@@ -145,6 +146,8 @@ pub struct DataPlane {
     pub backend_stats: PerCpuArray<MapData, Counters>,
     pub backend_last_seen: PerCpuArray<MapData, u32>,
     pub global_stats: PerCpuArray<MapData, u64>,
+    /// Flow-table counters (absent from builds before it existed).
+    pub flow_stats: Option<PerCpuArray<MapData, u64>>,
     pub service_state: MmapArray<ServiceState>,
     /// The program's fast service index; follows `services` through
     /// [`DataPlane::publish_services`].
@@ -335,6 +338,14 @@ fn expected_shapes(limits: &Limits, legacy_flows: bool) -> Vec<Shape> {
             4,
             8,
             global::COUNT,
+            0,
+        ),
+        shape(
+            MAP_FLOW_STATS,
+            MapType::PerCpuArray,
+            4,
+            8,
+            flow_stats::COUNT,
             0,
         ),
     ]
@@ -574,6 +585,10 @@ impl DataPlane {
             .map_err(map_err(MAP_BACKEND_LAST_SEEN))?;
         let global_stats = PerCpuArray::try_from(take(&mut ebpf, MAP_GLOBAL_STATS)?)
             .map_err(map_err(MAP_GLOBAL_STATS))?;
+        let flow_stats = match ebpf.take_map(MAP_FLOW_STATS) {
+            Some(map) => Some(PerCpuArray::try_from(map).map_err(map_err(MAP_FLOW_STATS))?),
+            None => None,
+        };
         let state_map = take(&mut ebpf, MAP_SERVICE_STATE)?;
         let service_state = MmapArray::new(
             MAP_SERVICE_STATE,
@@ -603,6 +618,7 @@ impl DataPlane {
             backend_stats,
             backend_last_seen,
             global_stats,
+            flow_stats,
             service_state,
             tables,
             grace: GracePeriod::new()?,
@@ -625,16 +641,20 @@ impl DataPlane {
 
     /// Global counters summed over CPUs, by name.
     pub fn global_counters(&self) -> Vec<(&'static str, u64)> {
-        (0..global::COUNT)
-            .map(|i| {
-                let v = self
-                    .global_stats
-                    .get(&i, 0)
-                    .map(|per_cpu| per_cpu.iter().sum())
-                    .unwrap_or(0);
-                (global::NAMES[i as usize], v)
-            })
-            .collect()
+        let sum = |map: &PerCpuArray<MapData, u64>, i: u32| -> u64 {
+            map.get(&i, 0)
+                .map(|per_cpu| per_cpu.iter().sum())
+                .unwrap_or(0)
+        };
+        let mut out: Vec<(&'static str, u64)> = (0..global::COUNT)
+            .map(|i| (global::NAMES[i as usize], sum(&self.global_stats, i)))
+            .collect();
+        if let Some(flow_stats) = &self.flow_stats {
+            out.extend(
+                (0..flow_stats::COUNT).map(|i| (flow_stats::NAMES[i as usize], sum(flow_stats, i))),
+            );
+        }
+        out
     }
 
     /// A service's or backend's counters summed over CPUs.

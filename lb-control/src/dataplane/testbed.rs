@@ -234,6 +234,14 @@ impl TestBed {
         stats.get(&index, 0).expect("counter").iter().sum()
     }
 
+    /// A `FLOW_STATS` counter summed over CPUs.
+    pub fn flow_counter(&self, index: u32) -> u64 {
+        let stats: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.ebpf.map("FLOW_STATS").expect("FLOW_STATS"))
+                .expect("FLOW_STATS");
+        stats.get(&index, 0).expect("counter").iter().sum()
+    }
+
     pub fn flow(&self, key: &FlowKey) -> Option<FlowEntry> {
         self.flow_sets().get(key)
     }
