@@ -490,3 +490,39 @@ fn a_slot_two_writers_interleaved_reads_as_a_miss() {
     assert_eq!(h.flow(&key).expect("rewritten").backend, right);
     assert_eq!(h.flow_sets().count(), 1, "rewritten in its own way");
 }
+
+#[test]
+fn entries_move_to_the_sets_a_new_seed_picks() {
+    let Some(h) = harness() else { return };
+    let keys: Vec<FlowKey> = (6400..6450u16).map(|p| v4_key(p, 80, PROTO_TCP)).collect();
+    for p in 6400..6450u16 {
+        h.run(&ipv4(CLIENT, VIP, PROTO_TCP, &[], 0, &tcp(p, 80, SYN)));
+    }
+    let before: Vec<_> = keys.iter().map(|k| h.flow(k).expect("entry")).collect();
+    // The controller restarts with another hash seed.
+    let mut reseeded = h.flow_sets_seeded(SEED ^ 0x5eed);
+    let found = keys.iter().filter(|k| reseeded.get(k).is_some()).count();
+    assert!(
+        found < keys.len() / 4,
+        "{found} of {} found before the move",
+        keys.len()
+    );
+    // Copy first: the old program still finds the originals.
+    assert_eq!(reseeded.rehome(false), keys.len());
+    for (k, b) in keys.iter().zip(&before) {
+        assert_eq!(
+            h.flow(k).map(|e| e.backend),
+            Some(b.backend),
+            "original kept"
+        );
+        assert_eq!(
+            reseeded.get(k).map(|e| e.backend),
+            Some(b.backend),
+            "copy in place"
+        );
+    }
+    // Then the originals go.
+    assert_eq!(reseeded.rehome(true), keys.len());
+    assert_eq!(reseeded.rehome(true), 0, "nothing left away");
+    assert_eq!(reseeded.count(), keys.len());
+}

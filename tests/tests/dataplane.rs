@@ -392,6 +392,24 @@ fn restart_keeps_program_and_flows() -> Result<()> {
     );
 
     assert_new_flows_follow(&lab, &new_table, 22000)?;
+
+    // A new hash seed moves every flow's Maglev cell and flow-table set: the
+    // program is replaced, the held flows' entries move to their new sets
+    // and the flows stay where they are.
+    bal.kill9()?;
+    let reseeded = config(&lab, &["eth0"], 251, &srv_list(&three, &["web"]), "").replace(
+        &format!("hash_seed = {LAB_SEED}"),
+        &format!("hash_seed = {}", LAB_SEED ^ 0x5eed),
+    );
+    bal.write_config(&reseeded)?;
+    bal.launch()?;
+    let status = bal.lbctl(&["status"])?;
+    assert_eq!(status["adoption"], "replaced", "{status}");
+    let ping = hold.ping()?;
+    assert_eq!(ping.dead, 0, "{ping:?}");
+    assert_eq!(ping.servers, first, "held flows must survive a seed change");
+    let burst = burst_to_vip(&lab, PORT, 50)?;
+    assert_eq!(burst.failed, 0, "{:?}", burst.errors);
     hold.quit()?;
     Ok(())
 }

@@ -95,6 +95,39 @@ impl FlowSets {
         true
     }
 
+    /// Copies every entry that is not where this table's seed places it
+    /// (the table was filled under another hash seed) to its place, and with
+    /// `clear` frees the old way too; returns how many entries were away
+    /// from their place. A program still running with the old seed keeps
+    /// finding the originals until `clear`, which runs once the program with
+    /// this seed has taken over.
+    pub fn rehome(&mut self, clear: bool) -> usize {
+        let mut away = 0;
+        for index in 0..self.sets.entries() {
+            let set = self.sets.get(index);
+            for w in 0..FLOW_WAYS {
+                let Some(entry) = entry_of(&set, w) else {
+                    continue;
+                };
+                let key = set.slots[w].key;
+                if self.place(&key) == (index, set.tags[w]) {
+                    continue;
+                }
+                away += 1;
+                // A flow the new program already wrote at its place keeps
+                // its newer entry only if it has one; `insert` writes over
+                // the flow's own way, so the older (sticky) entry wins.
+                self.insert(&key, &entry);
+                if clear {
+                    let slot = &mut self.sets.slice_mut(index, 1)[0];
+                    // SAFETY: a field of a live mapping.
+                    unsafe { std::ptr::write_volatile(&mut slot.tags[w], FLOW_TAG_FREE) };
+                }
+            }
+        }
+        away
+    }
+
     /// Frees every way.
     pub fn clear(&mut self) {
         for set in self.sets.slice_mut(0, self.sets.entries()) {

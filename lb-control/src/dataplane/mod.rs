@@ -506,26 +506,36 @@ impl DataPlane {
         // (a build that predates it leaves the pinned SERVICES only).
         let mut service_buckets = MmapArray::new(
             MAP_SERVICE_BUCKETS,
-            map_data(ebpf.map(MAP_SERVICE_BUCKETS).ok_or(DataPlaneError::Map {
-                name: MAP_SERVICE_BUCKETS,
-                source: aya::maps::MapError::InvalidName {
-                    name: MAP_SERVICE_BUCKETS.into(),
-                },
-            })?)
-            .fd()
-            .as_fd(),
+            map_data(map_ref(&ebpf, MAP_SERVICE_BUCKETS)?).fd().as_fd(),
             buckets,
         )?;
         {
             let pinned: HashMap<_, ServiceKey, ServiceValue> =
-                HashMap::try_from(ebpf.map(MAP_SERVICES).ok_or(DataPlaneError::Map {
-                    name: MAP_SERVICES,
-                    source: aya::maps::MapError::InvalidName {
-                        name: MAP_SERVICES.into(),
-                    },
-                })?)
-                .map_err(map_err(MAP_SERVICES))?;
+                HashMap::try_from(map_ref(&ebpf, MAP_SERVICES)?).map_err(map_err(MAP_SERVICES))?;
             services::publish(&mut service_buckets, &service_entries(&pinned)?);
+        }
+        // Flow entries a program with another hash seed placed (the seed
+        // changed) go where this seed places them: copied before the new
+        // program takes over, the originals freed after, so established
+        // flows stay on their servers across a seed change.
+        let mut flow_sets = if legacy {
+            None
+        } else {
+            Some(FlowSets::new(
+                map_data(map_ref(&ebpf, MAP_FLOWS)?).fd().as_fd(),
+                sets,
+                seed,
+            )?)
+        };
+        let rehome = adoption != Adoption::Adopted;
+        if let (true, Some(table)) = (rehome, &mut flow_sets) {
+            let away = table.rehome(false);
+            if away > 0 {
+                info!(
+                    away,
+                    "flow entries placed under another hash seed; copied to their places"
+                );
+            }
         }
 
         let program: &mut Xdp = ebpf
@@ -559,6 +569,15 @@ impl DataPlane {
         if let Some(old) = migrating_flows.take() {
             migrate_flows(&old, &mut ebpf, legacy, seed, sets)?;
         }
+        if let (true, Some(table)) = (rehome, &mut flow_sets) {
+            let moved = table.rehome(true);
+            if moved > 0 {
+                info!(
+                    moved,
+                    "flow entries moved to their places under this hash seed"
+                );
+            }
+        }
 
         let services =
             HashMap::try_from(take(&mut ebpf, MAP_SERVICES)?).map_err(map_err(MAP_SERVICES))?;
@@ -566,14 +585,9 @@ impl DataPlane {
         let backends =
             Array::try_from(take(&mut ebpf, MAP_BACKENDS)?).map_err(map_err(MAP_BACKENDS))?;
         let flows_map = take(&mut ebpf, MAP_FLOWS)?;
-        let flows = if legacy {
-            FlowTable::Legacy(HashMap::try_from(flows_map).map_err(map_err(MAP_FLOWS))?)
-        } else {
-            FlowTable::Sets(FlowSets::new(
-                map_data(&flows_map).fd().as_fd(),
-                sets,
-                seed,
-            )?)
+        let flows = match flow_sets {
+            Some(table) => FlowTable::Sets(table),
+            None => FlowTable::Legacy(HashMap::try_from(flows_map).map_err(map_err(MAP_FLOWS))?),
         };
         let tx_ports =
             DevMapHash::try_from(take(&mut ebpf, MAP_TX_PORTS)?).map_err(map_err(MAP_TX_PORTS))?;
@@ -693,6 +707,13 @@ pub fn now_coarse() -> u32 {
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, DataPlaneError> {
     ebpf.take_map(name).ok_or(DataPlaneError::Map {
+        name,
+        source: aya::maps::MapError::InvalidName { name: name.into() },
+    })
+}
+
+fn map_ref<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a Map, DataPlaneError> {
+    ebpf.map(name).ok_or(DataPlaneError::Map {
         name,
         source: aya::maps::MapError::InvalidName { name: name.into() },
     })

@@ -248,8 +248,13 @@ impl TestBed {
 
     /// The flow table through its mapping.
     pub fn flow_sets(&self) -> FlowSets {
+        self.flow_sets_seeded(SEED)
+    }
+
+    /// The flow table as a controller configured with `seed` sees it.
+    pub fn flow_sets_seeded(&self, seed: u32) -> FlowSets {
         let (fd, sets) = self.flows_map();
-        FlowSets::new(fd, sets, SEED).expect("map FLOWS")
+        FlowSets::new(fd, sets, seed).expect("map FLOWS")
     }
 
     /// The flow table's raw sets, to write what the program never would.
