@@ -283,8 +283,7 @@ impl ServiceKey {
     /// Whether two keys are equal, compared a word at a time.
     #[inline(always)]
     pub fn same(&self, other: &Self) -> bool {
-        let (a, b) = (self.words(), other.words());
-        ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4])) == 0
+        words_equal(self.words(), other.words())
     }
 
     /// The key as five words.
@@ -313,12 +312,10 @@ impl FlowKey {
         }
     }
 
-    /// Whether two keys are equal, compared a word at a time (no `memcmp`
-    /// in the XDP program).
+    /// Whether two keys are equal, compared a word at a time.
     #[inline(always)]
     pub fn same(&self, other: &Self) -> bool {
-        let (a, b) = (self.words(), other.words());
-        ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4])) == 0
+        words_equal(self.words(), other.words())
     }
 
     /// The key as five words (for word-wise copies and comparisons).
@@ -328,6 +325,23 @@ impl FlowKey {
         // (asserted below), so it is readable as five `u64`s.
         unsafe { &*(self as *const Self as *const [u64; 5]) }
     }
+}
+
+/// Whether two keys' words are all equal: every word compared, one test at
+/// the end (the derived `==` on byte arrays can become a `memcmp` call,
+/// which the XDP program does not have).
+#[inline(always)]
+fn words_equal<T, const N: usize>(a: &[T; N], b: &[T; N]) -> bool
+where
+    T: Copy + Default + PartialEq + core::ops::BitXor<Output = T> + core::ops::BitOr<Output = T>,
+{
+    let mut diff = T::default();
+    let mut i = 0;
+    while i < N {
+        diff = diff | (a[i] ^ b[i]);
+        i += 1;
+    }
+    diff == T::default()
 }
 
 /// Widens a 4- or 16-byte address to the 16-byte map form and its family.

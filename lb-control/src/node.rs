@@ -743,15 +743,15 @@ impl Node {
             // What the program reads first: the bucket names the same index,
             // or sends the program on to SERVICES.
             match crate::dataplane::services::lookup(&self.dp.service_buckets, &rt.key) {
-                Some(index) if index == rt.index => {}
-                Some(index) => {
+                Ok(index) if index == rt.index => {}
+                Ok(index) => {
                     return Err(format!(
                         "service `{name}`: SERVICE_BUCKETS names index {index} instead of {}",
                         rt.index
                     ));
                 }
-                None if self.dp.service_overflows(&rt.key) => {}
-                None => {
+                Err(true) => {}
+                Err(false) => {
                     return Err(format!(
                         "service `{name}`: missing from SERVICE_BUCKETS and its bucket does not overflow"
                     ));

@@ -103,14 +103,13 @@ mod sets {
         // by its new tag.
         unsafe {
             let w = if way == NO_WAY {
-                let victim = (*set).victim(now) & (FLOW_WAYS - 1);
-                if read_volatile(addr_of!((*set).tags[victim])) != FLOW_TAG_FREE {
-                    bump(&FLOW_STATS, flow_stats::EVICTED);
-                }
-                victim
+                (*set).victim(now)
             } else {
                 way
             } & (FLOW_WAYS - 1);
+            if way == NO_WAY && read_volatile(addr_of!((*set).tags[w])) != FLOW_TAG_FREE {
+                bump(&FLOW_STATS, flow_stats::EVICTED);
+            }
             let tag = addr_of_mut!((*set).tags[w]);
             write_volatile(tag, FLOW_TAG_FREE);
             let slot = addr_of_mut!((*set).slots[w]);

@@ -142,17 +142,17 @@ impl FlowSets {
 /// The entry in way `w` of `set`, unless the way is free or its backend
 /// word fails its check (a slot two CPUs wrote at once).
 fn entry_of(set: &FlowSet, w: usize) -> Option<FlowEntry> {
+    if set.tags[w] == FLOW_TAG_FREE {
+        return None;
+    }
     let slot = &set.slots[w];
-    let backend = flow_backend(set.tags[w], slot.target, slot.incarnation);
-    (set.tags[w] != FLOW_TAG_FREE)
-        .then_some(backend)
-        .flatten()
-        .map(|backend| FlowEntry {
-            backend,
-            incarnation: slot.incarnation,
-            last_seen: set.seen[w],
-            flags: 0,
-        })
+    let backend = flow_backend(set.tags[w], slot.target, slot.incarnation)?;
+    Some(FlowEntry {
+        backend,
+        incarnation: slot.incarnation,
+        last_seen: set.seen[w],
+        flags: 0,
+    })
 }
 
 /// The flow table, in whichever layout the running program uses.

@@ -647,12 +647,6 @@ impl DataPlane {
         Ok(())
     }
 
-    /// Whether the bucket of `key` sends the program on to `SERVICES`.
-    pub fn service_overflows(&self, key: &ServiceKey) -> bool {
-        let bucket = lb_common::service_bucket_of(key, self.service_buckets.entries());
-        self.service_buckets.get(bucket).overflow != 0
-    }
-
     /// Global counters summed over CPUs, by name.
     pub fn global_counters(&self) -> Vec<(&'static str, u64)> {
         let sum = |map: &PerCpuArray<MapData, u64>, i: u32| -> u64 {

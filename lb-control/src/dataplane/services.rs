@@ -46,10 +46,9 @@ pub fn publish(buckets: &mut MmapArray<ServiceBucket>, services: &[(ServiceKey, 
             .map(|(i, &w)| (w, want.get(i).copied()))
             .collect();
         let unchanged = current.overflow == u32::from(overflow)
-            && plan.iter().all(|&(w, new)| match new {
-                None => current.keys[w].family == 0,
-                Some(_) => false,
-            });
+            && plan
+                .iter()
+                .all(|&(w, new)| new.is_none() && current.keys[w].family == 0);
         if unchanged {
             continue;
         }
@@ -84,10 +83,10 @@ pub fn publish(buckets: &mut MmapArray<ServiceBucket>, services: &[(ServiceKey, 
     }
 }
 
-/// The service index the program would find for `key` in the buckets
-/// alone (`None` also when the key is only reachable through overflow).
-pub fn lookup(buckets: &MmapArray<ServiceBucket>, key: &ServiceKey) -> Option<u32> {
-    buckets
-        .get(service_bucket_of(key, buckets.entries()))
-        .find(key)
+/// Where the program finds `key`: `Ok(index)` from a way, `Err(true)` when
+/// its bucket sends the program on to `SERVICES`, `Err(false)` when it
+/// would not find it at all.
+pub fn lookup(buckets: &MmapArray<ServiceBucket>, key: &ServiceKey) -> Result<u32, bool> {
+    let bucket = buckets.get(service_bucket_of(key, buckets.entries()));
+    bucket.find(key).ok_or(bucket.overflow != 0)
 }

@@ -129,29 +129,24 @@ impl TestBed {
                 0,
             )
             .expect("state");
-        let mut services: HashMap<_, ServiceKey, ServiceValue> =
-            HashMap::try_from(self.ebpf.map_mut("SERVICES").expect("SERVICES")).expect("SERVICES");
-        services
-            .insert(key, ServiceValue { index, flags: 0 }, 0)
-            .expect("service");
-        self.publish_services();
+        self.add_service_key(key, index);
     }
 
-    /// Another key for service `index` (its table must exist).
+    /// A key for service `index` (its table must exist).
     pub fn add_service_key(&mut self, key: ServiceKey, index: u32) {
-        let mut services: HashMap<_, ServiceKey, ServiceValue> =
-            HashMap::try_from(self.ebpf.map_mut("SERVICES").expect("SERVICES")).expect("SERVICES");
-        services
+        self.services()
             .insert(key, ServiceValue { index, flags: 0 }, 0)
             .expect("service key");
         self.publish_services();
     }
 
     pub fn remove_service_key(&mut self, key: &ServiceKey) {
-        let mut services: HashMap<_, ServiceKey, ServiceValue> =
-            HashMap::try_from(self.ebpf.map_mut("SERVICES").expect("SERVICES")).expect("SERVICES");
-        services.remove(key).expect("remove service key");
+        self.services().remove(key).expect("remove service key");
         self.publish_services();
+    }
+
+    fn services(&mut self) -> HashMap<&mut aya::maps::MapData, ServiceKey, ServiceValue> {
+        HashMap::try_from(self.ebpf.map_mut("SERVICES").expect("SERVICES")).expect("SERVICES")
     }
 
     /// `SERVICE_BUCKETS` through its mapping.
