@@ -149,7 +149,7 @@ impl Collector {
                     name: a.name.clone(),
                     protocol: a.protocol,
                     ports: a.ports.clone(),
-                    probe: describe(&a.probe, a.probe_interval, a.rise, a.fall),
+                    probe: describe(&a.probe, a.probe_interval, a.probe_timeout, a.rise, a.fall),
                 })
                 .collect(),
         }

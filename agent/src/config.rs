@@ -47,6 +47,11 @@ pub const DEFAULT_REPORT_INTERVAL_MS: u64 = 1000;
 pub const DEFAULT_RISE: u32 = 2;
 /// Failed probes in a row before an application is down, by default.
 pub const DEFAULT_FALL: u32 = 3;
+/// How long a health probe waits for its answer unless
+/// `probe_timeout_ms` says otherwise: a saturated server meets it.
+pub const DEFAULT_PROBE_TIMEOUT_MS: u64 = 1000;
+/// The longest `probe_timeout_ms` accepted.
+pub const MAX_PROBE_TIMEOUT_MS: u64 = 60_000;
 /// The HTTP status a probe expects by default.
 pub const DEFAULT_HTTP_EXPECT: u16 = 200;
 /// The shortest report or probe interval accepted, in milliseconds.
@@ -201,6 +206,10 @@ pub struct ApplicationConfig {
     pub fall: u32,
     /// How often the probe runs.
     pub probe_interval: Duration,
+    /// How long one probe waits for its answer (`probe_timeout_ms`,
+    /// default 1 s, whatever the interval). A probe that times out counts
+    /// as late, not as refused: see [`lb_proto::HealthTracker`].
+    pub probe_timeout: Duration,
     /// For the `connections` utilization source: the established
     /// connections this application handles at full load.
     pub connection_capacity: Option<u64>,

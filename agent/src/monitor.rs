@@ -9,12 +9,12 @@ use std::{
     time::Duration,
 };
 
-use lb_proto::{Health, HealthState};
+use lb_proto::{Health, HealthState, HealthTracker, ProbeOutcome};
 use tokio::{sync::watch, time::MissedTickBehavior};
 
 use crate::{
     config::{ApplicationConfig, ProbeConfig},
-    probe::{HealthTracker, probe_timeout, run_probe},
+    probe::run_probe,
 };
 
 /// Where the health probe goes: the application as seen from this host.
@@ -39,6 +39,7 @@ impl ApplicationMonitor {
             app.name.clone(),
             app.probe.clone(),
             app.probe_interval,
+            app.probe_timeout,
             tracker,
             health_tx,
         ));
@@ -51,6 +52,7 @@ impl ApplicationMonitor {
                     app.name.clone(),
                     app.probe.clone(),
                     app.probe_interval,
+                    app.probe_timeout,
                     vip,
                     tx,
                 ));
@@ -85,16 +87,16 @@ async fn health_task(
     application: String,
     probe: ProbeConfig,
     interval: Duration,
+    timeout: Duration,
     mut tracker: HealthTracker,
     tx: watch::Sender<Health>,
 ) {
     let addr = SocketAddr::new(probe.address(), probe.port());
-    let timeout = probe_timeout(interval);
     let mut ticker = ticker(interval);
     while !tx.is_closed() {
         ticker.tick().await;
         let outcome = run_probe(&probe, addr, timeout).await;
-        if let Err(detail) = &outcome {
+        if let Some(detail) = outcome.detail() {
             tracing::debug!(%application, %addr, %detail, "health probe failed");
         }
         if let Some(state) = tracker.record(outcome) {
@@ -102,6 +104,9 @@ async fn health_task(
             match state {
                 HealthState::Down => {
                     tracing::warn!(%application, state = "down", %detail, "application health changed");
+                }
+                HealthState::Slow => {
+                    tracing::warn!(%application, state = "slow", %detail, "application answers probes late");
                 }
                 _ => tracing::info!(%application, ?state, "application health changed"),
             }
@@ -114,21 +119,21 @@ async fn vip_task(
     application: String,
     probe: ProbeConfig,
     interval: Duration,
+    timeout: Duration,
     vip: IpAddr,
     tx: watch::Sender<bool>,
 ) {
     let addr = SocketAddr::new(vip, probe.port());
-    let timeout = probe_timeout(interval);
     let mut ticker = ticker(interval);
     let mut last: Option<bool> = None;
     while !tx.is_closed() {
         ticker.tick().await;
         let outcome = run_probe(&probe, addr, timeout).await;
-        let ok = outcome.is_ok();
+        let ok = outcome == ProbeOutcome::Answered;
         if last != Some(ok) {
-            match &outcome {
-                Ok(()) => tracing::info!(%application, %vip, "local probe on the VIP answers"),
-                Err(detail) => {
+            match outcome.detail() {
+                None => tracing::info!(%application, %vip, "local probe on the VIP answers"),
+                Some(detail) => {
                     tracing::warn!(%application, %vip, %detail, "local probe on the VIP fails");
                 }
             }
@@ -165,6 +170,7 @@ mod tests {
             rise: 2,
             fall: 3,
             probe_interval: Duration::from_millis(20),
+            probe_timeout: Duration::from_millis(500),
             connection_capacity: None,
         };
         let monitor = ApplicationMonitor::spawn(&app);

@@ -5,13 +5,13 @@
 //! is written by hand and only the status line of the answer is read: no
 //! HTTP client is needed for that.
 //!
-//! [`HealthTracker`] turns probe outcomes into a state: it starts
-//! `unknown`, goes `up` after `rise` successes in a row and `down` after
-//! `fall` failures in a row, and otherwise keeps its state.
+//! A probe's outcome tells a refusal or a wrong answer from a timeout;
+//! [`lb_proto::HealthTracker`] turns outcomes into a state (`slow` when
+//! every failure of a streak timed out, `down` otherwise).
 
 use std::{net::SocketAddr, time::Duration};
 
-use lb_proto::{Health, HealthState};
+use lb_proto::ProbeOutcome;
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::TcpStream,
@@ -19,24 +19,15 @@ use tokio::{
 
 use crate::config::ProbeConfig;
 
-/// The longest a single probe may take.
-pub const MAX_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a probe waits for its answer unless the application says
+/// otherwise (`probe_timeout_ms`): long enough for a saturated server,
+/// whatever the probe interval.
+pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How much of an HTTP answer is read looking for the status line.
 const STATUS_LINE_LIMIT: usize = 1024;
-/// How much of a failure's detail a report carries.
-const DETAIL_LIMIT: usize = 200;
-
-/// The timeout of a probe that runs every `interval`.
-pub fn probe_timeout(interval: Duration) -> Duration {
-    interval.min(MAX_PROBE_TIMEOUT)
-}
-
-/// Runs `probe` against `addr` once; `Err` says why it failed.
-pub async fn run_probe(
-    probe: &ProbeConfig,
-    addr: SocketAddr,
-    timeout: Duration,
-) -> Result<(), String> {
+/// Runs `probe` against `addr` once: answered, failed (refused, reset,
+/// wrong answer) or timed out after `timeout`.
+pub async fn run_probe(probe: &ProbeConfig, addr: SocketAddr, timeout: Duration) -> ProbeOutcome {
     let attempt = async {
         let mut stream = TcpStream::connect(addr)
             .await
@@ -56,8 +47,9 @@ pub async fn run_probe(
         }
     };
     match tokio::time::timeout(timeout, attempt).await {
-        Ok(result) => result,
-        Err(_) => Err(format!(
+        Ok(Ok(())) => ProbeOutcome::Answered,
+        Ok(Err(detail)) => ProbeOutcome::Failed(detail),
+        Err(_) => ProbeOutcome::TimedOut(format!(
             "{addr}: no answer within {} ms",
             timeout.as_millis()
         )),
@@ -115,7 +107,13 @@ pub fn parse_status_line(answer: &[u8]) -> Option<u16> {
 }
 
 /// The human-readable probe description sent in `<hello>`.
-pub fn describe(probe: &ProbeConfig, interval: Duration, rise: u32, fall: u32) -> String {
+pub fn describe(
+    probe: &ProbeConfig,
+    interval: Duration,
+    timeout: Duration,
+    rise: u32,
+    fall: u32,
+) -> String {
     let target = SocketAddr::new(probe.address(), probe.port());
     let what = match probe {
         ProbeConfig::Tcp { .. } => format!("tcp connect {target}"),
@@ -124,160 +122,16 @@ pub fn describe(probe: &ProbeConfig, interval: Duration, rise: u32, fall: u32) -
         }
     };
     format!(
-        "{what} every {} ms, rise {rise}, fall {fall}",
-        interval.as_millis()
+        "{what} every {} ms, timeout {} ms, rise {rise}, fall {fall}",
+        interval.as_millis(),
+        timeout.as_millis()
     )
-}
-
-/// Follows one application's probes: rise/fall counting and the resulting
-/// state.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HealthTracker {
-    rise: u32,
-    fall: u32,
-    state: HealthState,
-    ok_streak: u32,
-    fail_streak: u32,
-    detail: Option<String>,
-}
-
-impl HealthTracker {
-    /// A tracker in state `unknown`; `rise` and `fall` are at least 1.
-    pub fn new(rise: u32, fall: u32) -> Self {
-        Self {
-            rise: rise.max(1),
-            fall: fall.max(1),
-            state: HealthState::Unknown,
-            ok_streak: 0,
-            fail_streak: 0,
-            detail: None,
-        }
-    }
-
-    /// The current state.
-    pub fn state(&self) -> HealthState {
-        self.state
-    }
-
-    /// Counts one probe outcome; returns the new state when it changed.
-    pub fn record(&mut self, outcome: Result<(), String>) -> Option<HealthState> {
-        let before = self.state;
-        match outcome {
-            Ok(()) => {
-                self.ok_streak = self.ok_streak.saturating_add(1);
-                self.fail_streak = 0;
-                self.detail = None;
-                if self.ok_streak >= self.rise {
-                    self.state = HealthState::Up;
-                }
-            }
-            Err(detail) => {
-                self.fail_streak = self.fail_streak.saturating_add(1);
-                self.ok_streak = 0;
-                self.detail = Some(truncate(detail, DETAIL_LIMIT));
-                if self.fail_streak >= self.fall {
-                    self.state = HealthState::Down;
-                }
-            }
-        }
-        (self.state != before).then_some(self.state)
-    }
-
-    /// The `<health>` element of a report.
-    pub fn health(&self) -> Health {
-        Health {
-            state: self.state,
-            rise: self.rise,
-            fall: self.fall,
-            ok_streak: self.ok_streak,
-            fail_streak: self.fail_streak,
-            detail: self.detail.clone(),
-        }
-    }
-}
-
-fn truncate(mut text: String, limit: usize) -> String {
-    if text.len() > limit {
-        let mut end = limit;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-        text.push('…');
-    }
-    text
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use tokio::{io::AsyncBufReadExt as _, net::TcpListener};
-
-    fn fail() -> Result<(), String> {
-        Err("connect refused".into())
-    }
-
-    #[test]
-    fn starts_unknown_and_rises_after_rise_successes() {
-        let mut t = HealthTracker::new(2, 3);
-        assert_eq!(t.state(), HealthState::Unknown);
-        assert_eq!(t.record(Ok(())), None);
-        assert_eq!(t.state(), HealthState::Unknown);
-        assert_eq!(t.record(Ok(())), Some(HealthState::Up));
-        assert_eq!(t.record(Ok(())), None);
-        let h = t.health();
-        assert_eq!((h.ok_streak, h.fail_streak, h.rise, h.fall), (3, 0, 2, 3));
-        assert_eq!(h.detail, None);
-    }
-
-    #[test]
-    fn falls_after_fall_failures_and_a_success_resets_the_count() {
-        let mut t = HealthTracker::new(2, 3);
-        t.record(Ok(()));
-        t.record(Ok(()));
-        assert_eq!(t.record(fail()), None);
-        assert_eq!(t.record(fail()), None);
-        // One success in between: the failure streak starts over.
-        assert_eq!(t.record(Ok(())), None);
-        assert_eq!(t.state(), HealthState::Up);
-        assert_eq!(t.record(fail()), None);
-        assert_eq!(t.record(fail()), None);
-        assert_eq!(t.record(fail()), Some(HealthState::Down));
-        let h = t.health();
-        assert_eq!((h.ok_streak, h.fail_streak), (0, 3));
-        assert_eq!(h.detail.as_deref(), Some("connect refused"));
-        // Back up needs `rise` successes.
-        assert_eq!(t.record(Ok(())), None);
-        assert_eq!(t.state(), HealthState::Down);
-        assert_eq!(t.record(Ok(())), Some(HealthState::Up));
-    }
-
-    #[test]
-    fn unknown_goes_down_after_fall_failures() {
-        let mut t = HealthTracker::new(2, 2);
-        assert_eq!(t.record(fail()), None);
-        assert_eq!(t.record(fail()), Some(HealthState::Down));
-    }
-
-    #[test]
-    fn rise_and_fall_of_one_switch_at_once() {
-        let mut t = HealthTracker::new(0, 1);
-        assert_eq!(t.record(Ok(())), Some(HealthState::Up));
-        assert_eq!(t.record(fail()), Some(HealthState::Down));
-        assert_eq!(t.record(Ok(())), Some(HealthState::Up));
-    }
-
-    #[test]
-    fn long_details_are_cut() {
-        let mut t = HealthTracker::new(1, 1);
-        t.record(Err("é".repeat(500)));
-        let detail = t.health().detail.unwrap_or_default();
-        assert!(
-            detail.len() <= DETAIL_LIMIT + '…'.len_utf8(),
-            "{}",
-            detail.len()
-        );
-    }
 
     #[test]
     fn status_lines() {
@@ -301,8 +155,14 @@ mod tests {
             address: None,
         };
         assert_eq!(
-            describe(&http, Duration::from_secs(1), 2, 3),
-            "http GET http://127.0.0.1:80/healthz expect 200 every 1000 ms, rise 2, fall 3"
+            describe(
+                &http,
+                Duration::from_secs(1),
+                Duration::from_millis(500),
+                2,
+                3
+            ),
+            "http GET http://127.0.0.1:80/healthz expect 200 every 1000 ms, timeout 500 ms, rise 2, fall 3"
         );
     }
 
@@ -340,35 +200,38 @@ mod tests {
             expect: 200,
             address: None,
         };
-        run_probe(&http(ok.port()), ok, timeout)
-            .await
-            .expect("200 passes");
-        let err = run_probe(&http(bad.port()), bad, timeout)
-            .await
-            .expect_err("503 fails");
+        assert_eq!(
+            run_probe(&http(ok.port()), ok, timeout).await,
+            ProbeOutcome::Answered
+        );
+        let ProbeOutcome::Failed(err) = run_probe(&http(bad.port()), bad, timeout).await else {
+            panic!("503 fails as a wrong answer");
+        };
         assert!(err.contains("status 503"), "{err}");
         let tcp = ProbeConfig::Tcp {
             port: ok.port(),
             address: None,
         };
-        run_probe(&tcp, ok, timeout).await.expect("tcp connect");
+        assert_eq!(run_probe(&tcp, ok, timeout).await, ProbeOutcome::Answered);
 
-        // A closed port: connection refused.
+        // A closed port: connection refused, a failure, not a timeout.
         let closed = {
             let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
             l.local_addr().expect("addr")
         };
-        let err = run_probe(&tcp, closed, timeout)
-            .await
-            .expect_err("closed port");
+        let ProbeOutcome::Failed(err) = run_probe(&tcp, closed, timeout).await else {
+            panic!("a closed port is refused");
+        };
         assert!(err.contains("connect"), "{err}");
 
         // A server that accepts and never answers: the timeout.
         let silent = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = silent.local_addr().expect("addr");
-        let err = run_probe(&http(addr.port()), addr, Duration::from_millis(100))
-            .await
-            .expect_err("silent");
+        let ProbeOutcome::TimedOut(err) =
+            run_probe(&http(addr.port()), addr, Duration::from_millis(100)).await
+        else {
+            panic!("a silent server times out");
+        };
         assert!(err.contains("no answer"), "{err}");
         drop(silent);
     }

@@ -13,6 +13,7 @@ pub mod decoder;
 pub mod encoder;
 pub mod error;
 pub mod header;
+pub mod health;
 pub mod limits;
 pub mod messages;
 pub mod report;
@@ -30,6 +31,7 @@ pub use decoder::Decoder;
 pub use encoder::Encoder;
 pub use error::{EncodeError, ProtoError};
 pub use header::{PROTOCOL_VERSION, Role, StreamHeader};
+pub use health::{HealthTracker, ProbeOutcome};
 pub use limits::Limits;
 pub use messages::{
     Ack, AckStatus, Application, ApplicationPorts, AuthSettings, BackendStatus, ConnectionSettings,

@@ -175,11 +175,18 @@ pub struct ApplicationStatus {
 pub enum HealthState {
     /// Passing: at least `rise` probes in a row succeeded.
     Up,
-    /// Failing: at least `fall` probes in a row failed. The manager treats
-    /// this as a failure, never as load.
+    /// Failing: at least `fall` probes in a row failed and one of them was
+    /// refused or answered wrongly. The manager treats this as a failure,
+    /// never as load.
     Down,
     /// Not enough probes yet to say.
     Unknown,
+    /// Late: at least `fall` probes in a row failed and every one of them
+    /// timed out. The application accepts work but answers slowly; the
+    /// manager decides with the same report's utilization whether that is
+    /// overload (at or above the service's `upper`: functional, counted as
+    /// load) or a hang (below it: a failure).
+    Slow,
 }
 
 /// `<health state="up" rise="2" fall="3" ok-streak="12" fail-streak="0"/>`.

@@ -70,18 +70,34 @@ impl Fleet {
     /// The agent config of server `i`: cgroup CPU utilization, the `web`
     /// application on `port` at the lab's first VIP, a TCP health probe.
     pub fn agent_config(&self, lab: &Lab, i: usize, port: u16, interval_ms: u64) -> String {
+        let probe = format!(
+            "{{ kind = \"tcp\", port = {port}, address = \"{}\" }}",
+            lab.vip4()
+        );
+        self.agent_config_probing(lab, i, port, interval_ms, &probe)
+    }
+
+    /// [`Fleet::agent_config`] with another health probe (a TOML inline
+    /// table).
+    pub fn agent_config_probing(
+        &self,
+        lab: &Lab,
+        i: usize,
+        port: u16,
+        interval_ms: u64,
+        probe: &str,
+    ) -> String {
         format!(
             "[agent]\nhost = \"{}\"\nmanager = \"{}:{MANAGER_PORT}\"\nmanager_name = \"manager\"\n\
              tls_dir = \"{}\"\nreport_interval_ms = {interval_ms}\ncontrol_port = 7444\n\n\
              [utilization]\nkind = \"cgroup-cpu\"\ncgroup = \"/{}\"\n\n\
              [[application]]\nname = \"web\"\nprotocol = \"tcp\"\nports = [{port}]\nvips = [\"{}\"]\n\
-             probe = {{ kind = \"tcp\", port = {port}, address = \"{}\" }}\n",
+             probe = {probe}\n",
             lab.servers[i].name,
             lab.node.eth0.v4,
             self.pki_dir().display(),
             self.cgroups[i].0,
             lab.vip4(),
-            lab.vip4()
         )
     }
 
@@ -93,9 +109,14 @@ impl Fleet {
         port: u16,
         interval_ms: u64,
     ) -> Result<LabProcess> {
+        self.start_agent_with(lab, i, &self.agent_config(lab, i, port, interval_ms))
+    }
+
+    /// Starts `lb-agent` for server `i` with the given config text.
+    pub fn start_agent_with(&self, lab: &Lab, i: usize, config: &str) -> Result<LabProcess> {
         let host = &lab.servers[i];
         let path = self.pki_dir().join(format!("{}-agent.toml", host.name));
-        std::fs::write(&path, self.agent_config(lab, i, port, interval_ms))?;
+        std::fs::write(&path, config)?;
         let bin = workspace_bin("lb-agent")?;
         host.ns.spawn(&[
             bin.to_str().unwrap_or("lb-agent"),

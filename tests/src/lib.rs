@@ -11,6 +11,7 @@ pub mod balancer;
 pub mod fleet;
 pub mod lab;
 pub mod proto;
+pub mod scaling;
 pub mod topo;
 pub mod util;
 

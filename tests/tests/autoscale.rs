@@ -10,8 +10,11 @@ use lb_tests::{
     HoldSession, Lab, LabProcess,
     balancer::{Balancer, LAB_SEED, attach_peer_pass, wait_until, workspace_bin},
     fleet::{self, Fleet, ScaledService},
-    proto::LoadReport,
     require_root,
+    scaling::{
+        backends_of, event_of, events, finish_load, last_event_id, member, members_in, pool,
+        pool_of, state_of,
+    },
 };
 use serde_json::Value;
 
@@ -79,39 +82,6 @@ fn build() -> Result<(Lab, Fleet)> {
     Ok((lab, fleet))
 }
 
-/// `lbctl pool --json`: the members and free servers of `web`.
-fn pool(bal: &Balancer) -> Option<Value> {
-    let v = bal.lbctl(&["pool"]).ok()?;
-    v["pools"].as_array()?.first().cloned()
-}
-
-fn members_in(bal: &Balancer, state: &str) -> Vec<String> {
-    pool(bal)
-        .and_then(|p| {
-            p["members"].as_array().map(|m| {
-                m.iter()
-                    .filter(|x| x["state"] == state)
-                    .filter_map(|x| x["server"].as_str().map(str::to_owned))
-                    .collect()
-            })
-        })
-        .unwrap_or_default()
-}
-
-fn events(bal: &Balancer) -> Vec<Value> {
-    bal.lbctl(&["events"])
-        .ok()
-        .and_then(|v| v["events"].as_array().cloned())
-        .unwrap_or_default()
-}
-
-fn event_of<'a>(events: &'a [Value], kind: &str, server: Option<&str>) -> Option<&'a Value> {
-    events
-        .iter()
-        .rev()
-        .find(|e| e["kind"] == kind && server.is_none_or(|s| e["server"] == s))
-}
-
 /// The `[[server]]` table of `name` in a config file's text.
 fn server_block<'a>(text: &'a str, name: &str) -> Result<&'a str> {
     text.split("[[server]]")
@@ -124,54 +94,8 @@ fn node2_backends(bal: &Balancer) -> Vec<(String, String)> {
     backends_of(bal, "web")
 }
 
-/// The pool of `service` in `lbctl pool --json`.
-fn pool_of(bal: &Balancer, service: &str) -> Option<Value> {
-    let v = bal.lbctl(&["pool"]).ok()?;
-    v["pools"]
-        .as_array()?
-        .iter()
-        .find(|p| p["service"] == service)
-        .cloned()
-}
-
-/// The servers a node has programmed for `service`, with their state.
-fn backends_of(bal: &Balancer, service: &str) -> Vec<(String, String)> {
-    let Ok(v) = bal.lbctl(&["server", "list"]) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for s in v["servers"].as_array().into_iter().flatten() {
-        for b in s["services"].as_array().into_iter().flatten() {
-            if b["service"] == service {
-                out.push((
-                    s["name"].as_str().unwrap_or_default().to_owned(),
-                    b["state"].as_str().unwrap_or_default().to_owned(),
-                ));
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
 fn start_load(lab: &Lab, rate: u32, seconds: u32) -> Result<LabProcess> {
-    let target = lab.vip4_addr(PORT).to_string();
-    let (r, s) = (rate.to_string(), seconds.to_string());
-    lab.client.ns.spawn(&[
-        CLIENT,
-        "load",
-        "--target",
-        &target,
-        "--rate",
-        &r,
-        "--seconds",
-        &s,
-    ])
-}
-
-fn finish_load(mut p: LabProcess, seconds: u32) -> Result<LoadReport> {
-    let line = p.read_line(Duration::from_secs(u64::from(seconds) + 30))?;
-    serde_json::from_str(&line).with_context(|| format!("load report {line:?}"))
+    lb_tests::scaling::start_load(lab, PORT, rate, seconds)
 }
 
 fn ready(bal: &Balancer) -> bool {
@@ -447,43 +371,15 @@ fn steady_config(lab: &Lab, pki: &Path, scaling: &str) -> String {
     )
 }
 
-fn member(bal: &Balancer, server: &str) -> Option<Value> {
-    let p = pool(bal)?;
-    p["members"]
-        .as_array()?
-        .iter()
-        .chain(p["free"].as_array()?.iter())
-        .find(|m| m["server"] == server)
-        .cloned()
-}
-
 /// Whether `server`'s agent reports to the manager.
 fn monitored(bal: &Balancer, server: &str) -> bool {
     member(bal, server).is_some_and(|m| m["monitor"] == "monitored")
-}
-
-fn state_of(bal: &Balancer, server: &str) -> String {
-    member(bal, server)
-        .and_then(|m| m["state"].as_str().map(str::to_owned))
-        .unwrap_or_default()
 }
 
 fn table_generation(bal: &Balancer) -> Result<u64> {
     bal.lbctl(&["status"])?["generation"]
         .as_u64()
         .context("status generation")
-}
-
-/// The id of the manager's last event, from its event file (so it works
-/// while the daemon is down).
-fn last_event_id(bal: &Balancer) -> u64 {
-    std::fs::read_to_string(bal.state_dir().join("events.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter_map(|e| e["id"].as_u64())
-        .max()
-        .unwrap_or(0)
 }
 
 /// Waits for a `synced` event after `after` (the manager sent the file to

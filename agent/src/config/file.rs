@@ -15,8 +15,9 @@ use toml::Spanned;
 
 use super::{
     AgentConfig, ApplicationConfig, ConfigError, DEFAULT_DISCOVERY_INTERVAL_MS, DEFAULT_FALL,
-    DEFAULT_REPORT_INTERVAL_MS, DEFAULT_RISE, DiscoveryConfig, MAX_INTERVAL_MS,
-    MIN_DISCOVERY_INTERVAL_MS, MIN_INTERVAL_MS, ProbeConfig, UtilizationConfig, kebab,
+    DEFAULT_PROBE_TIMEOUT_MS, DEFAULT_REPORT_INTERVAL_MS, DEFAULT_RISE, DiscoveryConfig,
+    MAX_INTERVAL_MS, MAX_PROBE_TIMEOUT_MS, MIN_DISCOVERY_INTERVAL_MS, MIN_INTERVAL_MS, ProbeConfig,
+    UtilizationConfig, kebab,
 };
 use crate::sources::{CommandSource, SourceKind};
 
@@ -99,6 +100,8 @@ struct ApplicationSection {
     fall: Option<Spanned<u32>>,
     #[serde(default)]
     probe_interval_ms: Option<Spanned<u64>>,
+    #[serde(default)]
+    probe_timeout_ms: Option<Spanned<u64>>,
     #[serde(default)]
     connection_capacity: Option<Spanned<u64>>,
 }
@@ -492,6 +495,23 @@ impl Validator<'_> {
                 Some(ms) => self.interval(ms, &key("probe_interval_ms"))?,
                 None => report_interval_ms,
             };
+            // Its own setting, never the interval: a saturated server
+            // answers late, and a timeout tied to a short report interval
+            // called that a failure.
+            let probe_timeout_ms = match &app.probe_timeout_ms {
+                Some(ms) if !(MIN_INTERVAL_MS..=MAX_PROBE_TIMEOUT_MS).contains(ms.get_ref()) => {
+                    return Err(self.error(
+                        ms.span(),
+                        &key("probe_timeout_ms"),
+                        format!(
+                            "{} ms is outside {MIN_INTERVAL_MS}..={MAX_PROBE_TIMEOUT_MS} ms",
+                            ms.get_ref()
+                        ),
+                    ));
+                }
+                Some(ms) => *ms.get_ref(),
+                None => DEFAULT_PROBE_TIMEOUT_MS,
+            };
             if let Some(capacity) = &app.connection_capacity
                 && *capacity.get_ref() == 0
             {
@@ -524,6 +544,7 @@ impl Validator<'_> {
                 rise,
                 fall,
                 probe_interval: Duration::from_millis(probe_interval_ms),
+                probe_timeout: Duration::from_millis(probe_timeout_ms),
                 connection_capacity,
             });
         }

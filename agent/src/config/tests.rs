@@ -69,6 +69,7 @@ fn full_file() {
         rise = 3
         fall = 5
         probe_interval_ms = 250
+        probe_timeout_ms = 2000
         connection_capacity = 1000
 
         [[application]]
@@ -101,12 +102,18 @@ fn full_file() {
     );
     assert_eq!((web.rise, web.fall), (3, 5));
     assert_eq!(web.probe_interval, Duration::from_millis(250));
+    assert_eq!(web.probe_timeout, Duration::from_millis(2000));
     assert_eq!(web.connection_capacity, Some(1000));
     let dns = &config.applications[1];
     assert_eq!(dns.protocol, Protocol::Udp);
     assert_eq!((dns.rise, dns.fall), (DEFAULT_RISE, DEFAULT_FALL));
     // The probe interval follows the report interval by default.
     assert_eq!(dns.probe_interval, Duration::from_millis(500));
+    // The probe timeout never does: a saturated server answers late.
+    assert_eq!(
+        dns.probe_timeout,
+        Duration::from_millis(DEFAULT_PROBE_TIMEOUT_MS)
+    );
 }
 
 #[test]
@@ -301,6 +308,11 @@ fn bad_applications() {
     expect_error(
         &app(&format!("{base}\nprobe_interval_ms = 5")),
         "application[web].probe_interval_ms",
+        12,
+    );
+    expect_error(
+        &app(&format!("{base}\nprobe_timeout_ms = 600000")),
+        "application[web].probe_timeout_ms",
         12,
     );
     expect_error(

@@ -286,7 +286,8 @@ pub struct MonitorView {
     /// Latest utilization figure and its source.
     pub utilization: Option<f64>,
     pub source: Option<String>,
-    /// Worst application health: down, unknown or up.
+    /// Worst application health as the agent reports it: down, slow,
+    /// unknown or up.
     pub health: Option<String>,
     /// Every VIP of every application ready for direct server return.
     pub ready: Option<bool>,
@@ -302,6 +303,8 @@ impl ServerRecord {
             let states: Vec<HealthState> = r.applications.iter().map(|a| a.health.state).collect();
             if states.contains(&HealthState::Down) {
                 "down"
+            } else if states.contains(&HealthState::Slow) {
+                "slow"
             } else if states.contains(&HealthState::Unknown) || states.is_empty() {
                 "unknown"
             } else {

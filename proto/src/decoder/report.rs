@@ -347,6 +347,7 @@ fn health(tag: &BytesStart<'_>, max_attributes: usize) -> Option<Health> {
                     "up" => HealthState::Up,
                     "down" => HealthState::Down,
                     "unknown" => HealthState::Unknown,
+                    "slow" => HealthState::Slow,
                     _ => return None,
                 };
                 once(&mut state, value)?;

@@ -6,6 +6,9 @@
 //! TCP: on accept writes "NAME\n", then answers every line with
 //! "NAME: <line>\n" until EOF. UDP: answers each datagram with "NAME\n".
 //! Sockets use IP_FREEBIND, so addresses need not exist yet (VIPs on `lo`).
+//! `--http ADDR:PORT` answers every HTTP request there with `200 OK` and
+//! the name (a health endpoint that shares the server's CPU, so it answers
+//! late when the server is saturated).
 //! Prints "ready" once every socket is bound; runs until killed.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -34,6 +37,9 @@ struct Args {
     /// microseconds (a server that load makes hot).
     #[arg(long, default_value_t = 0)]
     work_us: u64,
+    /// TCP address of an HTTP health endpoint (repeatable).
+    #[arg(long)]
+    http: Vec<SocketAddr>,
 }
 
 /// Longest line echoed; longer input closes the connection.
@@ -80,14 +86,40 @@ fn serve_conn(name: &str, stream: TcpStream, work_us: u64) -> std::io::Result<()
     }
 }
 
-fn tcp_loop(name: Arc<str>, listener: TcpListener, work_us: u64) {
+/// Reads one HTTP request head and answers `200 OK` with the name.
+fn serve_http(name: &str, stream: TcpStream) -> std::io::Result<()> {
+    let mut out = stream.try_clone()?;
+    let mut reader = BufReader::new(stream).take(MAX_LINE as u64);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 || line.trim_end().is_empty() {
+            break;
+        }
+    }
+    let body = format!("{name}\n");
+    out.write_all(
+        format!(
+            "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+}
+
+fn accept_loop(
+    name: Arc<str>,
+    listener: TcpListener,
+    serve: impl Fn(&str, TcpStream) -> std::io::Result<()> + Clone + Send + 'static,
+) {
     loop {
         match listener.accept() {
             Ok((stream, _peer)) => {
                 let name = Arc::clone(&name);
+                let serve = serve.clone();
                 let spawned = thread::Builder::new().spawn(move || {
                     // Client errors (resets, timeouts) end only this connection.
-                    let _ = serve_conn(&name, stream, work_us);
+                    let _ = serve(&name, stream);
                 });
                 if let Err(e) = spawned {
                     eprintln!("lab-server: spawning connection thread: {e}");
@@ -100,6 +132,12 @@ fn tcp_loop(name: Arc<str>, listener: TcpListener, work_us: u64) {
             }
         }
     }
+}
+
+fn tcp_loop(name: Arc<str>, listener: TcpListener, work_us: u64) {
+    accept_loop(name, listener, move |name, stream| {
+        serve_conn(name, stream, work_us)
+    });
 }
 
 fn udp_loop(name: Arc<str>, sock: UdpSocket) {
@@ -135,6 +173,16 @@ fn main() -> Result<()> {
         let name = Arc::clone(&name);
         let work_us = args.work_us;
         threads.push(thread::spawn(move || tcp_loop(name, listener, work_us)));
+    }
+    for addr in args.http {
+        let sock = socket(addr, Type::STREAM, Protocol::TCP)?;
+        sock.listen(1024)
+            .with_context(|| format!("listen {addr}"))?;
+        let listener: TcpListener = sock.into();
+        let name = Arc::clone(&name);
+        threads.push(thread::spawn(move || {
+            accept_loop(name, listener, serve_http)
+        }));
     }
     for addr in args.udp {
         let sock: UdpSocket = socket(addr, Type::DGRAM, Protocol::UDP)?.into();

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use lb_proto::HealthState;
+use lb_proto::{HealthState, HealthTracker, ProbeOutcome};
 
 use super::{Controller, Ops};
 use crate::{
@@ -16,7 +16,7 @@ use crate::{
     manager::db::Monitor,
     scaling::{
         events::NewEvent,
-        policy::{Candidate, Health, Member, MemberState, PoolView},
+        policy::{Candidate, Member, MemberState, PoolView, judge_health},
         weights::WeightTracker,
     },
 };
@@ -44,16 +44,12 @@ pub(super) enum Band {
 /// Rise and fall of the manager's probe.
 const PROBE_RISE: u32 = 2;
 const PROBE_FALL: u32 = 3;
+/// How long the manager's probe waits for a connection: as the agent's
+/// default, long enough for a saturated server, whatever the interval.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// One member's manager-side probe.
-#[derive(Debug, Clone, Default)]
-pub(super) struct ProbeState {
-    ok_streak: u32,
-    fail_streak: u32,
-    /// `Some(true)` up, `Some(false)` down, `None` not enough probes yet.
-    up: Option<bool>,
-    detail: String,
-}
+/// One member's manager-side probe: the agent's rise/fall machine.
+pub(super) type ProbeState = HealthTracker;
 
 impl Controller {
     pub(super) fn track_states(&self, ops: &mut Ops, config: &Config, now: Instant) {
@@ -96,16 +92,18 @@ impl Controller {
             let record = db.get(server);
             let report = record.and_then(|r| r.last_report.as_ref());
             let status = report.and_then(|r| r.applications.iter().find(|a| a.name == app));
+            let utilization = report.map(|r| r.utilization.value);
             view.members.push(Member {
                 name: server.clone(),
                 state,
                 monitored: record.is_some_and(|r| r.monitor == Monitor::Monitored),
-                health: match (status.map(|a| a.health.state), self.probe_up(name, server)) {
-                    (Some(HealthState::Down), _) | (_, Some(false)) => Health::Down,
-                    (Some(HealthState::Up), _) => Health::Up,
-                    _ => Health::Unknown,
-                },
-                utilization: report.map(|r| r.utilization.value),
+                health: judge_health(
+                    status.map(|a| &a.health),
+                    self.manager_probe(name, server).as_ref(),
+                    utilization,
+                    svc.scaling.upper,
+                ),
+                utilization,
                 capacity: record.map_or(1.0, |r| r.hello.cores).max(0.01),
                 since: ops.since.get(server).map_or(self.started, |x| x.1),
             });
@@ -139,12 +137,12 @@ impl Controller {
         view
     }
 
-    fn probe_up(&self, service: &str, server: &str) -> Option<bool> {
+    fn manager_probe(&self, service: &str, server: &str) -> Option<lb_proto::Health> {
         self.probes
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&(service.to_owned(), server.to_owned()))
-            .and_then(|p| p.up)
+            .map(HealthTracker::health)
     }
 
     /// The manager's own probes (`[service.scaling] probe_port`): a TCP
@@ -154,7 +152,7 @@ impl Controller {
             .config
             .report_interval()
             .max(Duration::from_millis(100));
-        let timeout = interval.min(Duration::from_secs(1));
+        let timeout = PROBE_TIMEOUT;
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -181,9 +179,11 @@ impl Controller {
                         match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
                             .await
                         {
-                            Ok(Ok(_)) => Ok(()),
-                            Ok(Err(e)) => Err(format!("connect {addr}: {e}")),
-                            Err(_) => Err(format!("connect {addr}: no answer within {timeout:?}")),
+                            Ok(Ok(_)) => ProbeOutcome::Answered,
+                            Ok(Err(e)) => ProbeOutcome::Failed(format!("connect {addr}: {e}")),
+                            Err(_) => ProbeOutcome::TimedOut(format!(
+                                "connect {addr}: no answer within {timeout:?}"
+                            )),
                         };
                     (service, server, outcome)
                 },
@@ -198,36 +198,27 @@ impl Controller {
                     .collect();
                 probes.retain(|k, _| live.contains(k));
                 for (service, server, outcome) in results {
-                    let p = probes.entry((service.clone(), server.clone())).or_default();
-                    let before = p.up;
-                    match outcome {
-                        Ok(()) => {
-                            p.ok_streak += 1;
-                            p.fail_streak = 0;
-                            if p.ok_streak >= PROBE_RISE {
-                                p.up = Some(true);
-                            }
+                    let p = probes
+                        .entry((service.clone(), server.clone()))
+                        .or_insert_with(|| HealthTracker::new(PROBE_RISE, PROBE_FALL));
+                    let first = p.state() == HealthState::Unknown;
+                    if let Some(state) = p.record(outcome) {
+                        // Said when a known state changes, or a first one is
+                        // not up.
+                        if !first || state != HealthState::Up {
+                            let detail = p.health().detail.unwrap_or_default();
+                            changes.push((service, server, state, detail));
                         }
-                        Err(detail) => {
-                            p.fail_streak += 1;
-                            p.ok_streak = 0;
-                            p.detail = detail;
-                            if p.fail_streak >= PROBE_FALL {
-                                p.up = Some(false);
-                            }
-                        }
-                    }
-                    if before.is_some() && before != p.up || before.is_none() && p.up == Some(false)
-                    {
-                        changes.push((service, server, p.up, p.detail.clone()));
                     }
                 }
             }
-            for (service, server, up, detail) in changes {
-                let reason = if up == Some(true) {
-                    "the manager's probe answers again".to_owned()
-                } else {
-                    format!("the manager's probe fails {PROBE_FALL} times in a row: {detail}")
+            for (service, server, state, detail) in changes {
+                let reason = match state {
+                    HealthState::Up => "the manager's probe answers again".to_owned(),
+                    HealthState::Slow => format!(
+                        "the manager's probe times out {PROBE_FALL} times in a row (a failure only while the server is not busy): {detail}"
+                    ),
+                    _ => format!("the manager's probe fails {PROBE_FALL} times in a row: {detail}"),
                 };
                 self.events.record(
                     NewEvent::new("probe", reason)

@@ -1,7 +1,47 @@
 //! The health verdicts of one evaluation: which failed members come back
-//! and which members whose application is down are taken out.
+//! and which members whose application is down are taken out; and what
+//! counts as down in the first place ([`judge_health`]).
+
+use lb_proto::{Health as Probe, HealthState};
 
 use super::{Decision, Health, Member, MemberState, NoticeKind, Round, ScalingPolicy};
+
+/// The manager's verdict on one member from the agent's probe, the
+/// manager's own probe (if the service has one) and the utilization of the
+/// same report.
+///
+/// A refusal or a wrong answer (`down`) is a failure. A streak of
+/// timeouts only (`slow`) is overload while the utilization is at or above
+/// `upper` — the server accepts work and answers late — and a failure
+/// (a hang) below it, or with no utilization to tell. A `slow` probe whose
+/// last attempt answered is on its way back up and counts as functional.
+pub fn judge_health(
+    agent: Option<&Probe>,
+    manager: Option<&Probe>,
+    utilization: Option<f64>,
+    upper: f64,
+) -> Health {
+    let hot = utilization.is_some_and(|u| u.is_finite() && u >= upper);
+    let one = |p: &Probe| match p.state {
+        HealthState::Down => Health::Down,
+        HealthState::Slow if p.fail_streak == 0 => Health::Up,
+        HealthState::Slow if hot => Health::Slow,
+        HealthState::Slow => Health::Down,
+        HealthState::Up => Health::Up,
+        HealthState::Unknown => Health::Unknown,
+    };
+    let (agent, manager) = (agent.map(one), manager.map(one));
+    let any = |h: Health| agent == Some(h) || manager == Some(h);
+    if any(Health::Down) {
+        Health::Down
+    } else if any(Health::Slow) {
+        Health::Slow
+    } else if agent == Some(Health::Up) {
+        Health::Up
+    } else {
+        Health::Unknown
+    }
+}
 
 pub(super) struct HealthOutcome<'a> {
     pub(super) restored: Vec<&'a str>,
@@ -63,6 +103,21 @@ pub(super) fn health_decisions<'a>(
                 held.push(m.name.as_str());
             }
         }
+    }
+    for m in members
+        .iter()
+        .filter(|m| m.state == MemberState::Allocated && m.monitored && m.health == Health::Slow)
+    {
+        round.notice(
+            NoticeKind::Slow,
+            &m.name,
+            format!(
+                "{} answers its probes late at utilization {}, at or above upper {:.2}: overloaded, not failed; it stays in the table and counts as load",
+                m.name,
+                m.utilization.map_or("-".into(), |u| format!("{u:.2}")),
+                policy.upper
+            ),
+        );
     }
     if !held.is_empty() {
         let names = held.join(", ");

@@ -19,6 +19,7 @@ use std::{
 };
 
 pub use config::{ScalingPolicy, Trigger};
+pub use health::judge_health;
 use health::{health_decisions, known_down};
 use load::{Load, scale_in_desired, servers_for};
 
@@ -33,12 +34,19 @@ pub enum MemberState {
     Failed,
 }
 
-/// Application health as the agent reports it.
+/// Application health as the manager judges it from the agent's probe,
+/// its own probe and the same report's utilization ([`judge_health`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Health {
     Up,
+    /// Refused, answered wrongly, or timed out while the server was not
+    /// busy: a failure, never load.
     Down,
     Unknown,
+    /// Probes time out while the server runs at or above `upper`:
+    /// functional but overloaded. It stays in the table and counts as
+    /// load, so the pool grows instead of shrinking.
+    Slow,
 }
 
 /// One member of the service's pool, at the time of the evaluation.
@@ -94,6 +102,9 @@ pub enum NoticeKind {
     /// The pool is idle but a drain would push the other servers above
     /// `upper − margin`.
     DrainBlocked,
+    /// A member's probes time out while it runs hot: overloaded, not
+    /// failed.
+    Slow,
 }
 
 /// One thing to do (or to tell the operator) for a service.

@@ -1,6 +1,7 @@
 //! Tests of the policy: simulated evaluations on a fake clock, and the
 //! settings' validation and parsing.
 
+use lb_proto::HealthState;
 use serde::Deserialize;
 
 use super::*;
@@ -473,6 +474,77 @@ fn failed_members_are_not_load() {
     let ds = sim.eval(30, &v);
     assert_eq!(failed(&ds), ["s3"]);
     assert_eq!(allocated(&ds), Vec::<&str>::new(), "{ds:?}");
+}
+
+fn probe(state: HealthState, fail_streak: u32) -> lb_proto::Health {
+    lb_proto::Health {
+        state,
+        rise: 2,
+        fall: 3,
+        ok_streak: u32::from(fail_streak == 0),
+        fail_streak,
+        detail: None,
+    }
+}
+
+#[test]
+fn timeouts_are_overload_when_hot_and_a_failure_when_idle() {
+    use HealthState::{Down, Slow, Unknown, Up};
+    let judge = |agent: Option<(HealthState, u32)>, manager: Option<(HealthState, u32)>, u| {
+        judge_health(
+            agent.map(|(s, f)| probe(s, f)).as_ref(),
+            manager.map(|(s, f)| probe(s, f)).as_ref(),
+            u,
+            0.75,
+        )
+    };
+    // Timeouts only, utilization at or above upper: overloaded, not failed.
+    assert_eq!(judge(Some((Slow, 3)), None, Some(0.75)), Health::Slow);
+    assert_eq!(judge(Some((Slow, 9)), None, Some(1.3)), Health::Slow);
+    // The same timeouts on an idle server: a hang, a failure.
+    assert_eq!(judge(Some((Slow, 3)), None, Some(0.2)), Health::Down);
+    assert_eq!(judge(Some((Slow, 3)), None, None), Health::Down);
+    assert_eq!(judge(Some((Slow, 3)), None, Some(f64::NAN)), Health::Down);
+    // Recovering: the last probe answered.
+    assert_eq!(judge(Some((Slow, 0)), None, Some(0.1)), Health::Up);
+    // Refusals and wrong answers fail whatever the load.
+    assert_eq!(judge(Some((Down, 3)), None, Some(1.0)), Health::Down);
+    // The manager's own probe is judged the same way, and the worse wins.
+    assert_eq!(
+        judge(Some((Up, 0)), Some((Slow, 3)), Some(0.9)),
+        Health::Slow
+    );
+    assert_eq!(
+        judge(Some((Up, 0)), Some((Slow, 3)), Some(0.3)),
+        Health::Down
+    );
+    assert_eq!(
+        judge(Some((Slow, 3)), Some((Down, 3)), Some(0.9)),
+        Health::Down
+    );
+    assert_eq!(judge(Some((Up, 0)), Some((Up, 0)), Some(0.9)), Health::Up);
+    assert_eq!(judge(None, Some((Up, 0)), Some(0.9)), Health::Unknown);
+    assert_eq!(judge(Some((Unknown, 0)), None, None), Health::Unknown);
+}
+
+#[test]
+fn a_slow_hot_member_is_never_failed_and_its_pool_grows() {
+    let mut sim = Sim::new(ScalingPolicy::default());
+    let slow = |m: Member| Member {
+        health: Health::Slow,
+        ..m
+    };
+    let v = view(vec![slow(sim.member("s1", 0.98, 0))]);
+    let ds = sim.eval(30, &v);
+    assert_eq!(failed(&ds), Vec::<&str>::new(), "{ds:?}");
+    assert_eq!(allocated(&ds), ["f1"], "{ds:?}");
+    let said = notices(&ds, NoticeKind::Slow);
+    assert_eq!(said.len(), 1, "{ds:?}");
+    assert!(said[0].contains("overloaded, not failed"), "{}", said[0]);
+    // Said once while it lasts.
+    let ds = sim.eval(35, &v);
+    assert_eq!(notices(&ds, NoticeKind::Slow).len(), 0, "{ds:?}");
+    assert_eq!(failed(&ds), Vec::<&str>::new(), "{ds:?}");
 }
 
 #[test]
