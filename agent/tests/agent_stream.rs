@@ -336,6 +336,7 @@ async fn agent_streams_reports_answers_requests_and_reconnects() {
             table_size: 7,
             servers: vec![],
             retired: false,
+            weight_scale: 1,
         },
     })
     .await;

@@ -178,6 +178,11 @@ pub struct ServiceConfig {
     /// (used only when this process runs the manager).
     #[serde(default)]
     pub scaling: crate::scaling::policy::ScalingPolicy,
+    /// The servers' weights for this service are in `1 / weight_scale`
+    /// units of the file's (set by a manager's reconfigure, which sends
+    /// hundredths; 0 or 1: file units). Never in a file.
+    #[serde(skip)]
+    pub weight_scale: u32,
 }
 
 impl ServiceConfig {

@@ -44,6 +44,35 @@ enum Command {
     },
 }
 
+/// The weights in force a manager last published (hundredths, by service
+/// and server) over the file's: members without one get their file weight
+/// in hundredths, the same table as the file weight.
+fn apply_persisted_weights(
+    config: &mut Config,
+    weights: &lb_control::scaling::controller::ServiceWeightMap,
+) {
+    let scale = lb_control::scaling::weights::WEIGHT_SCALE;
+    for svc in &mut config.service {
+        let name = svc.name.get_ref().clone();
+        let Some(published) = weights.get(&name) else {
+            continue;
+        };
+        svc.weight_scale = scale;
+        for server in config
+            .server
+            .iter_mut()
+            .filter(|s| s.services.iter().any(|x| x.get_ref() == &name))
+        {
+            let weight = published
+                .get(server.name.get_ref())
+                .copied()
+                .unwrap_or_else(|| server.weight_in(&name).saturating_mul(scale));
+            let state = server.state_in(&name);
+            server.per_service.insert(name.clone(), (state, weight));
+        }
+    }
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -112,12 +141,7 @@ fn run(config_path: PathBuf) -> Result<(), String> {
         let mut effective = node_state.overlay(config.clone());
         // The manager's published weights, so a restart changes no table.
         if let Some(m) = &config.manager {
-            let weights = persisted_weights(&m.state_dir);
-            for server in &mut effective.server {
-                if let Some(w) = weights.get(server.name.get_ref()) {
-                    server.weight = *w;
-                }
-            }
+            apply_persisted_weights(&mut effective, &persisted_weights(&m.state_dir));
         }
         let mut node = Node::open(effective.clone())
             .await

@@ -924,8 +924,15 @@ impl Node {
                 };
                 let c = DataPlane::sum_counters(&self.dp.backend_stats, b.index);
                 let seen = self.dp.backend_last_seen(b.index);
+                let scale = self
+                    .config
+                    .service
+                    .iter()
+                    .find(|s| s.name.get_ref() == name)
+                    .map_or(1, |s| s.weight_scale);
                 row.services.push(BackendView {
                     service: name.clone(),
+                    weight: crate::scaling::weights::display_weight(server.weight_in(name), scale),
                     backend: b.index,
                     incarnation: b.record.incarnation,
                     state: match b.record.state {
@@ -985,6 +992,7 @@ pub struct ServerView {
     pub name: String,
     pub address: IpAddr,
     pub state: String,
+    /// The file's weight.
     pub weight: u32,
     pub services: Vec<BackendView>,
 }
@@ -992,6 +1000,9 @@ pub struct ServerView {
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct BackendView {
     pub service: String,
+    /// The weight in force in this service, in file units (`12.5`).
+    #[serde(default)]
+    pub weight: String,
     pub backend: u32,
     pub incarnation: u32,
     pub state: String,

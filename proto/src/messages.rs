@@ -374,10 +374,27 @@ pub struct Service {
     /// ignored).
     #[serde(rename = "@retired", default, skip_serializing_if = "is_false")]
     pub retired: bool,
+    /// The servers' weights are in `1 / weight-scale` units of the file's
+    /// weights (a manager sends hundredths); absent: 1. Only for display:
+    /// Maglev tables depend on the ratios of the weights alone.
+    #[serde(
+        rename = "@weight-scale",
+        default = "one",
+        skip_serializing_if = "is_one"
+    )]
+    pub weight_scale: u32,
 }
 
 fn is_false(b: &bool) -> bool {
     !*b
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
 }
 
 impl Service {
@@ -388,6 +405,9 @@ impl Service {
         }
         if self.table_size == 0 {
             return Err("table-size 0".into());
+        }
+        if self.weight_scale == 0 {
+            return Err("weight-scale 0".into());
         }
         self.servers
             .iter()

@@ -155,6 +155,7 @@ pub fn reconfigure(generation: u64, web2_state: ServerState) -> Message {
                 },
             ],
             retired: false,
+            weight_scale: 1,
         },
     }
     .into()

@@ -29,6 +29,12 @@ impl Fleet {
     /// address), one client certificate per server, and puts each server's
     /// running `lab-server` into a cgroup of its own.
     pub fn new(lab: &mut Lab) -> Result<Self> {
+        let quotas = vec![SERVER_QUOTA; lab.servers.len()];
+        Self::with_quotas(lab, &quotas)
+    }
+
+    /// [`Fleet::new`] with each server's CPU quota, in `lab.servers` order.
+    pub fn with_quotas(lab: &mut Lab, quotas: &[f64]) -> Result<Self> {
         let pki_dir = tempfile::tempdir()?;
         let pki = Pki::new(pki_dir.path());
         let day = Duration::from_secs(86_400);
@@ -41,10 +47,10 @@ impl Fleet {
         )?;
         let mut cgroups = Vec::new();
         let hosts: Vec<String> = lab.servers.iter().map(|h| h.name.clone()).collect();
-        for host in hosts {
+        for (host, &quota) in hosts.into_iter().zip(quotas) {
             pki.issue(&host, Role::Client, &[], Validity::from_now(day))?;
             let name = format!("lbt-{}-{}-{host}", std::process::id(), lab.id);
-            let cg = create_v1_cgroup(&name, SERVER_QUOTA).context("cgroup")?;
+            let cg = create_v1_cgroup(&name, quota).context("cgroup")?;
             let pid = lab.process(&host).context("server process")?.pid();
             cg.add_pid(pid)?;
             cgroups.push((name, cg));

@@ -42,7 +42,7 @@ pub struct PingReport {
 }
 
 /// Summary of `lab-client load`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct LoadReport {
     pub ok: u64,
     pub failed: u64,
@@ -52,4 +52,12 @@ pub struct LoadReport {
     pub first_seen_ms: BTreeMap<String, u64>,
     /// The first few errors, as text.
     pub errors: Vec<String>,
+    /// Latency of the answered connections, from when each was due to its
+    /// greeting, in milliseconds: median, 99th percentile, largest.
+    #[serde(default)]
+    pub p50_ms: f64,
+    #[serde(default)]
+    pub p99_ms: f64,
+    #[serde(default)]
+    pub max_ms: f64,
 }

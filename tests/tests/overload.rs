@@ -164,3 +164,249 @@ fn saturated_server_is_slow_not_failed_and_its_pool_grows() -> Result<()> {
     );
     Ok(())
 }
+
+/// The ramp a member follows over `slow_start`: 10 % of its fair weight
+/// when it enters, all of it after `slow_start` (see `scaling::weights`).
+fn ramp(elapsed: Duration, slow_start: Duration) -> f64 {
+    let done = (elapsed.as_secs_f64() / slow_start.as_secs_f64()).min(1.0);
+    0.1 + 0.9 * done
+}
+
+#[test]
+fn a_joining_server_ramps_up_over_slow_start() -> Result<()> {
+    if !require_root("a_joining_server_ramps_up_over_slow_start") {
+        return Ok(());
+    }
+    let mut lab = Lab::builder().servers(2).build()?;
+    lab.server_args = vec!["--http".into(), format!("0.0.0.0:{HEALTH_PORT}")];
+    lab.start_servers(SERVER, &[PORT], &[])?;
+    attach_peer_pass(&mut lab)?;
+    let fleet = Fleet::new(&mut lab)?;
+    let slow_start = Duration::from_secs(10);
+    // Nothing scales by itself here: the operator allocates s2.
+    let scaling = "upper = 0.95\nlower = 0.01\nscale_out_window = \"0s\"\nscale_in_window = \"10m\"\n\
+                   cooldown = \"1s\"\nwarmup = \"1s\"\nmin_servers = 1\nmax_servers = 2\n\
+                   dynamic_weights = false\nslow_start = \"10s\"";
+    let config = fleet::manager_config(
+        &lab,
+        fleet.pki_dir(),
+        &ScaledService {
+            port: PORT,
+            interval_ms: INTERVAL_MS,
+            scaling,
+            manager_keys: "agent_backoff_ms = 500",
+            remote_nodes: &[],
+            allocated: 1,
+        },
+    );
+    let bal = Balancer::start(&lab, &config)?;
+    let _agents = start_agents(&lab, &fleet)?;
+    assert!(
+        wait_until(Duration::from_secs(30), || all_up(&bal, &["s1", "s2"])),
+        "agents not up: {:?}",
+        lb_tests::scaling::pool(&bal)
+    );
+    bal.lbctl(&["server", "allocate", "s2"])?;
+    let t0 = Instant::now();
+    // One burst of new connections a second; s2's share of each against
+    // the ramp at the burst's middle: r / (1 + r) beside s1's weight 1.
+    let mut rows = Vec::new();
+    for second in 0..14u32 {
+        let next = t0 + Duration::from_secs(u64::from(second));
+        if let Some(wait) = next.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let from = t0.elapsed();
+        let burst = lb_tests::balancer::burst_to_vip(&lab, PORT, 300)?;
+        let mid = (from + t0.elapsed()) / 2;
+        assert_eq!(burst.failed, 0, "{:?}", burst.errors);
+        let share = burst.by_server.get("s2").copied().unwrap_or(0) as f64 / burst.ok as f64;
+        let r = ramp(mid, slow_start);
+        rows.push((mid, share, r / (1.0 + r)));
+    }
+    println!("slow start {slow_start:?}: t, s2's share of new flows, the ramp's share");
+    for (t, share, want) in &rows {
+        println!("  {:5.2} s  {share:.3}  {want:.3}", t.as_secs_f64());
+    }
+    for (t, share, want) in &rows {
+        assert!(
+            (share - want).abs() <= 0.1,
+            "at {t:?}: share {share:.3}, ramp {want:.3}: {rows:?}"
+        );
+    }
+    let (first, last) = (rows[0].1, rows[rows.len() - 1].1);
+    assert!(
+        (0.02..=0.2).contains(&first),
+        "neither flooded nor starved at first: {first:.3}"
+    );
+    assert!(
+        (0.4..=0.6).contains(&last),
+        "its fair share at the end: {last:.3}"
+    );
+    Ok(())
+}
+
+/// One steady run over servers of 0.1, 0.2 and 0.4 CPU: utilization and
+/// weights sampled after the settling time, the load's latency then.
+#[derive(Debug)]
+struct SteadyRun {
+    /// Mean utilization per server over the measurement.
+    utilization: Vec<f64>,
+    /// Most / least weight in force per server over the measurement.
+    weight_swing: Vec<f64>,
+    p99_ms: f64,
+    failed_verdicts: usize,
+}
+
+impl SteadyRun {
+    /// Max over the capacity-weighted mean utilization.
+    fn max_over_mean(&self) -> f64 {
+        let load: f64 = self
+            .utilization
+            .iter()
+            .zip(QUOTAS)
+            .map(|(u, c)| u * c)
+            .sum();
+        let mean = load / QUOTAS.iter().sum::<f64>();
+        self.utilization.iter().copied().fold(0.0, f64::max) / mean
+    }
+}
+
+const QUOTAS: [f64; 3] = [0.1, 0.2, 0.4];
+
+fn steady_run(
+    file_weights: [u32; 3],
+    dynamic: bool,
+    settle: u32,
+    measure: u32,
+) -> Result<SteadyRun> {
+    let mut lab = Lab::builder().servers(3).build()?;
+    lab.server_args = vec![
+        "--work-us".into(),
+        WORK_US.into(),
+        "--http".into(),
+        format!("0.0.0.0:{HEALTH_PORT}"),
+    ];
+    lab.start_servers(SERVER, &[PORT], &[])?;
+    attach_peer_pass(&mut lab)?;
+    let fleet = Fleet::with_quotas(&mut lab, &QUOTAS)?;
+    // Three servers, all allocated, none to add or drain.
+    let scaling = format!(
+        "upper = 0.95\nlower = 0.01\nscale_in_window = \"10m\"\nmin_servers = 3\nmax_servers = 3\n\
+         dynamic_weights = {dynamic}"
+    );
+    let mut config = fleet::manager_config(
+        &lab,
+        fleet.pki_dir(),
+        &ScaledService {
+            port: PORT,
+            interval_ms: INTERVAL_MS,
+            scaling: &scaling,
+            manager_keys: "agent_backoff_ms = 500",
+            remote_nodes: &[],
+            allocated: 3,
+        },
+    );
+    for (name, weight) in ["s1", "s2", "s3"].iter().zip(file_weights) {
+        let line = format!("name = \"{name}\"\n");
+        config = config.replacen(&line, &format!("{line}weight = {weight}\n"), 1);
+    }
+    let bal = Balancer::start(&lab, &config)?;
+    let _agents = start_agents(&lab, &fleet)?;
+    assert!(
+        wait_until(Duration::from_secs(30), || all_up(
+            &bal,
+            &["s1", "s2", "s3"]
+        )),
+        "agents not up: {:?}",
+        lb_tests::scaling::pool(&bal)
+    );
+    let after = last_event_id(&bal);
+    // 60 % of the total capacity (0.7 CPU at about 5.5 ms a connection).
+    let rate = 75;
+    let settling = start_load(&lab, PORT, rate, settle)?;
+    finish_load(settling, settle)?;
+    let load = start_load(&lab, PORT, rate, measure)?;
+    let until = Instant::now() + Duration::from_secs(u64::from(measure));
+    let mut utilization = vec![Vec::new(); 3];
+    let mut weights = vec![Vec::new(); 3];
+    while Instant::now() < until {
+        for (k, name) in ["s1", "s2", "s3"].iter().enumerate() {
+            if let Some(m) = member(&bal, name) {
+                if let Some(u) = m["utilization"].as_f64() {
+                    utilization[k].push(u);
+                }
+                if let Some(w) = m["weight"].as_f64() {
+                    weights[k].push(w);
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    let report = finish_load(load, measure)?;
+    assert_eq!(report.failed, 0, "{:?}", report.errors);
+    let failed_verdicts = events(&bal)
+        .iter()
+        .filter(|e| e["kind"] == "failed" && e["id"].as_u64().unwrap_or(0) > after)
+        .count();
+    let mean = |v: &Vec<f64>| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let swing = |v: &Vec<f64>| {
+        let (lo, hi) = v
+            .iter()
+            .fold((f64::MAX, 0.0f64), |(lo, hi), &w| (lo.min(w), hi.max(w)));
+        if v.is_empty() { 1.0 } else { hi / lo.max(1e-9) }
+    };
+    Ok(SteadyRun {
+        utilization: utilization.iter().map(mean).collect(),
+        weight_swing: weights.iter().map(swing).collect(),
+        p99_ms: report.p99_ms,
+        failed_verdicts,
+    })
+}
+
+#[test]
+fn dynamic_weights_converge_over_mixed_server_sizes() -> Result<()> {
+    if !require_root("dynamic_weights_converge_over_mixed_server_sizes") {
+        return Ok(());
+    }
+    let capacity = steady_run([10, 20, 40], false, 10, 20)?;
+    let dynamic = steady_run([10, 20, 40], true, 15, 20)?;
+    let equal = steady_run([1, 1, 1], false, 10, 20)?;
+    let learnt = steady_run([1, 1, 1], true, 30, 20)?;
+    for (what, run) in [
+        ("static capacity weights 10/20/40", &capacity),
+        ("dynamic weights from 10/20/40", &dynamic),
+        ("static equal weights", &equal),
+        ("dynamic weights from equal file weights", &learnt),
+    ] {
+        println!(
+            "{what}: utilization {:.2?}, max/mean {:.2}, weight swing {:.2?}, p99 {:.0} ms, failed verdicts {}",
+            run.utilization,
+            run.max_over_mean(),
+            run.weight_swing,
+            run.p99_ms,
+            run.failed_verdicts
+        );
+    }
+    for run in [&dynamic, &learnt] {
+        assert!(run.max_over_mean() <= 1.15, "{run:?}");
+        assert!(
+            run.weight_swing.iter().all(|&s| s <= 1.3),
+            "weights still swing: {run:?}"
+        );
+        assert_eq!(run.failed_verdicts, 0, "{run:?}");
+        assert!(
+            run.p99_ms <= capacity.p99_ms * 1.25 + 20.0,
+            "p99 {:.0} ms against {:.0} ms with static capacity weights",
+            run.p99_ms,
+            capacity.p99_ms
+        );
+    }
+    assert_eq!(capacity.failed_verdicts + equal.failed_verdicts, 0);
+    // Equal weights leave the small server overloaded.
+    assert!(
+        equal.max_over_mean() > 1.3,
+        "equal weights should overload the 0.1 CPU server: {equal:?}"
+    );
+    Ok(())
+}

@@ -427,9 +427,16 @@ fn print_table(response: &Response) {
                 }
                 for b in &s.services {
                     let idle = b.idle_secs.map_or("never".to_string(), |i| format!("{i}s"));
+                    // The weight in force; the file's beside it when they
+                    // differ.
+                    let weight = if b.weight.is_empty() || b.weight == s.weight.to_string() {
+                        s.weight.to_string()
+                    } else {
+                        format!("{} (file {})", b.weight, s.weight)
+                    };
                     println!(
                         "{:<16} {:<40} {:<10} {:>6} {:<12} {:<9} {:>12} {:>8}",
-                        s.name, s.address, b.state, s.weight, b.service, b.backend, b.packets, idle
+                        s.name, s.address, b.state, weight, b.service, b.backend, b.packets, idle
                     );
                 }
             }
@@ -530,7 +537,22 @@ fn print_table(response: &Response) {
                         m.health,
                         m.utilization.map_or("-".into(), |u| format!("{u:.3}")),
                         m.capacity,
-                        m.weight.map_or("-".into(), |w| w.to_string()),
+                        match (m.weight, m.file_weight) {
+                            (Some(w), Some(f)) if (w - f64::from(f)).abs() > 1e-9 => {
+                                format!(
+                                    "{} (file {f})",
+                                    lb_control::scaling::weights::display_weight(
+                                        (w * 100.0).round() as u32,
+                                        100
+                                    )
+                                )
+                            }
+                            (Some(w), _) => lb_control::scaling::weights::display_weight(
+                                (w * 100.0).round() as u32,
+                                100
+                            ),
+                            (None, _) => "-".into(),
+                        },
                         m.vip_established.map_or("-".into(), |n| n.to_string()),
                     );
                 }

@@ -221,6 +221,7 @@ mod tests {
                     mac: None,
                 }],
                 retired: false,
+                weight_scale: 1,
             },
         }
     }

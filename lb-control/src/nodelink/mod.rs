@@ -115,14 +115,16 @@ fn config_protocol(p: WireProtocol) -> Protocol {
 }
 
 /// The desired state of service `name` in `config`: every server that is
-/// not free, with the weight the manager publishes for it (`weights`, by
-/// server name) or else its configured weight. `None` if there is no such
-/// service.
+/// not free, with the weight in force the manager computed for it
+/// (`weights`, by server name, in hundredths of the file's weights; a
+/// server without one gets its file weight in hundredths). `None` if there
+/// is no such service.
 pub fn desired_service(
     config: &Config,
     name: &str,
     weights: &BTreeMap<String, u32>,
 ) -> Option<Service> {
+    let scale = crate::scaling::weights::WEIGHT_SCALE;
     let svc = config.service.iter().find(|s| s.name.get_ref() == name)?;
     let servers = config
         .members(name)
@@ -131,7 +133,10 @@ pub fn desired_service(
             Some(Server {
                 name: server.clone(),
                 address: s.address,
-                weight: weights.get(server).copied().unwrap_or(s.weight_in(name)),
+                weight: weights
+                    .get(server)
+                    .copied()
+                    .unwrap_or_else(|| s.weight_in(name).saturating_mul(scale)),
                 state: wire_state(s.state_in(name))?,
                 mac: s.mac.as_deref().and_then(|m| m.parse().ok()),
             })
@@ -145,6 +150,7 @@ pub fn desired_service(
         table_size: svc.table_size,
         servers,
         retired: false,
+        weight_scale: scale,
     })
 }
 
@@ -158,6 +164,7 @@ pub fn retired_service(name: &str) -> Service {
         table_size: 1,
         servers: Vec::new(),
         retired: true,
+        weight_scale: 1,
     }
 }
 
@@ -187,6 +194,7 @@ pub fn merge_service(base: &Config, svc: &Service) -> Result<Config, String> {
             s.port = svc.port;
             s.protocol = config_protocol(svc.protocol);
             s.table_size = svc.table_size;
+            s.weight_scale = svc.weight_scale;
         }
         None => config.service.push(crate::config::ServiceConfig {
             name: spanned(name),
@@ -196,6 +204,7 @@ pub fn merge_service(base: &Config, svc: &Service) -> Result<Config, String> {
             table_size: svc.table_size,
             application: None,
             scaling: Default::default(),
+            weight_scale: svc.weight_scale,
         }),
     }
     for server in &mut config.server {
@@ -278,6 +287,9 @@ state = "free"
         let weights = BTreeMap::from([("s1".to_owned(), 40)]);
         let svc = desired_service(&manager, "web", &weights).unwrap();
         // Free servers are not sent; a failed one is draining on the node.
+        // Weights travel in hundredths of file units: the published 40,
+        // and s2's file weight 1 as 100.
+        assert_eq!(svc.weight_scale, 100);
         let sent: Vec<(&str, u32, WireState)> = svc
             .servers
             .iter()
@@ -287,7 +299,7 @@ state = "free"
             sent,
             [
                 ("s1", 40, WireState::Allocated),
-                ("s2", 1, WireState::Draining)
+                ("s2", 100, WireState::Draining)
             ]
         );
         let node = Config::parse("[node]\ninterfaces = [\"eth0\"]\n", Path::new("n.toml")).unwrap();
@@ -306,9 +318,10 @@ state = "free"
             members,
             [
                 ("s1", 40, ServerState::Allocated),
-                ("s2", 1, ServerState::Draining)
+                ("s2", 100, ServerState::Draining)
             ]
         );
+        assert_eq!(merged.service[0].weight_scale, 100);
         assert_eq!(merged.server[0].mac.as_deref(), Some("02:00:00:00:00:11"));
         // A second merge replaces the pool; a server left out leaves it.
         let mut smaller = svc.clone();

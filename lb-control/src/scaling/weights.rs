@@ -1,176 +1,335 @@
-//! The Maglev weight of one server, following its idle share: smoothed,
-//! floored at a tenth of full weight, published only when it moved enough.
+//! The weights in force of one service's members: one scale for static and
+//! dynamic weights, slow start for a member that enters, and a law that
+//! converges on equal utilization.
+//!
+//! # Scale
+//!
+//! The file's `weight` is the operator's statement of a server's relative
+//! capacity, at any scale. The weight in force is
+//! `file weight × factor × ramp`: `factor` is the dynamic correction (1
+//! with `dynamic_weights = false`), `ramp` the slow start (1 once it is
+//! over). Nodes get it in hundredths ([`WEIGHT_SCALE`]); Maglev tables depend
+//! only on the ratios of the weights, so the hundredths of plain file
+//! weights build the very table the file weights do.
+//!
+//! # Slow start
+//!
+//! A member that enters the pool while the manager watches (allocated, or
+//! restored from failed) ramps linearly from [`RAMP_FLOOR`] of its fair
+//! weight to all of it over `slow_start`, like HAProxy's `slowstart` and
+//! Envoy's slow start: not flooded because it is idle, not starved because
+//! its number is small. Its factor starts at the geometric mean of the
+//! others' (the mean is 1: the others' scale), and the law leaves it alone
+//! until the ramp is over.
+//!
+//! # The law
+//!
+//! Every [`WeightSettings::period`] each settled member's factor is nudged
+//! toward equal utilization: multiplied by `(mean / own)^GAIN`, the step
+//! bounded to `[1/MAX_STEP, MAX_STEP]`, nothing inside a dead band of
+//! `DEAD_BAND`; then the factors are normalised to a geometric mean of 1
+//! and bounded to `[FACTOR_MIN, FACTOR_MAX]`. `mean` is the pool's
+//! utilization (load over capacity), `own` a member's utilization smoothed
+//! over reports, each report counted once. If a member's share of new flows
+//! moves its utilization in proportion, the log of `own / mean` shrinks by
+//! `1 − GAIN` per period: the weights settle instead of swinging, whatever
+//! the file says. (The earlier law, `full × idle share`, was proportional:
+//! it handed most new flows to whoever was idle at that moment, and with a
+//! publication lag it oscillated.)
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
 
-/// The Maglev weight of one server, following its idle share.
-///
-/// Full weight is proportional to capacity (`round(100 × cores)`, at least
-/// 1). The weight is `full × max(0.1, idle)`, `idle` an EWMA of
-/// `1 − utilization` starting at 1 (a server starts at its full weight), so
-/// it never falls below 10% of full weight nor to 0. A new weight is
-/// published only when it differs from the last published one by more than
-/// 10% and `min_interval` passed since the last publication.
-#[derive(Debug, Clone)]
-pub struct WeightTracker {
-    full: u32,
-    alpha: f64,
-    min_interval: Duration,
-    idle: f64,
-    published: u32,
+/// Weights in force reach the nodes in hundredths of file weight units.
+pub const WEIGHT_SCALE: u32 = 100;
+/// Where slow start begins: this share of the fair weight.
+pub const RAMP_FLOOR: f64 = 0.1;
+/// Share of the log error corrected per period.
+const GAIN: f64 = 0.5;
+/// Largest factor change per period.
+const MAX_STEP: f64 = 1.25;
+/// Relative difference from the mean that is left alone.
+const DEAD_BAND: f64 = 0.05;
+const FACTOR_MIN: f64 = 0.1;
+const FACTOR_MAX: f64 = 10.0;
+/// Time constant of the smoothed utilization.
+const SMOOTHING: Duration = Duration::from_secs(1);
+/// A pool below this utilization has nothing to balance.
+const IDLE_POOL: f64 = 0.02;
+/// A new weight is published when one moved by more than this share.
+const PUBLISH_THRESHOLD: f64 = 0.05;
+/// Shortest time between two publications while a ramp runs.
+const RAMP_STEP: Duration = Duration::from_secs(1);
+
+/// How a service's weights behave.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WeightSettings {
+    /// The law runs (`dynamic_weights`).
+    pub dynamic: bool,
+    /// Slow start of an entering member; zero: none.
+    pub slow_start: Duration,
+    /// How often the law takes a step.
+    pub period: Duration,
+}
+
+/// One allocated member as the weights see it at one evaluation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemberInput<'a> {
+    pub name: &'a str,
+    /// The file's weight.
+    pub file_weight: u32,
+    /// Cores, > 0.
+    pub capacity: f64,
+    /// When it entered the pool, if the manager saw it enter; `None` for a
+    /// member that was in before the manager started (no slow start).
+    pub entered: Option<Instant>,
+    /// Its latest report: when it arrived and the utilization it gave.
+    pub report: Option<(Instant, f64)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct MemberWeight {
+    factor: f64,
+    smoothed: Option<f64>,
+    last_report: Option<Instant>,
+}
+
+/// The weights of one service, between evaluations.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ServiceWeights {
+    members: BTreeMap<String, MemberWeight>,
+    last_step: Option<Instant>,
+    published: BTreeMap<String, u32>,
     published_at: Option<Instant>,
 }
 
-impl WeightTracker {
-    /// EWMA factor: the share of a new observation.
-    pub const DEFAULT_ALPHA: f64 = 0.3;
-    /// Shortest time between two publications.
-    pub const DEFAULT_MIN_INTERVAL: Duration = Duration::from_secs(5);
-    /// Lowest weight, as a share of full weight.
-    pub const FLOOR: f64 = 0.1;
-    /// Smallest relative change worth publishing.
-    pub const THRESHOLD: f64 = 0.1;
-
-    /// `alpha` is clamped to [0.01, 1] (1: no smoothing).
-    pub fn new(capacity: f64, alpha: f64, min_interval: Duration) -> Self {
-        let full = if capacity.is_finite() {
-            (100.0 * capacity).round().clamp(1.0, u32::MAX as f64) as u32
-        } else {
-            1
-        };
-        let alpha = if alpha.is_finite() {
-            alpha.clamp(0.01, 1.0)
-        } else {
-            Self::DEFAULT_ALPHA
-        };
+impl ServiceWeights {
+    /// Continues from persisted factors and the weights last published
+    /// (a manager restart): nothing moves until the law says so.
+    pub fn resume(factors: &BTreeMap<String, f64>, published: &BTreeMap<String, u32>) -> Self {
+        let members = factors
+            .iter()
+            .filter(|(_, f)| f.is_finite() && **f > 0.0)
+            .map(|(name, &factor)| {
+                let member = MemberWeight {
+                    factor: factor.clamp(FACTOR_MIN, FACTOR_MAX),
+                    smoothed: None,
+                    last_report: None,
+                };
+                (name.clone(), member)
+            })
+            .collect();
         Self {
-            full,
-            alpha,
-            min_interval,
-            idle: 1.0,
-            published: full,
+            members,
+            last_step: None,
+            published: published.clone(),
             published_at: None,
         }
     }
 
-    /// Continues from the weight in force since `now` (persisted across a
-    /// manager restart, say): the smoothed idle share starts at its share
-    /// of full weight and the next publication waits `min_interval` from
-    /// `now`. `None` means full weight.
-    pub fn starting_at(mut self, published: Option<u32>, now: Instant) -> Self {
-        if let Some(weight) = published {
-            let floor = self.floor();
-            self.published = weight.clamp(floor, self.full);
-            self.idle = self.published as f64 / self.full as f64;
+    /// The correction factors, to persist.
+    pub fn factors(&self) -> BTreeMap<String, f64> {
+        self.members
+            .iter()
+            .map(|(n, m)| (n.clone(), m.factor))
+            .collect()
+    }
+
+    /// The weights last published.
+    pub fn published(&self) -> &BTreeMap<String, u32> {
+        &self.published
+    }
+
+    /// Takes the members' new reports and, when a period passed, one step
+    /// of the law. Members no longer given are forgotten.
+    pub fn observe(
+        &mut self,
+        members: &[MemberInput<'_>],
+        settings: &WeightSettings,
+        now: Instant,
+    ) {
+        self.members
+            .retain(|name, _| members.iter().any(|m| m.name == name));
+        let start = self.mean_factor();
+        for m in members {
+            let entry = self
+                .members
+                .entry(m.name.to_owned())
+                .or_insert(MemberWeight {
+                    factor: start,
+                    smoothed: None,
+                    last_report: None,
+                });
+            let Some((at, u)) = m.report.filter(|(_, u)| u.is_finite()) else {
+                continue;
+            };
+            if entry.last_report == Some(at) {
+                continue;
+            }
+            let u = u.max(0.0);
+            entry.smoothed = Some(match (entry.smoothed, entry.last_report) {
+                (Some(s), Some(before)) => {
+                    let dt = at.saturating_duration_since(before).as_secs_f64();
+                    let alpha = 1.0 - (-dt / SMOOTHING.as_secs_f64()).exp();
+                    s + alpha * (u - s)
+                }
+                _ => u,
+            });
+            entry.last_report = Some(at);
         }
-        self.published_at = Some(now);
-        self
-    }
-
-    fn floor(&self) -> u32 {
-        (self.full as f64 * Self::FLOOR).ceil().max(1.0) as u32
-    }
-
-    pub fn full_weight(&self) -> u32 {
-        self.full
-    }
-
-    /// The smoothed idle share, 0..=1.
-    pub fn idle_share(&self) -> f64 {
-        self.idle
-    }
-
-    /// The weight the smoothed idle share asks for (published or not).
-    pub fn weight(&self) -> u32 {
-        ((self.full as f64 * self.idle.max(Self::FLOOR)).round() as u32).max(self.floor())
-    }
-
-    /// The last published weight (full weight before the first).
-    pub fn published(&self) -> u32 {
-        self.published
-    }
-
-    /// Takes one utilization report; returns the weight to publish, if a
-    /// new one is due. A non-finite utilization is ignored.
-    pub fn observe(&mut self, utilization: f64, now: Instant) -> Option<u32> {
-        if !utilization.is_finite() {
-            return None;
+        if !settings.dynamic {
+            return;
         }
-        let sample = (1.0 - utilization).clamp(0.0, 1.0);
-        self.idle += self.alpha * (sample - self.idle);
-        let weight = self.weight();
-        let published = self.published as f64;
-        let changed = (weight as f64 - published).abs() > Self::THRESHOLD * published;
         let due = self
-            .published_at
-            .is_none_or(|t| now.saturating_duration_since(t) >= self.min_interval);
-        if changed && due {
-            self.published = weight;
-            self.published_at = Some(now);
-            Some(weight)
-        } else {
-            None
+            .last_step
+            .is_none_or(|t| now.saturating_duration_since(t) >= settings.period);
+        if due {
+            self.last_step = Some(now);
+            self.step(members, settings, now);
         }
     }
+
+    fn mean_factor(&self) -> f64 {
+        if self.members.is_empty() {
+            return 1.0;
+        }
+        let logs: f64 = self.members.values().map(|m| m.factor.ln()).sum();
+        (logs / self.members.len() as f64).exp()
+    }
+
+    /// One step of the law over the settled members.
+    fn step(&mut self, members: &[MemberInput<'_>], settings: &WeightSettings, now: Instant) {
+        let settled: Vec<(&MemberInput<'_>, f64)> = members
+            .iter()
+            .filter(|m| ramp(m, settings, now) >= 1.0 && m.capacity.is_finite() && m.capacity > 0.0)
+            .filter_map(|m| Some((m, self.members.get(m.name)?.smoothed?)))
+            .collect();
+        if settled.len() < 2 {
+            return;
+        }
+        let load: f64 = settled.iter().map(|(m, u)| u * m.capacity).sum();
+        let capacity: f64 = settled.iter().map(|(m, _)| m.capacity).sum();
+        let mean = load / capacity;
+        if mean < IDLE_POOL {
+            return;
+        }
+        for (m, u) in &settled {
+            let ratio = mean / u.max(IDLE_POOL / 2.0);
+            if (ratio - 1.0).abs() <= DEAD_BAND {
+                continue;
+            }
+            let step = ratio.powf(GAIN).clamp(1.0 / MAX_STEP, MAX_STEP);
+            if let Some(w) = self.members.get_mut(m.name) {
+                w.factor *= step;
+            }
+        }
+        // Normalise the settled members' factors to a geometric mean of 1.
+        let logs: f64 = settled
+            .iter()
+            .filter_map(|(m, _)| self.members.get(m.name))
+            .map(|w| w.factor.ln())
+            .sum();
+        let mean_factor = (logs / settled.len() as f64).exp();
+        for (m, _) in &settled {
+            if let Some(w) = self.members.get_mut(m.name) {
+                w.factor = (w.factor / mean_factor).clamp(FACTOR_MIN, FACTOR_MAX);
+            }
+        }
+    }
+
+    /// The weights in force now, in hundredths of file units; a member not
+    /// seen yet enters at the others' mean factor.
+    pub fn in_force(
+        &self,
+        members: &[MemberInput<'_>],
+        settings: &WeightSettings,
+        now: Instant,
+    ) -> BTreeMap<String, u32> {
+        let start = self.mean_factor();
+        members
+            .iter()
+            .map(|m| {
+                let factor = if settings.dynamic {
+                    self.members.get(m.name).map_or(start, |w| w.factor)
+                } else {
+                    1.0
+                };
+                let w = f64::from(m.file_weight)
+                    * f64::from(WEIGHT_SCALE)
+                    * factor
+                    * ramp(m, settings, now);
+                let w = if m.file_weight == 0 {
+                    0
+                } else {
+                    w.round().clamp(1.0, f64::from(u32::MAX)) as u32
+                };
+                (m.name.to_owned(), w)
+            })
+            .collect()
+    }
+
+    /// Whether `weights` (from [`Self::in_force`]) should be published now:
+    /// a member came or went, or one moved by more than 5 %, and the last
+    /// publication is at least a ramp step old (a law step, without ramp).
+    pub fn due(
+        &self,
+        weights: &BTreeMap<String, u32>,
+        members: &[MemberInput<'_>],
+        settings: &WeightSettings,
+        now: Instant,
+    ) -> bool {
+        if weights.keys().ne(self.published.keys()) {
+            return true;
+        }
+        let moved = weights.iter().any(|(name, &w)| {
+            let before = f64::from(self.published.get(name).copied().unwrap_or(0)).max(1.0);
+            (f64::from(w) - before).abs() > PUBLISH_THRESHOLD * before
+        });
+        let ramping = members.iter().any(|m| ramp(m, settings, now) < 1.0);
+        let gap = if ramping { RAMP_STEP } else { settings.period };
+        moved
+            && self
+                .published_at
+                .is_none_or(|t| now.saturating_duration_since(t) >= gap)
+    }
+
+    /// Records that `weights` reached every node.
+    pub fn mark_published(&mut self, weights: BTreeMap<String, u32>, now: Instant) {
+        self.published = weights;
+        self.published_at = Some(now);
+    }
 }
+
+/// A member's slow-start ramp now: `RAMP_FLOOR` when it enters, 1 after
+/// `slow_start`.
+pub fn ramp(m: &MemberInput<'_>, settings: &WeightSettings, now: Instant) -> f64 {
+    let Some(entered) = m.entered else {
+        return 1.0;
+    };
+    if settings.slow_start.is_zero() {
+        return 1.0;
+    }
+    let done =
+        now.saturating_duration_since(entered).as_secs_f64() / settings.slow_start.as_secs_f64();
+    if done >= 1.0 {
+        1.0
+    } else {
+        RAMP_FLOOR + (1.0 - RAMP_FLOOR) * done
+    }
+}
+
+/// A weight in force (hundredths) in file units, for people: `12`, `12.5`.
+pub fn display_weight(weight: u32, scale: u32) -> String {
+    let scale = scale.max(1);
+    if weight.is_multiple_of(scale) {
+        (weight / scale).to_string()
+    } else {
+        let text = format!("{:.2}", f64::from(weight) / f64::from(scale));
+        text.trim_end_matches('0').to_owned()
+    }
+}
+
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn weight_follows_idle_share() {
-        let t0 = Instant::now();
-        let at = |s: u64| t0 + Duration::from_secs(s);
-        let mut w = WeightTracker::new(1.0, 0.5, Duration::from_secs(5));
-        assert_eq!((w.full_weight(), w.published()), (100, 100));
-        // idle 1 → 0.8: 80, 20% off, published.
-        assert_eq!(w.observe(0.4, at(0)), Some(80));
-        // 0.7: 70 is 12.5% off but within 5 s of the last publication.
-        assert_eq!(w.observe(0.4, at(1)), None);
-        assert_eq!((w.weight(), w.published()), (70, 80));
-        // 0.65: due now.
-        assert_eq!(w.observe(0.4, at(5)), Some(65));
-        // 0.68: 68 is under 10% from 65.
-        assert_eq!(w.observe(0.29, at(20)), None);
-        assert_eq!((w.weight(), w.published()), (68, 65));
-
-        let mut ewma = WeightTracker::new(1.0, WeightTracker::DEFAULT_ALPHA, Duration::ZERO);
-        ewma.observe(0.5, t0);
-        assert!((ewma.idle_share() - 0.85).abs() < 1e-9);
-        assert_eq!(ewma.published(), 85);
-        assert_eq!(ewma.observe(f64::NAN, t0), None);
-    }
-
-    #[test]
-    fn weight_floor_is_a_tenth_never_zero() {
-        let t0 = Instant::now();
-        let mut w = WeightTracker::new(2.0, 0.5, Duration::ZERO);
-        assert_eq!(w.full_weight(), 200);
-        for i in 0..40 {
-            w.observe(1.5, t0 + Duration::from_secs(i));
-        }
-        assert_eq!((w.weight(), w.published()), (20, 20));
-        let mut tiny = WeightTracker::new(0.01, 1.0, Duration::ZERO);
-        assert_eq!(tiny.full_weight(), 1);
-        tiny.observe(1.0, t0);
-        assert_eq!(tiny.weight(), 1);
-    }
-
-    #[test]
-    fn weight_continues_from_a_persisted_one() {
-        let t0 = Instant::now();
-        let at = |s: u64| t0 + Duration::from_secs(s);
-        let mut w = WeightTracker::new(1.0, 0.5, Duration::from_secs(5)).starting_at(Some(40), t0);
-        assert_eq!((w.published(), w.idle_share()), (40, 0.4));
-        // Steady at 0.6 busy: nothing new to say.
-        assert_eq!(w.observe(0.6, at(1)), None);
-        // Idle now, but the last publication was less than 5 s ago.
-        assert_eq!(w.observe(0.0, at(2)), None);
-        assert_eq!(w.observe(0.0, at(5)), Some(85));
-        // Out-of-range persisted weights are clamped to [floor, full].
-        let w = WeightTracker::new(1.0, 0.5, Duration::ZERO).starting_at(Some(0), t0);
-        assert_eq!(w.published(), 10);
-        let w = WeightTracker::new(1.0, 0.5, Duration::ZERO).starting_at(None, t0);
-        assert_eq!(w.published(), 100);
-    }
-}
+mod tests;

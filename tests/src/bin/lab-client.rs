@@ -263,6 +263,7 @@ fn load(
     let count = rate as usize * seconds as usize;
     let start = std::time::Instant::now();
     let report = Mutex::new(LoadReport::default());
+    let latencies = Mutex::new(Vec::with_capacity(count));
     parallel(count, concurrency, |i| {
         let due = start + Duration::from_secs_f64(i as f64 / f64::from(rate));
         if let Some(wait) = due.checked_duration_since(std::time::Instant::now()) {
@@ -277,9 +278,14 @@ fn load(
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
+        let took = due.elapsed().as_secs_f64() * 1000.0;
         let mut r = report.lock().unwrap_or_else(|e| e.into_inner());
         match res {
             Ok(name) => {
+                latencies
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(took);
                 r.ok += 1;
                 *r.by_server.entry(name.clone()).or_default() += 1;
                 let first = r.first_seen_ms.entry(name).or_insert(now_ms);
@@ -293,7 +299,19 @@ fn load(
             }
         }
     });
-    Ok(report.into_inner().unwrap_or_else(|e| e.into_inner()))
+    let mut report = report.into_inner().unwrap_or_else(|e| e.into_inner());
+    let mut latencies = latencies.into_inner().unwrap_or_else(|e| e.into_inner());
+    latencies.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    report.p50_ms = at(0.5);
+    report.p99_ms = at(0.99);
+    report.max_ms = latencies.last().copied().unwrap_or(0.0);
+    Ok(report)
 }
 
 fn udp(

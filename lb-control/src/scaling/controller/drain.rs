@@ -205,8 +205,6 @@ impl Controller {
         }];
         let generation = self.change(ops, "deallocate", &services, &edits).await?;
         ops.persisted.drains.remove(server);
-        ops.persisted.weights.remove(server);
-        ops.trackers.remove(server);
         self.save(ops);
         self.events.record(
             NewEvent::new("deallocated", format!("{reason}; back in the free pool"))

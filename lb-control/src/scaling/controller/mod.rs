@@ -9,6 +9,7 @@ mod allocate;
 mod drain;
 mod observe;
 mod operator;
+mod weights;
 
 use std::{
     collections::BTreeMap,
@@ -28,7 +29,7 @@ use super::{
     failpoint,
     generation::Generations,
     policy::{Decision, PolicyState},
-    weights::WeightTracker,
+    weights::ServiceWeights,
 };
 use crate::{
     config::{Config, ServerState},
@@ -39,33 +40,48 @@ use crate::{
 use observe::{Band, ProbeState};
 pub use operator::{PoolMember, PoolReport};
 
+/// Service → server → weight in force, in hundredths of the file's.
+pub type ServiceWeightMap = BTreeMap<String, BTreeMap<String, u32>>;
+
 /// What the manager keeps across its restarts besides the generation:
-/// the weights the nodes have (so a restart rebuilds the same tables) and
-/// when each drain began (so a restart does not restart its timeout).
+/// the weights the nodes have (so a restart rebuilds the same tables), the
+/// dynamic weights' factors, and when each drain began (so a restart does
+/// not restart its timeout). (Earlier builds kept `weights` by server on
+/// another scale; that key is ignored.)
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct Persisted {
-    weights: BTreeMap<String, u32>,
+    /// Service → server → weight in force (hundredths).
+    #[serde(default)]
+    service_weights: ServiceWeightMap,
+    /// Service → server → dynamic factor.
+    #[serde(default)]
+    factors: BTreeMap<String, BTreeMap<String, f64>>,
     /// Server → wall-clock ms when its drain began.
+    #[serde(default)]
     drains: BTreeMap<String, u64>,
 }
 
 /// The weights a manager last published (from its state directory), to
 /// apply with the file at start so a restart rebuilds the same tables.
-pub fn persisted_weights(state_dir: &std::path::Path) -> BTreeMap<String, u32> {
+pub fn persisted_weights(state_dir: &std::path::Path) -> ServiceWeightMap {
     std::fs::read(state_dir.join("controller-state.json"))
         .ok()
         .and_then(|b| serde_json::from_slice::<Persisted>(&b).ok())
-        .map(|p| p.weights)
+        .map(|p| p.service_weights)
         .unwrap_or_default()
 }
 
 struct Ops {
     generations: Generations,
     policies: BTreeMap<String, PolicyState>,
-    trackers: BTreeMap<String, WeightTracker>,
+    /// Per service: factors, smoothed utilization, what was published.
+    weights: BTreeMap<String, ServiceWeights>,
     persisted: Persisted,
     /// Server → (state seen, since when).
     since: BTreeMap<String, (ServerState, Instant)>,
+    /// The first evaluation is done: a server seen for the first time
+    /// after it entered just now, not before the manager started.
+    watching: bool,
     /// Per (service, server): the band last reported, and since when.
     bands: BTreeMap<(String, String), (Band, Instant)>,
     smoothed: BTreeMap<(String, String), f64>,
@@ -148,9 +164,10 @@ impl Controller {
             ops: Mutex::new(Ops {
                 generations,
                 policies: BTreeMap::new(),
-                trackers: BTreeMap::new(),
+                weights: BTreeMap::new(),
                 persisted,
                 since: BTreeMap::new(),
+                watching: false,
                 bands: BTreeMap::new(),
                 smoothed: BTreeMap::new(),
                 judged: BTreeMap::new(),
@@ -203,12 +220,13 @@ impl Controller {
         }
         let generation = ops.generations.take_next()?;
         let started = Instant::now();
-        let weights = ops.persisted.weights.clone();
+        let weights = self.weights_for(&mut ops, &snapshot.config, &services, started);
         let result = self
             .push("sync", &snapshot.config, &services, generation, &weights)
             .await;
         match result {
             Ok(_) => {
+                self.sent_weights(&mut ops, weights, started);
                 self.events.record(
                     NewEvent::new(
                         "synced",
@@ -404,8 +422,8 @@ impl Controller {
         failpoint::hit(&format!("{action}.generation"));
         let generation = ops.generations.take_next()?;
         failpoint::hit(&format!("{action}.nodes"));
-        let weights = ops.persisted.weights.clone();
         let sent = Instant::now();
+        let weights = self.weights_for(ops, &updated.snapshot.config, services, sent);
         match self
             .push(
                 action,
@@ -417,6 +435,7 @@ impl Controller {
             .await
         {
             Ok(acks) => {
+                self.sent_weights(ops, weights, sent);
                 self.events.record(
                     NewEvent::new(
                         "acked",
@@ -438,9 +457,10 @@ impl Controller {
                     Ok(()) => "the file is back as it was".to_owned(),
                     Err(e) => format!("the file could not be restored: {e}"),
                 };
+                let previous = self.weights_for(ops, &updated.previous.config, services, sent);
                 let nodes = match ops.generations.take_next() {
                     Ok(g) => match self
-                        .push("rollback", &updated.previous.config, services, g, &weights)
+                        .push("rollback", &updated.previous.config, services, g, &previous)
                         .await
                     {
                         Ok(_) => {
@@ -482,13 +502,14 @@ impl Controller {
         config: &Config,
         services: &[String],
         generation: u64,
-        weights: &BTreeMap<String, u32>,
+        weights: &ServiceWeightMap,
     ) -> Result<Vec<String>, Vec<String>> {
         let mut failures = Vec::new();
         let mut acks = Vec::new();
+        let none = BTreeMap::new();
         for name in services {
-            let service =
-                desired_service(config, name, weights).unwrap_or_else(|| retired_service(name));
+            let service = desired_service(config, name, weights.get(name).unwrap_or(&none))
+                .unwrap_or_else(|| retired_service(name));
             let message = Reconfigure {
                 seq: 0,
                 generation,

@@ -1,6 +1,5 @@
 //! What the controller observes: each service's pool as the policy sees
-//! it, the manager's own probes, utilization crossings as events, and the
-//! weights that follow idle capacity.
+//! it, the manager's own probes, and utilization crossings as events.
 
 use std::{
     collections::BTreeSet,
@@ -17,12 +16,9 @@ use crate::{
     scaling::{
         events::NewEvent,
         policy::{Candidate, Member, MemberState, PoolView, judge_health},
-        weights::WeightTracker,
     },
 };
 
-/// EWMA factor of the weight trackers.
-const WEIGHT_ALPHA: f64 = 0.3;
 /// How far utilization must move back past a level before the crossing
 /// back is an event.
 const CROSSING_HYSTERESIS: f64 = 0.1;
@@ -30,8 +26,6 @@ const CROSSING_HYSTERESIS: f64 = 0.1;
 const CROSSING_DWELL: u32 = 5;
 /// EWMA factor of the utilization crossings are judged on.
 const CROSSING_ALPHA: f64 = 0.3;
-/// Weights are republished at most this often.
-const WEIGHT_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Where a server's utilization sits relative to a service's levels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,12 +47,15 @@ pub(super) type ProbeState = HealthTracker;
 
 impl Controller {
     pub(super) fn track_states(&self, ops: &mut Ops, config: &Config, now: Instant) {
-        let started = self.started;
+        // What the first evaluation finds was there before the manager
+        // started; a server that shows up later entered just now.
+        let first_seen = if ops.watching { now } else { self.started };
+        ops.watching = true;
         for s in &config.server {
             let entry = ops
                 .since
                 .entry(s.name.get_ref().clone())
-                .or_insert((s.state, started));
+                .or_insert((s.state, first_seen));
             if entry.0 != s.state {
                 *entry = (s.state, now);
             }
@@ -308,95 +305,6 @@ impl Controller {
                     .server(&server)
                     .observed(arrived),
             );
-        }
-    }
-
-    /// Weights follow capacity and idle share; a service whose weights
-    /// moved enough is sent again (no file change: weights are runtime
-    /// state, kept in the manager's state directory).
-    pub(super) async fn weights(&self, ops: &mut Ops) {
-        let Ok(snapshot) = self.file.read_cached() else {
-            return;
-        };
-        let now = Instant::now();
-        let mut changed_servers = BTreeSet::new();
-        {
-            let db = self.manager.db.lock().await;
-            for svc in snapshot
-                .config
-                .service
-                .iter()
-                .filter(|s| s.scaling.enabled && s.scaling.dynamic_weights)
-            {
-                for s in snapshot.config.members(svc.name.get_ref()) {
-                    if s.state != ServerState::Allocated {
-                        continue;
-                    }
-                    let server = s.name.get_ref();
-                    let Some(record) = db.get(server).filter(|r| r.monitor == Monitor::Monitored)
-                    else {
-                        continue;
-                    };
-                    let Some(report) = &record.last_report else {
-                        continue;
-                    };
-                    let persisted = ops.persisted.weights.get(server).copied();
-                    let tracker = ops.trackers.entry(server.clone()).or_insert_with(|| {
-                        WeightTracker::new(
-                            record.hello.cores.max(0.01),
-                            WEIGHT_ALPHA,
-                            WEIGHT_INTERVAL,
-                        )
-                        .starting_at(persisted, now)
-                    });
-                    if let Some(w) = tracker.observe(report.utilization.value, now) {
-                        ops.persisted.weights.insert(server.clone(), w);
-                        changed_servers.insert(server.clone());
-                    }
-                }
-            }
-        }
-        if changed_servers.is_empty() {
-            return;
-        }
-        let services: Vec<String> = snapshot
-            .config
-            .service
-            .iter()
-            .filter(|svc| {
-                snapshot
-                    .config
-                    .members(svc.name.get_ref())
-                    .any(|m| changed_servers.contains(m.name.get_ref()))
-            })
-            .map(|s| s.name.get_ref().clone())
-            .collect();
-        self.save(ops);
-        let Ok(generation) = ops.generations.take_next() else {
-            return;
-        };
-        let weights = ops.persisted.weights.clone();
-        let detail: Vec<String> = changed_servers
-            .iter()
-            .map(|s| format!("{s}={}", weights.get(s).copied().unwrap_or_default()))
-            .collect();
-        match self
-            .push("weights", &snapshot.config, &services, generation, &weights)
-            .await
-        {
-            Ok(_) => {
-                self.events.record(
-                    NewEvent::new(
-                        "weights",
-                        format!("weights follow idle capacity: {}", detail.join(", ")),
-                    )
-                    .generation(generation),
-                );
-            }
-            Err(f) => {
-                self.events
-                    .record(NewEvent::new("weights-failed", f.join("; ")).generation(generation));
-            }
         }
     }
 }

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::{Controller, state_name};
 use crate::{
     config::ServerState,
-    scaling::{config_file::Edit, events::NewEvent},
+    scaling::{config_file::Edit, events::NewEvent, weights::WEIGHT_SCALE},
 };
 
 /// A pool as `lbctl pool` shows it.
@@ -29,7 +29,12 @@ pub struct PoolMember {
     pub health: String,
     pub utilization: Option<f64>,
     pub capacity: f64,
-    pub weight: Option<u32>,
+    /// The weight in force on the nodes, in file units (`None`: not in
+    /// the table).
+    pub weight: Option<f64>,
+    /// The file's weight.
+    #[serde(default)]
+    pub file_weight: Option<u32>,
     pub vip_established: Option<u64>,
 }
 
@@ -217,7 +222,18 @@ impl Controller {
                     }),
                     utilization,
                     capacity,
-                    weight: ops.persisted.weights.get(name).copied(),
+                    weight: ops
+                        .persisted
+                        .service_weights
+                        .get(svc.name.get_ref())
+                        .and_then(|w| w.get(name))
+                        .map(|&w| f64::from(w) / f64::from(WEIGHT_SCALE)),
+                    file_weight: snapshot
+                        .config
+                        .server
+                        .iter()
+                        .find(|s| s.name.get_ref() == name)
+                        .map(|s| s.weight),
                     vip_established: app.map(|a| a.vip_established),
                 }
             };

@@ -78,10 +78,15 @@ pub struct ScalingPolicy {
     /// Default `10s`.
     #[serde(with = "humantime_serde")]
     pub drain_idle: Duration,
-    /// Maglev weights follow each server's capacity and idle share
-    /// (smoothed, never below 10% of full weight); `false` keeps the
-    /// configured weights. Default `true`.
+    /// Each server's weight is nudged toward equal utilization of the pool
+    /// (a factor on its file weight, see `scaling::weights`); `false`
+    /// keeps the file's weights. Default `true`.
     pub dynamic_weights: bool,
+    /// A server entering the pool (allocated, or restored from failed)
+    /// ramps from 10% of its fair weight to all of it over this long;
+    /// `0s`: no ramp. Default `0s`.
+    #[serde(with = "humantime_serde")]
+    pub slow_start: Duration,
     /// The manager's own TCP probe of each member's address on this port
     /// (rise 2, fall 3), beside the agents' probes: a server its agent
     /// calls healthy but the manager cannot reach fails too. Absent: the
@@ -111,6 +116,7 @@ impl Default for ScalingPolicy {
             drain_timeout: Duration::from_secs(300),
             drain_idle: Duration::from_secs(10),
             dynamic_weights: true,
+            slow_start: Duration::ZERO,
             probe_port: None,
         }
     }
@@ -194,6 +200,12 @@ impl ScalingPolicy {
             return Err(format!(
                 "scaling.margin = {}: need 0 ≤ margin < {base} (upper, or target when lower): a drain must leave the other servers at or below {base} − margin",
                 self.margin
+            ));
+        }
+        if self.slow_start > Duration::from_secs(3600) {
+            return Err(format!(
+                "scaling.slow_start = {:?} is longer than an hour: write a ramp of seconds or minutes, or \"0s\" for none",
+                self.slow_start
             ));
         }
         if self.drain_idle > self.drain_timeout {
