@@ -11,6 +11,42 @@ use lb_control::{
 };
 use lb_proto::tls::{Pki, Role, SanEntry, Validity};
 
+/// Exit status when standard output's reader went away: what a shell
+/// reports for a tool SIGPIPE ended (128 + 13).
+const EXIT_BROKEN_PIPE: i32 = 128 + libc::SIGPIPE;
+
+/// `println!` that never panics: a reader that went away (`lbctl server
+/// list | head -5`) ends lbctl quietly, as SIGPIPE ends other Unix tools;
+/// another write error says what failed.
+macro_rules! out {
+    () => {
+        write_line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        write_line(format_args!($($arg)*))
+    };
+}
+
+fn write_line(line: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let result = {
+        let mut stdout = std::io::stdout().lock();
+        stdout
+            .write_fmt(line)
+            .and_then(|()| stdout.write_all(b"\n"))
+    };
+    match result {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            std::process::exit(EXIT_BROKEN_PIPE)
+        }
+        Err(e) => {
+            eprintln!("error: cannot write to standard output: {e}");
+            std::process::exit(1)
+        }
+    }
+}
+
 #[derive(Parser)]
 #[command(name = "lbctl", version, about = "Operate an XDP load balancer node")]
 struct Cli {
@@ -255,7 +291,7 @@ fn main() -> ExitCode {
     }
     if cli.json {
         match serde_json::to_string_pretty(&response) {
-            Ok(t) => println!("{t}"),
+            Ok(t) => out!("{t}"),
             Err(e) => {
                 eprintln!("error: {e}");
                 return ExitCode::FAILURE;
@@ -287,14 +323,14 @@ async fn follow_events(socket: &std::path::Path, after: u64, json: bool) -> Resu
     let mut lines = BufReader::new(read).lines();
     while let Some(line) = lines.next_line().await.map_err(|e| e.to_string())? {
         if json {
-            println!("{line}");
+            out!("{line}");
             continue;
         }
         match serde_json::from_str::<Event>(&line) {
             Ok(e) => print_event(&e),
             Err(_) => match serde_json::from_str::<Response>(&line) {
                 Ok(Response::Error { message }) => return Err(message),
-                _ => println!("{line}"),
+                _ => out!("{line}"),
             },
         }
     }
@@ -310,7 +346,7 @@ fn print_event(e: &Event) {
     let generation = e
         .generation
         .map_or(String::new(), |g| format!(" [gen {g}]"));
-    println!(
+    out!(
         "#{:<5} {h:02}:{m:02}:{s:02}.{:03} {:<18} {:<10} {:<12} {}{took}{generation}",
         e.id,
         e.time_ms % 1000,
@@ -376,11 +412,11 @@ fn certs(command: CertsCommand, json: bool) -> ExitCode {
             "key": key,
             "fingerprint_sha256": fingerprint,
         });
-        println!("{out:#}");
+        out!("{out:#}");
     } else {
-        println!("certificate  {}", cert.display());
-        println!("key          {}", key.display());
-        println!("sha256       {fingerprint}");
+        out!("certificate  {}", cert.display());
+        out!("key          {}", key.display());
+        out!("sha256       {fingerprint}");
     }
     ExitCode::SUCCESS
 }
@@ -388,19 +424,26 @@ fn certs(command: CertsCommand, json: bool) -> ExitCode {
 fn print_table(response: &Response) {
     match response {
         Response::Status(s) => {
-            println!("program id   {}", s.program_id);
-            println!("adoption     {}", s.adoption);
-            println!("generation   {}", s.generation);
-            println!("pin dir      {}", s.pin_dir);
-            println!("interfaces   {}", s.interfaces.join(", "));
+            out!("program id   {}", s.program_id);
+            out!("adoption     {}", s.adoption);
+            out!("generation   {}", s.generation);
+            out!("pin dir      {}", s.pin_dir);
+            out!("interfaces   {}", s.interfaces.join(", "));
         }
         Response::Services { services } => {
-            println!(
+            out!(
                 "{:<16} {:<40} {:>5} {:<4} {:>7} {:>8} {:>12} {:>10}",
-                "NAME", "VIP", "PORT", "PROTO", "SERVERS", "TABLE", "PACKETS", "NEW FLOWS"
+                "NAME",
+                "VIP",
+                "PORT",
+                "PROTO",
+                "SERVERS",
+                "TABLE",
+                "PACKETS",
+                "NEW FLOWS"
             );
             for s in services {
-                println!(
+                out!(
                     "{:<16} {:<40} {:>5} {:<4} {:>7} {:>8} {:>12} {:>10}",
                     s.name,
                     s.vip,
@@ -414,28 +457,49 @@ fn print_table(response: &Response) {
             }
         }
         Response::Servers { servers, monitors } => {
-            println!(
+            out!(
                 "{:<16} {:<40} {:<10} {:>6} {:<12} {:<9} {:>12} {:>8}",
-                "NAME", "ADDRESS", "STATE", "WEIGHT", "SERVICE", "BACKEND", "PACKETS", "IDLE"
+                "NAME",
+                "ADDRESS",
+                "STATE",
+                "WEIGHT",
+                "SERVICE",
+                "BACKEND",
+                "PACKETS",
+                "IDLE"
             );
             for s in servers {
                 if s.services.is_empty() {
-                    println!(
+                    out!(
                         "{:<16} {:<40} {:<10} {:>6} {:<12} {:<9} {:>12} {:>8}",
-                        s.name, s.address, s.state, s.weight, "-", "-", "-", "-"
+                        s.name,
+                        s.address,
+                        s.state,
+                        s.weight,
+                        "-",
+                        "-",
+                        "-",
+                        "-"
                     );
                 }
                 for b in &s.services {
                     let idle = b.idle_secs.map_or("never".to_string(), |i| format!("{i}s"));
-                    println!(
+                    out!(
                         "{:<16} {:<40} {:<10} {:>6} {:<12} {:<9} {:>12} {:>8}",
-                        s.name, s.address, b.state, s.weight, b.service, b.backend, b.packets, idle
+                        s.name,
+                        s.address,
+                        b.state,
+                        s.weight,
+                        b.service,
+                        b.backend,
+                        b.packets,
+                        idle
                     );
                 }
             }
             if !monitors.is_empty() {
-                println!();
-                println!(
+                out!();
+                out!(
                     "{:<16} {:<12} {:>6} {:>11} {:<12} {:<8} {:<6} {:>9}",
                     "AGENT",
                     "MONITOR",
@@ -453,7 +517,7 @@ fn print_table(response: &Response) {
                         .map_or(if m.spare { "spare" } else { "unknown" }, |s| {
                             s.state.as_str()
                         });
-                    println!(
+                    out!(
                         "{:<16} {:<12} {:>6.2} {:>11} {:<12} {:<8} {:<6} {:>9}  pool: {pool}",
                         m.host,
                         format!("{:?}", m.monitor).to_lowercase(),
@@ -469,15 +533,15 @@ fn print_table(response: &Response) {
         }
         Response::Stats(s) => {
             for (k, v) in &s.global {
-                println!("{k:<16} {v}");
+                out!("{k:<16} {v}");
             }
-            println!("{:<16} {}", "flows", s.flows);
+            out!("{:<16} {}", "flows", s.flows);
             for (kind, n) in &s.decisions {
-                println!("{:<16} {n}", format!("events.{kind}"));
+                out!("{:<16} {n}", format!("events.{kind}"));
             }
         }
         Response::Reloaded(r) => {
-            println!(
+            out!(
                 "applied generation {} in {} µs: services +{:?} -{:?}, tables flipped {:?}, backends +{} -{}",
                 r.generation,
                 r.micros,
@@ -488,10 +552,10 @@ fn print_table(response: &Response) {
                 r.backends_removed
             );
             if let Some(g) = r.manager_generation {
-                println!("the manager sent it to every node as generation {g}, all acked");
+                out!("the manager sent it to every node as generation {g}, all acked");
             }
             if !r.unresolved.is_empty() {
-                println!("unresolved servers (left out): {:?}", r.unresolved);
+                out!("unresolved servers (left out): {:?}", r.unresolved);
             }
         }
         Response::Done {
@@ -499,18 +563,20 @@ fn print_table(response: &Response) {
             message,
         } => {
             if *generation > 0 {
-                println!("{message} (generation {generation})");
+                out!("{message} (generation {generation})");
             } else {
-                println!("{message}");
+                out!("{message}");
             }
         }
         Response::Pool { pools } => {
             for p in pools {
-                println!(
+                out!(
                     "service {} (application {}), generation {}",
-                    p.service, p.application, p.generation
+                    p.service,
+                    p.application,
+                    p.generation
                 );
-                println!(
+                out!(
                     "  {:<16} {:<22} {:<12} {:<8} {:>11} {:>6} {:>6} {:>8}",
                     "SERVER",
                     "STATE",
@@ -522,7 +588,7 @@ fn print_table(response: &Response) {
                     "VIP CONN"
                 );
                 for m in p.members.iter().chain(&p.free) {
-                    println!(
+                    out!(
                         "  {:<16} {:<22} {:<12} {:<8} {:>11} {:>6.2} {:>6} {:>8}",
                         m.server,
                         m.state,
