@@ -120,3 +120,32 @@ fn lbctl_ends_quietly_on_a_closed_pipe_without_a_daemon() {
     // The work was done before the output was lost.
     assert!(dir.join("ca.pem").is_file());
 }
+
+/// `lb-control` with its log going to a file (stderr not a terminal):
+/// plain text, no colour codes.
+#[test]
+fn lb_control_logs_without_colour_into_a_file() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let log = tmp.path().join("lb-control.log");
+    let file = std::fs::File::create(&log).expect("log file");
+    // A config that does not exist: `run` logs why and stops.
+    let missing = tmp.path().join("missing.toml");
+    let status = Command::new(env!("CARGO_BIN_EXE_lb-control"))
+        .args(["run", "--config"])
+        .arg(&missing)
+        .env_remove("NO_COLOR")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(file)
+        .status()
+        .expect("run lb-control");
+    assert!(!status.success());
+    let text = std::fs::read_to_string(&log).expect("read log");
+    assert!(text.contains("missing.toml"), "{text}");
+    assert!(text.contains("ERROR"), "not a log line: {text}");
+    assert!(
+        !text.contains('\x1b'),
+        "colour codes in a log file: {text:?}"
+    );
+}
