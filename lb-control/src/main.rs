@@ -56,6 +56,9 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
+    // `run` is the daemon: its stderr is its log, so its last error is a log
+    // line. `check` and `detach` are commands: one plain `error:` line.
+    let daemon = matches!(cli.command, Command::Run { .. });
     let result = match cli.command {
         Command::Check { config } => match Config::load(&config) {
             Ok(c) => {
@@ -75,8 +78,11 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            error!("{e}");
-            eprintln!("error: {e}");
+            if daemon {
+                error!("{e}");
+            } else {
+                eprintln!("error: {e}");
+            }
             ExitCode::FAILURE
         }
     }

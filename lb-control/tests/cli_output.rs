@@ -149,3 +149,39 @@ fn lb_control_logs_without_colour_into_a_file() {
         "colour codes in a log file: {text:?}"
     );
 }
+
+/// `lb-control check` on a broken file says each error once, on stderr
+/// or stdout together.
+#[test]
+fn check_says_each_error_once() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cases = [
+        (
+            "[node]\ninterfaces = [\"eth0\"]\nwieght = 1\n",
+            "unknown field",
+        ),
+        (
+            "[node]\ninterfaces = []\n",
+            "node.interfaces is empty: name at least one interface",
+        ),
+    ];
+    for (i, (config, error)) in cases.iter().enumerate() {
+        let path = tmp.path().join(format!("broken-{i}.toml"));
+        std::fs::write(&path, config).expect("write config");
+        let out = Command::new(env!("CARGO_BIN_EXE_lb-control"))
+            .args(["check", "--config"])
+            .arg(&path)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run lb-control check");
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.status.success(), "{all}");
+        assert_eq!(all.matches(error).count(), 1, "said not once:\n{all}");
+        assert!(all.starts_with("error: "), "{all}");
+    }
+}
