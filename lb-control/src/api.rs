@@ -17,7 +17,7 @@ use crate::{
     node::{ApplyReport, Node, ServerView, ServiceView},
     scaling::{
         config_file::Edit,
-        controller::{Controller, PoolReport},
+        controller::{Controller, PoolMember, PoolReport, Pools},
         events::Event,
     },
 };
@@ -123,6 +123,9 @@ pub enum Response {
     },
     Pool {
         pools: Vec<PoolReport>,
+        /// Servers of the configuration file no pool lists.
+        #[serde(default)]
+        unassigned: Vec<PoolMember>,
     },
     Events {
         events: Vec<Event>,
@@ -187,9 +190,10 @@ impl Daemon {
             message,
         };
         Ok(match request {
-            Request::Pool => Response::Pool {
-                pools: c.pool().await?,
-            },
+            Request::Pool => {
+                let Pools { pools, unassigned } = c.pool().await?;
+                Response::Pool { pools, unassigned }
+            }
             Request::Events { after, .. } => Response::Events {
                 events: c.events.since(after),
             },

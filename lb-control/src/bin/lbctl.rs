@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use lb_control::{
     api::{Request, Response, call},
     config::Protocol,
-    scaling::events::Event,
+    scaling::{controller::PoolMember, events::Event},
 };
 use lb_proto::tls::{Pki, Role, SanEntry, Validity};
 
@@ -421,6 +421,33 @@ fn certs(command: CertsCommand, json: bool) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+fn print_pool_members<'a>(members: impl Iterator<Item = &'a PoolMember>) {
+    out!(
+        "  {:<16} {:<22} {:<15} {:<8} {:>11} {:>6} {:>6} {:>8}",
+        "SERVER",
+        "STATE",
+        "MONITOR",
+        "HEALTH",
+        "UTILIZATION",
+        "CORES",
+        "WEIGHT",
+        "VIP CONN"
+    );
+    for m in members {
+        out!(
+            "  {:<16} {:<22} {:<15} {:<8} {:>11} {:>6.2} {:>6} {:>8}",
+            m.server,
+            m.state,
+            m.monitor,
+            m.health,
+            m.utilization.map_or("-".into(), |u| format!("{u:.3}")),
+            m.capacity,
+            m.weight.map_or("-".into(), |w| w.to_string()),
+            m.vip_established.map_or("-".into(), |n| n.to_string()),
+        );
+    }
+}
+
 fn print_table(response: &Response) {
     match response {
         Response::Status(s) => {
@@ -568,7 +595,7 @@ fn print_table(response: &Response) {
                 out!("{message}");
             }
         }
-        Response::Pool { pools } => {
+        Response::Pool { pools, unassigned } => {
             for p in pools {
                 out!(
                     "service {} (application {}), generation {}",
@@ -576,30 +603,11 @@ fn print_table(response: &Response) {
                     p.application,
                     p.generation
                 );
-                out!(
-                    "  {:<16} {:<22} {:<12} {:<8} {:>11} {:>6} {:>6} {:>8}",
-                    "SERVER",
-                    "STATE",
-                    "MONITOR",
-                    "HEALTH",
-                    "UTILIZATION",
-                    "CORES",
-                    "WEIGHT",
-                    "VIP CONN"
-                );
-                for m in p.members.iter().chain(&p.free) {
-                    out!(
-                        "  {:<16} {:<22} {:<12} {:<8} {:>11} {:>6.2} {:>6} {:>8}",
-                        m.server,
-                        m.state,
-                        m.monitor,
-                        m.health,
-                        m.utilization.map_or("-".into(), |u| format!("{u:.3}")),
-                        m.capacity,
-                        m.weight.map_or("-".into(), |w| w.to_string()),
-                        m.vip_established.map_or("-".into(), |n| n.to_string()),
-                    );
-                }
+                print_pool_members(p.members.iter().chain(&p.free));
+            }
+            if !unassigned.is_empty() {
+                out!("in no pool (no service listed, no agent hosting a configured application)");
+                print_pool_members(unassigned.iter());
             }
         }
         Response::Events { events } => {

@@ -37,7 +37,7 @@ use crate::{
 };
 
 use observe::{Band, ProbeState};
-pub use operator::{PoolMember, PoolReport};
+pub use operator::{PoolMember, PoolReport, Pools};
 
 /// What the manager keeps across its restarts besides the generation:
 /// the weights the nodes have (so a restart rebuilds the same tables) and
