@@ -2,13 +2,16 @@
 //! manager — every server of the file in `lbctl pool`, the live pool state
 //! in `lbctl server list`, and plainly named generations.
 
+use std::time::Duration;
+
 use anyhow::{Context as _, Result};
 use lb_tests::{
     Lab,
-    balancer::{Balancer, attach_peer_pass},
+    balancer::{Balancer, attach_peer_pass, wait_until},
     fleet::{self, Fleet, ScaledService},
     require_root,
 };
+use serde_json::Value;
 
 const SERVER: &str = env!("CARGO_BIN_EXE_lab-server");
 const PORT: u16 = 80;
@@ -85,5 +88,87 @@ fn pool_lists_servers_whose_agent_never_connected() -> Result<()> {
             "{server} not shown:\n{text}"
         );
     }
+    Ok(())
+}
+
+/// The agent table's line of `server` in `lbctl server list`.
+fn agent_line(text: &str, server: &str) -> Option<String> {
+    let table = text.split("\nAGENT").nth(1)?;
+    table
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(server))
+        .map(str::to_owned)
+}
+
+/// `lbctl server list` shows each server's pool state as the manager's
+/// file has it now (not as it was when the manager started), and a server
+/// given back to the free pool is free in the node table, not retired.
+#[test]
+fn server_list_shows_the_live_pool_state() -> Result<()> {
+    if !require_root("server_list_shows_the_live_pool_state") {
+        return Ok(());
+    }
+    let (lab, fleet, bal) = build()?;
+    let _agent = fleet.start_agent(&lab, 1, PORT, INTERVAL_MS)?;
+    let monitored = wait_until(Duration::from_secs(20), || {
+        pool_rows(&bal).is_ok_and(|rows| {
+            rows.iter()
+                .any(|(s, _, monitor)| s == "s2" && monitor == "monitored")
+        })
+    });
+    assert!(
+        monitored,
+        "s2's agent never reported: {:?}",
+        pool_rows(&bal)
+    );
+    let pool_column = |text: &str| {
+        agent_line(text, "s2")
+            .and_then(|l| l.split("pool: ").nth(1).map(|p| p.trim().to_owned()))
+            .unwrap_or_default()
+    };
+    let text = bal.lbctl_text(&["server", "list"])?;
+    assert_eq!(pool_column(&text), "free", "{text}");
+
+    bal.lbctl(&["server", "allocate", "s2"])?;
+    let text = bal.lbctl_text(&["server", "list"])?;
+    assert_eq!(pool_column(&text), "allocated", "{text}");
+    let v = bal.lbctl(&["server", "list"])?;
+    let s2 = |v: &Value, list: &str, key: &str| {
+        v[list]
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x[key] == "s2"))
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert_eq!(s2(&v, "monitors", "host")["pool"], "allocated", "{v}");
+    assert_eq!(s2(&v, "servers", "name")["state"], "allocated", "{v}");
+
+    bal.lbctl(&["server", "deallocate", "s2"])?;
+    let text = bal.lbctl_text(&["server", "list"])?;
+    assert_eq!(pool_column(&text), "free", "{text}");
+    let node_table = text.split("\nAGENT").next().unwrap_or_default();
+    let s2_rows: Vec<&str> = node_table
+        .lines()
+        .filter(|l| l.split_whitespace().next() == Some("s2"))
+        .collect();
+    assert!(!s2_rows.is_empty(), "{text}");
+    assert!(
+        s2_rows
+            .iter()
+            .all(|l| l.contains(" free ") && !l.contains("retired")),
+        "a server back in the free pool shows as retired:\n{text}"
+    );
+    let v = bal.lbctl(&["server", "list"])?;
+    let server = s2(&v, "servers", "name");
+    assert_eq!(server["state"], "free", "{v}");
+    assert!(
+        server["services"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .all(|b| b["state"] != "retired"),
+        "{v}"
+    );
+    assert_eq!(s2(&v, "monitors", "host")["pool"], "free", "{v}");
     Ok(())
 }

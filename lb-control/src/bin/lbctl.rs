@@ -538,12 +538,16 @@ fn print_table(response: &Response) {
                     "REPORT"
                 );
                 for m in monitors {
-                    let pool = servers
-                        .iter()
-                        .find(|s| s.name == m.host)
-                        .map_or(if m.spare { "spare" } else { "unknown" }, |s| {
-                            s.state.as_str()
-                        });
+                    // Filled in by the daemon; from an older one, the
+                    // node's view.
+                    let pool = m.pool.as_deref().unwrap_or_else(|| {
+                        servers
+                            .iter()
+                            .find(|s| s.name == m.host)
+                            .map_or(if m.spare { "spare" } else { "unknown" }, |s| {
+                                s.state.as_str()
+                            })
+                    });
                     out!(
                         "{:<16} {:<12} {:>6.2} {:>11} {:<12} {:<8} {:<6} {:>9}  pool: {pool}",
                         m.host,

@@ -1,7 +1,10 @@
 //! The operator's actions (`lbctl server`, `lbctl service`, `lbctl pool`)
 //! and the pool report they show.
 
-use std::{collections::BTreeSet, time::Instant};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Instant,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -246,6 +249,18 @@ impl Controller {
             .first()
             .map(|n| n.get_ref().clone())
             .ok_or_else(|| format!("server `{server}` serves no service"))
+    }
+
+    /// Each server's pool state in the configuration file now (what
+    /// `lbctl pool` says), by name.
+    pub fn file_states(&self) -> Result<BTreeMap<String, String>, String> {
+        let snapshot = self.file.read_cached().map_err(|e| e.to_string())?;
+        Ok(snapshot
+            .config
+            .server
+            .iter()
+            .map(|s| (s.name.get_ref().clone(), state_name(s.state).to_owned()))
+            .collect())
     }
 
     /// `lbctl pool`: each service's members and free servers, and the
