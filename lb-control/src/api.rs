@@ -15,6 +15,7 @@ use crate::{
     config::{Config, Protocol},
     manager::{Manager, ManagerStats, db::MonitorView},
     node::{ApplyReport, Node, ServerView, ServiceView},
+    nodelink::NodeAgent,
     scaling::{
         config_file::Edit,
         controller::{Controller, PoolMember, PoolReport, Pools},
@@ -75,13 +76,40 @@ pub enum Request {
 }
 
 /// Daemon status.
+///
+/// Two counters are called generation: the node's **table generation**
+/// (one more at each Maglev table flip on this node; its own on every
+/// node) and the **manager generation** (one more at each change the
+/// manager sends to every node; what its events and `lbctl config reload`
+/// name).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Status {
     pub program_id: u32,
     pub adoption: String,
+    /// The table generation, under its old name.
     pub generation: u32,
+    /// This node's table generation.
+    #[serde(default)]
+    pub table_generation: u32,
+    /// The manager generation of the last change this node applied; none
+    /// before a manager configured it.
+    #[serde(default)]
+    pub manager_generation: Option<u64>,
     pub pin_dir: String,
     pub interfaces: Vec<String>,
+}
+
+/// `lbctl config reload`: the apply on this node, with both generations
+/// named plainly (see [`Status`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Reloaded {
+    /// `generation` in it is the table generation, under its old name;
+    /// `manager_generation` is set when the manager sent the file to every
+    /// node.
+    #[serde(flatten)]
+    pub report: ApplyReport,
+    /// This node's table generation after the reload.
+    pub table_generation: u32,
 }
 
 /// Counters for `lbctl stats`.
@@ -115,9 +143,10 @@ pub enum Response {
         monitors: Vec<MonitorView>,
     },
     Stats(Stats),
-    Reloaded(ApplyReport),
+    Reloaded(Reloaded),
     /// A change the manager made and every node acked.
     Done {
+        /// Its manager generation (0: none).
         generation: u64,
         message: String,
     },
@@ -138,6 +167,8 @@ pub enum Response {
 /// Shared daemon state for the handlers.
 pub struct Daemon {
     pub node: Arc<Mutex<Node>>,
+    /// Applies the manager's changes to `node`, and knows their generation.
+    pub agent: Arc<NodeAgent>,
     pub config_path: std::path::PathBuf,
     pub manager: Option<std::sync::Arc<Manager>>,
     /// The manager's control loop, when this process is the manager.
@@ -240,11 +271,16 @@ impl Daemon {
     async fn handle(&self, request: Request) -> Response {
         match request {
             Request::Status => {
+                // Before the node: a reconfiguration locks the agent's state
+                // first, then the node.
+                let manager_generation = self.agent.manager_generation().await;
                 let node = self.node.lock().await;
                 Response::Status(Status {
                     program_id: node.dp.program_id,
                     adoption: format!("{:?}", node.dp.adoption).to_lowercase(),
                     generation: node.generation(),
+                    table_generation: node.generation(),
+                    manager_generation,
                     pin_dir: node.dp.dir.display().to_string(),
                     interfaces: node.config.node.interfaces.clone(),
                 })
@@ -286,7 +322,10 @@ impl Daemon {
                 })
             }
             Request::Reload => match self.reload().await {
-                Ok(report) => Response::Reloaded(report),
+                Ok(report) => Response::Reloaded(Reloaded {
+                    table_generation: report.generation,
+                    report,
+                }),
                 Err(message) => Response::Error { message },
             },
             other => match self.manage(other).await {

@@ -159,6 +159,7 @@ fn run(config_path: PathBuf) -> Result<(), String> {
         };
         let daemon = Arc::new(Daemon {
             node,
+            agent,
             config_path,
             manager,
             controller,
@@ -183,7 +184,11 @@ fn run(config_path: PathBuf) -> Result<(), String> {
             tokio::select! {
                 _ = hup.recv() => {
                     match daemon.reload().await {
-                        Ok(r) => info!(generation = r.generation, "reloaded on SIGHUP"),
+                        Ok(r) => info!(
+                            table_generation = r.generation,
+                            manager_generation = r.manager_generation,
+                            "reloaded on SIGHUP"
+                        ),
                         Err(e) => warn!(error = %e, "reload refused; the running config stays"),
                     }
                 }

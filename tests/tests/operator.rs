@@ -172,3 +172,71 @@ fn server_list_shows_the_live_pool_state() -> Result<()> {
     assert_eq!(s2(&v, "monitors", "host")["pool"], "free", "{v}");
     Ok(())
 }
+
+/// The manager generation of the newest event that has one.
+fn last_event_generation(bal: &Balancer) -> Option<u64> {
+    bal.lbctl(&["events"])
+        .ok()?
+        .get("events")?
+        .as_array()?
+        .iter()
+        .rev()
+        .find_map(|e| e["generation"].as_u64())
+}
+
+/// `lbctl status`, `lbctl config reload` and `lbctl events` give the same
+/// manager generation, and status names both of its generations.
+#[test]
+fn status_reload_and_events_agree_on_the_generation() -> Result<()> {
+    if !require_root("status_reload_and_events_agree_on_the_generation") {
+        return Ok(());
+    }
+    let (_lab, _fleet, bal) = build()?;
+    // The manager's first change: every service sent at start.
+    assert!(
+        wait_until(Duration::from_secs(10), || last_event_generation(&bal)
+            .is_some()),
+        "no synced event"
+    );
+    let started = last_event_generation(&bal).context("generation")?;
+    let status = bal.lbctl(&["status"])?;
+    assert_eq!(status["manager_generation"], started, "{status}");
+    assert_eq!(status["table_generation"], status["generation"], "{status}");
+    let table = status["table_generation"].as_u64().context("table")?;
+    let text = bal.lbctl_text(&["status"])?;
+    assert!(
+        text.contains(&format!("table generation    {table} "))
+            && text.contains(&format!("manager generation  {started} ")),
+        "{text}"
+    );
+
+    // A reload is a manager change: one new manager generation, the same
+    // in its answer, in status and in the events; no table changed.
+    let reloaded = bal.lbctl(&["config", "reload"])?;
+    let generation = reloaded["manager_generation"]
+        .as_u64()
+        .with_context(|| format!("{reloaded}"))?;
+    assert!(generation > started, "{reloaded}");
+    assert_eq!(reloaded["table_generation"], table, "{reloaded}");
+    assert_eq!(bal.lbctl(&["status"])?["manager_generation"], generation);
+    assert_eq!(last_event_generation(&bal), Some(generation));
+
+    let text = bal.lbctl_text(&["config", "reload"])?;
+    let next = generation + 1;
+    assert!(
+        text.contains(&format!("manager generation {next},"))
+            && text.contains(&format!("table generation {table}")),
+        "{text}"
+    );
+    let status = bal.lbctl_text(&["status"])?;
+    assert!(
+        status.contains(&format!("manager generation  {next} ")),
+        "{status}"
+    );
+    let events = bal.lbctl_text(&["events"])?;
+    assert!(
+        events.contains(&format!("[manager generation {next}]")),
+        "{events}"
+    );
+    Ok(())
+}

@@ -62,7 +62,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Program id, adoption, generation.
+    /// Program id, adoption, table and manager generations.
     Status,
     /// Services: list, add or remove at run time.
     Service {
@@ -345,7 +345,7 @@ fn print_event(e: &Event) {
         .map_or(String::new(), |d| format!(" ({d} ms)"));
     let generation = e
         .generation
-        .map_or(String::new(), |g| format!(" [gen {g}]"));
+        .map_or(String::new(), |g| format!(" [manager generation {g}]"));
     out!(
         "#{:<5} {h:02}:{m:02}:{s:02}.{:03} {:<18} {:<10} {:<12} {}{took}{generation}",
         e.id,
@@ -451,11 +451,20 @@ fn print_pool_members<'a>(members: impl Iterator<Item = &'a PoolMember>) {
 fn print_table(response: &Response) {
     match response {
         Response::Status(s) => {
-            out!("program id   {}", s.program_id);
-            out!("adoption     {}", s.adoption);
-            out!("generation   {}", s.generation);
-            out!("pin dir      {}", s.pin_dir);
-            out!("interfaces   {}", s.interfaces.join(", "));
+            out!("program id          {}", s.program_id);
+            out!("adoption            {}", s.adoption);
+            out!(
+                "table generation    {} (this node's tables: one more at each table flip)",
+                s.generation
+            );
+            match s.manager_generation {
+                Some(g) => out!(
+                    "manager generation  {g} (the manager's last change this node applied; events and config reload name it)"
+                ),
+                None => out!("manager generation  none (no manager change applied on this node)"),
+            }
+            out!("pin dir             {}", s.pin_dir);
+            out!("interfaces          {}", s.interfaces.join(", "));
         }
         Response::Services { services } => {
             out!(
@@ -572,18 +581,22 @@ fn print_table(response: &Response) {
             }
         }
         Response::Reloaded(r) => {
-            out!(
-                "applied generation {} in {} µs: services +{:?} -{:?}, tables flipped {:?}, backends +{} -{}",
-                r.generation,
-                r.micros,
-                r.services_added,
-                r.services_removed,
-                r.tables_flipped,
-                r.backends_added,
-                r.backends_removed
-            );
-            if let Some(g) = r.manager_generation {
-                out!("the manager sent it to every node as generation {g}, all acked");
+            let table = r.table_generation;
+            let r = &r.report;
+            match r.manager_generation {
+                // The manager sent the file to every node, this one too.
+                Some(g) => out!(
+                    "the manager sent the configuration to every node as manager generation {g}, all acked; this node is at table generation {table}"
+                ),
+                None => out!(
+                    "applied in {} µs, table generation {table}: services +{:?} -{:?}, tables flipped {:?}, backends +{} -{}",
+                    r.micros,
+                    r.services_added,
+                    r.services_removed,
+                    r.tables_flipped,
+                    r.backends_added,
+                    r.backends_removed
+                ),
             }
             if !r.unresolved.is_empty() {
                 out!("unresolved servers (left out): {:?}", r.unresolved);
@@ -594,7 +607,7 @@ fn print_table(response: &Response) {
             message,
         } => {
             if *generation > 0 {
-                out!("{message} (generation {generation})");
+                out!("{message} (manager generation {generation})");
             } else {
                 out!("{message}");
             }
@@ -602,7 +615,7 @@ fn print_table(response: &Response) {
         Response::Pool { pools, unassigned } => {
             for p in pools {
                 out!(
-                    "service {} (application {}), generation {}",
+                    "service {} (application {}), manager generation {}",
                     p.service,
                     p.application,
                     p.generation
