@@ -284,6 +284,19 @@ impl AgentConfig {
         })?;
         file::Validator { text, path }.config(file)
     }
+
+    /// What `lb-agent check` verifies on the host beyond the file: that
+    /// `utilization.cgroup` resolves under `<root>/sys/fs/cgroup` the way the
+    /// agent resolves it when it starts (v1 `cpu`/`cpuacct` hierarchies,
+    /// else the cgroup2 mount).
+    pub fn check_host(&self, root: &Path) -> Result<(), String> {
+        if let Some(cgroup) = &self.utilization.cgroup {
+            crate::sources::CgroupCpu::discover_under(root, cgroup).map_err(|e| {
+                format!("utilization.cgroup = {cgroup:?} is not a cgroup on this host: {e}")
+            })?;
+        }
+        Ok(())
+    }
 }
 
 /// The configuration spelling of a source kind (`host-cpu`, ...).

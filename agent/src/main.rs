@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! lb-agent --config /etc/xdplb/agent.toml          run
-//! lb-agent check --config /etc/xdplb/agent.toml    validate the file and exit
+//! lb-agent check --config /etc/xdplb/agent.toml    validate the file (and
+//!                                                  that its cgroup exists)
 //! ```
 
 use std::{path::PathBuf, process::ExitCode};
@@ -30,7 +31,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Validate a configuration file and exit (0 = valid).
+    /// Validate a configuration file, and that the cgroup it names exists
+    /// on this host, and exit (0 = valid).
     Check {
         /// The file to check.
         #[arg(long, value_name = "FILE")]
@@ -45,6 +47,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colour for a person at a terminal, none in a log file or journal.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let result = match (cli.command, cli.config) {
@@ -63,6 +67,9 @@ fn main() -> ExitCode {
 
 fn check(path: &std::path::Path) -> Result<(), String> {
     let config = AgentConfig::load(path).map_err(|e| e.to_string())?;
+    config
+        .check_host(std::path::Path::new(lb_agent::sources::HOST_ROOT))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     if config.insecure_plaintext {
         println!("warning: insecure_plaintext = true: the manager connection is not encrypted");
     }

@@ -1,7 +1,7 @@
 //! The control socket: one JSON request per line, one JSON response per line.
 //! `lbctl` is its client.
 
-use std::{path::Path, sync::Arc};
+use std::{collections::BTreeMap, path::Path, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 use tokio::{
@@ -15,9 +15,10 @@ use crate::{
     config::{Config, Protocol},
     manager::{Manager, ManagerStats, db::MonitorView},
     node::{ApplyReport, Node, ServerView, ServiceView},
+    nodelink::NodeAgent,
     scaling::{
         config_file::Edit,
-        controller::{Controller, PoolReport},
+        controller::{Controller, PoolMember, PoolReport, Pools},
         events::Event,
     },
 };
@@ -75,13 +76,40 @@ pub enum Request {
 }
 
 /// Daemon status.
+///
+/// Two counters are called generation: the node's **table generation**
+/// (one more at each Maglev table flip on this node; its own on every
+/// node) and the **manager generation** (one more at each change the
+/// manager sends to every node; what its events and `lbctl config reload`
+/// name).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Status {
     pub program_id: u32,
     pub adoption: String,
+    /// The table generation, under its old name.
     pub generation: u32,
+    /// This node's table generation.
+    #[serde(default)]
+    pub table_generation: u32,
+    /// The manager generation of the last change this node applied; none
+    /// before a manager configured it.
+    #[serde(default)]
+    pub manager_generation: Option<u64>,
     pub pin_dir: String,
     pub interfaces: Vec<String>,
+}
+
+/// `lbctl config reload`: the apply on this node, with both generations
+/// named plainly (see [`Status`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Reloaded {
+    /// `generation` in it is the table generation, under its old name;
+    /// `manager_generation` is set when the manager sent the file to every
+    /// node.
+    #[serde(flatten)]
+    pub report: ApplyReport,
+    /// This node's table generation after the reload.
+    pub table_generation: u32,
 }
 
 /// Counters for `lbctl stats`.
@@ -115,14 +143,18 @@ pub enum Response {
         monitors: Vec<MonitorView>,
     },
     Stats(Stats),
-    Reloaded(ApplyReport),
+    Reloaded(Reloaded),
     /// A change the manager made and every node acked.
     Done {
+        /// Its manager generation (0: none).
         generation: u64,
         message: String,
     },
     Pool {
         pools: Vec<PoolReport>,
+        /// Servers of the configuration file no pool lists.
+        #[serde(default)]
+        unassigned: Vec<PoolMember>,
     },
     Events {
         events: Vec<Event>,
@@ -135,6 +167,8 @@ pub enum Response {
 /// Shared daemon state for the handlers.
 pub struct Daemon {
     pub node: Arc<Mutex<Node>>,
+    /// Applies the manager's changes to `node`, and knows their generation.
+    pub agent: Arc<NodeAgent>,
     pub config_path: std::path::PathBuf,
     pub manager: Option<std::sync::Arc<Manager>>,
     /// The manager's control loop, when this process is the manager.
@@ -187,9 +221,10 @@ impl Daemon {
             message,
         };
         Ok(match request {
-            Request::Pool => Response::Pool {
-                pools: c.pool().await?,
-            },
+            Request::Pool => {
+                let Pools { pools, unassigned } = c.pool().await?;
+                Response::Pool { pools, unassigned }
+            }
             Request::Events { after, .. } => Response::Events {
                 events: c.events.since(after),
             },
@@ -236,11 +271,16 @@ impl Daemon {
     async fn handle(&self, request: Request) -> Response {
         match request {
             Request::Status => {
+                // Before the node: a reconfiguration locks the agent's state
+                // first, then the node.
+                let manager_generation = self.agent.manager_generation().await;
                 let node = self.node.lock().await;
                 Response::Status(Status {
                     program_id: node.dp.program_id,
                     adoption: format!("{:?}", node.dp.adoption).to_lowercase(),
                     generation: node.generation(),
+                    table_generation: node.generation(),
+                    manager_generation,
                     pin_dir: node.dp.dir.display().to_string(),
                     interfaces: node.config.node.interfaces.clone(),
                 })
@@ -249,11 +289,17 @@ impl Daemon {
                 services: self.node.lock().await.service_views(),
             },
             Request::ServerList => {
-                let servers = self.node.lock().await.server_views();
-                let monitors = match &self.manager {
+                let mut servers = self.node.lock().await.server_views();
+                let mut monitors = match &self.manager {
                     Some(m) => m.views().await,
                     None => Vec::new(),
                 };
+                let file = self.controller.as_ref().and_then(|c| {
+                    c.file_states()
+                        .map_err(|e| debug!(error = %e, "server list: the configuration file is unreadable; pool states are the node's"))
+                        .ok()
+                });
+                live_pool_states(&mut servers, &mut monitors, file.as_ref());
                 Response::Servers { servers, monitors }
             }
             Request::Stats => {
@@ -276,7 +322,10 @@ impl Daemon {
                 })
             }
             Request::Reload => match self.reload().await {
-                Ok(report) => Response::Reloaded(report),
+                Ok(report) => Response::Reloaded(Reloaded {
+                    table_generation: report.generation,
+                    report,
+                }),
                 Err(message) => Response::Error { message },
             },
             other => match self.manage(other).await {
@@ -284,6 +333,39 @@ impl Daemon {
                 Err(message) => Response::Error { message },
             },
         }
+    }
+}
+
+/// `lbctl server list` shows each server's pool state as it is now: its
+/// state in the manager's configuration file (`file`, when this process is
+/// the manager) over the one this node started with. A backend still in the
+/// maps after its server went back to the free pool (retired: its last
+/// flows still reach it) shows as `free`. Each agent's `pool` is its
+/// server's state, `spare` for an announced spare the file does not name.
+fn live_pool_states(
+    servers: &mut [ServerView],
+    monitors: &mut [MonitorView],
+    file: Option<&BTreeMap<String, String>>,
+) {
+    for s in servers.iter_mut() {
+        if let Some(state) = file.and_then(|f| f.get(&s.name)) {
+            s.state.clone_from(state);
+        }
+        if s.state == "free" {
+            for b in s.services.iter_mut().filter(|b| b.state == "retired") {
+                b.state = "free".into();
+            }
+        }
+    }
+    for m in monitors.iter_mut() {
+        let state = file
+            .and_then(|f| f.get(&m.host))
+            .or_else(|| servers.iter().find(|s| s.name == m.host).map(|s| &s.state));
+        m.pool = Some(match state {
+            Some(state) => state.clone(),
+            None if m.spare => "spare".into(),
+            None => "not configured".into(),
+        });
     }
 }
 
@@ -417,4 +499,104 @@ pub async fn call(path: &Path, request: &Request) -> Result<Response, String> {
         .await
         .map_err(|e| e.to_string())?;
     serde_json::from_str(&line).map_err(|e| format!("bad response: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{manager::db::Monitor, node::BackendView};
+
+    fn backend(service: &str, state: &str) -> BackendView {
+        BackendView {
+            service: service.into(),
+            weight: "1".into(),
+            backend: 0,
+            incarnation: 1,
+            state: state.into(),
+            mac: "02:00:00:00:00:01".into(),
+            ifindex: 2,
+            packets: 0,
+            bytes: 0,
+            new_flows: 0,
+            idle_secs: None,
+        }
+    }
+
+    fn server(name: &str, state: &str, services: Vec<BackendView>) -> ServerView {
+        ServerView {
+            name: name.into(),
+            address: std::net::IpAddr::from([10, 0, 0, 1]),
+            state: state.into(),
+            weight: 1,
+            services,
+        }
+    }
+
+    fn monitor(host: &str, spare: bool) -> MonitorView {
+        MonitorView {
+            host: host.into(),
+            monitor: Monitor::Monitored,
+            connected: true,
+            spare,
+            cores: 1.0,
+            applications: vec!["web".into()],
+            utilization: None,
+            source: None,
+            health: None,
+            ready: None,
+            report_age_ms: None,
+            reports: 0,
+            fingerprint: String::new(),
+            pool: None,
+        }
+    }
+
+    #[test]
+    fn server_list_shows_the_pool_state_of_the_file_now() {
+        // The node started with s1 allocated and s2 free; since then the
+        // manager allocated s2 and gave s1 back (its backend is retired).
+        let mut servers = vec![
+            server("s1", "allocated", vec![backend("web", "retired")]),
+            server("s2", "free", vec![backend("web", "active")]),
+            server("s3", "allocated", vec![backend("web", "retired")]),
+        ];
+        let mut monitors = vec![
+            monitor("s1", false),
+            monitor("s2", false),
+            monitor("extra", true),
+            monitor("stranger", false),
+        ];
+        let file = BTreeMap::from([
+            ("s1".to_owned(), "free".to_owned()),
+            ("s2".to_owned(), "allocated".to_owned()),
+            ("s3".to_owned(), "allocated".to_owned()),
+        ]);
+        live_pool_states(&mut servers, &mut monitors, Some(&file));
+        let states: Vec<(&str, &str, &str)> = servers
+            .iter()
+            .map(|s| {
+                (
+                    s.name.as_str(),
+                    s.state.as_str(),
+                    s.services[0].state.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            states,
+            [
+                ("s1", "free", "free"),
+                ("s2", "allocated", "active"),
+                // Left one service while allocated to another: retired.
+                ("s3", "allocated", "retired"),
+            ]
+        );
+        let pools: Vec<&str> = monitors.iter().filter_map(|m| m.pool.as_deref()).collect();
+        assert_eq!(pools, ["free", "allocated", "spare", "not configured"]);
+
+        // No manager: the node's own file is its configuration.
+        let mut servers = vec![server("s1", "free", vec![backend("web", "retired")])];
+        live_pool_states(&mut servers, &mut [], None);
+        assert_eq!(servers[0].services[0].state, "free");
+    }
 }

@@ -81,8 +81,13 @@ fn main() -> ExitCode {
             }),
         )
         .with_writer(std::io::stderr)
+        // Colour for a person at a terminal, none in a log file or journal.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
+    // `run` is the daemon: its stderr is its log, so its last error is a log
+    // line. `check` and `detach` are commands: one plain `error:` line.
+    let daemon = matches!(cli.command, Command::Run { .. });
     let result = match cli.command {
         Command::Check { config } => match Config::load(&config) {
             Ok(c) => {
@@ -102,8 +107,11 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            error!("{e}");
-            eprintln!("error: {e}");
+            if daemon {
+                error!("{e}");
+            } else {
+                eprintln!("error: {e}");
+            }
             ExitCode::FAILURE
         }
     }
@@ -175,6 +183,7 @@ fn run(config_path: PathBuf) -> Result<(), String> {
         };
         let daemon = Arc::new(Daemon {
             node,
+            agent,
             config_path,
             manager,
             controller,
@@ -199,7 +208,11 @@ fn run(config_path: PathBuf) -> Result<(), String> {
             tokio::select! {
                 _ = hup.recv() => {
                     match daemon.reload().await {
-                        Ok(r) => info!(generation = r.generation, "reloaded on SIGHUP"),
+                        Ok(r) => info!(
+                            table_generation = r.generation,
+                            manager_generation = r.manager_generation,
+                            "reloaded on SIGHUP"
+                        ),
                         Err(e) => warn!(error = %e, "reload refused; the running config stays"),
                     }
                 }

@@ -152,6 +152,23 @@ impl Balancer {
         Ok(serde_json::from_slice(&out.stdout)?)
     }
 
+    /// `lbctl ARGS...` as an operator reads it (no `--json`): its stdout.
+    pub fn lbctl_text(&self, args: &[&str]) -> Result<String> {
+        let bin = workspace_bin("lbctl")?;
+        let out = std::process::Command::new(bin)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "lbctl {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// Writes a new config and applies it with `lbctl config reload`.
     pub fn reload(&self, config: &str) -> Result<serde_json::Value> {
         self.write_config(config)?;

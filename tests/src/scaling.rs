@@ -79,8 +79,21 @@ pub fn backends_of(bal: &Balancer, service: &str) -> Vec<(String, String)> {
 /// Starts `lab-client load`: `rate` fresh connections a second to the
 /// lab's first VIP on `port` for `seconds`.
 pub fn start_load(lab: &Lab, port: u16, rate: u32, seconds: u32) -> Result<LabProcess> {
+    start_load_with(lab, port, rate, seconds, 16)
+}
+
+/// [`start_load`] with `concurrency` connections outstanding at most (a
+/// larger client population queues more work on a saturated server).
+pub fn start_load_with(
+    lab: &Lab,
+    port: u16,
+    rate: u32,
+    seconds: u32,
+    concurrency: usize,
+) -> Result<LabProcess> {
     let target = lab.vip4_addr(port).to_string();
     let (r, s) = (rate.to_string(), seconds.to_string());
+    let c = concurrency.to_string();
     let client = workspace_bin("lab-client")?;
     lab.client.ns.spawn(&[
         client.to_str().unwrap_or("lab-client"),
@@ -91,6 +104,8 @@ pub fn start_load(lab: &Lab, port: u16, rate: u32, seconds: u32) -> Result<LabPr
         &r,
         "--seconds",
         &s,
+        "--concurrency",
+        &c,
     ])
 }
 

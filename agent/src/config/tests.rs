@@ -447,3 +447,57 @@ fn bad_discovery_values_name_key_and_line() {
     );
     assert!(message.contains("tls_dir"), "{message}");
 }
+
+#[test]
+fn check_host_resolves_the_cgroup_like_the_agent() {
+    use crate::sources::fixture;
+    let root = tempfile::tempdir().expect("tempdir");
+    // No cgroup named: nothing to look for.
+    parse(MINIMAL)
+        .expect("valid")
+        .check_host(root.path())
+        .expect("no cgroup to check");
+
+    let text = format!("{MINIMAL}\n[utilization]\nkind = \"cgroup-cpu\"\ncgroup = \"/app\"\n");
+    let config = parse(&text).expect("valid");
+    let message = config.check_host(root.path()).expect_err("no such cgroup");
+    assert!(
+        message.contains("utilization.cgroup = \"/app\""),
+        "{message}"
+    );
+    let cgroups = root.path().join("sys/fs/cgroup");
+    for tried in ["cpu,cpuacct", "cpuacct,cpu", "cpuacct", "cpu"] {
+        let file = cgroups.join(tried).join("app/cpuacct.usage");
+        assert!(
+            message.contains(&file.display().to_string()),
+            "does not name {}: {message}",
+            file.display()
+        );
+    }
+    assert!(message.contains("no cgroup2 mount"), "{message}");
+
+    // A cgroup2 mount without the cgroup: its path is named too.
+    fixture::write(
+        root.path(),
+        "sys/fs/cgroup/unified/cgroup.controllers",
+        "cpu\n",
+    );
+    let message = config.check_host(root.path()).expect_err("no such cgroup");
+    let v2 = cgroups.join("unified/app/cpu.stat");
+    assert!(message.contains(&v2.display().to_string()), "{message}");
+
+    // It exists (v2 on a hybrid host; v1 cpuacct): ok.
+    fixture::write(
+        root.path(),
+        "sys/fs/cgroup/unified/app/cpu.stat",
+        "usage_usec 1\n",
+    );
+    config.check_host(root.path()).expect("v2 cgroup exists");
+    let root = tempfile::tempdir().expect("tempdir");
+    fixture::write(
+        root.path(),
+        "sys/fs/cgroup/cpuacct/app/cpuacct.usage",
+        "1\n",
+    );
+    config.check_host(root.path()).expect("v1 cgroup exists");
+}

@@ -174,14 +174,20 @@ impl CgroupCpu {
             .iter()
             .map(|h| in_hierarchy(h))
             .find(|dir| dir.join("cpu.cfs_quota_us").is_file());
-        let v1_cpuacct = ["cpu,cpuacct", "cpuacct,cpu", "cpuacct", "cpu"]
+        let v1_cpuacct_usage: Vec<PathBuf> = ["cpu,cpuacct", "cpuacct,cpu", "cpuacct", "cpu"]
             .iter()
-            .map(|h| in_hierarchy(h))
-            .find(|dir| dir.join("cpuacct.usage").is_file());
+            .map(|h| in_hierarchy(h).join("cpuacct.usage"))
+            .collect();
+        let v1_cpuacct = v1_cpuacct_usage
+            .iter()
+            .find(|file| file.is_file())
+            .and_then(|file| file.parent())
+            .map(Path::to_owned);
         // cgroup2 is recognised by its `cgroup.controllers` file at the top.
-        let v2 = ["unified", ""]
+        let v2_mount = ["unified", ""]
             .iter()
-            .find(|h| cgroups.join(h).join("cgroup.controllers").is_file())
+            .find(|h| cgroups.join(h).join("cgroup.controllers").is_file());
+        let v2 = v2_mount
             .map(|h| in_hierarchy(h))
             .filter(|dir| dir.join("cpu.stat").is_file());
 
@@ -189,14 +195,20 @@ impl CgroupCpu {
             (Some(dir), _) => Usage::V1Cpuacct(dir.join("cpuacct.usage")),
             (None, Some(dir)) => Usage::V2CpuStat(dir.join("cpu.stat")),
             (None, None) => {
-                return Err(CgroupError::NotFound {
-                    cgroup: path_in_hierarchy.to_owned(),
-                    tried: format!(
-                        "{rel}/cpuacct.usage under {c}/{{cpu,cpuacct, cpuacct,cpu, cpuacct, cpu}} \
-                         and {rel}/cpu.stat under the cgroup2 mount ({c}/unified or {c})",
-                        rel = relative,
+                let mut tried: Vec<String> = v1_cpuacct_usage
+                    .iter()
+                    .map(|file| file.display().to_string())
+                    .collect();
+                tried.push(match v2_mount {
+                    Some(h) => in_hierarchy(h).join("cpu.stat").display().to_string(),
+                    None => format!(
+                        "no cgroup2 mount (no cgroup.controllers in {c}/unified or {c})",
                         c = cgroups.display()
                     ),
+                });
+                return Err(CgroupError::NotFound {
+                    cgroup: path_in_hierarchy.to_owned(),
+                    tried: tried.join(", "),
                 });
             }
         };

@@ -7,9 +7,49 @@ use clap::{Parser, Subcommand, ValueEnum};
 use lb_control::{
     api::{Request, Response, call},
     config::Protocol,
-    scaling::events::Event,
+    scaling::{
+        controller::PoolMember,
+        events::Event,
+        weights::{WEIGHT_SCALE, display_weight},
+    },
 };
 use lb_proto::tls::{Pki, Role, SanEntry, Validity};
+
+/// Exit status when standard output's reader went away: what a shell
+/// reports for a tool SIGPIPE ended (128 + 13).
+const EXIT_BROKEN_PIPE: i32 = 128 + libc::SIGPIPE;
+
+/// `println!` that never panics: a reader that went away (`lbctl server
+/// list | head -5`) ends lbctl quietly, as SIGPIPE ends other Unix tools;
+/// another write error says what failed.
+macro_rules! out {
+    () => {
+        write_line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        write_line(format_args!($($arg)*))
+    };
+}
+
+fn write_line(line: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let result = {
+        let mut stdout = std::io::stdout().lock();
+        stdout
+            .write_fmt(line)
+            .and_then(|()| stdout.write_all(b"\n"))
+    };
+    match result {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            std::process::exit(EXIT_BROKEN_PIPE)
+        }
+        Err(e) => {
+            eprintln!("error: cannot write to standard output: {e}");
+            std::process::exit(1)
+        }
+    }
+}
 
 #[derive(Parser)]
 #[command(name = "lbctl", version, about = "Operate an XDP load balancer node")]
@@ -26,7 +66,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Program id, adoption, generation.
+    /// Program id, adoption, table and manager generations.
     Status,
     /// Services: list, add or remove at run time.
     Service {
@@ -255,7 +295,7 @@ fn main() -> ExitCode {
     }
     if cli.json {
         match serde_json::to_string_pretty(&response) {
-            Ok(t) => println!("{t}"),
+            Ok(t) => out!("{t}"),
             Err(e) => {
                 eprintln!("error: {e}");
                 return ExitCode::FAILURE;
@@ -287,14 +327,14 @@ async fn follow_events(socket: &std::path::Path, after: u64, json: bool) -> Resu
     let mut lines = BufReader::new(read).lines();
     while let Some(line) = lines.next_line().await.map_err(|e| e.to_string())? {
         if json {
-            println!("{line}");
+            out!("{line}");
             continue;
         }
         match serde_json::from_str::<Event>(&line) {
             Ok(e) => print_event(&e),
             Err(_) => match serde_json::from_str::<Response>(&line) {
                 Ok(Response::Error { message }) => return Err(message),
-                _ => println!("{line}"),
+                _ => out!("{line}"),
             },
         }
     }
@@ -309,8 +349,8 @@ fn print_event(e: &Event) {
         .map_or(String::new(), |d| format!(" ({d} ms)"));
     let generation = e
         .generation
-        .map_or(String::new(), |g| format!(" [gen {g}]"));
-    println!(
+        .map_or(String::new(), |g| format!(" [manager generation {g}]"));
+    out!(
         "#{:<5} {h:02}:{m:02}:{s:02}.{:03} {:<18} {:<10} {:<12} {}{took}{generation}",
         e.id,
         e.time_ms % 1000,
@@ -376,31 +416,84 @@ fn certs(command: CertsCommand, json: bool) -> ExitCode {
             "key": key,
             "fingerprint_sha256": fingerprint,
         });
-        println!("{out:#}");
+        out!("{out:#}");
     } else {
-        println!("certificate  {}", cert.display());
-        println!("key          {}", key.display());
-        println!("sha256       {fingerprint}");
+        out!("certificate  {}", cert.display());
+        out!("key          {}", key.display());
+        out!("sha256       {fingerprint}");
     }
     ExitCode::SUCCESS
+}
+
+/// The weight in force in file units, and the file's when they differ.
+fn weight_column(m: &PoolMember) -> String {
+    let shown = |w: f64| display_weight((w * f64::from(WEIGHT_SCALE)).round() as u32, WEIGHT_SCALE);
+    match (m.weight, m.file_weight) {
+        (Some(w), Some(f)) if (w - f64::from(f)).abs() > 1e-9 => format!("{} (file {f})", shown(w)),
+        (Some(w), _) => shown(w),
+        (None, _) => "-".into(),
+    }
+}
+
+fn print_pool_members<'a>(members: impl Iterator<Item = &'a PoolMember>) {
+    out!(
+        "  {:<16} {:<22} {:<15} {:<8} {:>11} {:>6} {:>6} {:>8}",
+        "SERVER",
+        "STATE",
+        "MONITOR",
+        "HEALTH",
+        "UTILIZATION",
+        "CORES",
+        "WEIGHT",
+        "VIP CONN"
+    );
+    for m in members {
+        out!(
+            "  {:<16} {:<22} {:<15} {:<8} {:>11} {:>6.2} {:>6} {:>8}",
+            m.server,
+            m.state,
+            m.monitor,
+            m.health,
+            m.utilization.map_or("-".into(), |u| format!("{u:.3}")),
+            m.capacity,
+            weight_column(m),
+            m.vip_established.map_or("-".into(), |n| n.to_string()),
+        );
+    }
 }
 
 fn print_table(response: &Response) {
     match response {
         Response::Status(s) => {
-            println!("program id   {}", s.program_id);
-            println!("adoption     {}", s.adoption);
-            println!("generation   {}", s.generation);
-            println!("pin dir      {}", s.pin_dir);
-            println!("interfaces   {}", s.interfaces.join(", "));
+            out!("program id          {}", s.program_id);
+            out!("adoption            {}", s.adoption);
+            out!(
+                "table generation    {} (this node's tables: one more at each table flip)",
+                s.generation
+            );
+            match s.manager_generation {
+                Some(g) => out!(
+                    "manager generation  {g} (the manager's last change this node applied; events and config reload name it)"
+                ),
+                None => out!("manager generation  none (no manager change applied on this node)"),
+            }
+            out!("pin dir             {}", s.pin_dir);
+            out!("interfaces          {}", s.interfaces.join(", "));
         }
         Response::Services { services } => {
-            println!(
+            out!(
                 "{:<16} {:<40} {:>5} {:<4} {:>7} {:>8} {:>12} {:>10}",
-                "NAME", "VIP", "PORT", "PROTO", "SERVERS", "TABLE", "PACKETS", "NEW FLOWS"
+                "NAME",
+                "VIP",
+                "PORT",
+                "PROTO",
+                "SERVERS",
+                "TABLE",
+                "PACKETS",
+                "NEW FLOWS"
             );
             for s in services {
-                println!(
+                out!(
                     "{:<16} {:<40} {:>5} {:<4} {:>7} {:>8} {:>12} {:>10}",
                     s.name,
                     s.vip,
@@ -414,15 +507,29 @@ fn print_table(response: &Response) {
             }
         }
         Response::Servers { servers, monitors } => {
-            println!(
+            out!(
                 "{:<16} {:<40} {:<10} {:>6} {:<12} {:<9} {:>12} {:>8}",
-                "NAME", "ADDRESS", "STATE", "WEIGHT", "SERVICE", "BACKEND", "PACKETS", "IDLE"
+                "NAME",
+                "ADDRESS",
+                "STATE",
+                "WEIGHT",
+                "SERVICE",
+                "BACKEND",
+                "PACKETS",
+                "IDLE"
             );
             for s in servers {
                 if s.services.is_empty() {
-                    println!(
+                    out!(
                         "{:<16} {:<40} {:<10} {:>6} {:<12} {:<9} {:>12} {:>8}",
-                        s.name, s.address, s.state, s.weight, "-", "-", "-", "-"
+                        s.name,
+                        s.address,
+                        s.state,
+                        s.weight,
+                        "-",
+                        "-",
+                        "-",
+                        "-"
                     );
                 }
                 for b in &s.services {
@@ -434,15 +541,22 @@ fn print_table(response: &Response) {
                     } else {
                         format!("{} (file {})", b.weight, s.weight)
                     };
-                    println!(
+                    out!(
                         "{:<16} {:<40} {:<10} {:>6} {:<12} {:<9} {:>12} {:>8}",
-                        s.name, s.address, b.state, weight, b.service, b.backend, b.packets, idle
+                        s.name,
+                        s.address,
+                        b.state,
+                        weight,
+                        b.service,
+                        b.backend,
+                        b.packets,
+                        idle
                     );
                 }
             }
             if !monitors.is_empty() {
-                println!();
-                println!(
+                out!();
+                out!(
                     "{:<16} {:<12} {:>6} {:>11} {:<12} {:<8} {:<6} {:>9}",
                     "AGENT",
                     "MONITOR",
@@ -454,13 +568,17 @@ fn print_table(response: &Response) {
                     "REPORT"
                 );
                 for m in monitors {
-                    let pool = servers
-                        .iter()
-                        .find(|s| s.name == m.host)
-                        .map_or(if m.spare { "spare" } else { "unknown" }, |s| {
-                            s.state.as_str()
-                        });
-                    println!(
+                    // Filled in by the daemon; from an older one, the
+                    // node's view.
+                    let pool = m.pool.as_deref().unwrap_or_else(|| {
+                        servers
+                            .iter()
+                            .find(|s| s.name == m.host)
+                            .map_or(if m.spare { "spare" } else { "unknown" }, |s| {
+                                s.state.as_str()
+                            })
+                    });
+                    out!(
                         "{:<16} {:<12} {:>6.2} {:>11} {:<12} {:<8} {:<6} {:>9}  pool: {pool}",
                         m.host,
                         format!("{:?}", m.monitor).to_lowercase(),
@@ -476,29 +594,33 @@ fn print_table(response: &Response) {
         }
         Response::Stats(s) => {
             for (k, v) in &s.global {
-                println!("{k:<16} {v}");
+                out!("{k:<16} {v}");
             }
-            println!("{:<16} {}", "flows", s.flows);
+            out!("{:<16} {}", "flows", s.flows);
             for (kind, n) in &s.decisions {
-                println!("{:<16} {n}", format!("events.{kind}"));
+                out!("{:<16} {n}", format!("events.{kind}"));
             }
         }
         Response::Reloaded(r) => {
-            println!(
-                "applied generation {} in {} µs: services +{:?} -{:?}, tables flipped {:?}, backends +{} -{}",
-                r.generation,
-                r.micros,
-                r.services_added,
-                r.services_removed,
-                r.tables_flipped,
-                r.backends_added,
-                r.backends_removed
-            );
-            if let Some(g) = r.manager_generation {
-                println!("the manager sent it to every node as generation {g}, all acked");
+            let table = r.table_generation;
+            let r = &r.report;
+            match r.manager_generation {
+                // The manager sent the file to every node, this one too.
+                Some(g) => out!(
+                    "the manager sent the configuration to every node as manager generation {g}, all acked; this node is at table generation {table}"
+                ),
+                None => out!(
+                    "applied in {} µs, table generation {table}: services +{:?} -{:?}, tables flipped {:?}, backends +{} -{}",
+                    r.micros,
+                    r.services_added,
+                    r.services_removed,
+                    r.tables_flipped,
+                    r.backends_added,
+                    r.backends_removed
+                ),
             }
             if !r.unresolved.is_empty() {
-                println!("unresolved servers (left out): {:?}", r.unresolved);
+                out!("unresolved servers (left out): {:?}", r.unresolved);
             }
         }
         Response::Done {
@@ -506,56 +628,24 @@ fn print_table(response: &Response) {
             message,
         } => {
             if *generation > 0 {
-                println!("{message} (generation {generation})");
+                out!("{message} (manager generation {generation})");
             } else {
-                println!("{message}");
+                out!("{message}");
             }
         }
-        Response::Pool { pools } => {
+        Response::Pool { pools, unassigned } => {
             for p in pools {
-                println!(
-                    "service {} (application {}), generation {}",
-                    p.service, p.application, p.generation
+                out!(
+                    "service {} (application {}), manager generation {}",
+                    p.service,
+                    p.application,
+                    p.generation
                 );
-                println!(
-                    "  {:<16} {:<22} {:<12} {:<8} {:>11} {:>6} {:>6} {:>8}",
-                    "SERVER",
-                    "STATE",
-                    "MONITOR",
-                    "HEALTH",
-                    "UTILIZATION",
-                    "CORES",
-                    "WEIGHT",
-                    "VIP CONN"
-                );
-                for m in p.members.iter().chain(&p.free) {
-                    println!(
-                        "  {:<16} {:<22} {:<12} {:<8} {:>11} {:>6.2} {:>6} {:>8}",
-                        m.server,
-                        m.state,
-                        m.monitor,
-                        m.health,
-                        m.utilization.map_or("-".into(), |u| format!("{u:.3}")),
-                        m.capacity,
-                        match (m.weight, m.file_weight) {
-                            (Some(w), Some(f)) if (w - f64::from(f)).abs() > 1e-9 => {
-                                format!(
-                                    "{} (file {f})",
-                                    lb_control::scaling::weights::display_weight(
-                                        (w * 100.0).round() as u32,
-                                        100
-                                    )
-                                )
-                            }
-                            (Some(w), _) => lb_control::scaling::weights::display_weight(
-                                (w * 100.0).round() as u32,
-                                100
-                            ),
-                            (None, _) => "-".into(),
-                        },
-                        m.vip_established.map_or("-".into(), |n| n.to_string()),
-                    );
-                }
+                print_pool_members(p.members.iter().chain(&p.free));
+            }
+            if !unassigned.is_empty() {
+                out!("in no pool (no service listed, no agent hosting a configured application)");
+                print_pool_members(unassigned.iter());
             }
         }
         Response::Events { events } => {

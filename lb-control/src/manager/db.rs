@@ -294,6 +294,11 @@ pub struct MonitorView {
     pub report_age_ms: Option<u64>,
     pub reports: u64,
     pub fingerprint: String,
+    /// The server's pool state in the manager's configuration file now
+    /// (`spare` for an announced spare the file does not name), filled in
+    /// by the control socket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
 }
 
 impl ServerRecord {
@@ -342,6 +347,7 @@ impl ServerRecord {
                 .map(|t| now.saturating_duration_since(t).as_millis() as u64),
             reports: self.reports,
             fingerprint: self.fingerprint.clone(),
+            pool: None,
         }
     }
 }

@@ -39,6 +39,12 @@ impl NodeState {
         }
     }
 
+    /// The newest manager generation applied to any service (a retired
+    /// one too): the manager's last change on this node.
+    pub fn manager_generation(&self) -> Option<u64> {
+        self.services.values().map(|a| a.generation).max()
+    }
+
     /// `config` with every recorded desired state merged in (a remote node
     /// restarting comes back as its manager left it). A state that no
     /// longer fits the config is skipped with a warning; the manager sends
@@ -125,6 +131,13 @@ impl NodeAgent {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The newest manager generation this node applied (to any service):
+    /// the number of the manager's last change here. `None` before the
+    /// first.
+    pub async fn manager_generation(&self) -> Option<u64> {
+        self.state.lock().await.manager_generation()
     }
 
     /// The node's backends (see [`Node::backend_status`]).
@@ -257,6 +270,17 @@ mod tests {
         std::fs::write(&path, serde_json::to_vec(&state).unwrap()).unwrap();
         let loaded = NodeState::load(&path).unwrap();
         assert_eq!(loaded.services["web"].generation, 3);
+        assert_eq!(NodeState::default().manager_generation(), None);
+        let mut two = loaded.clone();
+        two.services.insert(
+            "db".into(),
+            Applied {
+                generation: 9,
+                service: crate::nodelink::retired_service("db"),
+            },
+        );
+        assert_eq!(loaded.manager_generation(), Some(3));
+        assert_eq!(two.manager_generation(), Some(9));
         let base = crate::config::Config::parse(
             "[node]\ninterfaces = [\"eth0\"]\n",
             std::path::Path::new("node.toml"),

@@ -29,8 +29,8 @@
 //! bounded to `[1/MAX_STEP, MAX_STEP]`, nothing inside a dead band of
 //! `DEAD_BAND`; then the factors are normalised to a geometric mean of 1
 //! and bounded to `[FACTOR_MIN, FACTOR_MAX]`. `mean` is the pool's
-//! utilization (load over capacity), `own` a member's utilization smoothed
-//! over reports, each report counted once. If a member's share of new flows
+//! utilization (load over capacity), `own` a member's mean utilization
+//! over the period's reports, each report counted once. If a member's share of new flows
 //! moves its utilization in proportion, the log of `own / mean` shrinks by
 //! `1 − GAIN` per period: the weights settle instead of swinging, whatever
 //! the file says. (The earlier law, `full × idle share`, was proportional:
@@ -47,15 +47,14 @@ pub const WEIGHT_SCALE: u32 = 100;
 /// Where slow start begins: this share of the fair weight.
 pub const RAMP_FLOOR: f64 = 0.1;
 /// Share of the log error corrected per period.
-const GAIN: f64 = 0.5;
+const GAIN: f64 = 0.4;
 /// Largest factor change per period.
 const MAX_STEP: f64 = 1.25;
-/// Relative difference from the mean that is left alone.
+/// Relative difference from the mean that is left alone (a period's
+/// mean of 20 reports is steadier than that).
 const DEAD_BAND: f64 = 0.05;
 const FACTOR_MIN: f64 = 0.1;
 const FACTOR_MAX: f64 = 10.0;
-/// Time constant of the smoothed utilization.
-const SMOOTHING: Duration = Duration::from_secs(1);
 /// A pool below this utilization has nothing to balance.
 const IDLE_POOL: f64 = 0.02;
 /// A new weight is published when one moved by more than this share.
@@ -92,8 +91,26 @@ pub struct MemberInput<'a> {
 #[derive(Debug, Clone, PartialEq)]
 struct MemberWeight {
     factor: f64,
-    smoothed: Option<f64>,
+    /// Sum and count of the utilization reports since the last step: the
+    /// law acts on the period's mean, every report counted once.
+    sum: f64,
+    reports: u32,
     last_report: Option<Instant>,
+}
+
+impl MemberWeight {
+    fn new(factor: f64) -> Self {
+        Self {
+            factor,
+            sum: 0.0,
+            reports: 0,
+            last_report: None,
+        }
+    }
+
+    fn mean(&self) -> Option<f64> {
+        (self.reports > 0).then(|| self.sum / f64::from(self.reports))
+    }
 }
 
 /// The weights of one service, between evaluations.
@@ -113,11 +130,7 @@ impl ServiceWeights {
             .iter()
             .filter(|(_, f)| f.is_finite() && **f > 0.0)
             .map(|(name, &factor)| {
-                let member = MemberWeight {
-                    factor: factor.clamp(FACTOR_MIN, FACTOR_MAX),
-                    smoothed: None,
-                    last_report: None,
-                };
+                let member = MemberWeight::new(factor.clamp(FACTOR_MIN, FACTOR_MAX));
                 (name.clone(), member)
             })
             .collect();
@@ -157,26 +170,15 @@ impl ServiceWeights {
             let entry = self
                 .members
                 .entry(m.name.to_owned())
-                .or_insert(MemberWeight {
-                    factor: start,
-                    smoothed: None,
-                    last_report: None,
-                });
+                .or_insert_with(|| MemberWeight::new(start));
             let Some((at, u)) = m.report.filter(|(_, u)| u.is_finite()) else {
                 continue;
             };
             if entry.last_report == Some(at) {
                 continue;
             }
-            let u = u.max(0.0);
-            entry.smoothed = Some(match (entry.smoothed, entry.last_report) {
-                (Some(s), Some(before)) => {
-                    let dt = at.saturating_duration_since(before).as_secs_f64();
-                    let alpha = 1.0 - (-dt / SMOOTHING.as_secs_f64()).exp();
-                    s + alpha * (u - s)
-                }
-                _ => u,
-            });
+            entry.sum += u.max(0.0);
+            entry.reports += 1;
             entry.last_report = Some(at);
         }
         if !settings.dynamic {
@@ -204,8 +206,13 @@ impl ServiceWeights {
         let settled: Vec<(&MemberInput<'_>, f64)> = members
             .iter()
             .filter(|m| ramp(m, settings, now) >= 1.0 && m.capacity.is_finite() && m.capacity > 0.0)
-            .filter_map(|m| Some((m, self.members.get(m.name)?.smoothed?)))
+            .filter_map(|m| Some((m, self.members.get(m.name)?.mean()?)))
             .collect();
+        // The next period starts afresh.
+        for w in self.members.values_mut() {
+            w.sum = 0.0;
+            w.reports = 0;
+        }
         if settled.len() < 2 {
             return;
         }

@@ -40,6 +40,37 @@ struct Args {
     /// TCP address of an HTTP health endpoint (repeatable).
     #[arg(long)]
     http: Vec<SocketAddr>,
+    /// One worker does all the work, connections' and health answers' in
+    /// turn (as a single-process application server does): a saturated
+    /// server answers its health probe late.
+    #[arg(long)]
+    single_worker: bool,
+}
+
+/// The one worker of `--single-worker`, taken in arrival order (a ticket
+/// queue: the next ticket to hand out, the ticket being served), as an
+/// application's request queue is.
+static WORKER: std::sync::Mutex<(u64, u64)> = std::sync::Mutex::new((0, 0));
+static WORKER_FREE: std::sync::Condvar = std::sync::Condvar::new();
+static SINGLE_WORKER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Runs `f` as the application's worker, after everything that came
+/// before it.
+fn as_worker<T>(f: impl FnOnce() -> T) -> T {
+    if !SINGLE_WORKER.load(std::sync::atomic::Ordering::Relaxed) {
+        return f();
+    }
+    let mut queue = WORKER.lock().unwrap_or_else(|e| e.into_inner());
+    let ticket = queue.0;
+    queue.0 += 1;
+    while queue.1 != ticket {
+        queue = WORKER_FREE.wait(queue).unwrap_or_else(|e| e.into_inner());
+    }
+    drop(queue);
+    let out = f();
+    WORKER.lock().unwrap_or_else(|e| e.into_inner()).1 += 1;
+    WORKER_FREE.notify_all();
+    out
 }
 
 /// Longest line echoed; longer input closes the connection.
@@ -70,7 +101,7 @@ fn burn(us: u64) {
 
 fn serve_conn(name: &str, stream: TcpStream, work_us: u64) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
-    burn(work_us);
+    as_worker(|| burn(work_us));
     let mut out = stream.try_clone()?;
     out.write_all(format!("{name}\n").as_bytes())?;
     let mut reader = BufReader::new(stream);
@@ -98,6 +129,7 @@ fn serve_http(name: &str, stream: TcpStream) -> std::io::Result<()> {
         }
     }
     let body = format!("{name}\n");
+    as_worker(|| ());
     out.write_all(
         format!(
             "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -163,6 +195,7 @@ fn main() -> Result<()> {
     if args.listen.is_empty() && args.udp.is_empty() {
         bail!("nothing to listen on: give --listen and/or --udp");
     }
+    SINGLE_WORKER.store(args.single_worker, std::sync::atomic::Ordering::Relaxed);
     let name: Arc<str> = args.name.into();
     let mut threads = Vec::new();
     for addr in args.listen {

@@ -38,7 +38,7 @@ use crate::{
 };
 
 use observe::{Band, ProbeState};
-pub use operator::{PoolMember, PoolReport};
+pub use operator::{PoolMember, PoolReport, Pools};
 
 /// Service → server → weight in force, in hundredths of the file's.
 pub type ServiceWeightMap = BTreeMap<String, BTreeMap<String, u32>>;

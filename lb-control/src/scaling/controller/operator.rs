@@ -1,15 +1,72 @@
 //! The operator's actions (`lbctl server`, `lbctl service`, `lbctl pool`)
 //! and the pool report they show.
 
-use std::time::Instant;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Instant,
+};
 
 use serde::{Deserialize, Serialize};
 
 use super::{Controller, state_name};
 use crate::{
-    config::ServerState,
+    config::{Config, ServerConfig, ServerState},
+    manager::db::ServerRecord,
     scaling::{config_file::Edit, events::NewEvent, weights::WEIGHT_SCALE},
 };
+
+/// What `lbctl pool` shows.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Pools {
+    pub pools: Vec<PoolReport>,
+    /// Servers of the configuration file no pool lists: free ones that
+    /// name no service and whose agent has said nothing of a configured
+    /// application, or ones in a state without a service.
+    pub unassigned: Vec<PoolMember>,
+}
+
+/// A free server the policy may allocate.
+const FREE: &str = "free";
+/// A free server the policy leaves alone: its agent is not connected and
+/// monitored, or its application is not up and ready.
+const FREE_NOT_FUNCTIONAL: &str = "free (not functional)";
+/// The monitor column of a server whose agent has not said hello since the
+/// manager started.
+const NEVER_CONNECTED: &str = "never connected";
+
+/// The monitor column: the manager's view of the server's agent.
+fn monitor_name(record: Option<&ServerRecord>) -> String {
+    record.map_or_else(
+        || NEVER_CONNECTED.to_owned(),
+        |r| format!("{:?}", r.monitor).to_lowercase(),
+    )
+}
+
+/// Free servers of `config` that list `service` but are not among the free
+/// servers the policy was `offered` (their agent never connected, or does
+/// not say it hosts the service's application).
+fn listed_free<'a>(
+    config: &'a Config,
+    service: &'a str,
+    offered: &'a [&str],
+) -> impl Iterator<Item = &'a ServerConfig> {
+    config.server.iter().filter(move |s| {
+        s.state == ServerState::Free
+            && s.services.iter().any(|n| n.get_ref() == service)
+            && !offered.contains(&s.name.get_ref().as_str())
+    })
+}
+
+/// Servers of `config` not in `listed`.
+fn unlisted<'a>(
+    config: &'a Config,
+    listed: &'a BTreeSet<String>,
+) -> impl Iterator<Item = &'a ServerConfig> {
+    config
+        .server
+        .iter()
+        .filter(|s| !listed.contains(s.name.get_ref()))
+}
 
 /// A pool as `lbctl pool` shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -199,11 +256,26 @@ impl Controller {
             .ok_or_else(|| format!("server `{server}` serves no service"))
     }
 
-    /// `lbctl pool`: each service's members and free candidates.
-    pub async fn pool(&self) -> Result<Vec<PoolReport>, String> {
+    /// Each server's pool state in the configuration file now (what
+    /// `lbctl pool` says), by name.
+    pub fn file_states(&self) -> Result<BTreeMap<String, String>, String> {
+        let snapshot = self.file.read_cached().map_err(|e| e.to_string())?;
+        Ok(snapshot
+            .config
+            .server
+            .iter()
+            .map(|s| (s.name.get_ref().clone(), state_name(s.state).to_owned()))
+            .collect())
+    }
+
+    /// `lbctl pool`: each service's members and free servers, and the
+    /// servers of the file no pool lists. Every server of the file shows,
+    /// whether or not its agent ever connected.
+    pub async fn pool(&self) -> Result<Pools, String> {
         let snapshot = self.file.read().map_err(|e| e.to_string())?;
         let ops = self.ops.lock().await;
         let mut out = Vec::new();
+        let mut listed = BTreeSet::new();
         for svc in &snapshot.config.service {
             let view = self.pool_view(&ops, &snapshot.config, svc).await;
             let db = self.manager.db.lock().await;
@@ -215,8 +287,7 @@ impl Controller {
                 PoolMember {
                     server: name.to_owned(),
                     state,
-                    monitor: record
-                        .map_or("none".into(), |r| format!("{:?}", r.monitor).to_lowercase()),
+                    monitor: monitor_name(record),
                     health: app.map_or("unknown".into(), |a| {
                         format!("{:?}", a.health.state).to_lowercase()
                     }),
@@ -247,16 +318,16 @@ impl Controller {
                     m.map_or(1.0, |m| m.capacity),
                 ));
             }
-            let free = view
+            let mut free: Vec<PoolMember> = view
                 .free
                 .iter()
                 .map(|c| {
                     let mut r = row(
                         &c.name,
                         if c.functional {
-                            "free"
+                            FREE
                         } else {
-                            "free (not functional)"
+                            FREE_NOT_FUNCTIONAL
                         }
                         .into(),
                         c.utilization,
@@ -266,6 +337,21 @@ impl Controller {
                     r
                 })
                 .collect();
+            let offered: Vec<&str> = view.free.iter().map(|c| c.name.as_str()).collect();
+            for s in listed_free(&snapshot.config, svc.name.get_ref(), &offered) {
+                let record = db.get(s.name.get_ref());
+                let mut r = row(
+                    s.name.get_ref(),
+                    FREE_NOT_FUNCTIONAL.into(),
+                    record
+                        .and_then(|r| r.last_report.as_ref())
+                        .map(|r| r.utilization.value),
+                    record.map_or(1.0, |r| r.hello.cores),
+                );
+                r.weight = None;
+                free.push(r);
+            }
+            listed.extend(members.iter().chain(&free).map(|m| m.server.clone()));
             out.push(PoolReport {
                 service: svc.name.get_ref().clone(),
                 application: svc.application().to_owned(),
@@ -274,6 +360,95 @@ impl Controller {
                 free,
             });
         }
-        Ok(out)
+        let db = self.manager.db.lock().await;
+        let unassigned = unlisted(&snapshot.config, &listed)
+            .map(|s| {
+                let name = s.name.get_ref();
+                let record = db.get(name);
+                PoolMember {
+                    server: name.clone(),
+                    state: state_name(s.state).to_owned(),
+                    monitor: monitor_name(record),
+                    health: "unknown".into(),
+                    utilization: record
+                        .and_then(|r| r.last_report.as_ref())
+                        .map(|r| r.utilization.value),
+                    capacity: record.map_or(1.0, |r| r.hello.cores),
+                    weight: None,
+                    file_weight: Some(s.weight),
+                    vip_established: None,
+                }
+            })
+            .collect();
+        Ok(Pools {
+            pools: out,
+            unassigned,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    const FILE: &str = r#"
+[node]
+interfaces = ["eth0"]
+
+[[service]]
+name = "web"
+vip = "10.0.0.100"
+port = 80
+
+[[service]]
+name = "db"
+vip = "10.0.0.101"
+port = 5432
+
+[[server]]
+name = "s1"
+address = "10.0.0.11"
+services = ["web"]
+
+[[server]]
+name = "s2"
+address = "10.0.0.12"
+services = ["web"]
+state = "free"
+
+[[server]]
+name = "s3"
+address = "10.0.0.13"
+services = ["db"]
+state = "free"
+
+[[server]]
+name = "spare"
+address = "10.0.0.14"
+state = "free"
+"#;
+
+    fn names<'a>(servers: impl Iterator<Item = &'a ServerConfig>) -> Vec<&'a str> {
+        servers.map(|s| s.name.get_ref().as_str()).collect()
+    }
+
+    #[test]
+    fn every_server_of_the_file_is_in_the_pool_report() {
+        let config = Config::parse(FILE, Path::new("lb.toml")).unwrap();
+        // No agent ever connected: the free servers that list a service are
+        // in its pool all the same.
+        assert_eq!(names(listed_free(&config, "web", &[])), ["s2"]);
+        assert_eq!(names(listed_free(&config, "db", &[])), ["s3"]);
+        // One the policy was offered (its agent hosts the application) is
+        // not listed twice.
+        assert!(names(listed_free(&config, "web", &["s2"])).is_empty());
+        // What no pool lists is still shown.
+        let listed: BTreeSet<String> = ["s1", "s2", "s3"].map(String::from).into();
+        assert_eq!(names(unlisted(&config, &listed)), ["spare"]);
+        let listed: BTreeSet<String> = ["s1", "s2", "s3", "spare"].map(String::from).into();
+        assert!(names(unlisted(&config, &listed)).is_empty());
+        assert_eq!(monitor_name(None), "never connected");
     }
 }

@@ -15,9 +15,11 @@ use crate::{
 };
 
 /// How often the law takes a step, in report intervals (and never more
-/// often than every 2 s): long enough for the utilization to answer the
-/// last step.
-const LAW_PERIOD_REPORTS: u32 = 10;
+/// often than every 4 s): long enough for the utilization to answer the
+/// last step and for a period's mean to rise above a report's noise (a
+/// 0.1-core server carrying a few connections a report is mostly noise in
+/// any one report).
+const LAW_PERIOD_REPORTS: u32 = 20;
 
 impl Controller {
     fn weight_settings(&self, svc: &ServiceConfig) -> WeightSettings {
@@ -25,7 +27,7 @@ impl Controller {
             dynamic: svc.scaling.enabled && svc.scaling.dynamic_weights,
             slow_start: svc.scaling.slow_start,
             period: (self.config.report_interval() * LAW_PERIOD_REPORTS)
-                .max(std::time::Duration::from_secs(2)),
+                .max(std::time::Duration::from_secs(4)),
         }
     }
 

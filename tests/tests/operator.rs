@@ -1,0 +1,242 @@
+//! End-to-end: what the operator reads from `lbctl` on a node that runs the
+//! manager — every server of the file in `lbctl pool`, the live pool state
+//! in `lbctl server list`, and plainly named generations.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use lb_tests::{
+    Lab,
+    balancer::{Balancer, attach_peer_pass, wait_until},
+    fleet::{self, Fleet, ScaledService},
+    require_root,
+};
+use serde_json::Value;
+
+const SERVER: &str = env!("CARGO_BIN_EXE_lab-server");
+const PORT: u16 = 80;
+const INTERVAL_MS: u64 = 200;
+/// Health decisions only: no pool growth or shrinking, no weight changes,
+/// so every change in the test is the operator's.
+const SCALING: &str = "enabled = false\ndynamic_weights = false";
+
+/// Three servers with agents' certificates and cgroups (no agent started
+/// yet); s1 allocated, s2 and s3 free.
+fn build() -> Result<(Lab, Fleet, Balancer)> {
+    let mut lab = Lab::builder().servers(3).build()?;
+    lab.start_servers(SERVER, &[PORT], &[])?;
+    attach_peer_pass(&mut lab)?;
+    let fleet = Fleet::new(&mut lab)?;
+    let config = fleet::manager_config(
+        &lab,
+        fleet.pki_dir(),
+        &ScaledService {
+            port: PORT,
+            interval_ms: INTERVAL_MS,
+            scaling: SCALING,
+            manager_keys: "",
+            remote_nodes: &[],
+            allocated: 1,
+        },
+    );
+    let bal = Balancer::start(&lab, &config)?;
+    Ok((lab, fleet, bal))
+}
+
+/// The `web` pool's members and free servers, by name: (state, monitor).
+fn pool_rows(bal: &Balancer) -> Result<Vec<(String, String, String)>> {
+    let v = bal.lbctl(&["pool"])?;
+    let web = v["pools"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["service"] == "web"))
+        .with_context(|| format!("no web pool: {v}"))?;
+    let mut rows = Vec::new();
+    for list in ["members", "free"] {
+        for m in web[list].as_array().into_iter().flatten() {
+            rows.push((
+                m["server"].as_str().unwrap_or_default().to_owned(),
+                m["state"].as_str().unwrap_or_default().to_owned(),
+                m["monitor"].as_str().unwrap_or_default().to_owned(),
+            ));
+        }
+    }
+    rows.sort();
+    Ok(rows)
+}
+
+/// `lbctl pool` lists every server of the file, also those whose agent
+/// never connected.
+#[test]
+fn pool_lists_servers_whose_agent_never_connected() -> Result<()> {
+    if !require_root("pool_lists_servers_whose_agent_never_connected") {
+        return Ok(());
+    }
+    let (_lab, _fleet, bal) = build()?;
+    let rows = pool_rows(&bal)?;
+    let names: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+    assert_eq!(names, ["s1", "s2", "s3"], "{rows:?}");
+    for (server, state, monitor) in &rows {
+        assert_eq!(monitor, "never connected", "{server}: {rows:?}");
+        let expected = if server == "s1" { "allocated" } else { "free" };
+        assert!(state.starts_with(expected), "{server} {state}: {rows:?}");
+    }
+    let text = bal.lbctl_text(&["pool"])?;
+    for server in ["s1", "s2", "s3"] {
+        assert!(
+            text.lines()
+                .any(|l| l.contains(server) && l.contains("never connected")),
+            "{server} not shown:\n{text}"
+        );
+    }
+    Ok(())
+}
+
+/// The agent table's line of `server` in `lbctl server list`.
+fn agent_line(text: &str, server: &str) -> Option<String> {
+    let table = text.split("\nAGENT").nth(1)?;
+    table
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(server))
+        .map(str::to_owned)
+}
+
+/// `lbctl server list` shows each server's pool state as the manager's
+/// file has it now (not as it was when the manager started), and a server
+/// given back to the free pool is free in the node table, not retired.
+#[test]
+fn server_list_shows_the_live_pool_state() -> Result<()> {
+    if !require_root("server_list_shows_the_live_pool_state") {
+        return Ok(());
+    }
+    let (lab, fleet, bal) = build()?;
+    let _agent = fleet.start_agent(&lab, 1, PORT, INTERVAL_MS)?;
+    let monitored = wait_until(Duration::from_secs(20), || {
+        pool_rows(&bal).is_ok_and(|rows| {
+            rows.iter()
+                .any(|(s, _, monitor)| s == "s2" && monitor == "monitored")
+        })
+    });
+    assert!(
+        monitored,
+        "s2's agent never reported: {:?}",
+        pool_rows(&bal)
+    );
+    let pool_column = |text: &str| {
+        agent_line(text, "s2")
+            .and_then(|l| l.split("pool: ").nth(1).map(|p| p.trim().to_owned()))
+            .unwrap_or_default()
+    };
+    let text = bal.lbctl_text(&["server", "list"])?;
+    assert_eq!(pool_column(&text), "free", "{text}");
+
+    bal.lbctl(&["server", "allocate", "s2"])?;
+    let text = bal.lbctl_text(&["server", "list"])?;
+    assert_eq!(pool_column(&text), "allocated", "{text}");
+    let v = bal.lbctl(&["server", "list"])?;
+    let s2 = |v: &Value, list: &str, key: &str| {
+        v[list]
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x[key] == "s2"))
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert_eq!(s2(&v, "monitors", "host")["pool"], "allocated", "{v}");
+    assert_eq!(s2(&v, "servers", "name")["state"], "allocated", "{v}");
+
+    bal.lbctl(&["server", "deallocate", "s2"])?;
+    let text = bal.lbctl_text(&["server", "list"])?;
+    assert_eq!(pool_column(&text), "free", "{text}");
+    let node_table = text.split("\nAGENT").next().unwrap_or_default();
+    let s2_rows: Vec<&str> = node_table
+        .lines()
+        .filter(|l| l.split_whitespace().next() == Some("s2"))
+        .collect();
+    assert!(!s2_rows.is_empty(), "{text}");
+    assert!(
+        s2_rows
+            .iter()
+            .all(|l| l.contains(" free ") && !l.contains("retired")),
+        "a server back in the free pool shows as retired:\n{text}"
+    );
+    let v = bal.lbctl(&["server", "list"])?;
+    let server = s2(&v, "servers", "name");
+    assert_eq!(server["state"], "free", "{v}");
+    assert!(
+        server["services"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .all(|b| b["state"] != "retired"),
+        "{v}"
+    );
+    assert_eq!(s2(&v, "monitors", "host")["pool"], "free", "{v}");
+    Ok(())
+}
+
+/// The manager generation of the newest event that has one.
+fn last_event_generation(bal: &Balancer) -> Option<u64> {
+    bal.lbctl(&["events"])
+        .ok()?
+        .get("events")?
+        .as_array()?
+        .iter()
+        .rev()
+        .find_map(|e| e["generation"].as_u64())
+}
+
+/// `lbctl status`, `lbctl config reload` and `lbctl events` give the same
+/// manager generation, and status names both of its generations.
+#[test]
+fn status_reload_and_events_agree_on_the_generation() -> Result<()> {
+    if !require_root("status_reload_and_events_agree_on_the_generation") {
+        return Ok(());
+    }
+    let (_lab, _fleet, bal) = build()?;
+    // The manager's first change: every service sent at start.
+    assert!(
+        wait_until(Duration::from_secs(10), || last_event_generation(&bal)
+            .is_some()),
+        "no synced event"
+    );
+    let started = last_event_generation(&bal).context("generation")?;
+    let status = bal.lbctl(&["status"])?;
+    assert_eq!(status["manager_generation"], started, "{status}");
+    assert_eq!(status["table_generation"], status["generation"], "{status}");
+    let table = status["table_generation"].as_u64().context("table")?;
+    let text = bal.lbctl_text(&["status"])?;
+    assert!(
+        text.contains(&format!("table generation    {table} "))
+            && text.contains(&format!("manager generation  {started} ")),
+        "{text}"
+    );
+
+    // A reload is a manager change: one new manager generation, the same
+    // in its answer, in status and in the events; no table changed.
+    let reloaded = bal.lbctl(&["config", "reload"])?;
+    let generation = reloaded["manager_generation"]
+        .as_u64()
+        .with_context(|| format!("{reloaded}"))?;
+    assert!(generation > started, "{reloaded}");
+    assert_eq!(reloaded["table_generation"], table, "{reloaded}");
+    assert_eq!(bal.lbctl(&["status"])?["manager_generation"], generation);
+    assert_eq!(last_event_generation(&bal), Some(generation));
+
+    let text = bal.lbctl_text(&["config", "reload"])?;
+    let next = generation + 1;
+    assert!(
+        text.contains(&format!("manager generation {next},"))
+            && text.contains(&format!("table generation {table}")),
+        "{text}"
+    );
+    let status = bal.lbctl_text(&["status"])?;
+    assert!(
+        status.contains(&format!("manager generation  {next} ")),
+        "{status}"
+    );
+    let events = bal.lbctl_text(&["events"])?;
+    assert!(
+        events.contains(&format!("[manager generation {next}]")),
+        "{events}"
+    );
+    Ok(())
+}
