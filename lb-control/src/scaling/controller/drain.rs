@@ -58,7 +58,7 @@ impl Controller {
             self.save(ops);
         }
         if let Some(p) = ops.policies.get_mut(service) {
-            p.record_change(Instant::now());
+            p.record_drain(Instant::now());
         }
         self.events.record(
             NewEvent::new(

@@ -5,7 +5,8 @@
 //! Pure: no I/O and no clock. The caller builds a [`PoolView`] for every
 //! evaluation, passes `now`, carries out the [`Decision`]s before the next
 //! evaluation and calls [`PolicyState::record_change`] once an allocation
-//! or a drain has completed (the cooldown counts from there).
+//! has completed, [`PolicyState::record_drain`] once a drain has (the
+//! cooldown counts from there).
 
 mod config;
 mod health;
@@ -133,8 +134,8 @@ pub struct PolicyState {
     /// The first recommendation since scaling was (re-)enabled: a window
     /// acts only once it is covered by recommendations.
     first_recommendation: Option<Instant>,
-    /// The last completed allocation or drain.
-    last_change: Option<Instant>,
+    /// The last completed allocation or drain, and whether it was a drain.
+    last_change: Option<(Instant, bool)>,
     /// Per-server trigger: hot servers we allocated for, with their
     /// utilization at that time.
     relief: BTreeMap<String, f64>,
@@ -154,9 +155,18 @@ impl PolicyState {
         }
     }
 
-    /// An allocation or a drain completed at `now`: the cooldown starts.
+    /// An allocation completed (or failed) at `now`: the cooldown starts,
+    /// for growing and for shrinking alike.
     pub fn record_change(&mut self, now: Instant) {
-        self.last_change = Some(now);
+        self.last_change = Some((now, false));
+    }
+
+    /// A drain began at `now`: the cooldown starts for the next drain only.
+    /// A scale-out right after a scale-in does not wait — the load that
+    /// came back is answered at once; flapping is held off by the scale-in
+    /// window and the drain margin, which a drain had to pass.
+    pub fn record_drain(&mut self, now: Instant) {
+        self.last_change = Some((now, true));
     }
 
     /// Decides what to do for one service. `report_interval` and
@@ -246,9 +256,12 @@ impl PolicyState {
         if !fleet.acting {
             return;
         }
-        let cooling = self
-            .last_change
-            .is_some_and(|t| now < t.checked_add(policy.cooldown).unwrap_or(t));
+        let cooling_since = |drains_too: bool| {
+            self.last_change.is_some_and(|(t, drain)| {
+                (drains_too || !drain) && now < t.checked_add(policy.cooldown).unwrap_or(t)
+            })
+        };
+        let (cooling_out, cooling) = (cooling_since(false), cooling_since(true));
         let grow = self.window(policy.scale_out_window, now, u32::min);
         let shrink = self.window(policy.scale_in_window, now, u32::max);
         if let Some(up) = grow.filter(|&up| up > n) {
@@ -263,7 +276,7 @@ impl PolicyState {
                         policy.max_servers
                     ),
                 );
-            } else if !cooling {
+            } else if !cooling_out {
                 self.scale_out(policy, fleet, &load, &hot, up, round);
             }
         } else if let Some(down) = shrink.filter(|&down| down < n)

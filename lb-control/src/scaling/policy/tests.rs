@@ -242,6 +242,28 @@ fn cooldown_blocks_a_second_allocation() {
 }
 
 #[test]
+fn a_spike_right_after_a_drain_is_answered_at_once() {
+    let mut sim = Sim::new(ScalingPolicy::default());
+    sim.state.record_drain(sim.at(100));
+    let hot = view(vec![sim.member("s1", 0.95, 0)]);
+    assert_eq!(allocated(&sim.eval(101, &hot)), ["f1"]);
+    // A drain after a drain still waits for the cooldown.
+    let mut sim = Sim::new(ScalingPolicy {
+        scale_in_window: Duration::ZERO,
+        warmup: Duration::ZERO,
+        ..ScalingPolicy::default()
+    });
+    let idle = view(vec![
+        sim.member("s1", 0.1, 0),
+        sim.member("s2", 0.1, 0),
+        sim.member("s3", 0.1, 0),
+    ]);
+    sim.state.record_drain(sim.at(100));
+    assert_eq!(sim.eval(110, &idle), vec![]);
+    assert_eq!(drained(&sim.eval(130, &idle)).len(), 1);
+}
+
+#[test]
 fn cooldown_blocks_a_drain_after_a_change() {
     let mut sim = Sim::new(ScalingPolicy {
         scale_in_window: Duration::ZERO,
