@@ -308,6 +308,26 @@ fn a_joining_server_ramps_up_over_slow_start() -> Result<()> {
         let share = burst.by_server.get("s2").copied().unwrap_or(0) as f64 / burst.ok as f64;
         let r = ramp(mid, slow_start);
         rows.push((mid, share, r / (1.0 + r)));
+        if second == 3 {
+            // The weight in force, in file units, beside the file's: in
+            // `lbctl pool` and in the node's table.
+            let m = member(&bal, "s2").context("s2 in the pool")?;
+            let w = m["weight"].as_f64().context("s2's weight in force")?;
+            assert!(w > 0.1 && w < 0.6 && m["file_weight"] == 1, "{m}");
+            let list = bal.lbctl(&["server", "list"])?;
+            let node = list["servers"]
+                .as_array()
+                .and_then(|l| l.iter().find(|x| x["name"] == "s2"))
+                .context("s2 in server list")?;
+            let in_force: f64 = node["services"][0]["weight"]
+                .as_str()
+                .and_then(|w| w.parse().ok())
+                .context("weight in force on the node")?;
+            assert!(
+                in_force > 0.1 && in_force < 0.6 && node["weight"] == 1,
+                "{node}"
+            );
+        }
     }
     println!("slow start {slow_start:?}: t, s2's share of new flows, the ramp's share");
     for (t, share, want) in &rows {
