@@ -9,6 +9,7 @@
 
 #[cfg(feature = "tls")]
 pub mod announce;
+pub mod atomic_file;
 pub mod decoder;
 pub mod encoder;
 pub mod error;

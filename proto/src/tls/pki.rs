@@ -3,10 +3,10 @@
 
 use std::{
     fmt,
-    fs::{DirBuilder, File, OpenOptions},
-    io::{self, Write as _},
+    fs::DirBuilder,
+    io,
     net::IpAddr,
-    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _},
+    os::unix::fs::{DirBuilderExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
     time::{Duration, SystemTime},
 };
@@ -533,42 +533,11 @@ fn check_key_matches(
     }
 }
 
-/// Replaces `path` atomically: temporary file beside it with `mode`, fsync,
-/// rename, fsync the directory. A crash leaves the old file or the new one.
+/// Replaces `path` atomically with exactly `mode` (keys 0600): the
+/// project's one atomic write.
 fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
-    let err = |source| TlsError::Write {
+    crate::atomic_file::write(path, contents, Some(mode)).map_err(|source| TlsError::Write {
         path: path.to_path_buf(),
         source,
-    };
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| err(io::Error::other("no file name")))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp.{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    // A leftover from a crash might carry looser permissions; start afresh.
-    let _ = std::fs::remove_file(&tmp);
-    let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        // The umask may have narrowed the mode; set it exactly.
-        file.set_permissions(std::fs::Permissions::from_mode(mode))?;
-        file.write_all(contents)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(err)
+    })
 }
