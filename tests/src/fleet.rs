@@ -147,6 +147,21 @@ pub struct ScaledService<'a> {
     pub allocated: usize,
 }
 
+impl<'a> ScaledService<'a> {
+    /// A service on this node alone: agents reconnect within 500 ms (so
+    /// failure verdicts need not wait out the default backoff).
+    pub fn local(port: u16, interval_ms: u64, scaling: &'a str, allocated: usize) -> Self {
+        Self {
+            port,
+            interval_ms,
+            scaling,
+            manager_keys: "agent_backoff_ms = 500",
+            remote_nodes: &[],
+            allocated,
+        }
+    }
+}
+
 /// The config of a node that also runs the manager (with comments, which
 /// the manager's edits must keep).
 pub fn manager_config(lab: &Lab, pki: &Path, s: &ScaledService<'_>) -> String {

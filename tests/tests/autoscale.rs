@@ -368,14 +368,7 @@ fn steady_config(lab: &Lab, pki: &Path, scaling: &str) -> String {
     fleet::manager_config(
         lab,
         pki,
-        &ScaledService {
-            port: PORT,
-            interval_ms: INTERVAL_MS,
-            scaling,
-            manager_keys: "agent_backoff_ms = 500",
-            remote_nodes: &[],
-            allocated: 2,
-        },
+        &ScaledService::local(PORT, INTERVAL_MS, scaling, 2),
     )
 }
 

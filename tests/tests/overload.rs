@@ -99,14 +99,7 @@ fn overload_lab(
     let config = fleet::manager_config(
         &lab,
         fleet.pki_dir(),
-        &ScaledService {
-            port: PORT,
-            interval_ms: INTERVAL_MS,
-            scaling,
-            manager_keys: "agent_backoff_ms = 500",
-            remote_nodes: &[],
-            allocated: 1,
-        },
+        &ScaledService::local(PORT, INTERVAL_MS, scaling, 1),
     );
     let bal = Balancer::start(&lab, &config)?;
     let agents = (0..lab.servers.len())
@@ -275,14 +268,7 @@ fn a_joining_server_ramps_up_over_slow_start() -> Result<()> {
     let config = fleet::manager_config(
         &lab,
         fleet.pki_dir(),
-        &ScaledService {
-            port: PORT,
-            interval_ms: INTERVAL_MS,
-            scaling,
-            manager_keys: "agent_backoff_ms = 500",
-            remote_nodes: &[],
-            allocated: 1,
-        },
+        &ScaledService::local(PORT, INTERVAL_MS, scaling, 1),
     );
     let bal = Balancer::start(&lab, &config)?;
     let _agents = start_agents(&lab, &fleet)?;
@@ -403,14 +389,7 @@ fn steady_run(
     let mut config = fleet::manager_config(
         &lab,
         fleet.pki_dir(),
-        &ScaledService {
-            port: PORT,
-            interval_ms: INTERVAL_MS,
-            scaling: &scaling,
-            manager_keys: "agent_backoff_ms = 500",
-            remote_nodes: &[],
-            allocated: 3,
-        },
+        &ScaledService::local(PORT, INTERVAL_MS, &scaling, 3),
     );
     for (name, weight) in ["s1", "s2", "s3"].iter().zip(file_weights) {
         let line = format!("name = \"{name}\"\n");
