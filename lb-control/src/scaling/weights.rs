@@ -150,11 +150,6 @@ impl ServiceWeights {
             .collect()
     }
 
-    /// The weights last published.
-    pub fn published(&self) -> &BTreeMap<String, u32> {
-        &self.published
-    }
-
     /// Takes the members' new reports and, when a period passed, one step
     /// of the law. Members no longer given are forgotten.
     pub fn observe(

@@ -129,6 +129,8 @@ fn serve_http(name: &str, stream: TcpStream) -> std::io::Result<()> {
         }
     }
     let body = format!("{name}\n");
+    // The answer waits for its turn at the worker, behind the work queued
+    // before it.
     as_worker(|| ());
     out.write_all(
         format!(

@@ -37,7 +37,7 @@ use crate::{
     nodelink::{NodeAgent, NodeLink, desired_service, remote::RemoteNode, retired_service},
 };
 
-use observe::{Band, ProbeState};
+use observe::Band;
 pub use operator::{PoolMember, PoolReport, Pools};
 
 /// Service → server → weight in force, in hundredths of the file's.
@@ -102,8 +102,9 @@ pub struct Controller {
     state_path: PathBuf,
     started: Instant,
     ops: Mutex<Ops>,
-    /// The manager's own probes, per (service, server).
-    probes: std::sync::Mutex<BTreeMap<(String, String), ProbeState>>,
+    /// The manager's own probes, per (service, server), counted like the
+    /// agents' (rise 2, fall 3).
+    probes: std::sync::Mutex<BTreeMap<(String, String), lb_proto::HealthTracker>>,
 }
 
 fn state_name(state: ServerState) -> &'static str {

@@ -42,9 +42,6 @@ const PROBE_FALL: u32 = 3;
 /// default, long enough for a saturated server, whatever the interval.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// One member's manager-side probe: the agent's rise/fall machine.
-pub(super) type ProbeState = HealthTracker;
-
 impl Controller {
     pub(super) fn track_states(&self, ops: &mut Ops, config: &Config, now: Instant) {
         // What the first evaluation finds was there before the manager

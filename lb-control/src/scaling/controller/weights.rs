@@ -71,22 +71,21 @@ impl Controller {
             .collect()
     }
 
+    /// The weights of `service`, resumed from the state directory the
+    /// first time.
     fn service_weights<'o>(ops: &'o mut Ops, service: &str) -> &'o mut ServiceWeights {
-        let factors = ops
-            .persisted
-            .factors
-            .get(service)
-            .cloned()
-            .unwrap_or_default();
-        let published = ops
-            .persisted
-            .service_weights
-            .get(service)
-            .cloned()
-            .unwrap_or_default();
-        ops.weights
-            .entry(service.to_owned())
-            .or_insert_with(|| ServiceWeights::resume(&factors, &published))
+        let Ops {
+            weights, persisted, ..
+        } = ops;
+        weights.entry(service.to_owned()).or_insert_with(|| {
+            ServiceWeights::resume(
+                persisted.factors.get(service).unwrap_or(&BTreeMap::new()),
+                persisted
+                    .service_weights
+                    .get(service)
+                    .unwrap_or(&BTreeMap::new()),
+            )
+        })
     }
 
     /// The weights in force of `services` as `config` has them: what a
