@@ -13,8 +13,9 @@ use super::{Decision, Health, Member, MemberState, NoticeKind, Round, ScalingPol
 /// A refusal or a wrong answer (`down`) is a failure. A streak of
 /// timeouts only (`slow`) is overload while the utilization is at or above
 /// `upper` — the server accepts work and answers late — and a failure
-/// (a hang) below it, or with no utilization to tell. A `slow` probe whose
-/// last attempt answered is on its way back up and counts as functional.
+/// (a hang) below it, or with no utilization to tell, once the current
+/// streak holds `fall` timeouts. A `slow` probe whose last attempt answered,
+/// or whose current streak is shorter than `fall`, counts as functional.
 pub fn judge_health(
     agent: Option<&Probe>,
     manager: Option<&Probe>,
@@ -24,9 +25,11 @@ pub fn judge_health(
     let hot = utilization.is_some_and(|u| u.is_finite() && u >= upper);
     let one = |p: &Probe| match p.state {
         HealthState::Down => Health::Down,
-        HealthState::Slow if p.fail_streak == 0 => Health::Up,
-        HealthState::Slow if hot => Health::Slow,
-        HealthState::Slow => Health::Down,
+        HealthState::Slow if hot && p.fail_streak > 0 => Health::Slow,
+        // Timeouts count toward `fall` only while the server is not busy:
+        // a failure needs `fall` of them in a row now.
+        HealthState::Slow if !hot && p.fail_streak >= p.fall => Health::Down,
+        HealthState::Slow => Health::Up,
         HealthState::Up => Health::Up,
         HealthState::Unknown => Health::Unknown,
     };

@@ -527,8 +527,10 @@ fn timeouts_are_overload_when_hot_and_a_failure_when_idle() {
     assert_eq!(judge(Some((Slow, 3)), None, Some(0.2)), Health::Down);
     assert_eq!(judge(Some((Slow, 3)), None, None), Health::Down);
     assert_eq!(judge(Some((Slow, 3)), None, Some(f64::NAN)), Health::Down);
-    // Recovering: the last probe answered.
+    // Recovering: the last probe answered; or a new streak, once the load
+    // fell, is still shorter than `fall`.
     assert_eq!(judge(Some((Slow, 0)), None, Some(0.1)), Health::Up);
+    assert_eq!(judge(Some((Slow, 2)), None, Some(0.1)), Health::Up);
     // Refusals and wrong answers fail whatever the load.
     assert_eq!(judge(Some((Down, 3)), None, Some(1.0)), Health::Down);
     // The manager's own probe is judged the same way, and the worse wins.
