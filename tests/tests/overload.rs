@@ -453,10 +453,10 @@ fn dynamic_weights_converge_over_mixed_server_sizes() -> Result<()> {
     if !require_root("dynamic_weights_converge_over_mixed_server_sizes") {
         return Ok(());
     }
-    let capacity = steady_run([10, 20, 40], false, 10, 20)?;
-    let dynamic = steady_run([10, 20, 40], true, 10, 20)?;
+    let capacity = steady_run([10, 20, 40], false, 10, 30)?;
+    let dynamic = steady_run([10, 20, 40], true, 10, 30)?;
     let equal = steady_run([1, 1, 1], false, 10, 20)?;
-    let learnt = steady_run([1, 1, 1], true, 45, 20)?;
+    let learnt = steady_run([1, 1, 1], true, 45, 30)?;
     for (what, run) in [
         ("static capacity weights 10/20/40", &capacity),
         ("dynamic weights from 10/20/40", &dynamic),

@@ -87,6 +87,15 @@ impl Controller {
             let report = record.and_then(|r| r.last_report.as_ref());
             let status = report.and_then(|r| r.applications.iter().find(|a| a.name == app));
             let utilization = report.map(|r| r.utilization.value);
+            // Busy is judged over the recent reports, not one 200 ms sample:
+            // the latest figure or the smoothed one (the crossings'),
+            // whichever is higher, so one dip of a saturated server's sample
+            // does not turn its late answers into a failure.
+            let smoothed = ops.smoothed.get(&(name.clone(), server.clone())).copied();
+            let busy = match (utilization, smoothed) {
+                (Some(u), Some(s)) => Some(u.max(s)),
+                (u, s) => u.or(s),
+            };
             view.members.push(Member {
                 name: server.clone(),
                 state,
@@ -94,7 +103,7 @@ impl Controller {
                 health: judge_health(
                     status.map(|a| &a.health),
                     self.manager_probe(name, server).as_ref(),
-                    utilization,
+                    busy,
                     svc.scaling.upper,
                 ),
                 utilization,
