@@ -18,7 +18,7 @@ use aya::{
     programs::Xdp,
 };
 use lb_common::{PROTO_TCP, ServiceState, TableCells, maglev, table_stride};
-use lb_control::dataplane::{
+use lb_control::node::dataplane::{
     FLOOR_PROGRAM,
     grace::GracePeriod,
     mmap::MmapArray,
@@ -41,7 +41,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() -> Result<()> {
     println!("== XDP program (BPF_PROG_TEST_RUN, kernel-measured ns/packet)");
-    let bed = TestBed::with_flow_capacity(lb_control::dataplane::EMBEDDED_PROGRAM, 1 << 20);
+    let bed = TestBed::with_flow_capacity(lb_control::node::dataplane::EMBEDDED_PROGRAM, 1 << 20);
     let mut floor = EbpfLoader::new().load(FLOOR_PROGRAM)?;
     let floor_prog: &mut Xdp = floor
         .program_mut("xdp_floor")
@@ -75,7 +75,7 @@ fn main() -> Result<()> {
     let mut new_flow_warm = Vec::new();
     // A flow table small enough to stay in cache, emptied between rounds:
     // what a new flow costs when memory is not the bottleneck.
-    let mut warm = TestBed::with_flow_capacity(lb_control::dataplane::EMBEDDED_PROGRAM, 8192);
+    let mut warm = TestBed::with_flow_capacity(lb_control::node::dataplane::EMBEDDED_PROGRAM, 8192);
     let mut est_single = Vec::new();
     let mut est_distinct = Vec::new();
     let mut floor_single = Vec::new();

@@ -13,14 +13,14 @@ use tracing::{debug, warn};
 
 use crate::{
     config::{Config, Protocol},
-    manager::{Manager, ManagerStats, db::MonitorView},
-    node::{ApplyReport, Node, ServerView, ServiceView},
-    nodelink::NodeAgent,
-    scaling::{
+    manager::{
+        Manager, ManagerStats,
         config_file::Edit,
         controller::{Controller, PoolMember, PoolReport, Pools},
+        db::MonitorView,
         events::Event,
     },
+    node::{ApplyReport, Node, ServerView, ServiceView, reconfigure::Reconfigurer},
 };
 
 /// Requests `lbctl` sends.
@@ -168,7 +168,7 @@ pub enum Response {
 pub struct Daemon {
     pub node: Arc<Mutex<Node>>,
     /// Applies the manager's changes to `node`, and knows their generation.
-    pub agent: Arc<NodeAgent>,
+    pub agent: Arc<Reconfigurer>,
     pub config_path: std::path::PathBuf,
     pub manager: Option<std::sync::Arc<Manager>>,
     /// The manager's control loop, when this process is the manager.

@@ -177,7 +177,7 @@ pub struct ServiceConfig {
     /// `[service.scaling]`: when the manager grows or shrinks the pool
     /// (used only when this process runs the manager).
     #[serde(default)]
-    pub scaling: crate::scaling::policy::ScalingPolicy,
+    pub scaling: crate::manager::policy::ScalingPolicy,
     /// The servers' weights for this service are in `1 / weight_scale`
     /// units of the file's (set by a manager's reconfigure, which sends
     /// hundredths; 0 or 1: file units). Never in a file.
@@ -450,7 +450,7 @@ impl Config {
                 ));
             }
             if let Some(mac) = &srv.mac {
-                crate::nexthop::parse_mac(mac)
+                crate::node::nexthop::parse_mac(mac)
                     .map_err(|e| invalid(span.clone(), format!("server `{name}`: mac: {e}")))?;
             }
             for svc in &srv.services {

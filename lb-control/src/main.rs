@@ -6,14 +6,11 @@ use clap::{Parser, Subcommand};
 use lb_control::{
     api::{self, Daemon},
     config::Config,
-    dataplane,
-    node::Node,
-    nodelink::{
-        NodeAgent,
-        agent::{NodeState, state_path},
-        remote,
+    manager::controller::{Controller, persisted_weights},
+    node::{
+        Node, dataplane, listener,
+        reconfigure::{NodeState, Reconfigurer, state_path},
     },
-    scaling::controller::{Controller, persisted_weights},
 };
 use tokio::{signal::unix::SignalKind, sync::Mutex};
 use tracing::{error, info, warn};
@@ -49,9 +46,9 @@ enum Command {
 /// in hundredths, the same table as the file weight.
 fn apply_persisted_weights(
     config: &mut Config,
-    weights: &lb_control::scaling::controller::ServiceWeightMap,
+    weights: &lb_control::manager::controller::ServiceWeightMap,
 ) {
-    let scale = lb_control::scaling::weights::WEIGHT_SCALE;
+    let scale = lb_control::manager::weights::WEIGHT_SCALE;
     for svc in &mut config.service {
         let name = svc.name.get_ref().clone();
         let Some(published) = weights.get(&name) else {
@@ -161,9 +158,9 @@ fn run(config_path: PathBuf) -> Result<(), String> {
             .control
             .as_ref()
             .map_or_else(|| "local".to_owned(), |c| c.name.clone());
-        let agent = Arc::new(NodeAgent::new(node_name, node.clone(), node_state, persist));
+        let agent = Arc::new(Reconfigurer::new(node_name, node.clone(), node_state, persist));
         if let Some(control) = &config.node.control {
-            remote::serve(agent.clone(), control)
+            listener::serve(agent.clone(), control)
                 .await
                 .map_err(|e| e.to_string())?;
         }

@@ -8,7 +8,7 @@ use lb_common::{
     BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_DRAINING, BACKEND_FLAG_LOCAL, FAMILY_V4, FAMILY_V6,
     FlowKey, PROTO_TCP, PROTO_UDP, ServiceKey, ServiceState, flow_hash, global,
 };
-use lb_control::dataplane::testbed::{
+use lb_control::node::dataplane::testbed::{
     CLIENT, CLIENT6, MAX_TABLE, NODE_MAC, SEED, TestBed, VIP, VIP6, XDP_DROP, XDP_PASS, XDP_TX,
     frames::{ACK, SYN, eth, ipv4, ipv6, tcp, udp},
     server_mac,
@@ -30,7 +30,7 @@ fn harness() -> Option<TestBed> {
     if !root() {
         return None;
     }
-    Some(TestBed::new(lb_control::dataplane::EMBEDDED_PROGRAM))
+    Some(TestBed::new(lb_control::node::dataplane::EMBEDDED_PROGRAM))
 }
 
 /// The backend the test table gives a flow (cells cycle over `backends`).
@@ -325,7 +325,7 @@ fn idle_udp_flow_expires_and_is_rehashed() {
 
 /// A table of one set: every flow competes for the same eight ways.
 fn one_set() -> Option<TestBed> {
-    root().then(|| TestBed::with_flow_capacity(lb_control::dataplane::EMBEDDED_PROGRAM, 8))
+    root().then(|| TestBed::with_flow_capacity(lb_control::node::dataplane::EMBEDDED_PROGRAM, 8))
 }
 
 #[test]
@@ -399,7 +399,7 @@ fn a_repeated_syn_rewrites_its_own_entry() {
 #[test]
 fn services_beyond_a_full_bucket_are_still_found() {
     let Some(mut h) = harness() else { return };
-    let buckets = lb_common::service_buckets(lb_control::dataplane::testbed::MAX_SERVICES);
+    let buckets = lb_common::service_buckets(lb_control::node::dataplane::testbed::MAX_SERVICES);
     // Seven ports of the VIP whose keys share one bucket with each other
     // (not with the test bed's own services): four fit, three overflow.
     let taken: Vec<u32> = [

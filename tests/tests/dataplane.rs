@@ -588,7 +588,7 @@ fn upgrade_migrates_flow_table() -> Result<()> {
     if !require_root("upgrade_migrates_flow_table") {
         return Ok(());
     }
-    let legacy = lb_control::dataplane::LEGACY_PROGRAM_PATH;
+    let legacy = lb_control::node::dataplane::LEGACY_PROGRAM_PATH;
     assert!(
         std::path::Path::new(legacy).exists(),
         "legacy XDP object missing at {legacy}; lb-control's build script builds it"

@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use lb_control::{
     api::{Request, Response, call},
     config::Protocol,
-    scaling::{
+    manager::{
         controller::PoolMember,
         events::Event,
         weights::{WEIGHT_SCALE, display_weight},

@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::UdpSocket;
 use tracing::{debug, info, warn};
 
-use super::{Manager, log_events};
+use super::agents::{Manager, log_events};
 
 /// A refusal reason is logged at most once per this period (the others are
 /// counted, and their number is logged with the next one).

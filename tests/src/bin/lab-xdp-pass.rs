@@ -10,7 +10,7 @@ use aya::{
 fn main() -> anyhow::Result<()> {
     let interfaces: Vec<String> = std::env::args().skip(1).collect();
     anyhow::ensure!(!interfaces.is_empty(), "usage: lab-xdp-pass IFACE...");
-    let mut ebpf = EbpfLoader::new().load(lb_control::dataplane::FLOOR_PROGRAM)?;
+    let mut ebpf = EbpfLoader::new().load(lb_control::node::dataplane::FLOOR_PROGRAM)?;
     let program: &mut Xdp = ebpf
         .program_mut("xdp_pass")
         .ok_or_else(|| anyhow::anyhow!("no xdp_pass program in the floor object"))?

@@ -10,6 +10,12 @@
 //!    the release of indexes, which are reused only after a further grace
 //!    period.
 
+pub mod dataplane;
+pub mod desired;
+pub mod listener;
+pub mod nexthop;
+pub mod reconfigure;
+
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
@@ -26,8 +32,10 @@ use tracing::{info, warn};
 
 use crate::{
     config::{Config, ServerConfig, ServerState},
-    dataplane::{DataPlane, DataPlaneError, tables},
-    nexthop::{NextHop, Resolver, parse_mac},
+    node::{
+        dataplane::{DataPlane, DataPlaneError, tables},
+        nexthop::{NextHop, Resolver, parse_mac},
+    },
 };
 
 /// Errors applying a configuration.
@@ -696,7 +704,7 @@ impl Node {
                 *flows.entry((backend, incarnation)).or_default() += 1;
             }
         }
-        let now = crate::dataplane::now_coarse();
+        let now = crate::node::dataplane::now_coarse();
         self.backends
             .values()
             .map(|b| {
@@ -742,7 +750,7 @@ impl Node {
             }
             // What the program reads first: the bucket names the same index,
             // or sends the program on to SERVICES.
-            match crate::dataplane::services::lookup(&self.dp.service_buckets, &rt.key) {
+            match crate::node::dataplane::services::lookup(&self.dp.service_buckets, &rt.key) {
                 Ok(index) if index == rt.index => {}
                 Ok(index) => {
                     return Err(format!(
@@ -870,7 +878,7 @@ impl Node {
             }
         }
         for (key, record, server) in &changed {
-            info!(server = %server, mac = %crate::nexthop::format_mac(&record.dst_mac), "server MAC changed; re-programmed");
+            info!(server = %server, mac = %crate::node::nexthop::format_mac(&record.dst_mac), "server MAC changed; re-programmed");
             self.write_backend(key, *record)?;
             if let Some(h) = self.learned.get_mut(&key.1) {
                 h.dst_mac = record.dst_mac;
@@ -908,7 +916,7 @@ impl Node {
 
     /// Servers (per service) with state and counters, for `lbctl server list`.
     pub fn server_views(&self) -> Vec<ServerView> {
-        let now = crate::dataplane::now_coarse();
+        let now = crate::node::dataplane::now_coarse();
         let mut out = Vec::new();
         for server in &self.config.server {
             let mut row = ServerView {
@@ -932,7 +940,7 @@ impl Node {
                     .map_or(1, |s| s.weight_scale);
                 row.services.push(BackendView {
                     service: name.clone(),
-                    weight: crate::scaling::weights::display_weight(server.weight_in(name), scale),
+                    weight: crate::manager::weights::display_weight(server.weight_in(name), scale),
                     backend: b.index,
                     incarnation: b.record.incarnation,
                     state: match b.record.state {
@@ -943,7 +951,7 @@ impl Node {
                         _ => "unused",
                     }
                     .into(),
-                    mac: crate::nexthop::format_mac(&b.record.dst_mac),
+                    mac: crate::node::nexthop::format_mac(&b.record.dst_mac),
                     ifindex: b.record.ifindex,
                     packets: c.packets,
                     bytes: c.bytes,

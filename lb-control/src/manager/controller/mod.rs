@@ -33,8 +33,12 @@ use super::{
 };
 use crate::{
     config::{Config, ServerState},
-    manager::{Manager, ManagerConfig},
-    nodelink::{NodeAgent, NodeLink, desired_service, remote::RemoteNode, retired_service},
+    manager::{
+        Manager, ManagerConfig,
+        node_client::RemoteNode,
+        node_link::{NodeLink, desired_service, retired_service},
+    },
+    node::reconfigure::Reconfigurer,
 };
 
 use observe::Band;
@@ -123,7 +127,7 @@ impl Controller {
     pub fn new(
         manager: Arc<Manager>,
         config_path: PathBuf,
-        local: Arc<NodeAgent>,
+        local: Arc<Reconfigurer>,
     ) -> Result<Arc<Self>, String> {
         let config = manager.config.clone();
         let dir = config.state_dir.clone();

@@ -12,7 +12,7 @@ use super::{Controller, state_name};
 use crate::{
     config::{Config, ServerConfig, ServerState},
     manager::db::ServerRecord,
-    scaling::{config_file::Edit, events::NewEvent, weights::WEIGHT_SCALE},
+    manager::{config_file::Edit, events::NewEvent, weights::WEIGHT_SCALE},
 };
 
 /// What `lbctl pool` shows.

@@ -9,7 +9,7 @@ use super::{Controller, Ops};
 use crate::{
     config::{Config, ServerConfig, ServerState, ServiceConfig},
     manager::db::Monitor,
-    scaling::{config_file::Edit, events::NewEvent},
+    manager::{config_file::Edit, events::NewEvent},
 };
 
 fn wall_ms() -> u64 {

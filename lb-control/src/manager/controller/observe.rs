@@ -13,7 +13,7 @@ use super::{Controller, Ops};
 use crate::{
     config::{Config, ServerState, ServiceConfig},
     manager::db::Monitor,
-    scaling::{
+    manager::{
         events::NewEvent,
         policy::{Candidate, Member, MemberState, PoolView, judge_health},
     },

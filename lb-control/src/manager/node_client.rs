@@ -1,5 +1,5 @@
-//! Nodes on other hosts: the manager's client and the node's listener, one
-//! mutual-TLS XML stream per manager–node pair.
+//! Nodes on other hosts: the manager's client, one mutual-TLS XML stream
+//! per manager–node pair (the node's end is `node::listener`).
 //!
 //! The manager dials the node and opens its stream with a `manager` header;
 //! the node answers with a `node` header. Each `<reconfigure>` gets one
@@ -7,34 +7,24 @@
 //! answered with an `<error>`. A stream that breaks or times out is
 //! dropped and dialled again on the next request.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use lb_proto::{
-    Ack, Decoder, Encoder, ErrorMessage, Limits, Message, ProtoError, Reconfigure, Role,
-    SequenceGuard, StreamHeader,
+    Ack, Decoder, Encoder, Message, Reconfigure, Role, StreamHeader,
     tls::{self, Pki},
 };
 use tokio::{
-    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
-    net::{TcpListener, TcpStream},
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpStream,
     sync::Mutex,
 };
 use tracing::{info, warn};
 
-use super::{LinkError, NodeAgent};
-use crate::{config::NodeControlConfig, manager::RemoteNodeConfig};
-
-/// Limits for manager–node streams: both ends are authenticated, and a
-/// service of 1000 servers is about 100 KiB of `<server>` elements.
-pub fn node_stream_limits() -> Limits {
-    Limits {
-        max_message_bytes: 4 << 20,
-        ..Limits::default()
-    }
-}
+use super::node_link::LinkError;
+use crate::manager::RemoteNodeConfig;
+use crate::node::listener::{READ_CHUNK, node_stream_limits};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-const READ_CHUNK: usize = 64 * 1024;
 
 type ClientStream = tokio_rustls::client::TlsStream<TcpStream>;
 
@@ -233,129 +223,6 @@ impl RemoteNode {
             }
             let Stream { decoder, buf, .. } = stream;
             decoder.feed(&buf[..n]);
-        }
-    }
-}
-
-/// Starts the node's listener for remote managers (`[node.control]`);
-/// returns the bound address.
-pub async fn serve(
-    agent: Arc<NodeAgent>,
-    config: &NodeControlConfig,
-) -> Result<SocketAddr, LinkError> {
-    let pki = Pki::new(&config.tls_dir);
-    let ca = pki.load_ca_cert()?;
-    let identity = pki.load_identity(&config.name)?;
-    let tls_config = tls::server_config(&ca, &identity)?;
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| LinkError::Connect {
-            node: config.name.clone(),
-            address: config.listen.to_string(),
-            reason: format!("cannot listen: {e}"),
-        })?;
-    let bound = listener.local_addr().map_err(|e| LinkError::Connect {
-        node: config.name.clone(),
-        address: config.listen.to_string(),
-        reason: e.to_string(),
-    })?;
-    info!(addr = %bound, "node listening for managers");
-    let config = config.clone();
-    crate::manager::spawn_accept_loop(listener, move |tcp, peer| {
-        let _ = tcp.set_nodelay(true);
-        let agent = agent.clone();
-        let tls_config = tls_config.clone();
-        let config = config.clone();
-        async move {
-            match tls::accept(tls_config, tcp).await {
-                Ok((stream, id)) => {
-                    if !config.managers.contains(&id.name) {
-                        warn!(%peer, name = %id.name, allowed = ?config.managers, "manager refused: its certificate name is not in node.control.managers");
-                        return;
-                    }
-                    info!(%peer, manager = %id.name, "manager connected");
-                    if let Err(e) = session(&agent, &config.name, stream, &id.name).await {
-                        warn!(%peer, manager = %id.name, error = %e, "manager stream closed");
-                    }
-                }
-                Err(e) => warn!(%peer, error = %e, "manager refused at the TLS handshake"),
-            }
-        }
-    });
-    Ok(bound)
-}
-
-/// One manager stream on the node.
-async fn session<S>(agent: &NodeAgent, name: &str, stream: S, manager: &str) -> Result<(), String>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let (mut read, mut write) = tokio::io::split(stream);
-    let mut encoder = Encoder::with_limits(Vec::new(), 1, node_stream_limits());
-    encoder
-        .start(&StreamHeader::new(Role::Node, name.to_owned()))
-        .map_err(|e| e.to_string())?;
-    write
-        .write_all(&encoder.take())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut decoder = Decoder::with_limits(node_stream_limits());
-    let mut guard = SequenceGuard::new();
-    let mut buf = vec![0u8; READ_CHUNK];
-    loop {
-        let n = read.read(&mut buf).await.map_err(|e| e.to_string())?;
-        if n == 0 {
-            return Ok(());
-        }
-        decoder.feed(&buf[..n]);
-        loop {
-            let message = match decoder.next() {
-                Ok(Some(m)) => m,
-                Ok(None) => break,
-                Err(ProtoError::Closed) => return Ok(()),
-                Err(e) => {
-                    let mut reply = ErrorMessage::from_error(&e).into();
-                    let _ = encoder.encode(&mut reply);
-                    let _ = write.write_all(&encoder.take()).await;
-                    if e.is_fatal() {
-                        return Err(e.to_string());
-                    }
-                    continue;
-                }
-            };
-            if let Some(h) = decoder.header()
-                && (h.role != Role::Manager || h.host != manager)
-            {
-                return Err(format!(
-                    "stream header says {} `{}` on the connection of manager `{manager}`",
-                    h.role, h.host
-                ));
-            }
-            if let Err(stale) = guard.check(message.seq()) {
-                warn!(manager, error = %stale, "replayed or stale message ignored");
-                continue;
-            }
-            let mut reply: Message = match message {
-                Message::Reconfigure(r) => agent.reconfigure(&r).await.into(),
-                Message::StatusRequest(r) => lb_proto::NodeStatus {
-                    seq: 0,
-                    id: r.id,
-                    backends: agent.status(r.count_flows).await,
-                }
-                .into(),
-                other => ErrorMessage {
-                    seq: 0,
-                    code: "unexpected".into(),
-                    rejected_seq: Some(other.seq()),
-                    text: format!("`{}` is not for a node", other.name()),
-                }
-                .into(),
-            };
-            encoder.encode(&mut reply).map_err(|e| e.to_string())?;
-            write
-                .write_all(&encoder.take())
-                .await
-                .map_err(|e| e.to_string())?;
         }
     }
 }

@@ -53,10 +53,10 @@ impl NodeState {
         let mut config = config;
         for (name, applied) in &self.services {
             if applied.service.retired {
-                config = super::remove_service(&config, name);
+                config = super::desired::remove_service(&config, name);
                 continue;
             }
-            match super::merge_service(&config, &applied.service) {
+            match super::desired::merge_service(&config, &applied.service) {
                 Ok(c) => config = c,
                 Err(e) => warn!(service = %name, error = %e, "recorded desired state skipped"),
             }
@@ -106,7 +106,7 @@ pub fn state_path(dir: &Path) -> PathBuf {
 }
 
 /// Applies reconfigurations to the node in this process.
-pub struct NodeAgent {
+pub struct Reconfigurer {
     name: String,
     node: Arc<Mutex<Node>>,
     state: Mutex<NodeState>,
@@ -114,7 +114,7 @@ pub struct NodeAgent {
     persist: Option<PathBuf>,
 }
 
-impl NodeAgent {
+impl Reconfigurer {
     pub fn new(
         name: String,
         node: Arc<Mutex<Node>>,
@@ -176,9 +176,9 @@ impl NodeAgent {
             Verdict::Reack => return node.verify(),
         }
         let merged = if service.retired {
-            super::remove_service(&node.config, &service.name)
+            super::desired::remove_service(&node.config, &service.name)
         } else {
-            super::merge_service(&node.config, service)?
+            super::desired::merge_service(&node.config, service)?
         };
         let report = node.apply(merged).await.map_err(|e| e.to_string())?;
         let unresolved: Vec<&String> = report
@@ -276,7 +276,7 @@ mod tests {
             "db".into(),
             Applied {
                 generation: 9,
-                service: crate::nodelink::retired_service("db"),
+                service: crate::manager::node_link::retired_service("db"),
             },
         );
         assert_eq!(loaded.manager_generation(), Some(3));

@@ -8,7 +8,7 @@ use super::{Controller, Ops, ServiceWeightMap};
 use crate::{
     config::{Config, ServerState, ServiceConfig},
     manager::db::{Monitor, ServerDb},
-    scaling::{
+    manager::{
         events::NewEvent,
         weights::{MemberInput, ServiceWeights, WEIGHT_SCALE, WeightSettings, display_weight},
     },

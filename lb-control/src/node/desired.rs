@@ -1,96 +1,11 @@
-//! Reconfiguring balancer nodes.
-//!
-//! The manager sends every node the full desired state of one service in a
-//! `<reconfigure>` with a generation number; the node makes its maps match
-//! (inactive table slot, flip), reads them back and answers with an `<ack>`
-//! of that generation. The node in the manager's own process is reached
-//! through the same [`NodeAgent`] entry point a remote node's listener
-//! calls, so both apply, verify and answer in exactly the same way.
+//! The node's desired state of one service from a `<reconfigure>`: the
+//! wire service merged into the node's configuration.
 
-pub mod agent;
-pub mod remote;
+use std::collections::BTreeMap;
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
-
-use lb_proto::{
-    Ack, Protocol as WireProtocol, Reconfigure, Server, ServerState as WireState, Service,
-};
-
-pub use agent::NodeAgent;
+use lb_proto::{Protocol as WireProtocol, ServerState as WireState, Service};
 
 use crate::config::{Config, Protocol, ServerState};
-
-/// A way to reach one balancer node.
-#[derive(Clone)]
-pub enum NodeLink {
-    /// The node in this process.
-    Local(Arc<NodeAgent>),
-    /// A node on another host, over mutual TLS.
-    Remote(Arc<remote::RemoteNode>),
-}
-
-/// Why a node could not be asked (as opposed to a failed ack).
-#[derive(Debug, thiserror::Error)]
-pub enum LinkError {
-    #[error("cannot connect to node `{node}` at {address}: {reason}")]
-    Connect {
-        node: String,
-        address: String,
-        reason: String,
-    },
-    #[error("node `{node}`: {reason}")]
-    Stream { node: String, reason: String },
-    #[error("node `{node}` did not answer within {waited:?}")]
-    Timeout { node: String, waited: Duration },
-    #[error("tls: {0}")]
-    Tls(#[from] lb_proto::tls::TlsError),
-}
-
-impl NodeLink {
-    /// The node's name (`local` for the node in this process).
-    pub fn name(&self) -> &str {
-        match self {
-            Self::Local(a) => a.name(),
-            Self::Remote(r) => r.name(),
-        }
-    }
-
-    /// Asks the node for its backends' status.
-    pub async fn status(
-        &self,
-        count_flows: bool,
-        timeout: Duration,
-    ) -> Result<Vec<lb_proto::BackendStatus>, LinkError> {
-        match self {
-            Self::Local(a) => Ok(a.status(count_flows).await),
-            Self::Remote(r) => r.status(count_flows, timeout).await,
-        }
-    }
-
-    /// Sends `message` and waits for the node's ack of its generation.
-    pub async fn reconfigure(
-        &self,
-        message: Reconfigure,
-        timeout: Duration,
-    ) -> Result<Ack, LinkError> {
-        match self {
-            Self::Local(a) => Ok(a.reconfigure(&message).await),
-            Self::Remote(r) => r.reconfigure(message, timeout).await,
-        }
-    }
-}
-
-/// Server states as the wire names them (`free` servers are not sent).
-pub fn wire_state(state: ServerState) -> Option<WireState> {
-    match state {
-        ServerState::Allocated => Some(WireState::Allocated),
-        // A failed server is out of the table with its flows kept: on the
-        // node that is draining.
-        ServerState::Draining | ServerState::Failed => Some(WireState::Draining),
-        ServerState::Down => Some(WireState::Down),
-        ServerState::Free => None,
-    }
-}
 
 fn config_state(state: WireState) -> ServerState {
     match state {
@@ -100,71 +15,10 @@ fn config_state(state: WireState) -> ServerState {
     }
 }
 
-pub(crate) fn wire_protocol(p: Protocol) -> WireProtocol {
-    match p {
-        Protocol::Tcp => WireProtocol::Tcp,
-        Protocol::Udp => WireProtocol::Udp,
-    }
-}
-
 fn config_protocol(p: WireProtocol) -> Protocol {
     match p {
         WireProtocol::Tcp => Protocol::Tcp,
         WireProtocol::Udp => Protocol::Udp,
-    }
-}
-
-/// The desired state of service `name` in `config`: every server that is
-/// not free, with the weight in force the manager computed for it
-/// (`weights`, by server name, in hundredths of the file's weights; a
-/// server without one gets its file weight in hundredths). `None` if there
-/// is no such service.
-pub fn desired_service(
-    config: &Config,
-    name: &str,
-    weights: &BTreeMap<String, u32>,
-) -> Option<Service> {
-    let scale = crate::scaling::weights::WEIGHT_SCALE;
-    let svc = config.service.iter().find(|s| s.name.get_ref() == name)?;
-    let servers = config
-        .members(name)
-        .filter_map(|s| {
-            let server = s.name.get_ref();
-            Some(Server {
-                name: server.clone(),
-                address: s.address,
-                weight: weights
-                    .get(server)
-                    .copied()
-                    .unwrap_or_else(|| s.weight_in(name).saturating_mul(scale)),
-                state: wire_state(s.state_in(name))?,
-                mac: s.mac.as_deref().and_then(|m| m.parse().ok()),
-            })
-        })
-        .collect();
-    Some(Service {
-        name: name.to_owned(),
-        vip: svc.vip,
-        port: svc.port,
-        protocol: wire_protocol(svc.protocol),
-        table_size: svc.table_size,
-        servers,
-        retired: false,
-        weight_scale: scale,
-    })
-}
-
-/// The reconfiguration that removes service `name` from a node.
-pub fn retired_service(name: &str) -> Service {
-    Service {
-        name: name.to_owned(),
-        vip: std::net::IpAddr::from([0, 0, 0, 0]),
-        port: 1,
-        protocol: WireProtocol::Tcp,
-        table_size: 1,
-        servers: Vec::new(),
-        retired: true,
-        weight_scale: 1,
     }
 }
 
@@ -252,6 +106,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
+    use crate::manager::node_link::desired_service;
 
     const MANAGER: &str = r#"
 [node]

@@ -8,7 +8,7 @@ use lb_proto::{ConnectionSettings, Message, SettingsKind};
 use super::{Controller, Ops, state_name};
 use crate::{
     config::{ServerConfig, ServerState},
-    scaling::{config_file::Edit, events::NewEvent, failpoint},
+    manager::{config_file::Edit, events::NewEvent, failpoint},
 };
 
 impl Controller {

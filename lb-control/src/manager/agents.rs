@@ -1,0 +1,621 @@
+//! The manager role: agents stream hello and reports to it over mutual TLS;
+//! it keeps the server database and asks agents for their settings.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use lb_proto::{
+    Decoder, Encoder, ErrorMessage, Message, ProtoError, Role, SequenceGuard, SettingsKind,
+    SettingsRequest, StreamHeader,
+    tls::{self, Pki},
+};
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
+    net::{TcpListener, TcpStream},
+    sync::{Mutex, mpsc, oneshot},
+};
+use tracing::{info, warn};
+
+use super::db::{DbEvent, MonitorView, ServerDb};
+
+/// `[manager]` in the config file.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManagerConfig {
+    /// Address agents connect to, e.g. `0.0.0.0:7443`.
+    pub listen: SocketAddr,
+    /// The manager's name: its certificate's name, and the host of its
+    /// stream header.
+    pub name: String,
+    /// PKI directory (`lbctl certs init/issue`): `ca.pem`, `<name>.pem`,
+    /// `<name>.key`.
+    #[serde(default)]
+    pub tls_dir: Option<PathBuf>,
+    /// Plain TCP without authentication. Only for labs; said loudly.
+    #[serde(default)]
+    pub insecure_plaintext: bool,
+    /// The agents' report interval, in milliseconds.
+    #[serde(default = "default_interval")]
+    pub report_interval_ms: u64,
+    /// Intervals without a report before a server is unmonitored.
+    #[serde(default = "default_silent_intervals")]
+    pub unmonitored_after_intervals: u32,
+    /// `[manager.discovery]`: receive agents' signed announcements on the
+    /// segment; absent: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<super::discovery::DiscoveryConfig>,
+    /// Balancer nodes on other hosts (`[[manager.node]]`), reconfigured over
+    /// mutual TLS like the node in this process.
+    #[serde(default, rename = "node", skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<RemoteNodeConfig>,
+    /// Directory for the manager's own state: the generation counter and
+    /// the published weights.
+    #[serde(default = "default_manager_state_dir")]
+    pub state_dir: PathBuf,
+    /// How long to wait for each node's ack of a reconfiguration, in
+    /// milliseconds.
+    #[serde(default = "default_ack_timeout")]
+    pub ack_timeout_ms: u64,
+    /// Resends of a reconfiguration to a node that did not ack before the
+    /// change is rolled back.
+    #[serde(default = "default_ack_retries")]
+    pub ack_retries: u32,
+    /// The agents' longest reconnect delay, in milliseconds (their backoff
+    /// cap plus jitter): after a manager start, no server is judged failed
+    /// before 3 report intervals plus this have passed.
+    #[serde(default = "default_agent_backoff")]
+    pub agent_backoff_ms: u64,
+}
+
+/// `[[manager.node]]`: a balancer node on another host.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteNodeConfig {
+    /// The node's certificate name (`[node.control] name` on that node).
+    pub name: String,
+    /// `host:port` of its `[node.control] listen`.
+    pub address: String,
+}
+
+fn default_manager_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/xdplb/manager")
+}
+fn default_ack_timeout() -> u64 {
+    5000
+}
+fn default_ack_retries() -> u32 {
+    2
+}
+fn default_agent_backoff() -> u64 {
+    12_500
+}
+
+fn default_interval() -> u64 {
+    1000
+}
+fn default_silent_intervals() -> u32 {
+    3
+}
+
+impl ManagerConfig {
+    /// A manager named `name` on `listen` with every other key at its
+    /// default (no TLS directory yet: set `tls_dir` or
+    /// `insecure_plaintext`).
+    pub fn new(listen: SocketAddr, name: &str) -> Self {
+        Self {
+            listen,
+            name: name.to_owned(),
+            tls_dir: None,
+            insecure_plaintext: false,
+            report_interval_ms: default_interval(),
+            unmonitored_after_intervals: default_silent_intervals(),
+            discovery: None,
+            nodes: Vec::new(),
+            state_dir: default_manager_state_dir(),
+            ack_timeout_ms: default_ack_timeout(),
+            ack_retries: default_ack_retries(),
+            agent_backoff_ms: default_agent_backoff(),
+        }
+    }
+
+    /// Checks what serde cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.tls_dir.is_none() && !self.insecure_plaintext {
+            return Err(
+                "manager.tls_dir is missing: create a CA with `lbctl certs init --dir DIR` and the manager's certificate with `lbctl certs issue --dir DIR --host NAME --role server`, or write manager.insecure_plaintext = true for a lab"
+                    .into(),
+            );
+        }
+        if self.report_interval_ms == 0 || self.unmonitored_after_intervals == 0 {
+            return Err(
+                "manager.report_interval_ms and unmonitored_after_intervals must be > 0".into(),
+            );
+        }
+        if let Some(d) = &self.discovery {
+            d.validate(self.tls_dir.is_some())?;
+        }
+        if !self.nodes.is_empty() && self.tls_dir.is_none() {
+            return Err(
+                "manager.node entries need manager.tls_dir: remote nodes are only reconfigured over mutual TLS"
+                    .into(),
+            );
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for n in &self.nodes {
+            if !names.insert(&n.name) {
+                return Err(format!("manager.node `{}` is listed twice", n.name));
+            }
+        }
+        if self.ack_timeout_ms == 0 {
+            return Err("manager.ack_timeout_ms must be > 0".into());
+        }
+        Ok(())
+    }
+
+    pub fn report_interval(&self) -> Duration {
+        Duration::from_millis(self.report_interval_ms)
+    }
+
+    pub fn silence(&self) -> Duration {
+        Duration::from_millis(self.report_interval_ms * self.unmonitored_after_intervals as u64)
+    }
+}
+
+/// Errors starting the manager or asking an agent.
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    #[error("tls: {0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("server `{0}` has no agent stream")]
+    NotConnected(String),
+    #[error("server `{host}` did not answer the {kind:?} settings request within {waited:?}")]
+    Timeout {
+        host: String,
+        kind: SettingsKind,
+        waited: Duration,
+    },
+    #[error(
+        "server `{host}` answered with a certificate fingerprint {claimed} but its stream presents {presented}"
+    )]
+    FingerprintMismatch {
+        host: String,
+        claimed: String,
+        presented: String,
+    },
+    /// `[manager.discovery]` cannot start.
+    #[error(transparent)]
+    Discovery(#[from] super::discovery::DiscoveryError),
+}
+
+/// Counters of the manager (and, later, metrics).
+#[derive(Debug, Default, Serialize, Deserialize, Clone)]
+pub struct ManagerStats {
+    pub streams_accepted: u64,
+    pub handshakes_refused: u64,
+    pub messages_rejected: u64,
+    pub reports_accepted: u64,
+    pub reports_stale: u64,
+    /// Discovery announcements verified and recorded.
+    #[serde(default)]
+    pub announcements_accepted: u64,
+    /// Discovery datagrams refused, by reason (`malformed`, `stale`,
+    /// `bad-signature`, ...: `lb_proto::announce::Rejected::REASONS`).
+    #[serde(default)]
+    pub announcements_rejected: BTreeMap<String, u64>,
+}
+
+/// The manager: server database, live agent sessions, pending requests.
+pub struct Manager {
+    pub config: ManagerConfig,
+    pub db: Mutex<ServerDb>,
+    sessions: Mutex<HashMap<String, mpsc::Sender<Message>>>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<Message>>>,
+    next_id: AtomicU64,
+    streams_accepted: AtomicU64,
+    handshakes_refused: AtomicU64,
+    messages_rejected: AtomicU64,
+    reports_accepted: AtomicU64,
+    reports_stale: AtomicU64,
+    started: Instant,
+    pub(super) discovery: super::discovery::DiscoveryState,
+}
+
+/// Bytes read from a stream at a time.
+const READ_CHUNK: usize = 16 * 1024;
+
+impl Manager {
+    pub fn new(config: ManagerConfig) -> Arc<Self> {
+        Arc::new(Self {
+            config,
+            db: Mutex::new(ServerDb::new()),
+            sessions: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            streams_accepted: AtomicU64::new(0),
+            handshakes_refused: AtomicU64::new(0),
+            messages_rejected: AtomicU64::new(0),
+            reports_accepted: AtomicU64::new(0),
+            reports_stale: AtomicU64::new(0),
+            started: Instant::now(),
+            discovery: super::discovery::DiscoveryState::default(),
+        })
+    }
+
+    pub fn stats(&self) -> ManagerStats {
+        ManagerStats {
+            streams_accepted: self.streams_accepted.load(Ordering::Relaxed),
+            handshakes_refused: self.handshakes_refused.load(Ordering::Relaxed),
+            messages_rejected: self.messages_rejected.load(Ordering::Relaxed),
+            reports_accepted: self.reports_accepted.load(Ordering::Relaxed),
+            reports_stale: self.reports_stale.load(Ordering::Relaxed),
+            announcements_accepted: self.discovery.accepted(),
+            announcements_rejected: self.discovery.rejected(),
+        }
+    }
+
+    /// Every known server as the manager sees it.
+    pub async fn views(&self) -> Vec<MonitorView> {
+        let now = Instant::now();
+        self.db.lock().await.iter().map(|r| r.view(now)).collect()
+    }
+
+    /// Binds the listener, then serves agents and sweeps for silent servers
+    /// in background tasks. Returns the bound address.
+    pub async fn start(self: Arc<Self>) -> Result<SocketAddr, ManagerError> {
+        let tls = match (&self.config.tls_dir, self.config.insecure_plaintext) {
+            (Some(dir), _) => {
+                let pki = Pki::new(dir);
+                let ca = pki.load_ca_cert()?;
+                let identity = pki.load_identity(&self.config.name)?;
+                Some(tls::server_config(&ca, &identity)?)
+            }
+            (None, true) => {
+                warn!(
+                    "manager.insecure_plaintext = true: agent streams are NOT authenticated or encrypted"
+                );
+                None
+            }
+            (None, false) => None,
+        };
+        let addr = self.config.listen;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ManagerError::Listen { addr, source })?;
+        let bound = listener
+            .local_addr()
+            .map_err(|source| ManagerError::Listen { addr, source })?;
+        info!(addr = %bound, tls = tls.is_some(), "manager listening for agents");
+        if let Some(discovery) = &self.config.discovery {
+            self.start_discovery(discovery).await?;
+        }
+        let sweeper = self.clone();
+        tokio::spawn(async move { sweeper.sweep_loop().await });
+        crate::net::spawn_accept_loop(listener, move |tcp, peer| {
+            let me = self.clone();
+            let tls = tls.clone();
+            async move { me.connection(tcp, peer, tls).await }
+        });
+        Ok(bound)
+    }
+
+    async fn sweep_loop(self: Arc<Self>) {
+        let period = Duration::from_millis((self.config.report_interval_ms / 2).max(50));
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tick.tick().await;
+            let events = self
+                .db
+                .lock()
+                .await
+                .sweep(Instant::now(), self.config.silence());
+            log_events(&events);
+        }
+    }
+
+    async fn connection(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) {
+        let _ = tcp.set_nodelay(true);
+        match tls {
+            Some(config) => match tls::accept(config, tcp).await {
+                Ok((stream, identity)) => {
+                    self.session(stream, peer, Some(identity)).await;
+                }
+                Err(e) => {
+                    self.handshakes_refused.fetch_add(1, Ordering::Relaxed);
+                    warn!(%peer, error = %e, "agent refused at the TLS handshake");
+                }
+            },
+            None => self.session(tcp, peer, None).await,
+        }
+    }
+
+    /// One agent stream: header, then messages until the end or an error.
+    async fn session<S>(
+        self: Arc<Self>,
+        stream: S,
+        peer: SocketAddr,
+        identity: Option<tls::PeerIdentity>,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        self.streams_accepted.fetch_add(1, Ordering::Relaxed);
+        let (mut read, mut write) = tokio::io::split(stream);
+        let (tx, mut rx) = mpsc::channel::<Message>(64);
+        let name = self.config.name.clone();
+        let writer = tokio::spawn(async move {
+            let mut enc = Encoder::new(Vec::new(), 1);
+            if enc.start(&StreamHeader::new(Role::Manager, name)).is_err() {
+                return;
+            }
+            if write.write_all(&enc.take()).await.is_err() {
+                return;
+            }
+            while let Some(mut m) = rx.recv().await {
+                if enc.encode(&mut m).is_err() {
+                    continue;
+                }
+                if write.write_all(&enc.take()).await.is_err() {
+                    return;
+                }
+            }
+            let _ = enc.finish();
+            let _ = write.write_all(&enc.take()).await;
+            let _ = write.shutdown().await;
+        });
+
+        let fingerprint = identity
+            .as_ref()
+            .map(|i| i.fingerprint_sha256.clone())
+            .unwrap_or_default();
+        let mut decoder = Decoder::new();
+        let mut guard = SequenceGuard::new();
+        let mut host: Option<String> = None;
+        let mut buf = vec![0u8; READ_CHUNK];
+        let outcome: Result<(), String> = 'stream: loop {
+            let n = match read.read(&mut buf).await {
+                Ok(0) => break 'stream Ok(()),
+                Ok(n) => n,
+                Err(e) => break 'stream Err(format!("read: {e}")),
+            };
+            decoder.feed(&buf[..n]);
+            loop {
+                let message = match decoder.next() {
+                    Ok(Some(m)) => m,
+                    Ok(None) => break,
+                    Err(ProtoError::Closed) => break 'stream Ok(()),
+                    Err(e) => {
+                        self.messages_rejected.fetch_add(1, Ordering::Relaxed);
+                        warn!(%peer, host = host.as_deref().unwrap_or("-"), error = %e, "message rejected");
+                        let _ = tx.send(ErrorMessage::from_error(&e).into()).await;
+                        if e.is_fatal() {
+                            break 'stream Err(e.to_string());
+                        }
+                        continue;
+                    }
+                };
+                if host.is_none() {
+                    // The stream header names the sender; it must be an
+                    // agent whose certificate carries that name.
+                    let Some(header) = decoder.header().cloned() else {
+                        break 'stream Err("message before the stream header".into());
+                    };
+                    if header.role != Role::Agent {
+                        break 'stream Err(format!("role {} is not an agent", header.role));
+                    }
+                    if let Some(id) = &identity
+                        && let Err(e) = tls::check_peer_name(id, &header.host)
+                    {
+                        self.messages_rejected.fetch_add(1, Ordering::Relaxed);
+                        let _ = tx.send(reject("name-mismatch", &e.to_string())).await;
+                        break 'stream Err(e.to_string());
+                    }
+                    host = Some(header.host.clone());
+                    self.sessions
+                        .lock()
+                        .await
+                        .insert(header.host.clone(), tx.clone());
+                }
+                let Some(h) = host.as_deref() else { continue };
+                if let Err(stale) = guard.check(message.seq()) {
+                    self.messages_rejected.fetch_add(1, Ordering::Relaxed);
+                    warn!(host = %h, error = %stale, "replayed or stale message ignored");
+                    continue;
+                }
+                self.handle(h, peer, &fingerprint, message, &tx).await;
+            }
+        };
+        if let Some(h) = &host {
+            let mut sessions = self.sessions.lock().await;
+            if sessions.get(h).is_some_and(|s| s.same_channel(&tx)) {
+                sessions.remove(h);
+            }
+            drop(sessions);
+            let events = self.db.lock().await.disconnected(h);
+            log_events(&events);
+        }
+        if let Err(e) = outcome {
+            warn!(%peer, host = host.as_deref().unwrap_or("-"), error = %e, "agent stream closed");
+        }
+        drop(tx);
+        let _ = writer.await;
+    }
+
+    async fn handle(
+        &self,
+        host: &str,
+        peer: SocketAddr,
+        fingerprint: &str,
+        message: Message,
+        tx: &mpsc::Sender<Message>,
+    ) {
+        match message {
+            Message::Hello(hello) => {
+                if hello.host != host {
+                    self.messages_rejected.fetch_add(1, Ordering::Relaxed);
+                    let _ = tx
+                        .send(reject(
+                            "name-mismatch",
+                            &format!("hello from `{}` on the stream of `{host}`", hello.host),
+                        ))
+                        .await;
+                    return;
+                }
+                let events =
+                    self.db
+                        .lock()
+                        .await
+                        .hello(hello, Some(peer), fingerprint, Instant::now());
+                log_events(&events);
+            }
+            Message::Report(report) => {
+                if report.host != host {
+                    self.messages_rejected.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                match self.db.lock().await.report(report, Instant::now()) {
+                    Ok(events) => {
+                        self.reports_accepted.fetch_add(1, Ordering::Relaxed);
+                        log_events(&events);
+                    }
+                    Err(e) => {
+                        self.reports_stale.fetch_add(1, Ordering::Relaxed);
+                        warn!(host, error = %e, "report ignored");
+                    }
+                }
+            }
+            Message::ConnectionSettings(ref s) => self.answer(s.id, message.clone()).await,
+            Message::AuthSettings(ref s) => self.answer(s.id, message.clone()).await,
+            Message::Error(e) => {
+                warn!(host, code = %e.code, text = %e.text, "agent reported an error")
+            }
+            other => {
+                self.messages_rejected.fetch_add(1, Ordering::Relaxed);
+                let _ = tx
+                    .send(reject(
+                        "unexpected",
+                        &format!("`{}` is not for the manager", other.name()),
+                    ))
+                    .await;
+            }
+        }
+    }
+
+    async fn answer(&self, id: u64, message: Message) {
+        if let Some(waiter) = self.pending.lock().await.remove(&id) {
+            let _ = waiter.send(message);
+        }
+    }
+
+    /// Asks `host`'s agent for settings and waits for the answer. For auth
+    /// settings, the fingerprint the agent claims must be the one its
+    /// stream presented (so it can be pinned).
+    pub async fn request_settings(
+        &self,
+        host: &str,
+        kind: SettingsKind,
+        application: Option<String>,
+        timeout: Duration,
+    ) -> Result<Message, ManagerError> {
+        let Some(tx) = self.sessions.lock().await.get(host).cloned() else {
+            return Err(ManagerError::NotConnected(host.into()));
+        };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (done, wait) = oneshot::channel();
+        self.pending.lock().await.insert(id, done);
+        let request = SettingsRequest {
+            seq: 0,
+            id,
+            kind,
+            application,
+        };
+        if tx.send(request.into()).await.is_err() {
+            self.pending.lock().await.remove(&id);
+            return Err(ManagerError::NotConnected(host.into()));
+        }
+        let answer = match tokio::time::timeout(timeout, wait).await {
+            Ok(Ok(m)) => m,
+            _ => {
+                self.pending.lock().await.remove(&id);
+                return Err(ManagerError::Timeout {
+                    host: host.into(),
+                    kind,
+                    waited: timeout,
+                });
+            }
+        };
+        if let Message::AuthSettings(a) = &answer {
+            let presented = self
+                .db
+                .lock()
+                .await
+                .get(host)
+                .map(|r| r.fingerprint.clone())
+                .unwrap_or_default();
+            let claimed = a.server_fingerprint.to_string();
+            if !presented.is_empty() && !claimed.eq_ignore_ascii_case(&presented) {
+                return Err(ManagerError::FingerprintMismatch {
+                    host: host.into(),
+                    claimed,
+                    presented,
+                });
+            }
+        }
+        Ok(answer)
+    }
+
+    /// Time since the manager started (failure verdicts wait for a grace
+    /// period after a start).
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+}
+
+fn reject(code: &str, text: &str) -> Message {
+    ErrorMessage {
+        seq: 0,
+        code: code.into(),
+        text: text.into(),
+        rejected_seq: None,
+    }
+    .into()
+}
+
+pub(super) fn log_events(events: &[DbEvent]) {
+    for e in events {
+        match e {
+            DbEvent::Connected { host } => info!(server = %host, "agent connected"),
+            DbEvent::Disconnected { host } => {
+                info!(server = %host, "agent disconnected; the server keeps serving")
+            }
+            DbEvent::Announced { host } => info!(server = %host, "spare server announced"),
+            DbEvent::Discovered { host } => info!(
+                server = %host,
+                "server discovered by its announcement; waiting for its agent stream"
+            ),
+            DbEvent::Unmonitored { host, silent_for } => info!(
+                server = %host,
+                silent_ms = silent_for.as_millis() as u64,
+                "server unmonitored: no report; it keeps serving and is left out of decisions"
+            ),
+            DbEvent::Monitored { host } => info!(server = %host, "server monitored again"),
+        }
+    }
+}
