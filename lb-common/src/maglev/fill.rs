@@ -399,23 +399,18 @@ impl<'s> Fill<'s> {
                 if checked < BATCH {
                     wins &= (1 << checked) - 1;
                 }
-                // Take the winning slots in list order, as long as wanted;
-                // `taken` ends one past the last position used.
-                let mut taken = 0;
-                while wins != 0 && left > 0 {
-                    let i = wins.trailing_zeros() as usize;
-                    wins &= wins - 1;
-                    let slot = slots[i] as usize;
-                    let owner = (cells[slot] & 0xffff) as usize;
-                    // Displace the owner; it is pending at most once.
-                    if want[owner] == 0 {
-                        pending.push_back(owner as u32);
-                    }
-                    want[owner] += 1;
-                    cells[slot] = u64::from(scores[base + i]) << 32 | tag;
-                    left -= 1;
-                    taken = i + 1;
-                }
+                let taken = take_wins(
+                    wins,
+                    &mut left,
+                    Turn {
+                        slots: &slots,
+                        scores: &scores[base..],
+                        tag,
+                    },
+                    cells,
+                    want,
+                    &mut pending,
+                );
                 if left > 0 {
                     x = x_after;
                     j += checked as u32;
@@ -438,6 +433,44 @@ impl<'s> Fill<'s> {
             *out = ranked[(cell & 0xffff) as usize];
         }
     }
+}
+
+/// What one batch of a member's turn found: the slots of its list
+/// positions, their scores, and the member's tag in a cell.
+struct Turn<'a> {
+    slots: &'a [u32; BATCH],
+    scores: &'a [u32],
+    tag: u64,
+}
+
+/// Takes the winning slots (`wins`, one bit per position of the batch) in
+/// list order, as long as `left` wants more, displacing their owners onto
+/// `pending`; returns one past the last position used.
+#[inline(always)]
+fn take_wins(
+    mut wins: u64,
+    left: &mut u32,
+    turn: Turn<'_>,
+    cells: &mut [u64],
+    want: &mut [u32],
+    pending: &mut VecDeque<u32>,
+) -> usize {
+    let mut taken = 0;
+    while wins != 0 && *left > 0 {
+        let i = wins.trailing_zeros() as usize;
+        wins &= wins - 1;
+        let slot = turn.slots[i] as usize;
+        let owner = (cells[slot] & 0xffff) as usize;
+        // Displace the owner; it is pending at most once.
+        if want[owner] == 0 {
+            pending.push_back(owner as u32);
+        }
+        want[owner] += 1;
+        cells[slot] = u64::from(turn.scores[i]) << 32 | turn.tag;
+        *left -= 1;
+        taken = i + 1;
+    }
+    taken
 }
 
 /// Greatest common divisor (`gcd(0, b) = b`).
