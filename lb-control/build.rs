@@ -3,6 +3,11 @@
 //!
 //! `cargo xtask build-ebpf` installs what this needs (rust-src, bpf-linker)
 //! on a fresh machine.
+//!
+//! With the `test-support` feature it also builds the object with the first
+//! release's flow-entry layout (`legacy-flow-entry` of lb-ebpf) and points
+//! `LB_EBPF_LEGACY_OBJECT` at it, for the upgrade test; production builds
+//! build the XDP object once.
 
 use std::{env, path::PathBuf, process::Command};
 
@@ -21,17 +26,18 @@ fn main() {
         root.join("lb-common/src").display()
     );
     println!("cargo:rerun-if-env-changed=LB_EBPF_PREBUILT");
+    // Cargo sets this for build scripts when the feature is on.
+    let test_support = env::var_os("CARGO_FEATURE_TEST_SUPPORT").is_some();
+    let legacy_dir = root.join("target/bpf-legacy");
 
     let dir = if let Ok(prebuilt) = env::var("LB_EBPF_PREBUILT") {
         PathBuf::from(prebuilt)
     } else {
         build(&ebpf_dir, &target_dir, &[]);
-        // The first release's flow-entry layout, for the upgrade test.
-        build(
-            &ebpf_dir,
-            &root.join("target/bpf-legacy"),
-            &["--features", "legacy-flow-entry"],
-        );
+        if test_support {
+            // The first release's flow-entry layout, for the upgrade test.
+            build(&ebpf_dir, &legacy_dir, &["--features", "legacy-flow-entry"]);
+        }
         target_dir.join("bpfel-unknown-none/release")
     };
     println!(
@@ -42,8 +48,10 @@ fn main() {
         "cargo:rustc-env=LB_EBPF_FLOOR_OBJECT={}",
         dir.join("xdp-floor").display()
     );
-    let legacy = root.join("target/bpf-legacy/bpfel-unknown-none/release/lb-ebpf");
-    println!("cargo:rustc-env=LB_EBPF_LEGACY_OBJECT={}", legacy.display());
+    if test_support {
+        let legacy = legacy_dir.join("bpfel-unknown-none/release/lb-ebpf");
+        println!("cargo:rustc-env=LB_EBPF_LEGACY_OBJECT={}", legacy.display());
+    }
 }
 
 fn build(ebpf_dir: &std::path::Path, target_dir: &std::path::Path, extra: &[&str]) {

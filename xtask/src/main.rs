@@ -223,11 +223,29 @@ fn build_ebpf() -> Result<()> {
     Ok(())
 }
 
+/// lb-control's features for tests: the crash tests stop the binary at
+/// failpoints, the program and upgrade tests use the test support. Both
+/// cargo runs name them, so the test run does not rebuild the binary the
+/// build made (without them).
+const TEST_FEATURES: &str = "lb-control/failpoints,lb-control/test-support";
+
 fn test(extra: &[String]) -> Result<()> {
     build_ebpf()?;
     // Every binary the end-to-end tests start (lb-control, lbctl, lab tools).
-    cargo(&["build", "--workspace", "--bins"])?;
-    let mut args: Vec<&str> = vec!["test", "--workspace", "--no-fail-fast"];
+    cargo(&[
+        "build",
+        "--workspace",
+        "--bins",
+        "--features",
+        TEST_FEATURES,
+    ])?;
+    let mut args: Vec<&str> = vec![
+        "test",
+        "--workspace",
+        "--no-fail-fast",
+        "--features",
+        TEST_FEATURES,
+    ];
     if !extra.is_empty() {
         args.push("--");
         args.extend(extra.iter().map(String::as_str));

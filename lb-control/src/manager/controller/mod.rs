@@ -407,7 +407,7 @@ impl Controller {
         edits: &[Edit],
     ) -> Result<u64, String> {
         let base: Snapshot = self.file.read().map_err(|e| e.to_string())?;
-        failpoint::hit(&format!("{action}.file"));
+        failpoint::hit_at(action, "file");
         let updated = self.file.update(&base, edits).map_err(|e| e.to_string())?;
         if updated.rebased {
             self.events.record(NewEvent::new(
@@ -424,9 +424,9 @@ impl Controller {
             "recorded",
             format!("{}: {}", self.file.path().display(), described.join(", ")),
         ));
-        failpoint::hit(&format!("{action}.generation"));
+        failpoint::hit_at(action, "generation");
         let generation = ops.generations.take_next()?;
-        failpoint::hit(&format!("{action}.nodes"));
+        failpoint::hit_at(action, "nodes");
         let sent = Instant::now();
         let weights = self.weights_for(ops, &updated.snapshot.config, services, sent);
         match self
@@ -453,7 +453,7 @@ impl Controller {
                     .took(sent.elapsed())
                     .generation(generation),
                 );
-                failpoint::hit(&format!("{action}.done"));
+                failpoint::hit_at(action, "done");
                 Ok(generation)
             }
             Err(failures) => {
@@ -522,15 +522,14 @@ impl Controller {
             };
             // The crash test's `<action>.partial` failpoint stops after the
             // first node applied and before the others heard of it.
-            let partial = format!("{action}.partial");
-            let rest = if failpoint::is_armed(&partial) {
+            let rest = if failpoint::is_armed_at(action, "partial") {
                 if let Some(first) = self.nodes.first() {
                     match self.send(first, message.clone()).await {
                         Ok(a) => acks.push(a),
                         Err(e) => failures.push(e),
                     }
                 }
-                failpoint::hit(&partial);
+                failpoint::hit_at(action, "partial");
                 &self.nodes[1..]
             } else {
                 &self.nodes[..]

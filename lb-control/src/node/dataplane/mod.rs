@@ -12,6 +12,7 @@ pub mod grace;
 pub mod mmap;
 pub mod services;
 pub mod tables;
+#[cfg(feature = "test-support")]
 pub mod testbed;
 
 use std::{
@@ -50,7 +51,9 @@ pub static EMBEDDED_PROGRAM: &[u8] = aya::include_bytes_aligned!(env!("LB_EBPF_O
 /// and `xdp_pass` (what a veth peer needs for `XDP_TX` to reach it in labs).
 pub static FLOOR_PROGRAM: &[u8] = aya::include_bytes_aligned!(env!("LB_EBPF_FLOOR_OBJECT"));
 /// Where the build left the XDP object with the first release's flow-entry
-/// layout (upgrade tests load it with `node.program`).
+/// layout (upgrade tests load it with `node.program`). Built only with the
+/// `test-support` feature.
+#[cfg(feature = "test-support")]
 pub const LEGACY_PROGRAM_PATH: &str = env!("LB_EBPF_LEGACY_OBJECT");
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
