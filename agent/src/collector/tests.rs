@@ -17,7 +17,10 @@ fn write(root: &Path, relative: &str, contents: &str) {
 }
 
 fn stat(busy: u64, idle: u64) -> String {
-    format!("cpu  {busy} 0 0 {idle} 0 0 0 0 0 0\ncpu0 1 0 0 1 0 0 0 0 0 0\n")
+    format!(
+        "cpu  {busy} 0 0 {idle} 0 0 0 0 0 0\ncpu0 1 0 0 1 0 0 0 0 0 0\n\
+         ctxt 1\nbtime 1\nprocesses 1\n"
+    )
 }
 
 fn net_dev(rx: u64, tx: u64) -> String {
@@ -47,7 +50,11 @@ fn fixture(root: &Path) {
     write(
         root,
         "proc/meminfo",
-        "MemTotal: 1000 kB\nMemFree: 100 kB\nMemAvailable: 600 kB\n",
+        &format!(
+            "MemTotal: 1000 kB\nMemFree: 100 kB\nMemAvailable: 600 kB\nBuffers: 0 kB\n\
+             Cached: 0 kB\n{}",
+            crate::sources::fixture::MEMINFO_REST
+        ),
     );
     write(root, "proc/net/dev", &net_dev(1000, 2000));
     let any = Ipv4Addr::UNSPECIFIED;

@@ -22,6 +22,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use procfs::FromReadSI as _;
+
 use super::under;
 
 pub mod sock_diag;
@@ -189,58 +191,59 @@ pub fn read_sockets(path: &Path) -> Result<Vec<TcpSocket>, ConnectionsError> {
     })
 }
 
-/// Parses `/proc/net/tcp`-format text; errors carry the 1-based line number.
+/// Parses `/proc/net/tcp`-format text with procfs; errors carry the 1-based
+/// line number.
 fn parse(text: &str) -> Result<Vec<TcpSocket>, (usize, String)> {
-    text.lines()
-        .enumerate()
-        .skip(1) // header
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, line)| parse_line(line).map_err(|reason| (i + 1, reason)))
-        .collect()
+    // Blank lines are skipped, as the kernel never writes them; procfs would
+    // reject them.
+    let kept: String;
+    let text = if text.lines().any(|l| l.trim().is_empty()) {
+        kept = text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| format!("{l}\n"))
+            .collect();
+        &kept
+    } else {
+        text
+    };
+    match table(text) {
+        Ok(sockets) => Ok(sockets),
+        // procfs's error does not say where: find the first line it rejects
+        // (only on this error path, so good files are parsed once).
+        Err(whole) => Err(text
+            .lines()
+            .enumerate()
+            .skip(1)
+            .filter(|(_, l)| !l.trim().is_empty())
+            .find_map(|(i, line)| table(&format!("header\n{line}")).err().map(|e| (i + 1, e)))
+            .unwrap_or((1, whole))),
+    }
 }
 
-fn parse_line(line: &str) -> Result<TcpSocket, String> {
-    let mut fields = line.split_whitespace().skip(1); // "sl:"
-    let mut next = |what: &str| fields.next().ok_or_else(|| format!("no {what} field"));
-    let local = parse_socket_addr(next("local_address")?)?;
-    let remote = parse_socket_addr(next("rem_address")?)?;
-    let state = next("st")?;
-    let state = u8::from_str_radix(state, 16).map_err(|e| format!("state {state:?}: {e}"))?;
-    Ok(TcpSocket {
-        local,
-        remote,
-        state: TcpState(state),
-    })
+/// One `/proc/net/tcp` table (header line first) as sockets.
+fn table(text: &str) -> Result<Vec<TcpSocket>, String> {
+    let entries = procfs::net::TcpNetEntries::from_read(text.as_bytes(), procfs::current_system_info())
+        .map_err(|e| {
+            format!(
+                "expected `sl local_address rem_address st tx_queue:rx_queue tr:when retrnsmt uid timeout inode`, \
+                 addresses as hex IP:port ({e})"
+            )
+        })?;
+    Ok(entries
+        .0
+        .into_iter()
+        .map(|entry| TcpSocket {
+            local: unmap_socket(entry.local_address),
+            remote: unmap_socket(entry.remote_address),
+            state: TcpState(entry.state.to_u8()),
+        })
+        .collect())
 }
 
-/// `0100007F:1F90` → 127.0.0.1:8080 (on a little-endian host).
-fn parse_socket_addr(field: &str) -> Result<SocketAddr, String> {
-    let (ip, port) = field
-        .split_once(':')
-        .ok_or_else(|| format!("address {field:?} has no ':'"))?;
-    let port = u16::from_str_radix(port, 16).map_err(|e| format!("port in {field:?}: {e}"))?;
-    let word = |hex: &str| {
-        u32::from_str_radix(hex, 16)
-            .map(u32::to_ne_bytes)
-            .map_err(|e| format!("address {field:?}: {e}"))
-    };
-    let ip = match ip.len() {
-        8 => IpAddr::from(word(ip)?),
-        32 => {
-            let mut octets = [0u8; 16];
-            for (chunk, out) in ip.as_bytes().chunks(8).zip(octets.chunks_mut(4)) {
-                let hex = std::str::from_utf8(chunk).map_err(|e| format!("{field:?}: {e}"))?;
-                out.copy_from_slice(&word(hex)?);
-            }
-            unmap(IpAddr::from(octets))
-        }
-        n => {
-            return Err(format!(
-                "address {field:?} has {n} hex digits, 8 or 32 expected"
-            ));
-        }
-    };
-    Ok(SocketAddr::new(ip, port))
+/// A socket address with an IPv4-mapped IPv6 address given as IPv4.
+fn unmap_socket(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(unmap(addr.ip()), addr.port())
 }
 
 /// An IPv4-mapped IPv6 address as IPv4; anything else unchanged.

@@ -9,6 +9,8 @@
 
 use std::path::{Path, PathBuf};
 
+use procfs::FromReadSI as _;
+
 use super::{HOST_ROOT, under};
 
 /// Why a `/proc` file could not be used (shared by the `/proc` sources).
@@ -55,11 +57,8 @@ impl CpuSampler {
     /// Fails when the file cannot be read or its `cpu` line is malformed; the
     /// previous reading is kept then.
     pub fn sample(&mut self) -> Result<Option<f64>, CpuError> {
-        let text = std::fs::read_to_string(&self.path).map_err(|source| CpuError::Read {
-            path: self.path.clone(),
-            source,
-        })?;
-        let now = parse_cpu_line(&text).map_err(|reason| CpuError::Parse {
+        let bytes = super::read_proc_file(&self.path)?;
+        let now = parse_cpu_times(&bytes).map_err(|reason| CpuError::Parse {
             path: self.path.clone(),
             reason,
         })?;
@@ -85,38 +84,24 @@ impl CpuSampler {
     }
 }
 
-/// Busy and idle ticks from the aggregate `cpu` line of `/proc/stat` text.
-fn parse_cpu_line(text: &str) -> Result<CpuTimes, String> {
-    let line = text
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some("cpu"))
-        .ok_or_else(|| "no aggregate \"cpu\" line".to_owned())?;
-    let fields = line
-        .split_whitespace()
-        .skip(1)
-        .map(|f| {
-            f.parse::<u64>()
-                .map_err(|e| format!("field {f:?} of the cpu line is not a counter: {e}"))
-        })
-        .collect::<Result<Vec<u64>, String>>()?;
-    if fields.len() < 4 {
-        return Err(format!(
-            "the cpu line has {} fields, at least 4 (user nice system idle) are needed",
-            fields.len()
-        ));
-    }
+/// Busy and idle ticks from the aggregate `cpu` line of `/proc/stat`
+/// contents, parsed by procfs (which also wants the `ctxt`, `btime` and
+/// `processes` lines every kernel writes).
+fn parse_cpu_times(bytes: &[u8]) -> Result<CpuTimes, String> {
+    let stats = procfs::KernelStats::from_read(bytes, procfs::current_system_info())
+        .map_err(|e| super::proc_reason("no aggregate \"cpu\" line of at least 4 counters (user nice system idle) with the ctxt, btime and processes lines", &e))?;
+    let total = stats.total;
     // Older kernels print fewer fields; missing ones count as zero.
-    let field = |i: usize| fields.get(i).copied().unwrap_or(0);
-    let (user, nice, system, idle, iowait) = (field(0), field(1), field(2), field(3), field(4));
-    let (irq, softirq, steal) = (field(5), field(6), field(7));
+    let optional = |field: Option<u64>| field.unwrap_or(0);
     Ok(CpuTimes {
-        busy: user
-            .saturating_add(nice)
-            .saturating_add(system)
-            .saturating_add(irq)
-            .saturating_add(softirq)
-            .saturating_add(steal),
-        idle: idle.saturating_add(iowait),
+        busy: total
+            .user
+            .saturating_add(total.nice)
+            .saturating_add(total.system)
+            .saturating_add(optional(total.irq))
+            .saturating_add(optional(total.softirq))
+            .saturating_add(optional(total.steal)),
+        idle: total.idle.saturating_add(optional(total.iowait)),
     })
 }
 
@@ -128,7 +113,8 @@ mod tests {
     fn stat(user: u64, system: u64, idle: u64, iowait: u64, steal: u64) -> String {
         format!(
             "cpu  {user} 0 {system} {idle} {iowait} 0 0 {steal} 7 0\n\
-             cpu0 1 0 1 1 0 0 0 0 0 0\nintr 12345 0 0\nctxt 99\nbtime 1700000000\n"
+             cpu0 1 0 1 1 0 0 0 0 0 0\nintr 12345 0 0\nctxt 99\nbtime 1700000000\n\
+             processes 4242\nprocs_running 1\nprocs_blocked 0\n"
         )
     }
 
@@ -186,9 +172,10 @@ mod tests {
         fixture::write(dir.path(), "proc/stat", "cpu0 1 2 3 4\n");
         let err = sampler.sample().expect_err("no aggregate line");
         assert!(err.to_string().contains("aggregate"), "{err}");
-        fixture::write(dir.path(), "proc/stat", "cpu 1 x 3 4\n");
+        let tail = "ctxt 1\nbtime 2\nprocesses 3\n";
+        fixture::write(dir.path(), "proc/stat", &format!("cpu 1 x 3 4\n{tail}"));
         assert!(sampler.sample().is_err());
-        fixture::write(dir.path(), "proc/stat", "cpu 1 2 3\n");
+        fixture::write(dir.path(), "proc/stat", &format!("cpu 1 2 3\n{tail}"));
         assert!(sampler.sample().is_err());
     }
 

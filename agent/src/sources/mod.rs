@@ -53,23 +53,47 @@ fn under(root: &Path, relative: &str) -> PathBuf {
 /// online. `std::thread::available_parallelism` is not used because it
 /// honours the calling process's affinity and cgroup quota, and here the
 /// host's figure is wanted.
-fn host_cpu_count(root: &Path) -> std::io::Result<usize> {
-    let text = std::fs::read_to_string(under(root, "proc/stat"))?;
-    Ok(text
-        .lines()
-        .filter(|line| {
-            line.split_whitespace()
-                .next()
-                .and_then(|token| token.strip_prefix("cpu"))
-                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-        })
-        .count())
+fn host_cpu_count(root: &Path) -> Result<usize, ProcFileError> {
+    use procfs::FromReadSI as _;
+    let path = under(root, "proc/stat");
+    let bytes = read_proc_file(&path)?;
+    let stats =
+        procfs::KernelStats::from_read(&bytes[..], procfs::current_system_info()).map_err(|e| {
+            ProcFileError::Parse {
+                reason: proc_reason("the cpu, ctxt, btime and processes lines", &e),
+                path,
+            }
+        })?;
+    Ok(stats.cpu_time.len())
+}
+
+/// Reads a `/proc` file whole; procfs then parses the bytes, so the
+/// sources keep reading under the root they were given.
+fn read_proc_file(path: &Path) -> Result<Vec<u8>, ProcFileError> {
+    std::fs::read(path).map_err(|source| ProcFileError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// What procfs could not parse: `wanted` says what the agent needs, since
+/// procfs's own message for a missing line names no field.
+fn proc_reason(wanted: &str, error: &procfs::ProcError) -> String {
+    format!("{wanted} expected, as the kernel writes them ({error})")
 }
 
 #[cfg(test)]
 pub(crate) mod fixture {
     //! Builds fixture trees for the sources' tests.
     use std::path::Path;
+
+    /// The `/proc/meminfo` fields other than `MemTotal`, `MemFree`,
+    /// `MemAvailable`, `Buffers` and `Cached` that every kernel writes and
+    /// procfs requires.
+    pub const MEMINFO_REST: &str = "SwapCached: 0 kB\nActive: 0 kB\nInactive: 0 kB\n\
+        SwapTotal: 0 kB\nSwapFree: 0 kB\nDirty: 0 kB\nWriteback: 0 kB\nMapped: 0 kB\n\
+        Slab: 0 kB\nCommitted_AS: 0 kB\nVmallocTotal: 0 kB\nVmallocUsed: 0 kB\n\
+        VmallocChunk: 0 kB\n";
 
     /// Writes `contents` at `root/relative`, creating directories.
     pub fn write(root: &Path, relative: &str, contents: &str) {
@@ -92,7 +116,7 @@ mod tests {
             dir.path(),
             "proc/stat",
             "cpu  1 2 3 4 5 6 7 8 0 0\ncpu0 1 1 1 1 1 1 1 1 0 0\ncpu1 1 1 1 1 1 1 1 1 0 0\n\
-             cpu12 1 1 1 1 1 1 1 1 0 0\nintr 1 2 3\nctxt 5\n",
+             cpu12 1 1 1 1 1 1 1 1 0 0\nintr 1 2 3\nctxt 5\nbtime 1\nprocesses 9\n",
         );
         assert_eq!(host_cpu_count(dir.path()).expect("count"), 3);
     }

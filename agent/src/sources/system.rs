@@ -2,7 +2,9 @@
 
 use std::path::Path;
 
-use super::under;
+use procfs::FromRead as _;
+
+use super::{proc_reason, read_proc_file, under};
 
 /// Why a `/proc` file could not be used (shared by the `/proc` sources).
 pub type SystemError = super::ProcFileError;
@@ -37,86 +39,49 @@ pub struct Memory {
 /// Reads `<root>/proc/loadavg` (`0.52 0.58 0.59 2/467 12345`).
 pub fn read_loadavg(root: &Path) -> Result<LoadAverage, SystemError> {
     let path = under(root, "proc/loadavg");
-    let text = read(&path)?;
-    parse_loadavg(&text).map_err(|reason| SystemError::Parse { path, reason })
+    let bytes = read_proc_file(&path)?;
+    let load = procfs::LoadAverage::from_read(&bytes[..]).map_err(|e| SystemError::Parse {
+        reason: proc_reason(
+            "three load averages, runnable/total tasks and the last pid",
+            &e,
+        ),
+        path,
+    })?;
+    Ok(LoadAverage {
+        one: two_decimals(load.one),
+        five: two_decimals(load.five),
+        fifteen: two_decimals(load.fifteen),
+        runnable: load.cur,
+        tasks: load.max,
+    })
+}
+
+/// procfs keeps load averages as `f32`; the kernel prints two decimals, so
+/// rounding back to them gives the same `f64` as parsing the text would (an
+/// `f32` is within 0.004 of the printed value below 65536).
+fn two_decimals(average: f32) -> f64 {
+    (f64::from(average) * 100.0).round() / 100.0
 }
 
 /// Reads `MemTotal` and `MemAvailable` from `<root>/proc/meminfo`.
 pub fn read_meminfo(root: &Path) -> Result<Memory, SystemError> {
     let path = under(root, "proc/meminfo");
-    let text = read(&path)?;
-    parse_meminfo(&text).map_err(|reason| SystemError::Parse { path, reason })
-}
-
-fn read(path: &Path) -> Result<String, SystemError> {
-    std::fs::read_to_string(path).map_err(|source| SystemError::Read {
-        path: path.to_owned(),
-        source,
-    })
-}
-
-fn parse_loadavg(text: &str) -> Result<LoadAverage, String> {
-    let fields: Vec<&str> = text.split_whitespace().collect();
-    let [one, five, fifteen, tasks, ..] = fields.as_slice() else {
-        return Err(format!(
-            "expected at least 4 fields, found {}",
-            fields.len()
-        ));
-    };
-    let average = |s: &str| {
-        s.parse::<f64>()
-            .map_err(|e| format!("load average {s:?}: {e}"))
-    };
-    let (runnable, total) = tasks
-        .split_once('/')
-        .ok_or_else(|| format!("task field {tasks:?} is not runnable/total"))?;
-    let count = |s: &str| {
-        s.parse::<u32>()
-            .map_err(|e| format!("task count {s:?}: {e}"))
-    };
-    Ok(LoadAverage {
-        one: average(one)?,
-        five: average(five)?,
-        fifteen: average(fifteen)?,
-        runnable: count(runnable)?,
-        tasks: count(total)?,
-    })
-}
-
-fn parse_meminfo(text: &str) -> Result<Memory, String> {
-    let field = |name: &str| -> Result<Option<u64>, String> {
-        let Some(line) = text
-            .lines()
-            .find(|l| l.split_once(':').is_some_and(|(k, _)| k == name))
-        else {
-            return Ok(None);
-        };
-        let rest = line.split_once(':').map_or("", |(_, v)| v);
-        let mut parts = rest.split_whitespace();
-        let value = parts
-            .next()
-            .ok_or_else(|| format!("{name} has no value"))?
-            .parse::<u64>()
-            .map_err(|e| format!("{name}: {e}"))?;
-        let scale = match parts.next() {
-            Some("kB") => 1024,
-            None => 1,
-            Some(unit) => return Err(format!("{name} has unknown unit {unit:?}")),
-        };
-        Ok(Some(value.saturating_mul(scale)))
-    };
-    let total_bytes = field("MemTotal")?.ok_or_else(|| "no MemTotal line".to_owned())?;
-    let available_bytes = match field("MemAvailable")? {
-        Some(available) => available,
-        None => {
-            let free =
-                field("MemFree")?.ok_or_else(|| "no MemAvailable or MemFree line".to_owned())?;
-            free.saturating_add(field("Buffers")?.unwrap_or(0))
-                .saturating_add(field("Cached")?.unwrap_or(0))
-        }
-    };
+    let bytes = read_proc_file(&path)?;
+    let info = procfs::Meminfo::from_read(&bytes[..]).map_err(|e| SystemError::Parse {
+        reason: proc_reason(
+            "MemTotal, MemFree and the other fields every kernel writes",
+            &e,
+        ),
+        path,
+    })?;
+    // procfs gives bytes (`kB` lines times 1024).
+    let available_bytes = info.mem_available.unwrap_or_else(|| {
+        info.mem_free
+            .saturating_add(info.buffers)
+            .saturating_add(info.cached)
+    });
     Ok(Memory {
-        total_bytes,
+        total_bytes: info.mem_total,
         available_bytes,
     })
 }
@@ -154,6 +119,8 @@ mod tests {
         assert!(read_loadavg(dir.path()).is_err());
         fixture::write(dir.path(), "proc/loadavg", "0.1 0.2 0.3 12 3\n");
         assert!(read_loadavg(dir.path()).is_err());
+        fixture::write(dir.path(), "proc/loadavg", "0.1 0.2 0.3 1/2\n");
+        assert!(read_loadavg(dir.path()).is_err());
     }
 
     #[test]
@@ -162,9 +129,12 @@ mod tests {
         fixture::write(
             dir.path(),
             "proc/meminfo",
-            "MemTotal:       24730032 kB\nMemFree:        14862012 kB\n\
-             MemAvailable:   24240540 kB\nBuffers:           91132 kB\n\
-             Cached:          9324360 kB\nHugePages_Total:       0\n",
+            &format!(
+                "MemTotal:       24730032 kB\nMemFree:        14862012 kB\n\
+                 MemAvailable:   24240540 kB\nBuffers:           91132 kB\n\
+                 Cached:          9324360 kB\nHugePages_Total:       0\n{}",
+                fixture::MEMINFO_REST
+            ),
         );
         let memory = read_meminfo(dir.path()).expect("meminfo");
         assert_eq!(memory.total_bytes, 24_730_032 * 1024);
@@ -177,11 +147,21 @@ mod tests {
         fixture::write(
             dir.path(),
             "proc/meminfo",
-            "MemTotal: 1000 kB\nMemFree: 100 kB\nBuffers: 20 kB\nCached: 300 kB\n",
+            &format!(
+                "MemTotal: 1000 kB\nMemFree: 100 kB\nBuffers: 20 kB\nCached: 300 kB\n{}",
+                fixture::MEMINFO_REST
+            ),
         );
         let memory = read_meminfo(dir.path()).expect("meminfo");
         assert_eq!(memory.available_bytes, 420 * 1024);
-        fixture::write(dir.path(), "proc/meminfo", "MemFree: 100 kB\n");
+        fixture::write(
+            dir.path(),
+            "proc/meminfo",
+            &format!(
+                "MemFree: 100 kB\nBuffers: 20 kB\nCached: 300 kB\n{}",
+                fixture::MEMINFO_REST
+            ),
+        );
         let err = read_meminfo(dir.path()).expect_err("no total");
         assert!(err.to_string().contains("MemTotal"), "{err}");
     }

@@ -10,7 +10,7 @@ fn host_with_cpus() -> tempfile::TempDir {
         dir.path(),
         "proc/stat",
         "cpu  4 0 4 4 0 0 0 0 0 0\ncpu0 1 0 1 1 0 0 0 0 0 0\ncpu1 1 0 1 1 0 0 0 0 0 0\n\
-         cpu2 1 0 1 1 0 0 0 0 0 0\ncpu3 1 0 1 1 0 0 0 0 0 0\n",
+         cpu2 1 0 1 1 0 0 0 0 0 0\ncpu3 1 0 1 1 0 0 0 0 0 0\nctxt 1\nbtime 1\nprocesses 1\n",
     );
     dir
 }
