@@ -8,25 +8,28 @@
 //!
 //! A request is a `nlmsghdr` followed by `inet_diag_req_v2`; each reply
 //! message is a `nlmsghdr` followed by `inet_diag_msg`, until `NLMSG_DONE`.
-//! Addresses and ports in `inet_diag_sockid` are in network byte order; the
-//! netlink header is in host byte order.
+//! `netlink-packet-sock-diag` (0.4, on the `netlink-packet-core` 0.7 that
+//! `rtnetlink` uses too) lays out and decodes both; this module sends the
+//! dump, retries one the kernel marks interrupted and keeps only what the
+//! counts need.
 
-use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
-    time::Duration,
+use std::{net::SocketAddr, time::Duration};
+
+use netlink_packet_core::{
+    NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
 };
+use netlink_packet_sock_diag::{
+    SockDiagMessage,
+    constants::{AF_INET, AF_INET6, IPPROTO_TCP},
+    inet::{ExtensionFlags, InetRequest, SocketId, StateFlags},
+};
+use netlink_sys::{Socket, protocols::NETLINK_SOCK_DIAG};
 
 use super::{ConnectionCounts, ConnectionQuery, TcpSocket, TcpState, count, unmap};
 
-/// `SOCK_DIAG_BY_FAMILY` from `linux/sock_diag.h`.
-const SOCK_DIAG_BY_FAMILY: u16 = 20;
-/// `sizeof(struct nlmsghdr)`.
+/// `sizeof(struct nlmsghdr)`: a datagram's tail shorter than this holds no
+/// message.
 const NLMSG_HEADER_LEN: usize = 16;
-/// `sizeof(struct inet_diag_req_v2)`.
-const REQUEST_LEN: usize = 56;
-/// `sizeof(struct inet_diag_msg)`.
-const DIAG_MSG_LEN: usize = 72;
 /// How long to wait for the kernel's reply before giving up.
 const RECEIVE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often to retry a dump the kernel marked inconsistent.
@@ -59,73 +62,55 @@ pub enum SockDiagError {
 
 /// Counts established connections as [`super::count_established`] does, but
 /// listing sockets over netlink instead of `/proc`.
+///
+/// # Errors
+///
+/// See [`dump_tcp_sockets`].
 pub fn count_established(query: &ConnectionQuery) -> Result<ConnectionCounts, SockDiagError> {
     Ok(count(&dump_tcp_sockets()?, query))
 }
 
 /// Lists the established and listening TCP sockets, IPv4 and IPv6, of the
 /// calling thread's network namespace.
+///
+/// # Errors
+///
+/// When the netlink socket cannot be made or used, the kernel refuses the
+/// request, a reply is malformed, or every dump was interrupted.
 pub fn dump_tcp_sockets() -> Result<Vec<TcpSocket>, SockDiagError> {
     let socket = open()?;
     let mut sockets = Vec::new();
-    for (seq, family) in [(1, libc::AF_INET), (2, libc::AF_INET6)] {
+    for (seq, family) in [(1, AF_INET), (2, AF_INET6)] {
         sockets.extend(dump_family(&socket, family, seq)?);
     }
     Ok(sockets)
 }
 
-fn open() -> Result<OwnedFd, SockDiagError> {
-    // SAFETY: socket takes no pointers; the result is checked below.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-            libc::NETLINK_SOCK_DIAG,
-        )
-    };
-    if fd < 0 {
-        return Err(io_error("socket"));
-    }
-    // SAFETY: fd is a new, valid descriptor owned by nobody else.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-    let timeout = libc::timeval {
-        tv_sec: RECEIVE_TIMEOUT.as_secs() as libc::time_t,
-        tv_usec: 0,
-    };
-    // SAFETY: the option value points at a live timeval of the given size.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&raw const timeout).cast(),
-            size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        return Err(io_error("setsockopt(SO_RCVTIMEO)"));
-    }
+fn open() -> Result<Socket, SockDiagError> {
+    let socket = Socket::new(NETLINK_SOCK_DIAG).map_err(io_error("socket"))?;
+    socket2::SockRef::from(&socket)
+        .set_read_timeout(Some(RECEIVE_TIMEOUT))
+        .map_err(io_error("setsockopt(SO_RCVTIMEO)"))?;
     Ok(socket)
 }
 
-fn io_error(call: &'static str) -> SockDiagError {
-    SockDiagError::Io {
-        call,
-        source: std::io::Error::last_os_error(),
-    }
+fn io_error(call: &'static str) -> impl FnOnce(std::io::Error) -> SockDiagError {
+    move |source| SockDiagError::Io { call, source }
 }
 
-fn dump_family(socket: &OwnedFd, family: i32, seq: u32) -> Result<Vec<TcpSocket>, SockDiagError> {
+fn dump_family(socket: &Socket, family: u8, seq: u32) -> Result<Vec<TcpSocket>, SockDiagError> {
+    let kernel = netlink_sys::SocketAddr::new(0, 0);
     for _ in 0..DUMP_ATTEMPTS {
-        send(socket, &request(family, seq))?;
+        socket
+            .send_to(&request(family, seq), &kernel, 0)
+            .map_err(io_error("sendto"))?;
         let mut sockets = Vec::new();
         let mut interrupted = false;
         let mut buf = vec![0u8; 64 * 1024];
         loop {
-            // SAFETY: buf is valid for writes of its length.
-            let n =
-                unsafe { libc::recv(socket.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            let n = usize::try_from(n).map_err(|_| io_error("recv"))?;
+            let n = socket
+                .recv(&mut &mut buf[..], 0)
+                .map_err(io_error("recv"))?;
             if n == 0 {
                 return Err(SockDiagError::Malformed(
                     "empty reply before NLMSG_DONE".into(),
@@ -146,45 +131,31 @@ fn dump_family(socket: &OwnedFd, family: i32, seq: u32) -> Result<Vec<TcpSocket>
     Err(SockDiagError::Inconsistent)
 }
 
-fn send(socket: &OwnedFd, message: &[u8]) -> Result<(), SockDiagError> {
-    // SAFETY: sockaddr_nl is plain data; all zeroes is a valid value.
-    let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-    // SAFETY: message and kernel are live for the call, with the sizes given.
-    let n = unsafe {
-        libc::sendto(
-            socket.as_raw_fd(),
-            message.as_ptr().cast(),
-            message.len(),
-            0,
-            (&raw const kernel).cast(),
-            size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-        )
-    };
-    if n < 0 {
-        return Err(io_error("sendto"));
-    }
-    Ok(())
-}
-
 /// A dump request for TCP sockets of `family` in ESTABLISHED or LISTEN.
-fn request(family: i32, seq: u32) -> Vec<u8> {
-    let len = NLMSG_HEADER_LEN + REQUEST_LEN;
-    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
-    let states: u32 = (1 << TcpState::ESTABLISHED.0) | (1 << TcpState::LISTEN.0);
-    let mut message = Vec::with_capacity(len);
-    message.extend_from_slice(&(len as u32).to_ne_bytes());
-    message.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    message.extend_from_slice(&flags.to_ne_bytes());
-    message.extend_from_slice(&seq.to_ne_bytes());
-    message.extend_from_slice(&0u32.to_ne_bytes()); // pid: the kernel fills it
-    message.push(family as u8); // sdiag_family
-    message.push(libc::IPPROTO_TCP as u8); // sdiag_protocol
-    message.push(0); // idiag_ext: no extensions
-    message.push(0); // pad
-    message.extend_from_slice(&states.to_ne_bytes());
-    message.resize(len, 0); // inet_diag_sockid: match any
-    message
+fn request(family: u8, seq: u32) -> Vec<u8> {
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    header.sequence_number = seq;
+    let mut message = NetlinkMessage::new(
+        header,
+        SockDiagMessage::InetRequest(InetRequest {
+            family,
+            protocol: IPPROTO_TCP,
+            extensions: ExtensionFlags::empty(),
+            states: StateFlags::ESTABLISHED | StateFlags::LISTEN,
+            // Any address; the family picks the address size.
+            socket_id: if family == AF_INET6 {
+                SocketId::new_v6()
+            } else {
+                SocketId::new_v4()
+            },
+        })
+        .into(),
+    );
+    message.finalize();
+    let mut bytes = vec![0; message.buffer_len()];
+    message.serialize(&mut bytes);
+    bytes
 }
 
 /// What one received datagram held.
@@ -199,77 +170,35 @@ struct Batch {
 fn parse_messages(mut bytes: &[u8], seq: u32) -> Result<Batch, SockDiagError> {
     let mut batch = Batch::default();
     while bytes.len() >= NLMSG_HEADER_LEN {
-        let len = u32_at(bytes, 0) as usize;
-        let kind = u16::from_ne_bytes([bytes[4], bytes[5]]);
-        let flags = u16::from_ne_bytes([bytes[6], bytes[7]]);
-        if len < NLMSG_HEADER_LEN || len > bytes.len() {
-            return Err(SockDiagError::Malformed(format!(
-                "message length {len} with {} bytes left",
-                bytes.len()
-            )));
-        }
-        let payload = &bytes[NLMSG_HEADER_LEN..len];
-        if u32_at(bytes, 8) == seq {
-            batch.interrupted |= flags & libc::NLM_F_DUMP_INTR as u16 != 0;
-            match i32::from(kind) {
-                libc::NLMSG_DONE => {
+        let message = NetlinkMessage::<SockDiagMessage>::deserialize(bytes).map_err(|e| {
+            SockDiagError::Malformed(format!("{e} with {} bytes left", bytes.len()))
+        })?;
+        let header = message.header;
+        if header.sequence_number == seq {
+            batch.interrupted |= header.flags & NLM_F_DUMP_INTR != 0;
+            match message.payload {
+                NetlinkPayload::Done(_) => {
                     batch.done = true;
                     return Ok(batch);
                 }
-                libc::NLMSG_ERROR => {
-                    let errno = payload
-                        .get(..4)
-                        .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-                        .ok_or_else(|| SockDiagError::Malformed("short error message".into()))?;
-                    if errno != 0 {
-                        return Err(SockDiagError::Kernel(std::io::Error::from_raw_os_error(
-                            -errno,
-                        )));
-                    }
+                NetlinkPayload::Error(error) if error.code.is_some() => {
+                    return Err(SockDiagError::Kernel(error.to_io()));
                 }
-                _ if kind == SOCK_DIAG_BY_FAMILY => batch.sockets.push(parse_diag_msg(payload)?),
+                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
+                    let id = &response.header.socket_id;
+                    batch.sockets.push(TcpSocket {
+                        local: SocketAddr::new(unmap(id.source_address), id.source_port),
+                        remote: SocketAddr::new(unmap(id.destination_address), id.destination_port),
+                        state: TcpState(response.header.state),
+                    });
+                }
                 _ => {}
             }
         }
-        let aligned = (len + 3) & !3;
+        let aligned = (header.length as usize + 3) & !3;
         bytes = bytes.get(aligned..).unwrap_or_default();
     }
     Ok(batch)
-}
-
-/// One `inet_diag_msg`.
-fn parse_diag_msg(payload: &[u8]) -> Result<TcpSocket, SockDiagError> {
-    if payload.len() < DIAG_MSG_LEN {
-        return Err(SockDiagError::Malformed(format!(
-            "inet_diag_msg of {} bytes, {DIAG_MSG_LEN} expected",
-            payload.len()
-        )));
-    }
-    let family = i32::from(payload[0]);
-    let state = TcpState(payload[1]);
-    // inet_diag_sockid starts at offset 4: sport, dport, src[16], dst[16].
-    let port = |at: usize| u16::from_be_bytes([payload[at], payload[at + 1]]);
-    let ip = |at: usize| -> Result<IpAddr, SockDiagError> {
-        let raw = &payload[at..at + 16];
-        match family {
-            libc::AF_INET => Ok(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]).into()),
-            libc::AF_INET6 => {
-                let mut octets = [0u8; 16];
-                octets.copy_from_slice(raw);
-                Ok(unmap(Ipv6Addr::from(octets).into()))
-            }
-            other => Err(SockDiagError::Malformed(format!("address family {other}"))),
-        }
-    };
-    Ok(TcpSocket {
-        local: SocketAddr::new(ip(8)?, port(4)),
-        remote: SocketAddr::new(ip(24)?, port(6)),
-        state,
-    })
-}
-
-fn u32_at(bytes: &[u8], at: usize) -> u32 {
-    u32::from_ne_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
 }
 
 #[cfg(test)]
@@ -279,7 +208,18 @@ mod tests {
         net::{TcpListener, TcpStream},
     };
 
+    use std::net::IpAddr;
+
     use super::*;
+
+    /// `SOCK_DIAG_BY_FAMILY` from `linux/sock_diag.h`.
+    const SOCK_DIAG_BY_FAMILY: u16 = 20;
+    /// `sizeof(struct inet_diag_msg)`.
+    const DIAG_MSG_LEN: usize = 72;
+
+    fn u32_at(bytes: &[u8], at: usize) -> u32 {
+        u32::from_ne_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+    }
 
     /// A reply message as the kernel would send it.
     fn diag_message(
@@ -317,7 +257,7 @@ mod tests {
 
     #[test]
     fn request_layout() {
-        let message = request(libc::AF_INET6, 7);
+        let message = request(AF_INET6, 7);
         assert_eq!(message.len(), 72);
         assert_eq!(u32_at(&message, 0), 72);
         assert_eq!(u32_at(&message, 8), 7);
