@@ -13,7 +13,7 @@
 //! | [`system`] | `/proc/loadavg`, `/proc/meminfo` | load averages, memory total/available |
 //! | [`net_dev`] | `/proc/net/dev` | per-interface receive/transmit bytes per second |
 //! | [`cgroup`] | cgroup v1 `cpuacct`/`cpu`, cgroup v2 `cpu.stat`/`cpu.max` | a cgroup's CPU use as a share of its quota |
-//! | [`cgroup_v1`] | cgroup v1 `cpu` (and `cpuacct`) hierarchies | creates a cgroup with a CFS quota (lab hosts) |
+//! | `cgroup_v1` | cgroup v1 `cpu` (and `cpuacct`) hierarchies | creates a cgroup with a CFS quota (lab hosts; feature `test-support` only) |
 //! | [`connections`] | `/proc/net/tcp`, `/proc/net/tcp6` (or sock_diag netlink) | established connections per application port and on a VIP |
 //! | [`command`] | an operator's command or file | a number the operator defines |
 //! | [`utilization`] | the readings above | the policy's figure, with its definition |
@@ -21,6 +21,7 @@
 use std::path::{Path, PathBuf};
 
 pub mod cgroup;
+#[cfg(feature = "test-support")]
 pub mod cgroup_v1;
 pub mod command;
 pub mod connections;
@@ -30,6 +31,7 @@ pub mod system;
 pub mod utilization;
 
 pub use cgroup::{CgroupCpu, CgroupCpuSample, CgroupError};
+#[cfg(feature = "test-support")]
 pub use cgroup_v1::{CgroupHandle, CgroupV1Error, create_v1_cgroup, create_v1_cgroup_in};
 pub use command::{CommandError, CommandSource, DEFAULT_COMMAND_TIMEOUT};
 pub use connections::{
