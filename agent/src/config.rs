@@ -68,6 +68,23 @@ pub const DEFAULT_DISCOVERY_INTERVAL_MS: u64 = 5000;
 /// host on the segment receives each announcement.
 pub const MIN_DISCOVERY_INTERVAL_MS: u64 = 1000;
 
+/// Why a valid configuration does not fit this host (`lb-agent check`).
+#[derive(Debug, thiserror::Error)]
+pub enum HostCheckError {
+    /// `utilization.cgroup` names no cgroup here.
+    #[error(
+        "utilization.cgroup = {cgroup:?} is not a cgroup on this host: {source}; \
+         create it or fix the name"
+    )]
+    NoSuchCgroup {
+        /// The configured cgroup.
+        cgroup: String,
+        /// Where it was looked for.
+        #[source]
+        source: crate::sources::CgroupError,
+    },
+}
+
 /// Why a configuration file cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -289,10 +306,18 @@ impl AgentConfig {
     /// `utilization.cgroup` resolves under `<root>/sys/fs/cgroup` the way the
     /// agent resolves it when it starts (v1 `cpu`/`cpuacct` hierarchies,
     /// else the cgroup2 mount).
-    pub fn check_host(&self, root: &Path) -> Result<(), String> {
+    ///
+    /// # Errors
+    ///
+    /// [`HostCheckError::NoSuchCgroup`] when the cgroup is not found; its
+    /// text names every path that was tried.
+    pub fn check_host(&self, root: &Path) -> Result<(), HostCheckError> {
         if let Some(cgroup) = &self.utilization.cgroup {
-            crate::sources::CgroupCpu::discover_under(root, cgroup).map_err(|e| {
-                format!("utilization.cgroup = {cgroup:?} is not a cgroup on this host: {e}")
+            crate::sources::CgroupCpu::discover_under(root, cgroup).map_err(|source| {
+                HostCheckError::NoSuchCgroup {
+                    cgroup: cgroup.clone(),
+                    source,
+                }
             })?;
         }
         Ok(())

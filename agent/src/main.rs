@@ -10,7 +10,10 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use lb_agent::{agent, config::AgentConfig};
+use lb_agent::{
+    agent::{self, AgentError},
+    config::{AgentConfig, ConfigError, HostCheckError},
+};
 use tokio::{signal::unix::SignalKind, sync::watch};
 
 #[derive(Parser)]
@@ -40,6 +43,37 @@ enum Command {
     },
 }
 
+/// Why the agent stopped or `check` failed; printed as `error: ...`.
+#[derive(Debug, thiserror::Error)]
+enum MainError {
+    /// Neither `--config` nor `check` was given.
+    #[error("--config FILE is required")]
+    NoConfig,
+    /// The file cannot be read or is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The file is valid but does not fit this host.
+    #[error("{path}: {source}")]
+    Host {
+        path: PathBuf,
+        #[source]
+        source: HostCheckError,
+    },
+    /// The async runtime could not start (threads, epoll).
+    #[error("cannot start the tokio runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    /// A stop signal could not be handled.
+    #[error("cannot install the {signal} handler: {source}")]
+    Signal {
+        signal: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The agent stopped on an error.
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -54,7 +88,7 @@ fn main() -> ExitCode {
     let result = match (cli.command, cli.config) {
         (Some(Command::Check { config }), _) => check(&config),
         (None, Some(config)) => run(&config),
-        (None, None) => Err("--config FILE is required".to_owned()),
+        (None, None) => Err(MainError::NoConfig),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -65,11 +99,14 @@ fn main() -> ExitCode {
     }
 }
 
-fn check(path: &std::path::Path) -> Result<(), String> {
-    let config = AgentConfig::load(path).map_err(|e| e.to_string())?;
+fn check(path: &std::path::Path) -> Result<(), MainError> {
+    let config = AgentConfig::load(path)?;
     config
         .check_host(std::path::Path::new(lb_agent::sources::HOST_ROOT))
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(|source| MainError::Host {
+            path: path.to_owned(),
+            source,
+        })?;
     if config.insecure_plaintext {
         println!("warning: insecure_plaintext = true: the manager connection is not encrypted");
     }
@@ -84,21 +121,31 @@ fn check(path: &std::path::Path) -> Result<(), String> {
     Ok(())
 }
 
-fn run(path: &std::path::Path) -> Result<(), String> {
-    let config = AgentConfig::load(path).map_err(|e| e.to_string())?;
+fn run(path: &std::path::Path) -> Result<(), MainError> {
+    let config = AgentConfig::load(path)?;
     // The agent is light: two workers are plenty, and a blocking operator
     // command runs on tokio's blocking pool.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot start the tokio runtime: {e}"))?;
+        .map_err(MainError::Runtime)?;
     runtime.block_on(async {
         let (stop, shutdown) = watch::channel(false);
-        let mut terminate = tokio::signal::unix::signal(SignalKind::terminate())
-            .map_err(|e| format!("cannot install the SIGTERM handler: {e}"))?;
-        let mut interrupt = tokio::signal::unix::signal(SignalKind::interrupt())
-            .map_err(|e| format!("cannot install the SIGINT handler: {e}"))?;
+        let mut terminate =
+            tokio::signal::unix::signal(SignalKind::terminate()).map_err(|source| {
+                MainError::Signal {
+                    signal: "SIGTERM",
+                    source,
+                }
+            })?;
+        let mut interrupt =
+            tokio::signal::unix::signal(SignalKind::interrupt()).map_err(|source| {
+                MainError::Signal {
+                    signal: "SIGINT",
+                    source,
+                }
+            })?;
         tokio::spawn(async move {
             let signal = tokio::select! {
                 _ = terminate.recv() => "SIGTERM",
@@ -109,8 +156,6 @@ fn run(path: &std::path::Path) -> Result<(), String> {
             // Keep the sender alive so the agent sees `true`, not a hang-up.
             std::future::pending::<()>().await;
         });
-        agent::run(config, shutdown)
-            .await
-            .map_err(|e| e.to_string())
+        Ok(agent::run(config, shutdown).await?)
     })
 }

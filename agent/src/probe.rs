@@ -25,13 +25,58 @@ use crate::config::ProbeConfig;
 pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How much of an HTTP answer is read looking for the status line.
 const STATUS_LINE_LIMIT: usize = 1024;
+
+/// Why a probe failed without timing out; the text goes to the manager as
+/// the probe's detail, for the operator to see which server and which step.
+#[derive(Debug, thiserror::Error)]
+enum ProbeError {
+    /// The application refused or reset the connection.
+    #[error("connect {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The request could not be written.
+    #[error("GET {path} on {addr}: write: {source}")]
+    Write {
+        path: String,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The answer could not be read.
+    #[error("GET {path} on {addr}: read: {source}")]
+    Read {
+        path: String,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The answer did not start with an HTTP status line.
+    #[error("GET {path} on {addr}: no HTTP status line in the answer {start:?}")]
+    NoStatusLine {
+        path: String,
+        addr: SocketAddr,
+        /// The first bytes of the answer.
+        start: String,
+    },
+    /// The application answered with another status than the expected one.
+    #[error("GET {path} on {addr}: status {status}, expected {expected}")]
+    WrongStatus {
+        path: String,
+        addr: SocketAddr,
+        status: u16,
+        expected: u16,
+    },
+}
 /// Runs `probe` against `addr` once: answered, failed (refused, reset,
 /// wrong answer) or timed out after `timeout`.
 pub async fn run_probe(probe: &ProbeConfig, addr: SocketAddr, timeout: Duration) -> ProbeOutcome {
     let attempt = async {
         let mut stream = TcpStream::connect(addr)
             .await
-            .map_err(|e| format!("connect {addr}: {e}"))?;
+            .map_err(|source| ProbeError::Connect { addr, source })?;
         match probe {
             ProbeConfig::Tcp { .. } => Ok(()),
             ProbeConfig::Http { path, expect, .. } => {
@@ -39,16 +84,19 @@ pub async fn run_probe(probe: &ProbeConfig, addr: SocketAddr, timeout: Duration)
                 if status == *expect {
                     Ok(())
                 } else {
-                    Err(format!(
-                        "GET {path} on {addr}: status {status}, expected {expect}"
-                    ))
+                    Err(ProbeError::WrongStatus {
+                        path: path.clone(),
+                        addr,
+                        status,
+                        expected: *expect,
+                    })
                 }
             }
         }
     };
     match tokio::time::timeout(timeout, attempt).await {
         Ok(Ok(())) => ProbeOutcome::Answered,
-        Ok(Err(detail)) => ProbeOutcome::Failed(detail),
+        Ok(Err(detail)) => ProbeOutcome::Failed(detail.to_string()),
         Err(_) => ProbeOutcome::TimedOut(format!(
             "{addr}: no answer within {} ms",
             timeout.as_millis()
@@ -57,7 +105,11 @@ pub async fn run_probe(probe: &ProbeConfig, addr: SocketAddr, timeout: Duration)
 }
 
 /// Sends `GET path HTTP/1.0` and returns the status code of the answer.
-async fn http_status(stream: &mut TcpStream, addr: SocketAddr, path: &str) -> Result<u16, String> {
+async fn http_status(
+    stream: &mut TcpStream,
+    addr: SocketAddr,
+    path: &str,
+) -> Result<u16, ProbeError> {
     let host = match addr {
         SocketAddr::V4(v4) => v4.to_string(),
         SocketAddr::V6(v6) => format!("[{}]:{}", v6.ip(), v6.port()),
@@ -70,14 +122,22 @@ async fn http_status(stream: &mut TcpStream, addr: SocketAddr, path: &str) -> Re
     stream
         .write_all(request.as_bytes())
         .await
-        .map_err(|e| format!("GET {path} on {addr}: write: {e}"))?;
+        .map_err(|source| ProbeError::Write {
+            path: path.to_owned(),
+            addr,
+            source,
+        })?;
     let mut answer = Vec::with_capacity(128);
     let mut buf = [0u8; 256];
     while !answer.contains(&b'\n') && answer.len() < STATUS_LINE_LIMIT {
         let n = stream
             .read(&mut buf)
             .await
-            .map_err(|e| format!("GET {path} on {addr}: read: {e}"))?;
+            .map_err(|source| ProbeError::Read {
+                path: path.to_owned(),
+                addr,
+                source,
+            })?;
         if n == 0 {
             break;
         }
@@ -86,7 +146,11 @@ async fn http_status(stream: &mut TcpStream, addr: SocketAddr, path: &str) -> Re
     parse_status_line(&answer).ok_or_else(|| {
         let start = String::from_utf8_lossy(answer.get(..answer.len().min(60)).unwrap_or_default())
             .into_owned();
-        format!("GET {path} on {addr}: no HTTP status line in the answer {start:?}")
+        ProbeError::NoStatusLine {
+            path: path.to_owned(),
+            addr,
+            start,
+        }
     })
 }
 

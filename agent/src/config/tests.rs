@@ -460,7 +460,10 @@ fn check_host_resolves_the_cgroup_like_the_agent() {
 
     let text = format!("{MINIMAL}\n[utilization]\nkind = \"cgroup-cpu\"\ncgroup = \"/app\"\n");
     let config = parse(&text).expect("valid");
-    let message = config.check_host(root.path()).expect_err("no such cgroup");
+    let message = config
+        .check_host(root.path())
+        .expect_err("no such cgroup")
+        .to_string();
     assert!(
         message.contains("utilization.cgroup = \"/app\""),
         "{message}"
@@ -482,7 +485,10 @@ fn check_host_resolves_the_cgroup_like_the_agent() {
         "sys/fs/cgroup/unified/cgroup.controllers",
         "cpu\n",
     );
-    let message = config.check_host(root.path()).expect_err("no such cgroup");
+    let message = config
+        .check_host(root.path())
+        .expect_err("no such cgroup")
+        .to_string();
     let v2 = cgroups.join("unified/app/cpu.stat");
     assert!(message.contains(&v2.display().to_string()), "{message}");
 

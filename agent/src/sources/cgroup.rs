@@ -254,9 +254,9 @@ impl CgroupCpu {
                     });
                 }
                 Ok(text) => parse_cpu_max(&text)
-                    .map_err(|reason| CgroupError::Parse {
+                    .map_err(|e| CgroupError::Parse {
                         path: max.clone(),
-                        reason,
+                        reason: e.to_string(),
                     })?
                     .map(|(quota_us, period_us)| cores(quota_us, period_us, max))
                     .transpose()?,
@@ -347,20 +347,42 @@ fn cores(quota_us: u64, period_us: u64, path: &Path) -> Result<f64, CgroupError>
 /// `cpu.max`: `"max 100000"` is unlimited (`None`), `"20000 100000"` is
 /// quota and period in microseconds. The period may be left out (default
 /// 100000).
-fn parse_cpu_max(text: &str) -> Result<Option<(u64, u64)>, String> {
+fn parse_cpu_max(text: &str) -> Result<Option<(u64, u64)>, CpuMaxError> {
     let mut fields = text.split_whitespace();
-    let quota = fields.next().ok_or_else(|| "empty cpu.max".to_owned())?;
+    let quota = fields.next().ok_or(CpuMaxError::Empty)?;
     let period = match fields.next() {
-        Some(p) => p.parse::<u64>().map_err(|e| format!("period {p:?}: {e}"))?,
+        Some(p) => p.parse::<u64>().map_err(|source| CpuMaxError::Number {
+            field: "period",
+            text: p.to_owned(),
+            source,
+        })?,
         None => 100_000,
     };
     if quota == "max" {
         return Ok(None);
     }
-    let quota = quota
-        .parse::<u64>()
-        .map_err(|e| format!("quota {quota:?}: {e}"))?;
+    let quota = quota.parse::<u64>().map_err(|source| CpuMaxError::Number {
+        field: "quota",
+        text: quota.to_owned(),
+        source,
+    })?;
     Ok(Some((quota, period)))
+}
+
+/// What is wrong in a `cpu.max` file.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+enum CpuMaxError {
+    /// The file is empty.
+    #[error("empty cpu.max")]
+    Empty,
+    /// The quota or the period is not a number.
+    #[error("{field} {text:?}: {source}")]
+    Number {
+        field: &'static str,
+        text: String,
+        #[source]
+        source: std::num::ParseIntError,
+    },
 }
 
 fn read(path: &Path) -> Result<String, CgroupError> {

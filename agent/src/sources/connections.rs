@@ -179,57 +179,61 @@ pub fn count(sockets: &[TcpSocket], query: &ConnectionQuery) -> ConnectionCounts
 }
 
 /// Reads and parses one `/proc/net/tcp`-format file.
+///
+/// # Errors
+///
+/// [`ConnectionsError::Read`] when the file cannot be read,
+/// [`ConnectionsError::Parse`] (with the 1-based line) when a socket line is
+/// not what the kernel writes.
 pub fn read_sockets(path: &Path) -> Result<Vec<TcpSocket>, ConnectionsError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConnectionsError::Read {
         path: path.to_owned(),
         source,
     })?;
-    parse(&text).map_err(|(line, reason)| ConnectionsError::Parse {
-        path: path.to_owned(),
-        line,
-        reason,
-    })
+    parse(&text, path)
 }
 
 /// Parses `/proc/net/tcp`-format text with procfs; errors carry the 1-based
 /// line number.
-fn parse(text: &str) -> Result<Vec<TcpSocket>, (usize, String)> {
-    // Blank lines are skipped, as the kernel never writes them; procfs would
-    // reject them.
+fn parse(original: &str, path: &Path) -> Result<Vec<TcpSocket>, ConnectionsError> {
+    // Blank lines are skipped, as before procfs; the kernel never writes
+    // them, and procfs would reject them.
     let kept: String;
-    let text = if text.lines().any(|l| l.trim().is_empty()) {
-        kept = text
+    let text = if original.lines().any(|l| l.trim().is_empty()) {
+        kept = original
             .lines()
             .filter(|l| !l.trim().is_empty())
-            .map(|l| format!("{l}\n"))
+            .flat_map(|l| [l, "\n"])
             .collect();
         &kept
     } else {
-        text
+        original
     };
-    match table(text) {
-        Ok(sockets) => Ok(sockets),
+    table(text).map_err(|whole| {
         // procfs's error does not say where: find the first line it rejects
-        // (only on this error path, so good files are parsed once).
-        Err(whole) => Err(text
+        // (only on this error path, so a good file is parsed once).
+        let (line, error) = original
             .lines()
             .enumerate()
             .skip(1)
             .filter(|(_, l)| !l.trim().is_empty())
             .find_map(|(i, line)| table(&format!("header\n{line}")).err().map(|e| (i + 1, e)))
-            .unwrap_or((1, whole))),
-    }
+            .unwrap_or((1, whole));
+        ConnectionsError::Parse {
+            path: path.to_owned(),
+            line,
+            reason: format!(
+                "expected `sl local_address rem_address st tx_queue:rx_queue tr:when retrnsmt \
+                 uid timeout inode`, addresses as hex IP:port ({error})"
+            ),
+        }
+    })
 }
 
 /// One `/proc/net/tcp` table (header line first) as sockets.
-fn table(text: &str) -> Result<Vec<TcpSocket>, String> {
-    let entries = procfs::net::TcpNetEntries::from_read(text.as_bytes(), procfs::current_system_info())
-        .map_err(|e| {
-            format!(
-                "expected `sl local_address rem_address st tx_queue:rx_queue tr:when retrnsmt uid timeout inode`, \
-                 addresses as hex IP:port ({e})"
-            )
-        })?;
+fn table(text: &str) -> Result<Vec<TcpSocket>, procfs::ProcError> {
+    let entries =
+        procfs::net::TcpNetEntries::from_read(text.as_bytes(), procfs::current_system_info())?;
     Ok(entries
         .0
         .into_iter()

@@ -58,10 +58,7 @@ impl CpuSampler {
     /// previous reading is kept then.
     pub fn sample(&mut self) -> Result<Option<f64>, CpuError> {
         let bytes = super::read_proc_file(&self.path)?;
-        let now = parse_cpu_times(&bytes).map_err(|reason| CpuError::Parse {
-            path: self.path.clone(),
-            reason,
-        })?;
+        let now = parse_cpu_times(&bytes, &self.path)?;
         let Some(previous) = self.previous else {
             self.previous = Some(now);
             return Ok(None);
@@ -87,9 +84,18 @@ impl CpuSampler {
 /// Busy and idle ticks from the aggregate `cpu` line of `/proc/stat`
 /// contents, parsed by procfs (which also wants the `ctxt`, `btime` and
 /// `processes` lines every kernel writes).
-fn parse_cpu_times(bytes: &[u8]) -> Result<CpuTimes, String> {
-    let stats = procfs::KernelStats::from_read(bytes, procfs::current_system_info())
-        .map_err(|e| super::proc_reason("no aggregate \"cpu\" line of at least 4 counters (user nice system idle) with the ctxt, btime and processes lines", &e))?;
+fn parse_cpu_times(bytes: &[u8], path: &Path) -> Result<CpuTimes, CpuError> {
+    let stats =
+        procfs::KernelStats::from_read(bytes, procfs::current_system_info()).map_err(|e| {
+            CpuError::Parse {
+                path: path.to_owned(),
+                reason: super::proc_reason(
+                    "an aggregate \"cpu\" line of at least 4 counters (user nice system idle) \
+                 and the ctxt, btime and processes lines",
+                    &e,
+                ),
+            }
+        })?;
     let total = stats.total;
     // Older kernels print fewer fields; missing ones count as zero.
     let optional = |field: Option<u64>| field.unwrap_or(0);

@@ -73,9 +73,9 @@ impl NetDevSampler {
             path: self.path.clone(),
             source,
         })?;
-        let now = parse_net_dev(&text).map_err(|reason| NetDevError::Parse {
+        let now = parse_net_dev(&text).map_err(|e| NetDevError::Parse {
             path: self.path.clone(),
-            reason,
+            reason: e.to_string(),
         })?;
         let previous = self.previous.replace(now.clone());
         let Some(previous) = previous else {
@@ -104,8 +104,27 @@ impl NetDevSampler {
     }
 }
 
+/// What is wrong in a `/proc/net/dev` line.
+#[derive(Debug, thiserror::Error)]
+enum LineError {
+    /// A line that is neither a header nor `name: counters`.
+    #[error("line {0:?} has no \"interface:\" prefix")]
+    NoInterface(String),
+    /// Too few counters.
+    #[error("interface {interface} has {found} counters, 16 expected")]
+    Counters { interface: String, found: usize },
+    /// A counter that is not a number.
+    #[error("interface {interface} counter {text:?}: {source}")]
+    Counter {
+        interface: String,
+        text: String,
+        #[source]
+        source: std::num::ParseIntError,
+    },
+}
+
 /// Byte counters per interface, without `lo`.
-fn parse_net_dev(text: &str) -> Result<BTreeMap<String, Counters>, String> {
+fn parse_net_dev(text: &str) -> Result<BTreeMap<String, Counters>, LineError> {
     let mut counters = BTreeMap::new();
     // The two header lines have a '|' and no interface.
     for line in text
@@ -114,22 +133,26 @@ fn parse_net_dev(text: &str) -> Result<BTreeMap<String, Counters>, String> {
     {
         let (name, rest) = line
             .split_once(':')
-            .ok_or_else(|| format!("line {line:?} has no \"interface:\" prefix"))?;
+            .ok_or_else(|| LineError::NoInterface(line.to_owned()))?;
         let name = name.trim();
         if name == "lo" {
             continue;
         }
         let fields: Vec<&str> = rest.split_whitespace().collect();
         if fields.len() < 16 {
-            return Err(format!(
-                "interface {name} has {} counters, 16 expected",
-                fields.len()
-            ));
+            return Err(LineError::Counters {
+                interface: name.to_owned(),
+                found: fields.len(),
+            });
         }
         let counter = |i: usize| {
             fields[i]
                 .parse::<u64>()
-                .map_err(|e| format!("interface {name} counter {:?}: {e}", fields[i]))
+                .map_err(|source| LineError::Counter {
+                    interface: name.to_owned(),
+                    text: fields[i].to_owned(),
+                    source,
+                })
         };
         counters.insert(
             name.to_owned(),

@@ -141,7 +141,7 @@ fn parses_ipv4_and_ipv6_lines() {
             "0A"
         ),
     );
-    let sockets = parse(&text).expect("parse");
+    let sockets = parse(&text, Path::new("proc/net/tcp")).expect("parse");
     assert_eq!(
         sockets,
         [
@@ -168,7 +168,7 @@ fn parses_ipv4_and_ipv6_lines() {
         )
     );
     assert_eq!(
-        parse(&text).expect("parse")[0].local,
+        parse(&text, Path::new("proc/net/tcp")).expect("parse")[0].local,
         addr("127.0.0.1:8080")
     );
 }
