@@ -3,7 +3,7 @@
 //! and shares cover the time since the previous report was computed.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
     path::{Path, PathBuf},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
@@ -21,8 +21,9 @@ use crate::{
     probe::describe,
     readiness::{Sysctl, readiness},
     sources::{
-        self, CgroupCpu, CommandSource, ConnectionQuery, CpuSampler, NetDevSampler, Readings,
-        SourceKind, TcpSocket, Utilization, UtilizationChoice, connections, probe_sources,
+        self, CgroupCpu, CgroupCpuSample, CommandSource, ConnectionQuery, CpuSampler,
+        NetDevSampler, NicRate, Readings, SourceKind, TcpSocket, Utilization, UtilizationChoice,
+        connections, probe_sources,
     },
 };
 
@@ -157,6 +158,11 @@ impl Collector {
 
     /// Measures everything and builds a report covering the time since the
     /// previous call.
+    ///
+    /// # Errors
+    ///
+    /// When a source every report needs (host CPU, load, memory, sockets,
+    /// and the configured utilization source) fails.
     pub async fn collect(&mut self) -> Result<Report, CollectError> {
         // The only source that may block; it runs before the samplers so
         // their interval ends as close to the report time as possible.
@@ -174,69 +180,17 @@ impl Collector {
             .cpu
             .sample()
             .map_err(|e| source_error("host cpu")(&e))?;
-        let cgroup = match &mut self.cgroup {
-            Some(cgroup) => match cgroup.sample(elapsed) {
-                Ok(sample) => sample,
-                Err(error) if self.config.utilization.kind == SourceKind::CgroupCpu => {
-                    return Err(source_error("cgroup cpu")(&error));
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "cannot sample the cgroup's CPU");
-                    None
-                }
-            },
-            None => None,
-        };
+        let cgroup = self.sample_cgroup(elapsed)?;
         let load = sources::read_loadavg(&self.root).map_err(|e| source_error("load")(&e))?;
         let memory = sources::read_meminfo(&self.root).map_err(|e| source_error("memory")(&e))?;
         let nics = match self.net.sample(elapsed) {
             Ok(rates) => rates.unwrap_or_default(),
             Err(error) => {
                 tracing::warn!(%error, "cannot sample interface rates");
-                Default::default()
+                BTreeMap::default()
             }
         };
-        let sockets = self.sockets()?;
-        let interfaces = Interfaces::read().unwrap_or_else(|error| {
-            tracing::warn!(%error, "cannot list interfaces; VIPs count as missing");
-            Interfaces::default()
-        });
-        let arp = self.sysctl.arp(&interfaces.ipv4_interfaces());
-
-        let mut applications = Vec::with_capacity(self.config.applications.len());
-        let mut connection_figures = Vec::new();
-        for (app, monitor) in self.config.applications.iter().zip(&self.monitors) {
-            let (established, vip_established) = count_connections(app, &sockets);
-            if app.protocol == Protocol::Tcp {
-                let counted = if app.vips.is_empty() {
-                    established
-                } else {
-                    vip_established
-                };
-                let capacity = app
-                    .connection_capacity
-                    .or(self.config.utilization.connection_capacity);
-                connection_figures.push((counted, capacity));
-            }
-            applications.push(ApplicationStatus {
-                name: app.name.clone(),
-                established,
-                vip_established,
-                health: monitor.health(),
-                readiness: app
-                    .vips
-                    .iter()
-                    .map(|&vip| {
-                        readiness(
-                            vip,
-                            interfaces.on_loopback(vip),
-                            arp,
-                            monitor.vip_probe(vip),
-                        )
-                    })
-                    .collect(),
-            });
-        }
+        let (applications, connection_figures) = self.applications(&self.sockets()?);
 
         let readings = Readings {
             host_cpu_busy: host_cpu,
@@ -270,16 +224,79 @@ impl Collector {
                 total_bytes: memory.total_bytes,
                 available_bytes: memory.available_bytes.min(memory.total_bytes),
             },
-            nics: nics
-                .into_iter()
-                .map(|(name, rate)| Nic {
-                    name,
-                    rx_bps: bits(rate.rx_bytes_per_sec),
-                    tx_bps: bits(rate.tx_bytes_per_sec),
-                })
-                .collect(),
+            nics: nics.into_iter().map(nic).collect(),
             applications,
         })
+    }
+
+    /// The cgroup's CPU since the previous sample; its failure fails the
+    /// report only when it is the utilization source.
+    fn sample_cgroup(
+        &mut self,
+        elapsed: Duration,
+    ) -> Result<Option<CgroupCpuSample>, CollectError> {
+        let Some(cgroup) = &mut self.cgroup else {
+            return Ok(None);
+        };
+        match cgroup.sample(elapsed) {
+            Ok(sample) => Ok(sample),
+            Err(error) if self.config.utilization.kind == SourceKind::CgroupCpu => {
+                Err(source_error("cgroup cpu")(&error))
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot sample the cgroup's CPU");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Each application's status, and for each TCP application the
+    /// connections the utilization counts (on its VIPs when it has any) with
+    /// its capacity.
+    fn applications(
+        &self,
+        sockets: &[TcpSocket],
+    ) -> (Vec<ApplicationStatus>, Vec<(u64, Option<u64>)>) {
+        let interfaces = Interfaces::read().unwrap_or_else(|error| {
+            tracing::warn!(%error, "cannot list interfaces; VIPs count as missing");
+            Interfaces::default()
+        });
+        let arp = self.sysctl.arp(&interfaces.ipv4_interfaces());
+        let mut applications = Vec::with_capacity(self.config.applications.len());
+        let mut connection_figures = Vec::new();
+        for (app, monitor) in self.config.applications.iter().zip(&self.monitors) {
+            let (established, vip_established) = count_connections(app, sockets);
+            if app.protocol == Protocol::Tcp {
+                let counted = if app.vips.is_empty() {
+                    established
+                } else {
+                    vip_established
+                };
+                let capacity = app
+                    .connection_capacity
+                    .or(self.config.utilization.connection_capacity);
+                connection_figures.push((counted, capacity));
+            }
+            applications.push(ApplicationStatus {
+                name: app.name.clone(),
+                established,
+                vip_established,
+                health: monitor.health(),
+                readiness: app
+                    .vips
+                    .iter()
+                    .map(|&vip| {
+                        readiness(
+                            vip,
+                            interfaces.on_loopback(vip),
+                            arp,
+                            monitor.vip_probe(vip),
+                        )
+                    })
+                    .collect(),
+            });
+        }
+        (applications, connection_figures)
     }
 
     async fn read_command(&self, source: CommandSource) -> Result<f64, CollectError> {
@@ -384,6 +401,15 @@ fn proto_source(kind: SourceKind) -> UtilizationSource {
         SourceKind::CgroupCpu => UtilizationSource::CgroupCpu,
         SourceKind::Connections => UtilizationSource::Connections,
         SourceKind::Command => UtilizationSource::Command,
+    }
+}
+
+/// One interface's rates as reported.
+fn nic((name, rate): (String, NicRate)) -> Nic {
+    Nic {
+        name,
+        rx_bps: bits(rate.rx_bytes_per_sec),
+        tx_bps: bits(rate.tx_bytes_per_sec),
     }
 }
 

@@ -2,7 +2,6 @@
 //! position) and the checks that turn it into an [`AgentConfig`].
 
 use std::{
-    collections::BTreeSet,
     net::{IpAddr, SocketAddr},
     ops::Range,
     path::{Path, PathBuf},
@@ -14,12 +13,13 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    AgentConfig, ApplicationConfig, ConfigError, DEFAULT_DISCOVERY_INTERVAL_MS, DEFAULT_FALL,
-    DEFAULT_PROBE_TIMEOUT_MS, DEFAULT_REPORT_INTERVAL_MS, DEFAULT_RISE, DiscoveryConfig,
-    MAX_INTERVAL_MS, MAX_PROBE_TIMEOUT_MS, MIN_DISCOVERY_INTERVAL_MS, MIN_INTERVAL_MS, ProbeConfig,
+    AgentConfig, ConfigError, DEFAULT_DISCOVERY_INTERVAL_MS, DEFAULT_REPORT_INTERVAL_MS,
+    DiscoveryConfig, MAX_INTERVAL_MS, MIN_DISCOVERY_INTERVAL_MS, MIN_INTERVAL_MS, ProbeConfig,
     UtilizationConfig, kebab,
 };
 use crate::sources::{CommandSource, SourceKind};
+
+mod application;
 
 /// The whole file.
 #[derive(Debug, Deserialize)]
@@ -136,17 +136,7 @@ impl Validator<'_> {
             ));
         }
         let manager_host = self.manager_host(&agent.manager)?;
-        let manager_name = match agent.manager_name {
-            Some(name) if name.get_ref().trim().is_empty() => {
-                return Err(self.error(
-                    name.span(),
-                    "agent.manager_name",
-                    "is empty: write the name on the manager's certificate, or leave the key out",
-                ));
-            }
-            Some(name) => name.into_inner().trim().to_owned(),
-            None => manager_host,
-        };
+        let manager_name = self.manager_name(agent.manager_name.as_ref(), manager_host)?;
         let report_interval_ms = match &agent.report_interval_ms {
             Some(ms) => self.interval(ms, "agent.report_interval_ms")?,
             None => DEFAULT_REPORT_INTERVAL_MS,
@@ -163,27 +153,7 @@ impl Validator<'_> {
                  (see `lbctl certs`)",
             ));
         }
-        if let Some(port) = &agent.control_port
-            && *port.get_ref() == 0
-        {
-            return Err(self.error(
-                port.span(),
-                "agent.control_port",
-                "is 0: write the TCP port of this server's control listener",
-            ));
-        }
-        if let Some(cores) = &agent.capacity_cores
-            && !(cores.get_ref().is_finite() && *cores.get_ref() > 0.0)
-        {
-            return Err(self.error(
-                cores.span(),
-                "agent.capacity_cores",
-                format!(
-                    "{} is not a positive number of cores (fractions such as 0.5 are fine)",
-                    cores.get_ref()
-                ),
-            ));
-        }
+        self.agent_numbers(&agent)?;
         let utilization_span = file
             .utilization
             .as_ref()
@@ -216,6 +186,49 @@ impl Validator<'_> {
             applications,
             discovery,
         })
+    }
+
+    /// `agent.manager_name`, else the manager's host as written.
+    fn manager_name(
+        &self,
+        name: Option<&Spanned<String>>,
+        manager_host: String,
+    ) -> Result<String, ConfigError> {
+        match name {
+            Some(name) if name.get_ref().trim().is_empty() => Err(self.error(
+                name.span(),
+                "agent.manager_name",
+                "is empty: write the name on the manager's certificate, or leave the key out",
+            )),
+            Some(name) => Ok(name.get_ref().trim().to_owned()),
+            None => Ok(manager_host),
+        }
+    }
+
+    /// `agent.control_port` and `agent.capacity_cores`, when given.
+    fn agent_numbers(&self, agent: &AgentSection) -> Result<(), ConfigError> {
+        if let Some(port) = &agent.control_port
+            && *port.get_ref() == 0
+        {
+            return Err(self.error(
+                port.span(),
+                "agent.control_port",
+                "is 0: write the TCP port of this server's control listener",
+            ));
+        }
+        if let Some(cores) = &agent.capacity_cores
+            && !(cores.get_ref().is_finite() && *cores.get_ref() > 0.0)
+        {
+            return Err(self.error(
+                cores.span(),
+                "agent.capacity_cores",
+                format!(
+                    "{} is not a positive number of cores (fractions such as 0.5 are fine)",
+                    cores.get_ref()
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// `[discovery]`: announcements are signed with this host's TLS key,
@@ -381,52 +394,9 @@ impl Validator<'_> {
                 return Err(only_for(key, value_span, "command"));
             }
         }
-        let command = match (section.command, section.file) {
-            (Some(c), Some(_)) => {
-                return Err(self.error(
-                    c.span(),
-                    "utilization.command",
-                    "and utilization.file are both set: keep one",
-                ));
-            }
-            (Some(c), None) if c.get_ref().is_empty() => {
-                return Err(self.error(
-                    c.span(),
-                    "utilization.command",
-                    "is empty: write the program and its arguments, e.g. [\"/usr/local/bin/load\"]",
-                ));
-            }
-            (Some(c), None) => Some(CommandSource::Command(c.into_inner())),
-            (None, Some(f)) => Some(CommandSource::File(f.into_inner())),
-            (None, None) if kind == SourceKind::Command => {
-                return Err(self.error(
-                    span,
-                    "utilization.command",
-                    "is missing: kind = \"command\" needs command = [\"program\", \"arg\"] or \
-                     file = \"/path\"",
-                ));
-            }
-            (None, None) => None,
-        };
-        let cgroup = match section.cgroup {
-            Some(c) if c.get_ref().trim().is_empty() => {
-                return Err(self.error(
-                    c.span(),
-                    "utilization.cgroup",
-                    "is empty: write the cgroup's path in the hierarchy, e.g. \"/lab/h1\"",
-                ));
-            }
-            Some(c) => Some(c.into_inner()),
-            None if kind == SourceKind::CgroupCpu => {
-                return Err(self.error(
-                    span,
-                    "utilization.cgroup",
-                    "is missing: kind = \"cgroup-cpu\" needs the application's cgroup, e.g. \
-                     cgroup = \"/lab/h1\"",
-                ));
-            }
-            None => None,
-        };
+        let command =
+            self.utilization_command(section.command, section.file, kind, span.clone())?;
+        let cgroup = self.utilization_cgroup(section.cgroup, kind, span)?;
         Ok(UtilizationConfig {
             kind,
             connection_capacity: section.capacity.map(Spanned::into_inner),
@@ -435,154 +405,60 @@ impl Validator<'_> {
         })
     }
 
-    fn applications(
+    /// `utilization.command` or `utilization.file`: one of them, and only
+    /// with `kind = "command"` (checked by the caller).
+    fn utilization_command(
         &self,
-        sections: Vec<Spanned<ApplicationSection>>,
-        report_interval_ms: u64,
-        utilization: &UtilizationConfig,
-        utilization_span: Range<usize>,
-    ) -> Result<Vec<ApplicationConfig>, ConfigError> {
-        let mut names = BTreeSet::new();
-        let mut applications = Vec::with_capacity(sections.len());
-        for section in sections {
-            let app = section.into_inner();
-            let name = app.name.get_ref().trim().to_owned();
-            let key = |field: &str| format!("application[{name}].{field}");
-            if name.is_empty() {
-                return Err(self.error(app.name.span(), "application.name", "is empty"));
-            }
-            if !names.insert(name.clone()) {
-                return Err(self.error(
-                    app.name.span(),
-                    "application.name",
-                    format!("{name:?} is defined twice"),
-                ));
-            }
-            if app.ports.get_ref().is_empty() {
-                return Err(self.error(
-                    app.ports.span(),
-                    &key("ports"),
-                    "is empty: list the ports the application listens on",
-                ));
-            }
-            if app.ports.get_ref().contains(&0) {
-                return Err(self.error(app.ports.span(), &key("ports"), "contains port 0"));
-            }
-            let mut vips = Vec::with_capacity(app.vips.len());
-            for vip in &app.vips {
-                if vips.contains(vip.get_ref()) {
-                    return Err(self.error(
-                        vip.span(),
-                        &key("vips"),
-                        format!("{} is listed twice", vip.get_ref()),
-                    ));
-                }
-                vips.push(*vip.get_ref());
-            }
-            self.probe(&app.probe, &key("probe"))?;
-            let count = |v: &Option<Spanned<u32>>, field: &str, default: u32| match v {
-                Some(n) if *n.get_ref() == 0 => Err(self.error(
-                    n.span(),
-                    &key(field),
-                    "is 0: at least one probe is needed to change state",
-                )),
-                Some(n) => Ok(*n.get_ref()),
-                None => Ok(default),
-            };
-            let rise = count(&app.rise, "rise", DEFAULT_RISE)?;
-            let fall = count(&app.fall, "fall", DEFAULT_FALL)?;
-            let probe_interval_ms = match &app.probe_interval_ms {
-                Some(ms) => self.interval(ms, &key("probe_interval_ms"))?,
-                None => report_interval_ms,
-            };
-            // Its own setting, never the interval: a saturated server
-            // answers late, and a timeout tied to a short report interval
-            // called that a failure.
-            let probe_timeout_ms = match &app.probe_timeout_ms {
-                Some(ms) if !(MIN_INTERVAL_MS..=MAX_PROBE_TIMEOUT_MS).contains(ms.get_ref()) => {
-                    return Err(self.error(
-                        ms.span(),
-                        &key("probe_timeout_ms"),
-                        format!(
-                            "{} ms is outside {MIN_INTERVAL_MS}..={MAX_PROBE_TIMEOUT_MS} ms",
-                            ms.get_ref()
-                        ),
-                    ));
-                }
-                Some(ms) => *ms.get_ref(),
-                None => DEFAULT_PROBE_TIMEOUT_MS,
-            };
-            if let Some(capacity) = &app.connection_capacity
-                && *capacity.get_ref() == 0
-            {
-                return Err(self.error(
-                    capacity.span(),
-                    &key("connection_capacity"),
-                    "is 0: write the established connections it handles at full load",
-                ));
-            }
-            let connection_capacity = app.connection_capacity.as_ref().map(|c| *c.get_ref());
-            if utilization.kind == SourceKind::Connections
-                && *app.protocol.get_ref() == Protocol::Tcp
-                && connection_capacity
-                    .or(utilization.connection_capacity)
-                    .is_none()
-            {
-                return Err(self.error(
-                    app.name.span(),
-                    &key("connection_capacity"),
-                    "is missing: utilization kind = \"connections\" needs a capacity, here or \
-                     as utilization.capacity",
-                ));
-            }
-            applications.push(ApplicationConfig {
-                name,
-                protocol: *app.protocol.get_ref(),
-                ports: app.ports.into_inner(),
-                vips,
-                probe: app.probe.into_inner(),
-                rise,
-                fall,
-                probe_interval: Duration::from_millis(probe_interval_ms),
-                probe_timeout: Duration::from_millis(probe_timeout_ms),
-                connection_capacity,
-            });
+        command: Option<Spanned<Vec<String>>>,
+        file: Option<Spanned<PathBuf>>,
+        kind: SourceKind,
+        span: Range<usize>,
+    ) -> Result<Option<CommandSource>, ConfigError> {
+        match (command, file) {
+            (Some(c), Some(_)) => Err(self.error(
+                c.span(),
+                "utilization.command",
+                "and utilization.file are both set: keep one",
+            )),
+            (Some(c), None) if c.get_ref().is_empty() => Err(self.error(
+                c.span(),
+                "utilization.command",
+                "is empty: write the program and its arguments, e.g. [\"/usr/local/bin/load\"]",
+            )),
+            (Some(c), None) => Ok(Some(CommandSource::Command(c.into_inner()))),
+            (None, Some(f)) => Ok(Some(CommandSource::File(f.into_inner()))),
+            (None, None) if kind == SourceKind::Command => Err(self.error(
+                span,
+                "utilization.command",
+                "is missing: kind = \"command\" needs command = [\"program\", \"arg\"] or \
+                 file = \"/path\"",
+            )),
+            (None, None) => Ok(None),
         }
-        if utilization.kind == SourceKind::Connections
-            && !applications.iter().any(|a| a.protocol == Protocol::Tcp)
-        {
-            return Err(self.error(
-                utilization_span,
-                "utilization.kind",
-                "is \"connections\" but no TCP [[application]] is configured to count",
-            ));
-        }
-        Ok(applications)
     }
 
-    fn probe(&self, probe: &Spanned<ProbeConfig>, key: &str) -> Result<(), ConfigError> {
-        if probe.get_ref().port() == 0 {
-            return Err(self.error(probe.span(), &format!("{key}.port"), "is 0"));
+    /// `utilization.cgroup`: required with `kind = "cgroup-cpu"`.
+    fn utilization_cgroup(
+        &self,
+        cgroup: Option<Spanned<String>>,
+        kind: SourceKind,
+        span: Range<usize>,
+    ) -> Result<Option<String>, ConfigError> {
+        match cgroup {
+            Some(c) if c.get_ref().trim().is_empty() => Err(self.error(
+                c.span(),
+                "utilization.cgroup",
+                "is empty: write the cgroup's path in the hierarchy, e.g. \"/lab/h1\"",
+            )),
+            Some(c) => Ok(Some(c.into_inner())),
+            None if kind == SourceKind::CgroupCpu => Err(self.error(
+                span,
+                "utilization.cgroup",
+                "is missing: kind = \"cgroup-cpu\" needs the application's cgroup, e.g. \
+                 cgroup = \"/lab/h1\"",
+            )),
+            None => Ok(None),
         }
-        if let ProbeConfig::Http { path, expect, .. } = probe.get_ref() {
-            if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                return Err(self.error(
-                    probe.span(),
-                    &format!("{key}.path"),
-                    format!(
-                        "{path:?} must start with '/' and hold no spaces or control characters"
-                    ),
-                ));
-            }
-            if !(100..=599).contains(expect) {
-                return Err(self.error(
-                    probe.span(),
-                    &format!("{key}.expect"),
-                    format!("{expect} is not an HTTP status code (100..=599)"),
-                ));
-            }
-        }
-        Ok(())
     }
 }
 
