@@ -119,7 +119,7 @@ pub async fn run(
             match load_transport(collector.config()) {
                 Ok(fresh) => transport = fresh,
                 Err(error) => {
-                    tracing::error!(%error, "cannot reload TLS credentials; using the ones loaded before")
+                    tracing::error!(%error, "cannot reload TLS credentials; using the ones loaded before");
                 }
             }
         }
@@ -146,7 +146,7 @@ pub async fn run(
         let delay = backoff.next_delay();
         tracing::info!(delay_ms = millis(delay), "reconnecting to the manager");
         tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
+            () = tokio::time::sleep(delay) => {}
             _ = shutdown.changed() => return Ok(()),
         }
     }

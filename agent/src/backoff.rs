@@ -34,6 +34,7 @@ impl Default for Backoff {
 
 impl Backoff {
     /// A backoff seeded from the clock and the process id.
+    #[must_use]
     pub fn new() -> Self {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -42,6 +43,7 @@ impl Backoff {
     }
 
     /// A backoff whose jitter comes from `seed` (for tests).
+    #[must_use]
     pub fn with_seed(seed: u64) -> Self {
         Self {
             base: INITIAL,
@@ -50,6 +52,7 @@ impl Backoff {
     }
 
     /// The base of the next delay, without jitter.
+    #[must_use]
     pub fn base(&self) -> Duration {
         self.base
     }

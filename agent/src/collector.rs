@@ -110,6 +110,7 @@ impl Collector {
     }
 
     /// The configuration the collector reports on.
+    #[must_use]
     pub fn config(&self) -> &AgentConfig {
         &self.config
     }
@@ -127,7 +128,7 @@ impl Collector {
                 Ok(cores) if cores > 0.0 => return cores,
                 Ok(_) => {}
                 Err(error) => {
-                    tracing::warn!(%error, "cannot read the cgroup quota; using host CPUs")
+                    tracing::warn!(%error, "cannot read the cgroup quota; using host CPUs");
                 }
             }
         }
@@ -135,6 +136,7 @@ impl Collector {
     }
 
     /// The `<hello>` for a new stream.
+    #[must_use]
     pub fn hello(&self) -> Hello {
         Hello {
             seq: 0,

@@ -157,7 +157,7 @@ pub struct AgentConfig {
 pub struct DiscoveryConfig {
     /// Send announcements (off unless configured).
     pub enabled: bool,
-    /// Where they go: a broadcast address (SO_BROADCAST is set), a multicast
+    /// Where they go: a broadcast address (`SO_BROADCAST` is set), a multicast
     /// group (sent with TTL 1, so they stay on the segment) or a manager's
     /// unicast address.
     pub address: SocketAddr,
@@ -263,6 +263,7 @@ pub enum ProbeConfig {
 
 impl ProbeConfig {
     /// The port probed.
+    #[must_use]
     pub fn port(&self) -> u16 {
         match self {
             Self::Tcp { port, .. } | Self::Http { port, .. } => *port,
@@ -270,6 +271,7 @@ impl ProbeConfig {
     }
 
     /// The address health probes go to.
+    #[must_use]
     pub fn address(&self) -> IpAddr {
         match self {
             Self::Tcp { address, .. } | Self::Http { address, .. } => {
@@ -325,6 +327,7 @@ impl AgentConfig {
 }
 
 /// The configuration spelling of a source kind (`host-cpu`, ...).
+#[must_use]
 pub fn kebab(kind: SourceKind) -> &'static str {
     match kind {
         SourceKind::HostCpu => "host-cpu",

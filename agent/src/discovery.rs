@@ -56,7 +56,7 @@ pub enum DiscoveryError {
     },
 }
 
-/// Opens a UDP socket for announcements to `target`: SO_BROADCAST for an
+/// Opens a UDP socket for announcements to `target`: `SO_BROADCAST` for an
 /// IPv4 address that is not multicast (a limited or directed broadcast
 /// needs it; a unicast target does not mind), and a multicast TTL of 1 for
 /// an IPv4 group so announcements stay on the segment (IPv6 multicast hops
@@ -248,7 +248,7 @@ mod tests {
 
     use super::*;
 
-    const DAY: Duration = Duration::from_secs(86_400);
+    const DAY: Duration = Duration::from_hours(24);
 
     fn hello() -> Hello {
         Hello {

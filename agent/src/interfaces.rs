@@ -34,6 +34,7 @@ pub struct Interface {
 
 impl Interface {
     /// Whether the interface is a loopback interface (`IFF_LOOPBACK`).
+    #[must_use]
     pub fn is_loopback(&self) -> bool {
         self.flags & libc::IFF_LOOPBACK as u32 != 0
     }
@@ -49,7 +50,7 @@ impl Interfaces {
         let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
         // SAFETY: `head` is a valid out-pointer; on success the list is
         // freed below with `freeifaddrs`.
-        if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        if unsafe { libc::getifaddrs(&raw mut head) } != 0 {
             return Err(InterfacesError(std::io::Error::last_os_error()));
         }
         let mut interfaces = BTreeMap::<String, Interface>::new();
@@ -86,6 +87,7 @@ impl Interfaces {
     }
 
     /// The interface holding `ip`.
+    #[must_use]
     pub fn holding(&self, ip: IpAddr) -> Option<&Interface> {
         self.0.values().find(|i| i.addresses.contains(&ip))
     }
@@ -102,6 +104,7 @@ impl Interfaces {
     /// The addresses on non-loopback interfaces that other hosts can reach:
     /// everything but loopback, link-local IPv6 (it needs a scope) and
     /// unspecified addresses.
+    #[must_use]
     pub fn reachable_addresses(&self) -> Vec<IpAddr> {
         self.0
             .values()
@@ -113,6 +116,7 @@ impl Interfaces {
 
     /// Names of the non-loopback interfaces with an IPv4 address: those
     /// that could answer ARP for a VIP.
+    #[must_use]
     pub fn ipv4_interfaces(&self) -> Vec<&str> {
         self.0
             .values()

@@ -32,6 +32,7 @@ pub struct ApplicationMonitor {
 
 impl ApplicationMonitor {
     /// Starts the probe tasks of `app` on the current tokio runtime.
+    #[must_use]
     pub fn spawn(app: &ApplicationConfig) -> Self {
         let tracker = HealthTracker::new(app.rise, app.fall);
         let (health_tx, health) = watch::channel(tracker.health());
@@ -63,11 +64,13 @@ impl ApplicationMonitor {
     }
 
     /// The health state now.
+    #[must_use]
     pub fn health(&self) -> Health {
         self.health.borrow().clone()
     }
 
     /// Whether the last probe of `vip` succeeded.
+    #[must_use]
     pub fn vip_probe(&self, vip: IpAddr) -> bool {
         self.vip_probes
             .iter()

@@ -155,6 +155,7 @@ async fn http_status(
 }
 
 /// The status code of `HTTP/1.x NNN reason`, from the start of an answer.
+#[must_use]
 pub fn parse_status_line(answer: &[u8]) -> Option<u16> {
     let end = answer.iter().position(|&b| b == b'\n')?;
     let line = std::str::from_utf8(answer.get(..end)?).ok()?.trim_end();
@@ -171,6 +172,7 @@ pub fn parse_status_line(answer: &[u8]) -> Option<u16> {
 }
 
 /// The human-readable probe description sent in `<hello>`.
+#[must_use]
 pub fn describe(
     probe: &ProbeConfig,
     interval: Duration,

@@ -34,6 +34,7 @@ pub struct ArpSettings {
 
 impl ArpSettings {
     /// Whether these keep the server from answering ARP for its VIPs.
+    #[must_use]
     pub fn safe_for_dsr(self) -> bool {
         self.arp_ignore >= 1 && self.arp_announce >= 2
     }
@@ -53,11 +54,13 @@ impl Sysctl {
     }
 
     /// The real `/proc/sys`.
+    #[must_use]
     pub fn host() -> Self {
         Self::new(PROC_SYS)
     }
 
     /// The root.
+    #[must_use]
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -83,6 +86,7 @@ impl Sysctl {
 
     /// The effective ARP settings over `interfaces` (the weakest of them),
     /// or of `all` alone when `interfaces` is empty.
+    #[must_use]
     pub fn arp(&self, interfaces: &[&str]) -> ArpSettings {
         let all_ignore = self.conf("all", "arp_ignore").unwrap_or(0);
         let all_announce = self.conf("all", "arp_announce").unwrap_or(0);
@@ -108,6 +112,7 @@ impl Sysctl {
 }
 
 /// The `<readiness>` verdict for one VIP.
+#[must_use]
 pub fn readiness(vip: IpAddr, on_loopback: bool, arp: ArpSettings, local_probe: bool) -> Readiness {
     let arp_ok = vip.is_ipv6() || arp.safe_for_dsr();
     Readiness {

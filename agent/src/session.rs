@@ -112,6 +112,7 @@ pub struct SeqClock {
 
 impl SeqClock {
     /// The first `seq` of a stream opening now.
+    #[must_use]
     pub fn stream_start(&self) -> u64 {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)

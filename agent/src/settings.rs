@@ -24,6 +24,7 @@ pub enum SettingsError {
 
 impl SettingsError {
     /// The `code` of the `<error>` reply.
+    #[must_use]
     pub fn code(&self) -> &'static str {
         match self {
             Self::UnknownApplication(_) => "unknown-application",
@@ -32,6 +33,7 @@ impl SettingsError {
     }
 
     /// The `<error>` that rejects `request` (seq stamped by the encoder).
+    #[must_use]
     pub fn reply(&self, request: &SettingsRequest) -> Message {
         Message::Error(ErrorMessage {
             seq: 0,
@@ -56,6 +58,7 @@ pub struct SettingsContext<'a> {
 
 /// The answer to `request`: a `<connection-settings>`, an `<auth-settings>`
 /// or an `<error>`.
+#[must_use]
 pub fn answer(request: &SettingsRequest, context: &SettingsContext<'_>) -> Message {
     let result = check_application(request, context.config).and_then(|()| match request.kind {
         SettingsKind::Connection => {

@@ -23,7 +23,7 @@ use tokio::{
     net::TcpListener,
 };
 
-const DAY: Duration = Duration::from_secs(24 * 3600);
+const DAY: Duration = Duration::from_hours(24);
 const WAIT: Duration = Duration::from_secs(10);
 
 /// The agent process; killed when dropped, its log printed if the test

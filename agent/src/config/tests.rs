@@ -31,7 +31,7 @@ fn minimal_file_takes_defaults() {
     assert_eq!(config.host, "web-1");
     assert_eq!(config.manager, "manager.lb:7400");
     assert_eq!(config.manager_name, "manager.lb");
-    assert_eq!(config.report_interval, Duration::from_millis(1000));
+    assert_eq!(config.report_interval, Duration::from_secs(1));
     assert_eq!(config.tls_dir, Some(PathBuf::from("/etc/xdplb/pki")));
     assert!(!config.insecure_plaintext);
     assert_eq!(config.control_port, None);
@@ -102,7 +102,7 @@ fn full_file() {
     );
     assert_eq!((web.rise, web.fall), (3, 5));
     assert_eq!(web.probe_interval, Duration::from_millis(250));
-    assert_eq!(web.probe_timeout, Duration::from_millis(2000));
+    assert_eq!(web.probe_timeout, Duration::from_secs(2));
     assert_eq!(web.connection_capacity, Some(1000));
     let dns = &config.applications[1];
     assert_eq!(dns.protocol, Protocol::Udp);
@@ -389,7 +389,7 @@ fn discovery_is_off_by_default() {
             .parse::<std::net::SocketAddr>()
             .expect("addr")
     );
-    assert_eq!(config.discovery.interval, Duration::from_millis(5000));
+    assert_eq!(config.discovery.interval, Duration::from_secs(5));
 }
 
 #[test]
@@ -402,7 +402,7 @@ fn discovery_section() {
         DiscoveryConfig {
             enabled: true,
             address: "239.255.0.45:7445".parse().expect("addr"),
-            interval: Duration::from_millis(2000),
+            interval: Duration::from_secs(2),
         }
     );
     let v6 = with("enabled = true\naddress = \"[ff02::1:45]:7445\"").expect("ipv6 group");

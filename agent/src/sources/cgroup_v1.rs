@@ -202,11 +202,13 @@ fn write(path: &Path, value: &str) -> Result<(), CgroupV1Error> {
 
 impl CgroupHandle {
     /// The cgroup's directory in the `cpu` hierarchy.
+    #[must_use]
     pub fn cpu_dir(&self) -> &Path {
         &self.cpu_dir
     }
 
     /// The cgroup's directory in the hierarchy holding `cpuacct.usage`.
+    #[must_use]
     pub fn cpuacct_dir(&self) -> &Path {
         self.separate_cpuacct_dir
             .as_deref()
@@ -214,6 +216,7 @@ impl CgroupHandle {
     }
 
     /// A sampler of this cgroup's CPU use against its quota.
+    #[must_use]
     pub fn cpu(&self) -> CgroupCpu {
         CgroupCpu::v1(&self.cpu_dir, self.cpuacct_dir()).with_root(&self.root)
     }

@@ -246,6 +246,7 @@ fn kill_group(child: &mut Child) {
 /// The first decimal number in `text`: an optional sign, digits with an
 /// optional fraction, and an optional exponent (`0.42`, `-3`, `.5`, `1e3`).
 /// Whatever surrounds it is ignored, so `load=73%` gives 73.
+#[must_use]
 pub fn first_number(text: &str) -> Option<f64> {
     let bytes = text.as_bytes();
     let digits_from = |mut i: usize| {

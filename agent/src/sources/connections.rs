@@ -87,13 +87,14 @@ pub struct ConnectionQuery {
     /// the real server's loopback, so client connections arrive on it.
     pub vip: Option<SocketAddr>,
     /// Connections from these remote addresses are not counted at all: the
-    /// agent's own health probes, which come from 127.0.0.1, ::1 or the VIP.
+    /// agent's own health probes, which come from 127.0.0.1, `::1` or the VIP.
     pub excluded_remotes: BTreeSet<IpAddr>,
 }
 
 impl ConnectionQuery {
     /// Counts on every listening port and on `vip`, excluding the agent's
-    /// probes: remote 127.0.0.1, ::1 and the VIP's own address.
+    /// probes: remote 127.0.0.1, `::1` and the VIP's own address.
+    #[must_use]
     pub fn for_vip(vip: SocketAddr) -> Self {
         Self {
             ports: BTreeSet::new(),
@@ -125,6 +126,7 @@ pub struct ConnectionCounts {
 
 impl ConnectionCounts {
     /// All counted connections over all ports.
+    #[must_use]
     pub fn total(&self) -> u64 {
         self.per_port.values().sum()
     }

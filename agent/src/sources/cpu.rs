@@ -43,6 +43,7 @@ impl CpuSampler {
     }
 
     /// A sampler reading the real `/proc/stat`.
+    #[must_use]
     pub fn host() -> Self {
         Self::new(HOST_ROOT)
     }

@@ -52,6 +52,7 @@ impl NetDevSampler {
     }
 
     /// A sampler reading the real `/proc/net/dev`.
+    #[must_use]
     pub fn host() -> Self {
         Self::new(HOST_ROOT)
     }

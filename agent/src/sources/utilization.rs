@@ -37,6 +37,7 @@ pub enum SourceKind {
 
 impl SourceKind {
     /// What a figure from this source means, for reports and events.
+    #[must_use]
     pub fn definition(self) -> &'static str {
         match self {
             Self::HostCpu => HOST_CPU,
@@ -79,6 +80,7 @@ pub enum UtilizationChoice {
 
 impl UtilizationChoice {
     /// The source this choice reads.
+    #[must_use]
     pub fn source(self) -> SourceKind {
         match self {
             Self::HostCpu => SourceKind::HostCpu,
@@ -131,6 +133,7 @@ impl Utilization {
     /// [`UtilizationChoice::validate`] rejects up front). Negative or
     /// non-finite readings (a command printing `-1`) are passed on for the
     /// caller to judge, except that NaN gives `None`.
+    #[must_use]
     pub fn compute(choice: UtilizationChoice, readings: &Readings) -> Option<Self> {
         let value = match choice {
             UtilizationChoice::HostCpu => readings.host_cpu_busy?,

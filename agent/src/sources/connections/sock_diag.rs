@@ -1,4 +1,4 @@
-//! The same socket list as `/proc/net/tcp`, from the kernel's sock_diag
+//! The same socket list as `/proc/net/tcp`, from the kernel's `sock_diag`
 //! netlink interface (`NETLINK_INET_DIAG`).
 //!
 //! The kernel filters by state before sending, and the reply is binary, so
