@@ -36,9 +36,14 @@ impl Backoff {
     /// A backoff seeded from the clock and the process id.
     #[must_use]
     pub fn new() -> Self {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| {
+            #[expect(
+                clippy::cast_possible_truncation,
+                reason = "only the low bits seed the jitter"
+            )]
+            let low = d.as_nanos() as u64;
+            low
+        });
         Self::with_seed(nanos ^ (u64::from(std::process::id()) << 32))
     }
 

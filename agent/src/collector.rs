@@ -416,6 +416,11 @@ fn nic((name, rate): (String, NicRate)) -> Nic {
 }
 
 /// Bytes per second to bits per second.
+#[expect(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "finite and positive is checked; `as` saturates past u64::MAX"
+)]
 fn bits(bytes_per_sec: f64) -> u64 {
     let bits = (bytes_per_sec * 8.0).round();
     if bits.is_finite() && bits > 0.0 {

@@ -1,23 +1,29 @@
-//! The host's network interfaces and their addresses, from `getifaddrs(3)`.
+//! The host's network interfaces and their addresses, from route netlink.
 //!
-//! `getifaddrs` lists one entry per address: `AF_INET` and `AF_INET6`
-//! entries carry an IP address, and one `AF_PACKET` entry per interface
-//! carries its link-layer (MAC) address. Like `/proc/net`, it describes the
+//! A link dump (`RTM_GETLINK`) gives each interface's name, flags and
+//! link-layer (MAC) address; an address dump (`RTM_GETADDR`) gives its IPv4
+//! and IPv6 addresses by interface index. Like `/proc/net`, it describes the
 //! network namespace of the calling thread, which for the agent is the real
 //! server's.
 
-use std::{
-    collections::BTreeMap,
-    ffi::CStr,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-};
+use std::{collections::BTreeMap, net::IpAddr};
 
 use lb_proto::MacAddr;
+use netlink_packet_route::{
+    RouteNetlinkMessage,
+    address::{AddressAttribute, AddressMessage},
+    link::{LinkAttribute, LinkMessage},
+};
+use netlink_sys::protocols::NETLINK_ROUTE;
+
+use crate::netlink::{self, NetlinkError};
 
 /// Why the interfaces could not be listed.
 #[derive(Debug, thiserror::Error)]
-#[error("getifaddrs failed: {0}; the agent cannot list this host's addresses")]
-pub struct InterfacesError(#[source] std::io::Error);
+#[error(
+    "listing interfaces over route netlink failed: {0}; the agent cannot list this host's addresses"
+)]
+pub struct InterfacesError(#[from] NetlinkError);
 
 /// One interface with its addresses.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -47,43 +53,37 @@ pub struct Interfaces(pub BTreeMap<String, Interface>);
 impl Interfaces {
     /// Lists the interfaces of the calling thread's network namespace.
     pub fn read() -> Result<Self, InterfacesError> {
-        let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-        // SAFETY: `head` is a valid out-pointer; on success the list is
-        // freed below with `freeifaddrs`.
-        if unsafe { libc::getifaddrs(&raw mut head) } != 0 {
-            return Err(InterfacesError(std::io::Error::last_os_error()));
-        }
-        let mut interfaces = BTreeMap::<String, Interface>::new();
-        let mut cursor = head;
-        while !cursor.is_null() {
-            // SAFETY: `cursor` is a non-null node of the list getifaddrs
-            // returned, valid until `freeifaddrs`.
-            let entry = unsafe { &*cursor };
-            cursor = entry.ifa_next;
-            if entry.ifa_name.is_null() {
-                continue;
-            }
-            // SAFETY: `ifa_name` is a non-null, NUL-terminated string owned
-            // by the list.
-            let name = unsafe { CStr::from_ptr(entry.ifa_name) }
-                .to_string_lossy()
-                .into_owned();
-            let interface = interfaces.entry(name.clone()).or_insert_with(|| Interface {
-                name,
-                ..Interface::default()
-            });
-            interface.flags |= entry.ifa_flags;
-            // SAFETY: `ifa_addr` is null or points to a sockaddr whose family
-            // says how large it is.
-            match unsafe { address(entry.ifa_addr) } {
-                Some(Address::Ip(ip)) => interface.addresses.push(ip),
-                Some(Address::Mac(mac)) => interface.mac = Some(mac),
-                None => {}
+        let socket = netlink::open(NETLINK_ROUTE)?;
+        let links = netlink::dump(
+            &socket,
+            RouteNetlinkMessage::GetLink(LinkMessage::default()),
+            1,
+        )?;
+        let addresses = netlink::dump(
+            &socket,
+            RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+            2,
+        )?;
+        let mut by_index = BTreeMap::<u32, Interface>::new();
+        for message in links {
+            if let RouteNetlinkMessage::NewLink(link) = message {
+                by_index.insert(link.header.index, interface(&link));
             }
         }
-        // SAFETY: `head` came from a successful getifaddrs and is freed once.
-        unsafe { libc::freeifaddrs(head) };
-        Ok(Self(interfaces))
+        for message in addresses {
+            if let RouteNetlinkMessage::NewAddress(address) = message {
+                let interface = by_index.get_mut(&address.header.index);
+                if let (Some(interface), Some(ip)) = (interface, ip_of(&address)) {
+                    interface.addresses.push(ip);
+                }
+            }
+        }
+        Ok(Self(
+            by_index
+                .into_values()
+                .map(|i| (i.name.clone(), i))
+                .collect(),
+        ))
     }
 
     /// The interface holding `ip`.
@@ -134,61 +134,53 @@ fn reachable(ip: IpAddr) -> bool {
     }
 }
 
-enum Address {
-    Ip(IpAddr),
-    Mac(MacAddr),
+/// An interface as a link message describes it, without addresses.
+fn interface(link: &LinkMessage) -> Interface {
+    let mut interface = Interface {
+        flags: link
+            .header
+            .flags
+            .iter()
+            .fold(0, |all, f| all | u32::from(*f)),
+        ..Interface::default()
+    };
+    for attribute in &link.attributes {
+        match attribute {
+            LinkAttribute::IfName(name) => interface.name.clone_from(name),
+            LinkAttribute::Address(bytes) => {
+                interface.mac = <[u8; 6]>::try_from(bytes.as_slice()).ok().map(MacAddr);
+            }
+            _ => {}
+        }
+    }
+    interface
 }
 
-/// Reads an address out of a `sockaddr` of family `AF_INET`, `AF_INET6`
-/// or `AF_PACKET` (with a 6-byte hardware address).
-///
-/// # Safety
-///
-/// `addr` is null or points to a valid sockaddr of the size its family
-/// implies.
-unsafe fn address(addr: *const libc::sockaddr) -> Option<Address> {
-    if addr.is_null() {
-        return None;
-    }
-    // SAFETY: non-null and valid per the contract; every sockaddr starts
-    // with its family.
-    let family = i32::from(unsafe { (*addr).sa_family });
-    match family {
-        libc::AF_INET => {
-            // SAFETY: the family says this is a sockaddr_in.
-            let sin = unsafe { &*addr.cast::<libc::sockaddr_in>() };
-            Some(Address::Ip(IpAddr::V4(Ipv4Addr::from(u32::from_be(
-                sin.sin_addr.s_addr,
-            )))))
-        }
-        libc::AF_INET6 => {
-            // SAFETY: the family says this is a sockaddr_in6.
-            let sin6 = unsafe { &*addr.cast::<libc::sockaddr_in6>() };
-            Some(Address::Ip(IpAddr::V6(Ipv6Addr::from(
-                sin6.sin6_addr.s6_addr,
-            ))))
-        }
-        libc::AF_PACKET => {
-            // SAFETY: the family says this is a sockaddr_ll.
-            let sll = unsafe { &*addr.cast::<libc::sockaddr_ll>() };
-            if sll.sll_halen != 6 {
-                return None;
-            }
-            let mut mac = [0u8; 6];
-            mac.copy_from_slice(sll.sll_addr.get(..6)?);
-            Some(Address::Mac(MacAddr(mac)))
-        }
+/// The interface's own address in an address message: `IFA_LOCAL` when
+/// there is one (on a point-to-point link `IFA_ADDRESS` is the peer's), else
+/// `IFA_ADDRESS`, as `getifaddrs(3)` reads them.
+fn ip_of(message: &AddressMessage) -> Option<IpAddr> {
+    let local = message.attributes.iter().find_map(|a| match a {
+        AddressAttribute::Local(ip) => Some(*ip),
         _ => None,
-    }
+    });
+    local.or_else(|| {
+        message.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Address(ip) => Some(*ip),
+            _ => None,
+        })
+    })
 }
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
 
     #[test]
     fn real_host_has_loopback() {
-        let interfaces = Interfaces::read().expect("getifaddrs");
+        let interfaces = Interfaces::read().expect("route netlink");
         let lo = interfaces
             .holding(IpAddr::V4(Ipv4Addr::LOCALHOST))
             .expect("127.0.0.1 is configured");

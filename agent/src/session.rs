@@ -441,24 +441,8 @@ impl ManagerReader<'_> {
 }
 
 fn set_user_timeout(tcp: &TcpStream, timeout: Duration) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd as _;
-    let millis = libc::c_uint::try_from(timeout.as_millis()).unwrap_or(libc::c_uint::MAX);
-    // SAFETY: setsockopt on a socket we own, with a pointer to a c_uint and
-    // its exact size.
-    let rc = unsafe {
-        libc::setsockopt(
-            tcp.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_USER_TIMEOUT,
-            (&raw const millis).cast(),
-            std::mem::size_of::<libc::c_uint>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    // Clamped to `c_uint::MAX` milliseconds by socket2.
+    socket2::SockRef::from(tcp).set_tcp_user_timeout(Some(timeout))
 }
 
 fn error_reply(code: &str, rejected_seq: Option<u64>, text: String) -> ErrorMessage {

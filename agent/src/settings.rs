@@ -2,14 +2,14 @@
 //! (connection settings) and how the manager and the server authenticate
 //! each other on its control port (auth settings).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use lb_proto::{
     ApplicationPorts, AuthSettings, ConnectionSettings, ErrorMessage, Fingerprint, Message,
     SettingsKind, SettingsRequest,
 };
 
-use crate::{config::AgentConfig, interfaces::Interfaces};
+use crate::{config::AgentConfig, interfaces::Interfaces, sources::connections::unmap};
 
 /// Why a settings request cannot be answered; sent back as an `<error>`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -160,16 +160,9 @@ pub fn auth_settings(
     })
 }
 
-fn unmap(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-        v4 => v4,
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use std::{collections::BTreeMap, path::Path};
+    use std::{collections::BTreeMap, net::IpAddr, path::Path};
 
     use lb_proto::{MacAddr, Protocol};
 

@@ -465,8 +465,9 @@ impl Validator<'_> {
 /// The 1-based line holding byte `offset` of `text`.
 pub(super) fn line_of(text: &str, offset: usize) -> usize {
     let end = offset.min(text.len());
-    text.as_bytes()
-        .get(..end)
-        .map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count())
-        + 1
+    text.as_bytes().get(..end).map_or(0, |b| {
+        #[expect(clippy::naive_bytecount, reason = "config files are small")]
+        let newlines = b.iter().filter(|&&c| c == b'\n').count();
+        newlines
+    }) + 1
 }

@@ -142,8 +142,9 @@ impl CgroupCpu {
 
     /// Reads the host CPU count (for unlimited quotas) from
     /// `<root>/proc/stat` instead of `/proc/stat`.
+    #[must_use]
     pub fn with_root(mut self, root: impl AsRef<Path>) -> Self {
-        self.root = root.as_ref().to_owned();
+        root.as_ref().clone_into(&mut self.root);
         self
     }
 

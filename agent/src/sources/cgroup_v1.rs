@@ -154,6 +154,11 @@ pub fn create_v1_cgroup_in(
     }
     // Unlimited first, so a period change is never refused against an old
     // quota of a taken-over cgroup.
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "checked finite and at least MIN_QUOTA_US above; `as` saturates"
+    )]
     let quota_us = quota_us.round() as u64;
     let result = write(&handle.cpu_dir.join("cpu.cfs_quota_us"), "-1")
         .and_then(|()| {

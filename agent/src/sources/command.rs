@@ -143,10 +143,10 @@ impl CommandSource {
 fn run(argv: &[String], timeout: Duration) -> Result<f64, CommandError> {
     use std::os::unix::process::CommandExt as _;
 
-    let (program, args) = argv.split_first().ok_or(CommandError::EmptyCommand)?;
+    let (program, arguments) = argv.split_first().ok_or(CommandError::EmptyCommand)?;
     let deadline = Instant::now() + timeout;
     let mut child = std::process::Command::new(program)
-        .args(args)
+        .args(arguments)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

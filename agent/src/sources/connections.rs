@@ -253,10 +253,10 @@ fn unmap_socket(addr: SocketAddr) -> SocketAddr {
 }
 
 /// An IPv4-mapped IPv6 address as IPv4; anything else unchanged.
-fn unmap(ip: IpAddr) -> IpAddr {
+pub(crate) fn unmap(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-        v4 => v4,
+        IpAddr::V4(_) => ip,
     }
 }
 

@@ -231,7 +231,7 @@ fn discovers_combined_v1_and_pure_v2() {
 fn malformed_files_are_errors() {
     assert_eq!(parse_cpu_max("max 100000"), Ok(None));
     assert_eq!(parse_cpu_max("max"), Ok(None));
-    assert_eq!(parse_cpu_max("20000 100000\n"), Ok(Some((20000, 100000))));
+    assert_eq!(parse_cpu_max("20000 100000\n"), Ok(Some((20_000, 100_000))));
     assert!(parse_cpu_max("").is_err());
     assert!(parse_cpu_max("lots 100000").is_err());
 

@@ -9,15 +9,12 @@
 //! A request is a `nlmsghdr` followed by `inet_diag_req_v2`; each reply
 //! message is a `nlmsghdr` followed by `inet_diag_msg`, until `NLMSG_DONE`.
 //! `netlink-packet-sock-diag` (0.4, on the `netlink-packet-core` 0.7 that
-//! `rtnetlink` uses too) lays out and decodes both; this module sends the
-//! dump, retries one the kernel marks interrupted and keeps only what the
-//! counts need.
+//! `rtnetlink` uses too) lays out and decodes both; [`crate::netlink`] sends
+//! the dump and retries one the kernel marks interrupted; this module keeps
+//! only what the counts need.
 
-use std::{net::SocketAddr, time::Duration};
+use std::net::SocketAddr;
 
-use netlink_packet_core::{
-    NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
-};
 use netlink_packet_sock_diag::{
     SockDiagMessage,
     constants::{AF_INET, AF_INET6, IPPROTO_TCP},
@@ -26,14 +23,9 @@ use netlink_packet_sock_diag::{
 use netlink_sys::{Socket, protocols::NETLINK_SOCK_DIAG};
 
 use super::{ConnectionCounts, ConnectionQuery, TcpSocket, TcpState, count, unmap};
-
-/// `sizeof(struct nlmsghdr)`: a datagram's tail shorter than this holds no
-/// message.
-const NLMSG_HEADER_LEN: usize = 16;
-/// How long to wait for the kernel's reply before giving up.
-const RECEIVE_TIMEOUT: Duration = Duration::from_secs(2);
-/// How often to retry a dump the kernel marked inconsistent.
-const DUMP_ATTEMPTS: usize = 3;
+#[cfg(test)]
+use crate::netlink::NLMSG_HEADER_LEN;
+use crate::netlink::{self, DUMP_ATTEMPTS, NetlinkError};
 
 /// Why sockets could not be listed over netlink.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +52,17 @@ pub enum SockDiagError {
     Inconsistent,
 }
 
+impl From<NetlinkError> for SockDiagError {
+    fn from(error: NetlinkError) -> Self {
+        match error {
+            NetlinkError::Io { call, source } => Self::Io { call, source },
+            NetlinkError::Kernel(error) => Self::Kernel(error),
+            NetlinkError::Malformed(what) => Self::Malformed(what),
+            NetlinkError::Inconsistent => Self::Inconsistent,
+        }
+    }
+}
+
 /// Counts established connections as [`super::count_established`] does, but
 /// listing sockets over netlink instead of `/proc`.
 ///
@@ -78,7 +81,7 @@ pub fn count_established(query: &ConnectionQuery) -> Result<ConnectionCounts, So
 /// When the netlink socket cannot be made or used, the kernel refuses the
 /// request, a reply is malformed, or every dump was interrupted.
 pub fn dump_tcp_sockets() -> Result<Vec<TcpSocket>, SockDiagError> {
-    let socket = open()?;
+    let socket = netlink::open(NETLINK_SOCK_DIAG)?;
     let mut sockets = Vec::new();
     for (seq, family) in [(1, AF_INET), (2, AF_INET6)] {
         sockets.extend(dump_family(&socket, family, seq)?);
@@ -86,119 +89,61 @@ pub fn dump_tcp_sockets() -> Result<Vec<TcpSocket>, SockDiagError> {
     Ok(sockets)
 }
 
-fn open() -> Result<Socket, SockDiagError> {
-    let socket = Socket::new(NETLINK_SOCK_DIAG).map_err(io_error("socket"))?;
-    socket2::SockRef::from(&socket)
-        .set_read_timeout(Some(RECEIVE_TIMEOUT))
-        .map_err(io_error("setsockopt(SO_RCVTIMEO)"))?;
-    Ok(socket)
-}
-
-fn io_error(call: &'static str) -> impl FnOnce(std::io::Error) -> SockDiagError {
-    move |source| SockDiagError::Io { call, source }
-}
-
 fn dump_family(socket: &Socket, family: u8, seq: u32) -> Result<Vec<TcpSocket>, SockDiagError> {
-    let kernel = netlink_sys::SocketAddr::new(0, 0);
-    for _ in 0..DUMP_ATTEMPTS {
-        socket
-            .send_to(&request(family, seq), &kernel, 0)
-            .map_err(io_error("sendto"))?;
-        let mut sockets = Vec::new();
-        let mut interrupted = false;
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = socket
-                .recv(&mut &mut buf[..], 0)
-                .map_err(io_error("recv"))?;
-            if n == 0 {
-                return Err(SockDiagError::Malformed(
-                    "empty reply before NLMSG_DONE".into(),
-                ));
-            }
-            let batch = parse_messages(&buf[..n], seq)?;
-            sockets.extend(batch.sockets);
-            interrupted |= batch.interrupted;
-            if batch.done {
-                break;
-            }
-        }
-        if !interrupted {
-            return Ok(sockets);
-        }
-        tracing::debug!(family, "sock_diag dump interrupted; retrying");
-    }
-    Err(SockDiagError::Inconsistent)
+    let replies = netlink::dump(socket, inet_request(family), seq)?;
+    Ok(replies.into_iter().filter_map(tcp_socket).collect())
 }
 
 /// A dump request for TCP sockets of `family` in ESTABLISHED or LISTEN.
+fn inet_request(family: u8) -> SockDiagMessage {
+    SockDiagMessage::InetRequest(InetRequest {
+        family,
+        protocol: IPPROTO_TCP,
+        extensions: ExtensionFlags::empty(),
+        states: StateFlags::ESTABLISHED | StateFlags::LISTEN,
+        // Any address; the family picks the address size.
+        socket_id: if family == AF_INET6 {
+            SocketId::new_v6()
+        } else {
+            SocketId::new_v4()
+        },
+    })
+}
+
+/// The request's bytes.
+#[cfg(test)]
 fn request(family: u8, seq: u32) -> Vec<u8> {
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-    header.sequence_number = seq;
-    let mut message = NetlinkMessage::new(
-        header,
-        SockDiagMessage::InetRequest(InetRequest {
-            family,
-            protocol: IPPROTO_TCP,
-            extensions: ExtensionFlags::empty(),
-            states: StateFlags::ESTABLISHED | StateFlags::LISTEN,
-            // Any address; the family picks the address size.
-            socket_id: if family == AF_INET6 {
-                SocketId::new_v6()
-            } else {
-                SocketId::new_v4()
-            },
-        })
-        .into(),
-    );
-    message.finalize();
-    let mut bytes = vec![0; message.buffer_len()];
-    message.serialize(&mut bytes);
-    bytes
+    netlink::serialize(inet_request(family), seq)
+}
+
+fn tcp_socket(message: SockDiagMessage) -> Option<TcpSocket> {
+    let SockDiagMessage::InetResponse(response) = message else {
+        return None;
+    };
+    let id = &response.header.socket_id;
+    Some(TcpSocket {
+        local: SocketAddr::new(unmap(id.source_address), id.source_port),
+        remote: SocketAddr::new(unmap(id.destination_address), id.destination_port),
+        state: TcpState(response.header.state),
+    })
 }
 
 /// What one received datagram held.
+#[cfg(test)]
 #[derive(Debug, Default)]
 struct Batch {
     sockets: Vec<TcpSocket>,
     done: bool,
-    interrupted: bool,
 }
 
 /// Parses the netlink messages in one datagram of a dump reply.
-fn parse_messages(mut bytes: &[u8], seq: u32) -> Result<Batch, SockDiagError> {
-    let mut batch = Batch::default();
-    while bytes.len() >= NLMSG_HEADER_LEN {
-        let message = NetlinkMessage::<SockDiagMessage>::deserialize(bytes).map_err(|e| {
-            SockDiagError::Malformed(format!("{e} with {} bytes left", bytes.len()))
-        })?;
-        let header = message.header;
-        if header.sequence_number == seq {
-            batch.interrupted |= header.flags & NLM_F_DUMP_INTR != 0;
-            match message.payload {
-                NetlinkPayload::Done(_) => {
-                    batch.done = true;
-                    return Ok(batch);
-                }
-                NetlinkPayload::Error(error) if error.code.is_some() => {
-                    return Err(SockDiagError::Kernel(error.to_io()));
-                }
-                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
-                    let id = &response.header.socket_id;
-                    batch.sockets.push(TcpSocket {
-                        local: SocketAddr::new(unmap(id.source_address), id.source_port),
-                        remote: SocketAddr::new(unmap(id.destination_address), id.destination_port),
-                        state: TcpState(response.header.state),
-                    });
-                }
-                _ => {}
-            }
-        }
-        let aligned = (header.length as usize + 3) & !3;
-        bytes = bytes.get(aligned..).unwrap_or_default();
-    }
-    Ok(batch)
+#[cfg(test)]
+fn parse_messages(bytes: &[u8], seq: u32) -> Result<Batch, SockDiagError> {
+    let batch = netlink::parse::<SockDiagMessage>(bytes, seq)?;
+    Ok(Batch {
+        sockets: batch.messages.into_iter().filter_map(tcp_socket).collect(),
+        done: batch.done,
+    })
 }
 
 #[cfg(test)]
