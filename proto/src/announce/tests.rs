@@ -5,7 +5,7 @@ use std::time::SystemTime;
 use super::*;
 use crate::{
     Protocol,
-    tls::{CaBundle, Role, Validity, create_ca, issue, verify_client_cert},
+    tls::{CaBundle, Identity, Role, TlsError, Validity, create_ca, issue, verify_client_cert},
 };
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
@@ -369,7 +369,7 @@ fn signer_checks_its_identity() {
 #[test]
 fn verify_client_cert_names_the_peer() {
     let p = project();
-    let der = single_cert(&p.web1.cert_pem).expect("der");
+    let der = wire::single_cert(&p.web1.cert_pem).expect("der");
     let id = verify_client_cert(&p.ca.cert_pem, der.as_ref()).expect("trusted");
     assert_eq!(id.name, "web-1");
     let stranger = create_ca("stranger CA", DAY).expect("ca");

@@ -1,0 +1,228 @@
+//! The manager's side: checking announcement datagrams.
+
+use std::time::Duration;
+
+use ring::signature;
+use thiserror::Error;
+
+use super::{
+    Announce, Auth, DEFAULT_REPLAY_CAPACITY, DEFAULT_WINDOW, MAX_DATAGRAM_BYTES,
+    SIGNATURE_ALGORITHM,
+    replay::ReplayCache,
+    wire::{from_hex, short, single_cert, split},
+};
+use crate::tls::{ClientCertChecker, PeerIdentity, TlsError};
+
+/// Why a manager refused a datagram. [`reason`](Self::reason) is the short
+/// label it is counted under.
+#[derive(Debug, Error)]
+pub enum Rejected {
+    /// Larger than [`MAX_DATAGRAM_BYTES`].
+    #[error("datagram of {size} bytes or more exceeds the limit of {limit}")]
+    Oversized {
+        /// Its size (at least; the receive buffer may have cut it).
+        size: usize,
+        /// [`MAX_DATAGRAM_BYTES`].
+        limit: usize,
+    },
+    /// Not the two elements this protocol allows, or a bad value in them.
+    #[error("malformed announcement: {0}")]
+    Malformed(String),
+    /// `time-ms` too far from the manager's clock.
+    #[error(
+        "announcement time {time_ms} ms is {skew_ms} ms away from this manager's clock, more \
+         than the {window_ms} ms allowed (replayed, or a clock is off: check NTP on both)"
+    )]
+    Stale {
+        /// The announced time.
+        time_ms: u64,
+        /// Its distance from the manager's clock.
+        skew_ms: u64,
+        /// The window.
+        window_ms: u64,
+    },
+    /// The same `(host, nonce)` was accepted before.
+    #[error("announcement {nonce} of {host} was already accepted: a replay")]
+    Replayed {
+        /// The announced host.
+        host: String,
+        /// Its nonce.
+        nonce: String,
+    },
+    /// The replay cache is full of live entries.
+    #[error(
+        "the replay cache holds {capacity} announcements within the window; this one is refused \
+         until some age out (more agents than it was sized for, or announcing too often)"
+    )]
+    ReplayCacheFull {
+        /// Its capacity.
+        capacity: usize,
+    },
+    /// The certificate does not chain to the project CA, has expired or may
+    /// not authenticate a client.
+    #[error("certificate refused: {0}")]
+    Certificate(#[source] TlsError),
+    /// The certificate is for another host than the one announced.
+    #[error("the announcement is for {host:?} but its certificate is for {certified:?}")]
+    NameMismatch {
+        /// The announced host.
+        host: String,
+        /// The name on the certificate.
+        certified: String,
+    },
+    /// The signature does not verify over the announcement's bytes with the
+    /// certificate's key.
+    #[error("the signature does not verify over the announcement with its certificate's key")]
+    BadSignature,
+}
+
+impl Rejected {
+    /// Every [`reason`](Self::reason), in a fixed order (for counters).
+    pub const REASONS: [&'static str; 8] = [
+        "oversized",
+        "malformed",
+        "stale",
+        "replayed",
+        "replay-cache-full",
+        "untrusted-certificate",
+        "name-mismatch",
+        "bad-signature",
+    ];
+
+    /// The position of [`reason`](Self::reason) in [`REASONS`](Self::REASONS).
+    pub fn index(&self) -> usize {
+        match self {
+            Self::Oversized { .. } => 0,
+            Self::Malformed(_) => 1,
+            Self::Stale { .. } => 2,
+            Self::Replayed { .. } => 3,
+            Self::ReplayCacheFull { .. } => 4,
+            Self::Certificate(_) => 5,
+            Self::NameMismatch { .. } => 6,
+            Self::BadSignature => 7,
+        }
+    }
+
+    /// A short label: `oversized`, `malformed`, `stale`, `replayed`,
+    /// `replay-cache-full`, `untrusted-certificate`, `name-mismatch` or
+    /// `bad-signature`.
+    pub fn reason(&self) -> &'static str {
+        Self::REASONS[self.index()]
+    }
+}
+
+/// An announcement that passed every check.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verified {
+    /// What it says.
+    pub announce: Announce,
+    /// Who signed it (the certificate's name and fingerprint).
+    pub identity: PeerIdentity,
+}
+
+/// Checks datagrams against the project CA and remembers accepted nonces.
+#[derive(Debug)]
+pub struct AnnounceVerifier {
+    certificates: ClientCertChecker,
+    window_ms: u64,
+    replay: ReplayCache,
+}
+
+impl AnnounceVerifier {
+    /// Trusts the CA certificates in `ca_pem`, with [`DEFAULT_WINDOW`] and
+    /// [`DEFAULT_REPLAY_CAPACITY`].
+    pub fn new(ca_pem: &str) -> Result<Self, TlsError> {
+        Self::with_limits(ca_pem, DEFAULT_WINDOW, DEFAULT_REPLAY_CAPACITY)
+    }
+
+    /// Like [`new`](Self::new) with another clock window and replay cache
+    /// size.
+    pub fn with_limits(
+        ca_pem: &str,
+        window: Duration,
+        replay_capacity: usize,
+    ) -> Result<Self, TlsError> {
+        Ok(Self {
+            certificates: ClientCertChecker::new(ca_pem)?,
+            window_ms: u64::try_from(window.as_millis()).unwrap_or(u64::MAX),
+            replay: ReplayCache::new(replay_capacity),
+        })
+    }
+
+    /// The `(host, nonce)` pairs remembered now.
+    pub fn remembered(&self) -> usize {
+        self.replay.len()
+    }
+
+    /// Checks one datagram received at `now_ms` (Unix milliseconds). Cheap
+    /// checks (size, syntax, time, replay) come before the signature ones;
+    /// the nonce is remembered only once everything passed.
+    pub fn verify(&mut self, datagram: &[u8], now_ms: u64) -> Result<Verified, Rejected> {
+        self.replay.forget_before(now_ms);
+        if datagram.len() > MAX_DATAGRAM_BYTES {
+            return Err(Rejected::Oversized {
+                size: datagram.len(),
+                limit: MAX_DATAGRAM_BYTES,
+            });
+        }
+        let text =
+            std::str::from_utf8(datagram).map_err(|_| Rejected::Malformed("not UTF-8".into()))?;
+        let (body, tag) = split(text)?;
+        let announce: Announce = quick_xml::de::from_str(body)
+            .map_err(|e| Rejected::Malformed(format!("<announce>: {e}")))?;
+        announce.validate().map_err(Rejected::Malformed)?;
+        let auth: Auth = quick_xml::de::from_str(tag)
+            .map_err(|e| Rejected::Malformed(format!("<auth>: {e}")))?;
+        if auth.alg != SIGNATURE_ALGORITHM {
+            return Err(Rejected::Malformed(format!(
+                "signature algorithm {:?} is not {SIGNATURE_ALGORITHM:?}",
+                short(&auth.alg)
+            )));
+        }
+        let signature = from_hex(&auth.signature)
+            .ok_or_else(|| Rejected::Malformed("signature is not hex".into()))?;
+        let skew_ms = now_ms.abs_diff(announce.time_ms);
+        if skew_ms > self.window_ms {
+            return Err(Rejected::Stale {
+                time_ms: announce.time_ms,
+                skew_ms,
+                window_ms: self.window_ms,
+            });
+        }
+        if self.replay.contains(&announce.host, &announce.nonce) {
+            return Err(Rejected::Replayed {
+                host: announce.host,
+                nonce: announce.nonce,
+            });
+        }
+        let der =
+            single_cert(&auth.cert).map_err(|e| Rejected::Malformed(format!("<cert>: {e}")))?;
+        let identity = self
+            .certificates
+            .check(der.as_ref())
+            .map_err(Rejected::Certificate)?;
+        if !identity.name.eq_ignore_ascii_case(&announce.host) {
+            return Err(Rejected::NameMismatch {
+                host: announce.host,
+                certified: identity.name,
+            });
+        }
+        let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).map_err(|e| {
+            Rejected::Certificate(TlsError::PeerCertificateInvalid {
+                detail: e.to_string(),
+            })
+        })?;
+        signature::UnparsedPublicKey::new(
+            &signature::ECDSA_P256_SHA256_ASN1,
+            cert.public_key().subject_public_key.data.as_ref(),
+        )
+        .verify(body.as_bytes(), &signature)
+        .map_err(|_| Rejected::BadSignature)?;
+        self.replay.insert(
+            &announce.host,
+            &announce.nonce,
+            announce.time_ms.saturating_add(self.window_ms),
+        )?;
+        Ok(Verified { announce, identity })
+    }
+}
