@@ -23,6 +23,7 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use thiserror::Error;
 
 use crate::{Application, ApplicationPorts, Hello};
 
@@ -141,47 +142,61 @@ impl Announce {
     }
 
     /// Checks what the types alone do not.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidAnnounce> {
         if self.version != ANNOUNCE_VERSION {
-            return Err(format!(
-                "version {} is not supported (this side speaks {ANNOUNCE_VERSION})",
-                self.version
-            ));
+            return Err(InvalidAnnounce::Version(self.version));
         }
         if self.host.is_empty() || self.host.len() > MAX_HOST_BYTES {
-            return Err(format!(
-                "host must be 1 to {MAX_HOST_BYTES} bytes, not {}",
-                self.host.len()
-            ));
+            return Err(InvalidAnnounce::HostLength(self.host.len()));
         }
         if !(self.cores.is_finite() && self.cores > 0.0) {
-            return Err(format!("cores {} is not a positive number", self.cores));
+            return Err(InvalidAnnounce::Cores(self.cores));
         }
         if self.nonce.len() != 2 * NONCE_BYTES || !is_lower_hex(&self.nonce) {
-            return Err(format!(
-                "nonce must be {} lowercase hex digits",
-                2 * NONCE_BYTES
-            ));
+            return Err(InvalidAnnounce::Nonce);
         }
         if self.applications.len() > MAX_APPLICATIONS {
-            return Err(format!(
-                "{} applications, more than {MAX_APPLICATIONS}",
-                self.applications.len()
+            return Err(InvalidAnnounce::TooManyApplications(
+                self.applications.len(),
             ));
         }
         for a in &self.applications {
             if a.name.is_empty() {
-                return Err("empty application name".into());
+                return Err(InvalidAnnounce::EmptyApplicationName);
             }
             if a.ports.is_empty() || a.ports.contains(&0) {
-                return Err(format!(
-                    "application {:?} must list ports, none of them 0",
-                    a.name
-                ));
+                return Err(InvalidAnnounce::Ports(a.name.clone()));
             }
         }
         Ok(())
     }
+}
+
+/// What [`Announce::validate`] finds wrong in an announcement the types
+/// alone accept.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum InvalidAnnounce {
+    /// Another `version` than [`ANNOUNCE_VERSION`].
+    #[error("version {0} is not supported (this side speaks {ANNOUNCE_VERSION})")]
+    Version(u32),
+    /// The host name is empty or longer than a DNS name may be; the length.
+    #[error("host must be 1 to {MAX_HOST_BYTES} bytes, not {0}")]
+    HostLength(usize),
+    /// `cores` is not a finite number above 0.
+    #[error("cores {0} is not a positive number")]
+    Cores(f64),
+    /// The nonce is not [`NONCE_BYTES`] bytes in lowercase hex.
+    #[error("nonce must be {digits} lowercase hex digits", digits = 2 * NONCE_BYTES)]
+    Nonce,
+    /// More than [`MAX_APPLICATIONS`] applications; how many.
+    #[error("{0} applications, more than {MAX_APPLICATIONS}")]
+    TooManyApplications(usize),
+    /// An application without a name.
+    #[error("empty application name")]
+    EmptyApplicationName,
+    /// An application (named) without ports, or with port 0.
+    #[error("application {0:?} must list ports, none of them 0")]
+    Ports(String),
 }
 
 /// `<auth>`: the tag after the announcement.

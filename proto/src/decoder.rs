@@ -547,7 +547,7 @@ fn decode(
         Some(report) => Message::Report(report),
         None => quick_xml::de::from_str(text).map_err(|e| invalid(e.to_string()))?,
     };
-    message.validate().map_err(invalid)?;
+    message.validate().map_err(|e| invalid(e.to_string()))?;
     Ok(message)
 }
 

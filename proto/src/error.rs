@@ -1,4 +1,4 @@
-//! What can go wrong while decoding a stream.
+//! What can go wrong while decoding a stream, or in a message once decoded.
 
 use thiserror::Error;
 
@@ -119,6 +119,44 @@ impl ProtoError {
             _ => None,
         }
     }
+}
+
+/// What [`Message::validate`](crate::Message::validate) finds wrong in a
+/// message the types alone accept; its text is the `reason` of the
+/// [`ProtoError::InvalidMessage`] the decoder returns.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum InvalidMessage {
+    /// A name or token that must be given is empty.
+    #[error("empty {0}")]
+    Empty(&'static str),
+    /// A port, size, scale or interval that must not be 0 is.
+    #[error("{0} 0")]
+    Zero(&'static str),
+    /// `cores` is not a finite number above 0.
+    #[error("cores {0} is not a positive number")]
+    Cores(f64),
+    /// A measurement is negative, infinite or not a number.
+    #[error("{what} {value} is not a finite, non-negative number")]
+    Negative {
+        /// Which measurement.
+        what: &'static str,
+        /// Its value.
+        value: f64,
+    },
+    /// An application lists port 0.
+    #[error("application {0:?} has port 0")]
+    PortZero(String),
+    /// A `<connection-settings>` lists no address.
+    #[error("no addresses")]
+    NoAddresses,
+    /// A report says more memory is available than there is.
+    #[error("memory available {available} > total {total}")]
+    Memory {
+        /// Available bytes.
+        available: u64,
+        /// Total bytes.
+        total: u64,
+    },
 }
 
 /// A failure to write a stream.

@@ -30,7 +30,7 @@ mod samples;
 
 pub use decoder::Decoder;
 pub use encoder::Encoder;
-pub use error::{EncodeError, ProtoError};
+pub use error::{EncodeError, InvalidMessage, ProtoError};
 pub use header::{PROTOCOL_VERSION, Role, StreamHeader};
 pub use health::{HealthTracker, ProbeOutcome};
 pub use limits::Limits;

@@ -11,7 +11,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Fingerprint, MacAddr, ProtoError, Protocol, Report};
+use crate::{Fingerprint, InvalidMessage, MacAddr, ProtoError, Protocol, Report};
 
 /// One message of a stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -107,7 +107,7 @@ impl Message {
     /// Checks what the types alone do not: non-empty names, finite and
     /// non-negative numbers, non-zero ports and table sizes. The decoder runs
     /// it on every message; a failure is a [`ProtoError::InvalidMessage`].
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidMessage> {
         match self {
             Self::Hello(m) => m.validate(),
             Self::Report(m) => m.validate(),
@@ -179,10 +179,10 @@ pub struct Hello {
 }
 
 impl Hello {
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), InvalidMessage> {
         not_empty("host", &self.host)?;
         if !(self.cores.is_finite() && self.cores > 0.0) {
-            return Err(format!("cores {} is not a positive number", self.cores));
+            return Err(InvalidMessage::Cores(self.cores));
         }
         self.applications
             .iter()
@@ -269,11 +269,11 @@ pub struct ConnectionSettings {
 }
 
 impl ConnectionSettings {
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), InvalidMessage> {
         not_empty("host", &self.host)?;
         not_empty("interface", &self.interface)?;
         if self.addresses.is_empty() {
-            return Err("no addresses".into());
+            return Err(InvalidMessage::NoAddresses);
         }
         self.applications
             .iter()
@@ -323,11 +323,11 @@ pub struct AuthSettings {
 }
 
 impl AuthSettings {
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), InvalidMessage> {
         not_empty("host", &self.host)?;
         not_empty("expect-manager", &self.expect_manager)?;
         if self.control_port == 0 {
-            return Err("control-port 0".into());
+            return Err(InvalidMessage::Zero("control-port"));
         }
         Ok(())
     }
@@ -398,16 +398,16 @@ fn is_one(n: &u32) -> bool {
 }
 
 impl Service {
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), InvalidMessage> {
         not_empty("service name", &self.name)?;
         if self.port == 0 {
-            return Err("service port 0".into());
+            return Err(InvalidMessage::Zero("service port"));
         }
         if self.table_size == 0 {
-            return Err("table-size 0".into());
+            return Err(InvalidMessage::Zero("table-size"));
         }
         if self.weight_scale == 0 {
-            return Err("weight-scale 0".into());
+            return Err(InvalidMessage::Zero("weight-scale"));
         }
         self.servers
             .iter()
@@ -562,31 +562,29 @@ impl ErrorMessage {
     }
 }
 
-pub(crate) fn not_empty(what: &str, value: &str) -> Result<(), String> {
+pub(crate) fn not_empty(what: &'static str, value: &str) -> Result<(), InvalidMessage> {
     if value.is_empty() {
-        return Err(format!("empty {what}"));
+        return Err(InvalidMessage::Empty(what));
     }
     Ok(())
 }
 
-pub(crate) fn non_negative(what: &str, value: f64) -> Result<(), String> {
+pub(crate) fn non_negative(what: &'static str, value: f64) -> Result<(), InvalidMessage> {
     if !(value.is_finite() && value >= 0.0) {
-        return Err(format!(
-            "{what} {value} is not a finite, non-negative number"
-        ));
+        return Err(InvalidMessage::Negative { what, value });
     }
     Ok(())
 }
 
 /// An application entry: a name and non-zero ports.
-fn named_ports(name: &str, ports: &[u16]) -> Result<(), String> {
+fn named_ports(name: &str, ports: &[u16]) -> Result<(), InvalidMessage> {
     not_empty("application name", name)?;
     ports_non_zero(name, ports)
 }
 
-fn ports_non_zero(application: &str, ports: &[u16]) -> Result<(), String> {
+fn ports_non_zero(application: &str, ports: &[u16]) -> Result<(), InvalidMessage> {
     if ports.contains(&0) {
-        return Err(format!("application {application:?} has port 0"));
+        return Err(InvalidMessage::PortZero(application.to_owned()));
     }
     Ok(())
 }

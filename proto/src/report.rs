@@ -4,7 +4,10 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::messages::{non_negative, not_empty};
+use crate::{
+    InvalidMessage,
+    messages::{non_negative, not_empty},
+};
 
 /// `<report>`: what a real server did over the last interval. Sent by the
 /// agent every `interval_ms` (1 s by default).
@@ -39,10 +42,10 @@ pub struct Report {
 }
 
 impl Report {
-    pub(crate) fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), InvalidMessage> {
         not_empty("host", &self.host)?;
         if self.interval_ms == 0 {
-            return Err("interval-ms 0".into());
+            return Err(InvalidMessage::Zero("interval-ms"));
         }
         non_negative("utilization", self.utilization.value)?;
         non_negative("cpu host", self.cpu.host)?;
@@ -53,10 +56,10 @@ impl Report {
         non_negative("load five", self.load.five)?;
         non_negative("load fifteen", self.load.fifteen)?;
         if self.memory.available_bytes > self.memory.total_bytes {
-            return Err(format!(
-                "memory available {} > total {}",
-                self.memory.available_bytes, self.memory.total_bytes
-            ));
+            return Err(InvalidMessage::Memory {
+                available: self.memory.available_bytes,
+                total: self.memory.total_bytes,
+            });
         }
         self.nics
             .iter()

@@ -10,7 +10,7 @@ use rustls::pki_types::{PrivateKeyDer, pem::PemObject as _};
 use thiserror::Error;
 
 use super::{
-    Announce, Auth, MAX_DATAGRAM_BYTES, NONCE_BYTES, SIGNATURE_ALGORITHM,
+    Announce, Auth, InvalidAnnounce, MAX_DATAGRAM_BYTES, NONCE_BYTES, SIGNATURE_ALGORITHM,
     wire::{first_pem_block, single_cert, to_hex},
 };
 use crate::tls::Identity;
@@ -50,7 +50,7 @@ pub enum AnnounceError {
     },
     /// The announcement itself is invalid.
     #[error("the announcement is invalid: {0}")]
-    Invalid(String),
+    Invalid(InvalidAnnounce),
     /// The signed datagram would not fit.
     #[error(
         "the announcement is {size} bytes, more than the {limit} a datagram may carry; list \
@@ -114,7 +114,7 @@ impl AnnounceSigner {
         let cert_pem = first_pem_block(&identity.cert_pem)
             .ok_or_else(|| cert_error("no PEM certificate in it".into()))?
             .to_owned();
-        let der = single_cert(&cert_pem).map_err(cert_error)?;
+        let der = single_cert(&cert_pem).map_err(|e| cert_error(e.to_string()))?;
         let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
             .map_err(|e| cert_error(e.to_string()))?;
         if cert.public_key().subject_public_key.data.as_ref() != key.public_key().as_ref() {

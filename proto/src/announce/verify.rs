@@ -170,7 +170,9 @@ impl AnnounceVerifier {
         let (body, tag) = split(text)?;
         let announce: Announce = quick_xml::de::from_str(body)
             .map_err(|e| Rejected::Malformed(format!("<announce>: {e}")))?;
-        announce.validate().map_err(Rejected::Malformed)?;
+        announce
+            .validate()
+            .map_err(|e| Rejected::Malformed(e.to_string()))?;
         let auth: Auth = quick_xml::de::from_str(tag)
             .map_err(|e| Rejected::Malformed(format!("<auth>: {e}")))?;
         if auth.alg != SIGNATURE_ALGORITHM {

@@ -1,7 +1,11 @@
 //! The datagram's text: its two elements, hex and PEM.
 
 use quick_xml::events::Event;
-use rustls::pki_types::{CertificateDer, pem::PemObject as _};
+use rustls::pki_types::{
+    CertificateDer,
+    pem::{self, PemObject as _},
+};
+use thiserror::Error;
 
 use super::{MAX_DEPTH, Rejected};
 
@@ -139,15 +143,29 @@ pub(super) fn short(text: &str) -> String {
 }
 
 /// The one certificate in `pem`.
-pub(super) fn single_cert(pem: &str) -> Result<CertificateDer<'static>, String> {
+pub(super) fn single_cert(pem: &str) -> Result<CertificateDer<'static>, NotOneCert> {
     let mut certs = CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| e.to_string())?;
+        .map_err(NotOneCert::Pem)?;
     match certs.len() {
         1 => Ok(certs.swap_remove(0)),
-        0 => Err("no PEM certificate".into()),
-        n => Err(format!("{n} certificates, expected one")),
+        0 => Err(NotOneCert::None),
+        n => Err(NotOneCert::Many(n)),
     }
+}
+
+/// Why [`single_cert`] found no certificate to use.
+#[derive(Debug, Error)]
+pub(super) enum NotOneCert {
+    /// The PEM text is broken.
+    #[error("{0}")]
+    Pem(pem::Error),
+    /// There is no certificate in it.
+    #[error("no PEM certificate")]
+    None,
+    /// There are this many, not one.
+    #[error("{0} certificates, expected one")]
+    Many(usize),
 }
 
 /// The first `-----BEGIN CERTIFICATE-----` block of `pem`, with its end line.
