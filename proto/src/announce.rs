@@ -98,6 +98,7 @@ pub struct Announce {
 impl Announce {
     /// The announcement of what `hello` says; [`AnnounceSigner::sign`]
     /// stamps the time and the nonce.
+    #[must_use]
     pub fn from_hello(hello: &Hello) -> Self {
         Self {
             version: ANNOUNCE_VERSION,
@@ -121,6 +122,7 @@ impl Announce {
 
     /// The hello a manager records for an announced server (`seq` 0, no
     /// probe descriptions: announcements do not carry them).
+    #[must_use]
     pub fn hello(&self) -> Hello {
         Hello {
             seq: 0,

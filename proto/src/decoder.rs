@@ -118,11 +118,13 @@ impl Default for Decoder {
 
 impl Decoder {
     /// A decoder with the default [`Limits`].
+    #[must_use]
     pub fn new() -> Self {
         Self::with_limits(Limits::default())
     }
 
     /// A decoder with the given limits.
+    #[must_use]
     pub fn with_limits(limits: Limits) -> Self {
         Self {
             limits,
@@ -142,17 +144,20 @@ impl Decoder {
     }
 
     /// The limits in force.
+    #[must_use]
     pub fn limits(&self) -> &Limits {
         &self.limits
     }
 
     /// The peer's stream header, once [`next`](Self::next) has read it.
     /// Check the peer's role here before acting on its messages.
+    #[must_use]
     pub fn header(&self) -> Option<&StreamHeader> {
         self.header.as_ref()
     }
 
     /// Bytes buffered and not yet returned as messages.
+    #[must_use]
     pub fn buffered(&self) -> usize {
         self.buf.len().saturating_sub(self.keep_from())
     }
@@ -462,6 +467,10 @@ impl Decoder {
     }
 
     #[cfg(not(test))]
+    #[expect(
+        clippy::unused_self,
+        reason = "the test build reads a switch in self; both builds call it alike"
+    )]
     fn fast_reports(&self) -> bool {
         true
     }

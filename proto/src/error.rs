@@ -89,6 +89,7 @@ impl ProtoError {
     /// for [`UnknownMessage`](Self::UnknownMessage) and
     /// [`InvalidMessage`](Self::InvalidMessage), after which the decoder
     /// goes on with the next message.
+    #[must_use]
     pub fn is_fatal(&self) -> bool {
         !matches!(
             self,
@@ -97,6 +98,7 @@ impl ProtoError {
     }
 
     /// A short token for the `code` attribute of an `<error>` reply.
+    #[must_use]
     pub fn code(&self) -> &'static str {
         match self {
             Self::MessageTooLarge { .. } => "message-too-large",
@@ -113,6 +115,7 @@ impl ProtoError {
     }
 
     /// The `seq` of the rejected message, when the error is about one.
+    #[must_use]
     pub fn rejected_seq(&self) -> Option<u64> {
         match self {
             Self::UnknownMessage { seq, .. } | Self::InvalidMessage { seq, .. } => *seq,

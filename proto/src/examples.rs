@@ -4,6 +4,8 @@
 //! The test fails when the document differs; regenerate with
 //! `LB_PROTO_BLESS=1 cargo test -p lb-proto --lib examples`.
 
+use std::fmt::Write as _;
+
 use serde::Serialize as _;
 
 use crate::{
@@ -75,7 +77,7 @@ impl Side {
 /// Appends each line of `bytes` to `out`, prefixed with `label: `.
 fn transcribe(out: &mut String, label: &str, bytes: &[u8]) {
     for line in std::str::from_utf8(bytes).unwrap().lines() {
-        out.push_str(&format!("{label}: {line}\n"));
+        writeln!(out, "{label}: {line}").unwrap();
     }
 }
 

@@ -25,6 +25,7 @@ pub enum Role {
 
 impl Role {
     /// The attribute value.
+    #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Agent => "agent",

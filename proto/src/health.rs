@@ -28,6 +28,7 @@ pub enum ProbeOutcome {
 
 impl ProbeOutcome {
     /// The failure's detail, if the probe failed.
+    #[must_use]
     pub fn detail(&self) -> Option<&str> {
         match self {
             Self::Answered => None,
@@ -52,6 +53,7 @@ pub struct HealthTracker {
 
 impl HealthTracker {
     /// A tracker in state `unknown`; `rise` and `fall` are at least 1.
+    #[must_use]
     pub fn new(rise: u32, fall: u32) -> Self {
         Self {
             rise: rise.max(1),
@@ -65,6 +67,7 @@ impl HealthTracker {
     }
 
     /// The current state.
+    #[must_use]
     pub fn state(&self) -> HealthState {
         self.state
     }
@@ -106,6 +109,7 @@ impl HealthTracker {
     }
 
     /// The `<health>` element of a report.
+    #[must_use]
     pub fn health(&self) -> Health {
         Health {
             state: self.state,

@@ -55,6 +55,7 @@ impl Message {
     ];
 
     /// The element name.
+    #[must_use]
     pub fn name(&self) -> &'static str {
         let index = match self {
             Self::Hello(_) => 0,
@@ -72,6 +73,7 @@ impl Message {
     }
 
     /// The sequence number.
+    #[must_use]
     pub fn seq(&self) -> u64 {
         match self {
             Self::Hello(m) => m.seq,
@@ -385,6 +387,10 @@ pub struct Service {
     pub weight_scale: u32,
 }
 
+#[expect(
+    clippy::trivially_copy_pass_by_ref,
+    reason = "serde's skip_serializing_if passes the field by reference"
+)]
 fn is_false(b: &bool) -> bool {
     !*b
 }
@@ -393,6 +399,10 @@ fn one() -> u32 {
     1
 }
 
+#[expect(
+    clippy::trivially_copy_pass_by_ref,
+    reason = "serde's skip_serializing_if passes the field by reference"
+)]
 fn is_one(n: &u32) -> bool {
     *n == 1
 }
@@ -552,6 +562,7 @@ pub struct ErrorMessage {
 
 impl ErrorMessage {
     /// The reply to a decoding error (`seq` is stamped by the encoder).
+    #[must_use]
     pub fn from_error(error: &ProtoError) -> Self {
         Self {
             seq: 0,

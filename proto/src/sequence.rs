@@ -27,11 +27,13 @@ pub struct SequenceGuard {
 
 impl SequenceGuard {
     /// A guard that has accepted nothing yet.
+    #[must_use]
     pub fn new() -> Self {
         Self::default()
     }
 
     /// The last accepted `seq`.
+    #[must_use]
     pub fn last(&self) -> Option<u64> {
         self.last
     }

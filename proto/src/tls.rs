@@ -18,7 +18,7 @@
 //! Only TLS 1.3 is offered: both ends are ours, so there is nothing older to
 //! talk to.
 
-use std::{io, net::IpAddr, path::PathBuf, sync::Arc};
+use std::{fmt::Write as _, io, net::IpAddr, path::PathBuf, sync::Arc};
 
 use rustls::{
     AlertDescription, CertificateError, ClientConfig, CommonState, RootCertStore, ServerConfig,
@@ -241,6 +241,7 @@ pub type Result<T, E = TlsError> = std::result::Result<T, E>;
 impl TlsError {
     /// Classifies a failed handshake (the error a `tokio_rustls` accept,
     /// connect, read or write returned) into a variant that says what to fix.
+    #[must_use]
     pub fn from_handshake(err: io::Error) -> Self {
         let Some(tls) = err
             .get_ref()
@@ -324,7 +325,12 @@ pub fn fingerprint(cert: &[u8]) -> Result<String> {
 
 fn fingerprint_der(der: &[u8]) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, der);
-    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    let mut hex = String::with_capacity(2 * digest.as_ref().len());
+    for b in digest.as_ref() {
+        // Writing to a String cannot fail.
+        let _ = write!(hex, "{b:02x}");
+    }
+    hex
 }
 
 fn certs_from_pem(what: &str, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>> {
@@ -469,6 +475,7 @@ pub struct PeerIdentity {
 /// The verified peer of a connection, from its leaf certificate. Pass the
 /// connection state, e.g. `stream.get_ref().1` of a `tokio_rustls` stream.
 /// `None` before the handshake, or if the certificate carries no name.
+#[must_use]
 pub fn peer_identity(conn: &CommonState) -> Option<PeerIdentity> {
     let leaf = conn.peer_certificates()?.first()?;
     let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;

@@ -37,8 +37,8 @@ pub struct MacAddr(pub [u8; 6]);
 
 impl fmt::Display for MacAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let [a, b, c, d, e, g] = self.0;
-        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
+        let [b0, b1, b2, b3, b4, b5] = self.0;
+        write!(f, "{b0:02x}:{b1:02x}:{b2:02x}:{b3:02x}:{b4:02x}:{b5:02x}")
     }
 }
 
@@ -87,8 +87,9 @@ impl FromStr for Fingerprint {
         for d in digits {
             let v = char::from(d).to_digit(16).ok_or_else(err)?;
             let byte = out.get_mut(n / 2).ok_or_else(err)?;
-            // `v` is a hex digit, so below 16.
-            *byte = (*byte << 4) | (v as u8);
+            // `v` is a hex digit, so below 16: the conversion cannot fail.
+            let v = u8::try_from(v).map_err(|_| err())?;
+            *byte = (*byte << 4) | v;
             n += 1;
         }
         if n != 64 {

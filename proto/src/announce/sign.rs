@@ -83,7 +83,7 @@ impl fmt::Debug for AnnounceSigner {
         f.debug_struct("AnnounceSigner")
             .field("host", &self.host)
             .field("key", &"[elided]")
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -133,6 +133,7 @@ impl AnnounceSigner {
     }
 
     /// The host this signer announces.
+    #[must_use]
     pub fn host(&self) -> &str {
         &self.host
     }

@@ -8,7 +8,7 @@ use crate::{
     tls::{CaBundle, Identity, Role, TlsError, Validity, create_ca, issue, verify_client_cert},
 };
 
-const DAY: Duration = Duration::from_secs(24 * 3600);
+const DAY: Duration = Duration::from_hours(24);
 /// 2026-01-01T00:00:00Z, the documentation's clock.
 const NOW_MS: u64 = 1_767_225_600_000;
 

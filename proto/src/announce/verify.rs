@@ -90,6 +90,7 @@ impl Rejected {
     ];
 
     /// The position of [`reason`](Self::reason) in [`REASONS`](Self::REASONS).
+    #[must_use]
     pub fn index(&self) -> usize {
         match self {
             Self::Oversized { .. } => 0,
@@ -106,6 +107,7 @@ impl Rejected {
     /// A short label: `oversized`, `malformed`, `stale`, `replayed`,
     /// `replay-cache-full`, `untrusted-certificate`, `name-mismatch` or
     /// `bad-signature`.
+    #[must_use]
     pub fn reason(&self) -> &'static str {
         Self::REASONS[self.index()]
     }
@@ -150,6 +152,7 @@ impl AnnounceVerifier {
     }
 
     /// The `(host, nonce)` pairs remembered now.
+    #[must_use]
     pub fn remembered(&self) -> usize {
         self.replay.len()
     }

@@ -236,7 +236,7 @@ fn once<T>(field: &mut Option<T>, value: T) -> Option<()> {
 /// Checks that an element of a list continues its run: quick-xml's
 /// deserializer (without its `overlapped-lists` feature) reads one run of
 /// them, and a second run is a duplicate field.
-fn one_run<T, C: PartialEq>(items: &[T], last: Option<C>, this: C) -> Option<()> {
+fn one_run<T, C: PartialEq + Copy>(items: &[T], last: Option<C>, this: C) -> Option<()> {
     if items.is_empty() || last == Some(this) {
         Some(())
     } else {

@@ -24,7 +24,7 @@ pub const CA_CERT_FILE: &str = "ca.pem";
 pub const CA_KEY_FILE: &str = "ca.key";
 
 /// Clock skew tolerated between hosts: new certificates start this long ago.
-const BACKDATE: Duration = Duration::from_secs(5 * 60);
+const BACKDATE: Duration = Duration::from_mins(5);
 
 /// Which side of a connection a certificate may act as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +71,7 @@ pub struct Validity {
 
 impl Validity {
     /// Valid from a few minutes ago (tolerating clock skew) for `valid_for`.
+    #[must_use]
     pub fn from_now(valid_for: Duration) -> Self {
         let now = SystemTime::now();
         Self {
@@ -81,6 +82,7 @@ impl Validity {
     }
 
     /// Valid from `valid_from` for `valid_for`.
+    #[must_use]
     pub fn starting(valid_from: SystemTime, valid_for: Duration) -> Self {
         Self {
             not_before: valid_from,
@@ -265,26 +267,31 @@ impl Pki {
     }
 
     /// The directory.
+    #[must_use]
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
     /// `DIR/ca.pem`.
+    #[must_use]
     pub fn ca_cert_path(&self) -> PathBuf {
         self.dir.join(CA_CERT_FILE)
     }
 
     /// `DIR/ca.key`.
+    #[must_use]
     pub fn ca_key_path(&self) -> PathBuf {
         self.dir.join(CA_KEY_FILE)
     }
 
     /// `DIR/<host>.pem`.
+    #[must_use]
     pub fn cert_path(&self, host: &str) -> PathBuf {
         self.dir.join(format!("{host}.pem"))
     }
 
     /// `DIR/<host>.key`.
+    #[must_use]
     pub fn key_path(&self, host: &str) -> PathBuf {
         self.dir.join(format!("{host}.key"))
     }

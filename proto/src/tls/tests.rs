@@ -15,7 +15,7 @@ use tokio::{
 
 use super::*;
 
-const DAY: Duration = Duration::from_secs(24 * 3600);
+const DAY: Duration = Duration::from_hours(24);
 const LIMIT: Duration = Duration::from_secs(10);
 
 struct Project {
@@ -315,7 +315,7 @@ fn impossible_validity_is_refused() {
     let now = SystemTime::now();
     for validity in [
         Validity::starting(now, Duration::ZERO),
-        Validity::from_now(Duration::from_secs(20_000 * 365 * 24 * 3600)),
+        Validity::from_now(Duration::from_hours(20_000 * 365 * 24)),
     ] {
         let err = issue(&ca, "node-1", Role::Both, &[], validity).expect_err("refused");
         assert!(matches!(err, TlsError::InvalidValidity), "{err:?}");

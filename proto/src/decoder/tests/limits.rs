@@ -1,5 +1,7 @@
 //! Every limit, broken.
 
+use std::fmt::Write as _;
+
 use super::*;
 
 #[test]
@@ -96,7 +98,12 @@ fn depth_limit() {
 
 #[test]
 fn attribute_limit() {
-    let attrs = |n: usize| (0..n).map(|i| format!(" a{i}=\"{i}\"")).collect::<String>();
+    let attrs = |n: usize| {
+        (0..n).fold(String::new(), |mut out, i| {
+            write!(out, " a{i}=\"{i}\"").unwrap();
+            out
+        })
+    };
     let (got, _) = decode_str(&format!(
         r#"{HEADER}<ack seq="1" generation="1" status="ok"{}/>"#,
         attrs(29)

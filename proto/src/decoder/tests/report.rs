@@ -2,7 +2,10 @@
 //! messages and errors with it as without it, and the reports the encoder
 //! writes do take it.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::{
+    fmt::Write as _,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use super::*;
 use crate::{
@@ -26,7 +29,7 @@ impl Rng {
     }
 
     fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
+        usize::try_from(self.next() % n as u64).unwrap()
     }
 
     fn chance(&mut self) -> bool {
@@ -69,7 +72,7 @@ fn float(rng: &mut Rng) -> f64 {
         7 => f64::NAN,
         8 => f64::INFINITY,
         9 => 1e21,
-        _ => (rng.next() % 10_000) as f64 / 1000.0,
+        _ => f64::from(u32::try_from(rng.next() % 10_000).unwrap()) / 1000.0,
     }
 }
 
@@ -366,7 +369,7 @@ fn mutate(line: &str, rng: &mut Rng) -> String {
             // Drop one attribute.
             let v = rng.pick(&values);
             let name_start = line[..v.start].rfind(' ').unwrap();
-            s.replace_range(name_start..v.end + 1, "");
+            s.replace_range(name_start..=v.end, "");
         }
         4 => {
             let at = tag.start + 1 + line[tag.clone()][1..].find([' ', '/', '>']).unwrap();
@@ -467,9 +470,14 @@ fn changed_reports_give_what_serde_gives() {
 fn broken_reports_are_refused_alike() {
     let line = encoded(random_report(&mut Rng::new(3)));
     let open = line.find("<utilization").unwrap();
-    let nested: String = (0..9).map(|i| format!("<n{i}>")).collect();
-    let closed: String = (0..9).rev().map(|i| format!("</n{i}>")).collect();
-    let attributes: String = (0..40).map(|i| format!(" a{i}=\"{i}\"")).collect();
+    let (mut nested, mut closed, mut attributes) = (String::new(), String::new(), String::new());
+    for i in 0..9 {
+        write!(nested, "<n{i}>").unwrap();
+        write!(closed, "</n{}>", 8 - i).unwrap();
+    }
+    for i in 0..40 {
+        write!(attributes, " a{i}=\"{i}\"").unwrap();
+    }
     for broken in [
         format!("{}{nested}{closed}{}", &line[..open], &line[open..]),
         line.replacen("<cpu ", &format!("<cpu{attributes} "), 1),
