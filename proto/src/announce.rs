@@ -144,6 +144,14 @@ impl Announce {
     }
 
     /// Checks what the types alone do not.
+    ///
+    /// # Errors
+    ///
+    /// An [`InvalidAnnounce`] when the version is not [`ANNOUNCE_VERSION`], the
+    /// host is empty or longer than a DNS name, `cores` is not a positive number,
+    /// the nonce is not [`NONCE_BYTES`] in lowercase hex, or there are more than
+    /// [`MAX_APPLICATIONS`] applications or one without a name or ports (or with
+    /// port 0).
     pub fn validate(&self) -> Result<(), InvalidAnnounce> {
         if self.version != ANNOUNCE_VERSION {
             return Err(InvalidAnnounce::Version(self.version));

@@ -22,6 +22,14 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// Replaces `path` with `contents` atomically. `mode`: the new file's
 /// permission bits; `None` keeps the old file's (0644 for a new file). The
 /// old file's owner is kept when the process may (as root).
+///
+/// # Errors
+///
+/// An I/O error, its text naming the file, when `path` has no file name, or
+/// the temporary file cannot be created, given its mode or owner, written or
+/// synced, or cannot be renamed over `path`: the temporary file is removed and
+/// `path` is left as it was. When only the directory sync after the rename
+/// fails, `path` has the new contents but a crash may still undo them.
 pub fn write(path: &Path, contents: &[u8], mode: Option<u32>) -> io::Result<()> {
     let with_path = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", path.display()));
     let dir = match path.parent() {

@@ -12,7 +12,7 @@
 //! checks its syntax and yields its name and attributes (`markup.rs`).
 //!
 //! A `<report>` (nearly all a manager reads) is also assembled from those
-//! same events as they go by ([`PartialReport`], which checks the
+//! same events as they go by (`PartialReport` in `report.rs`, which checks the
 //! attributes as it reads them), so reports in the layout the encoder
 //! writes never go through serde; any other goes to serde as every other
 //! message does, with the same result.
@@ -177,6 +177,12 @@ impl Decoder {
     /// [`ProtoError::is_fatal`]) every call returns that error again; after
     /// a non-fatal one the rejected message is skipped and the next call
     /// goes on after it.
+    ///
+    /// # Errors
+    ///
+    /// A [`ProtoError`]: a fatal one (a limit, broken XML, a version mismatch,
+    /// [`ProtoError::Closed`]) ends the stream; [`ProtoError::UnknownMessage`] and
+    /// [`ProtoError::InvalidMessage`] reject one well-framed message only.
     #[expect(
         clippy::should_implement_trait,
         reason = "fallible and resumable after Ok(None): not an Iterator"

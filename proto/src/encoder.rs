@@ -69,6 +69,11 @@ impl<W: Write> Encoder<W> {
     }
 
     /// Writes the `<lb-stream ...>` start tag.
+    ///
+    /// # Errors
+    ///
+    /// [`EncodeError::State`] when the stream was already started;
+    /// [`EncodeError::Io`] when writing to the output fails.
     pub fn start(&mut self, header: &StreamHeader) -> Result<(), EncodeError> {
         if self.state != State::New {
             return Err(EncodeError::State("already started"));
@@ -80,6 +85,14 @@ impl<W: Write> Encoder<W> {
 
     /// Stamps the next sequence number into `message`, writes it and a
     /// newline, and returns the number.
+    ///
+    /// # Errors
+    ///
+    /// [`EncodeError::State`] before [`start`](Self::start) or after
+    /// [`finish`](Self::finish); [`EncodeError::Serialize`] when serde cannot
+    /// write the message; [`EncodeError::MessageTooLarge`] when it exceeds
+    /// `max_message_bytes` (nothing is written and the number is not used);
+    /// [`EncodeError::Io`] when writing to the output fails.
     pub fn encode(&mut self, message: &mut Message) -> Result<u64, EncodeError> {
         match self.state {
             State::New => return Err(EncodeError::State("not started")),
@@ -110,6 +123,11 @@ impl<W: Write> Encoder<W> {
     }
 
     /// Writes `</lb-stream>` and a newline; nothing may follow.
+    ///
+    /// # Errors
+    ///
+    /// [`EncodeError::State`] when the stream is not open (not started, or
+    /// already finished); [`EncodeError::Io`] when writing to the output fails.
     pub fn finish(&mut self) -> Result<(), EncodeError> {
         if self.state != State::Open {
             return Err(EncodeError::State("not open"));

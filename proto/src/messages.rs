@@ -109,6 +109,10 @@ impl Message {
     /// Checks what the types alone do not: non-empty names, finite and
     /// non-negative numbers, non-zero ports and table sizes. The decoder runs
     /// it on every message; a failure is a [`ProtoError::InvalidMessage`].
+    ///
+    /// # Errors
+    ///
+    /// The first [`InvalidMessage`] found.
     pub fn validate(&self) -> Result<(), InvalidMessage> {
         match self {
             Self::Hello(m) => m.validate(),

@@ -39,6 +39,11 @@ impl SequenceGuard {
     }
 
     /// Accepts `seq` (and remembers it) if it is above the last accepted one.
+    ///
+    /// # Errors
+    ///
+    /// [`Stale`] when `seq` is not above the last accepted one (a replay, or a
+    /// message older than one already accepted); the guard does not move then.
     pub fn check(&mut self, seq: u64) -> Result<(), Stale> {
         match self.last {
             Some(last) if seq <= last => Err(Stale { seq, last }),

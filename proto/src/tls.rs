@@ -314,6 +314,11 @@ fn server_name_text(name: &ServerName<'_>) -> String {
 
 /// Lowercase hex SHA-256 of a certificate's DER encoding, given as PEM (the
 /// first certificate in it) or as DER. This is what a manager pins.
+///
+/// # Errors
+///
+/// [`TlsError::BadPem`] when `cert` starts as PEM but holds no readable
+/// certificate.
 pub fn fingerprint(cert: &[u8]) -> Result<String> {
     if cert.starts_with(b"-----") {
         let der = first_cert("certificate", cert)?;
@@ -390,6 +395,12 @@ fn chain_and_key(
 
 /// Server side: presents `identity` and requires every client to present a
 /// certificate issued by a CA in `ca_pem`.
+///
+/// # Errors
+///
+/// [`TlsError::BadPem`] when `ca_pem`, the certificate or the key of
+/// `identity` cannot be read; [`TlsError::Config`] when rustls refuses them
+/// (e.g. a key that is not the certificate's).
 pub fn server_config(ca_pem: &str, identity: &Identity) -> Result<Arc<ServerConfig>> {
     let provider = provider();
     let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca_pem)?, provider.clone())
@@ -407,6 +418,12 @@ pub fn server_config(ca_pem: &str, identity: &Identity) -> Result<Arc<ServerConf
 
 /// Client side: presents `identity` and accepts a server whose certificate is
 /// issued by a CA in `ca_pem` for the name dialled (see [`server_name`]).
+///
+/// # Errors
+///
+/// [`TlsError::BadPem`] when `ca_pem`, the certificate or the key of
+/// `identity` cannot be read; [`TlsError::Config`] when rustls refuses them
+/// (e.g. a key that is not the certificate's).
 pub fn client_config(ca_pem: &str, identity: &Identity) -> Result<Arc<ClientConfig>> {
     let (chain, key) = chain_and_key(identity)?;
     let config = ClientConfig::builder_with_provider(provider())
@@ -420,6 +437,11 @@ pub fn client_config(ca_pem: &str, identity: &Identity) -> Result<Arc<ClientConf
 
 /// The name a client dials `host` by: a DNS name, or an address (which the
 /// server's certificate must carry as an IP SAN).
+///
+/// # Errors
+///
+/// [`TlsError::InvalidHostName`] when `host` is neither a DNS name nor an
+/// address.
 pub fn server_name(host: &str) -> Result<ServerName<'static>> {
     ServerName::try_from(host.to_string()).map_err(|e| TlsError::InvalidHostName {
         host: host.to_string(),
@@ -429,6 +451,11 @@ pub fn server_name(host: &str) -> Result<ServerName<'static>> {
 
 /// Accepts a TLS connection on `io` and returns it with the client's
 /// verified identity. Errors say what to fix (see [`TlsError::from_handshake`]).
+///
+/// # Errors
+///
+/// The handshake's failure, classified by [`TlsError::from_handshake`];
+/// [`TlsError::UnnamedPeer`] when the client's certificate carries no name.
 pub async fn accept<IO>(
     config: Arc<ServerConfig>,
     io: IO,
@@ -447,6 +474,12 @@ where
 /// Opens a TLS connection on `io` to `host` (a DNS name or address that the
 /// server's certificate must carry) and returns it with the server's verified
 /// identity.
+///
+/// # Errors
+///
+/// [`TlsError::InvalidHostName`] when `host` cannot be dialled by name; the
+/// handshake's failure, classified by [`TlsError::from_handshake`];
+/// [`TlsError::UnnamedPeer`] when the server's certificate carries no name.
 pub async fn connect<IO>(
     config: Arc<ClientConfig>,
     host: &str,
@@ -499,6 +532,11 @@ fn cert_name(cert: &X509Certificate<'_>) -> Option<String> {
 
 /// Checks that the name a peer announced (e.g. the host in an agent's hello)
 /// is the name its certificate was issued for.
+///
+/// # Errors
+///
+/// [`TlsError::PeerNameMismatch`] when `claimed` is not the certificate's name
+/// (compared without regard to ASCII case).
 pub fn check_peer_name(identity: &PeerIdentity, claimed: &str) -> Result<()> {
     if identity.name.eq_ignore_ascii_case(claimed) {
         Ok(())
@@ -512,6 +550,11 @@ pub fn check_peer_name(identity: &PeerIdentity, claimed: &str) -> Result<()> {
 
 /// Checks that a peer presented the certificate pinned for it (`expected`,
 /// as printed by [`fingerprint`]; case and ':' separators are ignored).
+///
+/// # Errors
+///
+/// [`TlsError::FingerprintMismatch`] when the peer's certificate is not the
+/// pinned one.
 pub fn check_peer_fingerprint(identity: &PeerIdentity, expected: &str) -> Result<()> {
     let normal: String = expected
         .chars()
@@ -536,6 +579,10 @@ pub fn check_peer_fingerprint(identity: &PeerIdentity, expected: &str) -> Result
 ///
 /// A listener checking many certificates builds a [`ClientCertChecker`]
 /// once instead.
+///
+/// # Errors
+///
+/// As [`ClientCertChecker::new`] and [`ClientCertChecker::check`].
 pub fn verify_client_cert(ca_pem: &str, cert_der: &[u8]) -> Result<PeerIdentity> {
     ClientCertChecker::new(ca_pem)?.check(cert_der)
 }
@@ -549,6 +596,11 @@ pub struct ClientCertChecker {
 impl ClientCertChecker {
     /// Trusts the CA certificates in `ca_pem` (several while one replaces
     /// another), as [`server_config`] does.
+    ///
+    /// # Errors
+    ///
+    /// [`TlsError::BadPem`] when `ca_pem` holds no readable certificate;
+    /// [`TlsError::Config`] when rustls refuses one as a CA.
     pub fn new(ca_pem: &str) -> Result<Self> {
         let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca_pem)?, provider())
             .build()
@@ -558,6 +610,14 @@ impl ClientCertChecker {
 
     /// Checks `cert_der` (an end-entity certificate, no intermediates) at
     /// the current time; see [`verify_client_cert`].
+    ///
+    /// # Errors
+    ///
+    /// [`TlsError::PeerCertificateExpired`] outside its validity period;
+    /// [`TlsError::UnknownCa`] when no trusted CA issued it;
+    /// [`TlsError::WrongRole`] when it may not authenticate a client;
+    /// [`TlsError::PeerCertificateInvalid`] when it cannot be parsed or is
+    /// otherwise refused; [`TlsError::UnnamedPeer`] when it carries no name.
     pub fn check(&self, cert_der: &[u8]) -> Result<PeerIdentity> {
         let cert = CertificateDer::from(cert_der);
         self.verifier

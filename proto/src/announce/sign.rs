@@ -90,6 +90,12 @@ impl fmt::Debug for AnnounceSigner {
 impl AnnounceSigner {
     /// Uses `identity`'s key to sign and its (first) certificate to
     /// authenticate; they must belong together.
+    ///
+    /// # Errors
+    ///
+    /// [`AnnounceError::Key`] when the key is not an ECDSA P-256 PKCS#8 key;
+    /// [`AnnounceError::Certificate`] when the certificate is missing, unreadable,
+    /// or not the certificate of that key.
     pub fn new(identity: &Identity) -> Result<Self, AnnounceError> {
         let host = identity.host.clone();
         let key_error = |detail: String| AnnounceError::Key {
@@ -140,6 +146,15 @@ impl AnnounceSigner {
 
     /// Stamps `template` with `time_ms` and a fresh nonce, signs it and
     /// returns the datagram.
+    ///
+    /// # Errors
+    ///
+    /// [`AnnounceError::HostMismatch`] when `template` is for another host than
+    /// this signer's; [`AnnounceError::Invalid`] when the stamped announcement
+    /// does not [`validate`](Announce::validate); [`AnnounceError::TooLarge`] when
+    /// the datagram would exceed [`MAX_DATAGRAM_BYTES`];
+    /// [`AnnounceError::Serialize`] or [`AnnounceError::Random`] when the XML
+    /// serializer or the system random number generator fails.
     pub fn sign(&self, template: &Announce, time_ms: u64) -> Result<Vec<u8>, AnnounceError> {
         if !template.host.eq_ignore_ascii_case(&self.host) {
             return Err(AnnounceError::HostMismatch {

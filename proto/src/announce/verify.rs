@@ -133,12 +133,20 @@ pub struct AnnounceVerifier {
 impl AnnounceVerifier {
     /// Trusts the CA certificates in `ca_pem`, with [`DEFAULT_WINDOW`] and
     /// [`DEFAULT_REPLAY_CAPACITY`].
+    ///
+    /// # Errors
+    ///
+    /// A [`TlsError`] when `ca_pem` holds no usable CA certificate.
     pub fn new(ca_pem: &str) -> Result<Self, TlsError> {
         Self::with_limits(ca_pem, DEFAULT_WINDOW, DEFAULT_REPLAY_CAPACITY)
     }
 
     /// Like [`new`](Self::new) with another clock window and replay cache
     /// size.
+    ///
+    /// # Errors
+    ///
+    /// A [`TlsError`] when `ca_pem` holds no usable CA certificate.
     pub fn with_limits(
         ca_pem: &str,
         window: Duration,
@@ -160,6 +168,21 @@ impl AnnounceVerifier {
     /// Checks one datagram received at `now_ms` (Unix milliseconds). Cheap
     /// checks (size, syntax, time, replay) come before the signature ones;
     /// the nonce is remembered only once everything passed.
+    ///
+    /// # Errors
+    ///
+    /// A [`Rejected`] saying why the datagram is refused:
+    /// [`Oversized`](Rejected::Oversized); [`Malformed`](Rejected::Malformed)
+    /// when it is not the two elements this protocol allows, the
+    /// announcement is invalid, the algorithm unknown, or the signature or
+    /// certificate unreadable; [`Stale`](Rejected::Stale) when its time is
+    /// outside the window; [`Replayed`](Rejected::Replayed);
+    /// [`Certificate`](Rejected::Certificate) when the certificate does not
+    /// chain to the CA or may not authenticate a client;
+    /// [`NameMismatch`](Rejected::NameMismatch) when it is for another host;
+    /// [`BadSignature`](Rejected::BadSignature); and
+    /// [`ReplayCacheFull`](Rejected::ReplayCacheFull) when everything passed
+    /// but its nonce cannot be remembered.
     pub fn verify(&mut self, datagram: &[u8], now_ms: u64) -> Result<Verified, Rejected> {
         self.replay.forget_before(now_ms);
         if datagram.len() > MAX_DATAGRAM_BYTES {

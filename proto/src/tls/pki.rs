@@ -132,12 +132,21 @@ impl fmt::Debug for Identity {
 
 impl Identity {
     /// SHA-256 fingerprint of this certificate (see [`fingerprint`]).
+    ///
+    /// # Errors
+    ///
+    /// [`TlsError::BadPem`] when the certificate cannot be read.
     pub fn fingerprint(&self) -> Result<String> {
         fingerprint(self.cert_pem.as_bytes())
     }
 }
 
 /// Creates a self-signed CA named `name`, valid from now for `valid_for`.
+///
+/// # Errors
+///
+/// [`TlsError::InvalidValidity`] when the period cannot go into a certificate;
+/// [`TlsError::Generate`] when the key or the certificate cannot be made.
 pub fn create_ca(name: &str, valid_for: Duration) -> Result<CaBundle> {
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::default();
@@ -165,6 +174,14 @@ pub fn create_ca(name: &str, valid_for: Duration) -> Result<CaBundle> {
 /// addresses. `role` limits which side of a connection it may act as. The
 /// validity is taken as given, so an already expired certificate can be made
 /// for tests. Fails if `host` is not a DNS name or the CA is unusable.
+///
+/// # Errors
+///
+/// [`TlsError::InvalidHostName`] when `host` or a DNS name in `sans` is not a
+/// usable host name; [`TlsError::BadPem`] when the CA's key or certificate
+/// cannot be read; [`TlsError::InvalidValidity`] when `validity` cannot go
+/// into a certificate; [`TlsError::Generate`] when the key or the certificate
+/// cannot be made.
 pub fn issue(
     ca: &CaBundle,
     host: &str,
@@ -309,6 +326,12 @@ impl Pki {
 
     /// Creates a CA (see [`create_ca`]) and writes it here. Refuses to replace
     /// an existing one unless `force`.
+    ///
+    /// # Errors
+    ///
+    /// [`TlsError::CaExists`] when a CA is here and `force` is false; as
+    /// [`create_ca`]; [`TlsError::Write`] when the directory or a file cannot be
+    /// written.
     pub fn init_ca(&self, name: &str, valid_for: Duration, force: bool) -> Result<CaBundle> {
         self.check_no_ca(force)?;
         let ca = create_ca(name, valid_for)?;
@@ -318,6 +341,11 @@ impl Pki {
 
     /// Issues a certificate for `host` from the CA here (see [`issue`]) and
     /// writes it, replacing an older one for the same host.
+    ///
+    /// # Errors
+    ///
+    /// As [`load_ca`](Self::load_ca) and [`issue`](fn@issue); [`TlsError::Write`]
+    /// when the directory or a file cannot be written.
     pub fn issue(
         &self,
         host: &str,
@@ -348,6 +376,11 @@ impl Pki {
 
     /// Writes `DIR/ca.pem` and `DIR/ca.key` (0600), creating the directory
     /// (0700) if needed. Refuses to replace an existing CA unless `force`.
+    ///
+    /// # Errors
+    ///
+    /// [`TlsError::CaExists`] when a CA is here and `force` is false;
+    /// [`TlsError::Write`] when the directory or a file cannot be written.
     pub fn write_ca(&self, ca: &CaBundle, force: bool) -> Result<()> {
         self.check_no_ca(force)?;
         self.create_dir()?;
@@ -357,6 +390,11 @@ impl Pki {
 
     /// Writes `DIR/<host>.pem` and `DIR/<host>.key` (0600), replacing older
     /// ones.
+    ///
+    /// # Errors
+    ///
+    /// [`TlsError::InvalidHostName`] when the identity's host cannot name a file;
+    /// [`TlsError::Write`] when the directory or a file cannot be written.
     pub fn write_identity(&self, identity: &Identity) -> Result<()> {
         validate_host(&identity.host)?;
         self.create_dir()?;
@@ -385,6 +423,13 @@ impl Pki {
 
     /// Reads `DIR/ca.pem`: what a host needs to verify its peers. Fails if it
     /// is missing, unreadable or outside its validity period.
+    ///
+    /// # Errors
+    ///
+    /// [`TlsError::MissingFile`] or [`TlsError::Read`] when it cannot be read,
+    /// [`TlsError::BadPem`] when it holds no readable certificate,
+    /// [`TlsError::Expired`] or [`TlsError::NotYetValid`] outside its validity
+    /// period; each says what to do.
     pub fn load_ca_cert(&self) -> Result<String> {
         let path = self.ca_cert_path();
         let pem = read_text(&path, || {
@@ -400,6 +445,12 @@ impl Pki {
     }
 
     /// Reads the CA certificate and key: what issuing needs.
+    ///
+    /// # Errors
+    ///
+    /// As [`load_ca_cert`](Self::load_ca_cert); [`TlsError::MissingFile`],
+    /// [`TlsError::Read`] or [`TlsError::BadPem`] for the key;
+    /// [`TlsError::KeyMismatch`] when it is not the certificate's key.
     pub fn load_ca(&self) -> Result<CaBundle> {
         let cert_pem = self.load_ca_cert()?;
         let key_path = self.ca_key_path();
@@ -422,6 +473,15 @@ impl Pki {
     /// Reads `DIR/<host>.pem` and `DIR/<host>.key`. Fails if either is
     /// missing, the certificate is outside its validity period or names
     /// another host, or the key is not the certificate's.
+    ///
+    /// # Errors
+    ///
+    /// [`TlsError::InvalidHostName`] when `host` cannot name a file;
+    /// [`TlsError::MissingFile`], [`TlsError::Read`] or [`TlsError::BadPem`] when
+    /// the certificate or the key cannot be read; [`TlsError::Expired`] or
+    /// [`TlsError::NotYetValid`] outside the certificate's validity period;
+    /// [`TlsError::WrongHost`] when it names another host;
+    /// [`TlsError::KeyMismatch`] when the key is not the certificate's.
     pub fn load_identity(&self, host: &str) -> Result<Identity> {
         validate_host(host)?;
         let cert_path = self.cert_path(host);
