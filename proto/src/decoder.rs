@@ -12,8 +12,8 @@
 //! checks its syntax and yields its name and attributes (`markup.rs`).
 //!
 //! A `<report>` (nearly all a manager reads) is also assembled from those
-//! same events as they go by (`PartialReport` in `report.rs`, which checks the
-//! attributes as it reads them), so reports in the layout the encoder
+//! same events as they go by (`PartialReport` in `report.rs`, which checks
+//! the attributes as it reads them), so reports in the layout the encoder
 //! writes never go through serde; any other goes to serde as every other
 //! message does, with the same result.
 
