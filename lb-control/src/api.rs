@@ -179,7 +179,7 @@ impl Daemon {
     /// Re-reads the config file and applies it; a bad file changes nothing.
     pub async fn reload(&self) -> Result<ApplyReport, String> {
         let config = Config::load(&self.config_path).map_err(|e| e.to_string())?;
-        let mut node = self.node.lock().await;
+        let node = self.node.lock().await;
         if config.node.interfaces != node.config.node.interfaces
             || config.node.pin_dir != node.config.node.pin_dir
             || config.node.hash_seed != node.config.node.hash_seed
@@ -205,7 +205,19 @@ impl Daemon {
                 ..ApplyReport::default()
             });
         }
-        node.apply(config).await.map_err(|e| e.to_string())
+        // Next hops are resolved without the node lock.
+        let (applied, next_hops) = (node.applied(), node.next_hops());
+        drop(node);
+        let prepared = Node::prepare(&next_hops, config.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut node = self.node.lock().await;
+        if node.applied() == applied {
+            node.apply_prepared(prepared)
+        } else {
+            node.apply(config).await
+        }
+        .map_err(|e| e.to_string())
     }
 
     fn controller(&self) -> Result<&Arc<Controller>, String> {

@@ -10,5 +10,6 @@ pub mod api;
 pub mod atomic_file;
 pub mod config;
 pub mod manager;
+pub mod model;
 pub mod net;
 pub mod node;

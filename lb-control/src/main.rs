@@ -216,7 +216,7 @@ fn run(config_path: PathBuf) -> Result<(), String> {
                 _ = term.recv() => break,
                 _ = tokio::signal::ctrl_c() => break,
                 _ = neighbours.tick() => {
-                    if let Err(e) = daemon.node.lock().await.refresh_neighbours().await {
+                    if let Err(e) = daemon.node.lock().await.refresh_neighbours() {
                         warn!(error = %e, "neighbour refresh failed");
                     }
                 }

@@ -170,17 +170,27 @@ impl Reconfigurer {
         let service = &message.service;
         let generation = message.generation;
         let mut state = self.state.lock().await;
-        let mut node = self.node.lock().await;
+        let node = self.node.lock().await;
         match judge(state.services.get(&service.name), message)? {
             Verdict::Apply => {}
-            Verdict::Reack => return node.verify(),
+            Verdict::Reack => return node.verify().map_err(|e| e.to_string()),
         }
-        let merged = if service.retired {
-            super::desired::remove_service(&node.config, &service.name)
+        // Next hops are resolved without the node lock: the node goes on
+        // serving the API and other work meanwhile.
+        let (base, applied, next_hops) = (node.config.clone(), node.applied(), node.next_hops());
+        drop(node);
+        let prepared = Node::prepare(&next_hops, merge(&base, service)?)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut node = self.node.lock().await;
+        let report = if node.applied() == applied {
+            node.apply_prepared(prepared)
         } else {
-            super::desired::merge_service(&node.config, service)?
-        };
-        let report = node.apply(merged).await.map_err(|e| e.to_string())?;
+            // Another change landed meanwhile: merge into it instead.
+            let merged = merge(&node.config, service)?;
+            node.apply(merged).await
+        }
+        .map_err(|e| e.to_string())?;
         let unresolved: Vec<&String> = report
             .unresolved
             .iter()
@@ -191,7 +201,7 @@ impl Reconfigurer {
                 "no next hop for {unresolved:?}: the node cannot reach them (not on a connected segment, or no neighbour answer)"
             ));
         }
-        node.verify()?;
+        node.verify().map_err(|e| e.to_string())?;
         drop(node);
         state.services.insert(
             service.name.clone(),
@@ -207,6 +217,16 @@ impl Reconfigurer {
         }
         info!(node = %self.name, service = %service.name, generation, micros = report.micros, "reconfiguration applied and verified");
         Ok(())
+    }
+}
+
+/// `config` with `service` as the manager describes it (or without it, when
+/// retired).
+fn merge(config: &Config, service: &Service) -> Result<Config, String> {
+    if service.retired {
+        Ok(super::desired::remove_service(config, &service.name))
+    } else {
+        super::desired::merge_service(config, service)
     }
 }
 

@@ -1,0 +1,332 @@
+//! The node's model of what it programs: services and the servers in each,
+//! validated and parsed once at the edge (the configuration file, the
+//! wire), so the apply path meets no strings for states, protocols or MACs.
+//!
+//! Each foreign form of a server state converts here, in one place each:
+//! the file's [`crate::config::ServerState`], the wire's
+//! [`lb_proto::ServerState`] and the `BACKEND_*` codes of the maps.
+
+use std::net::IpAddr;
+
+use lb_common::{BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_DRAINING, PROTO_TCP, PROTO_UDP, ServiceKey};
+pub use lb_proto::{MacAddr as Mac, Protocol};
+
+use crate::config::{self, Config};
+
+/// Errors turning a configuration into the node's model.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// A server's MAC address does not parse.
+    #[error("server `{server}`: mac: {source}")]
+    Mac {
+        server: String,
+        source: lb_proto::ParseError,
+    },
+}
+
+/// State of a programmed server in one service, ordered by permissiveness
+/// (`Down < Draining < Active`): raising it is safe before a table flip,
+/// lowering it only after one and a grace period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ServerState {
+    /// Out of service: its flows are re-hashed to other servers.
+    Down,
+    /// No new flows; existing ones still reach it.
+    Draining,
+    /// In the Maglev table: receives new flows.
+    Active,
+}
+
+impl ServerState {
+    /// The node state of a file state; `None` for `free` (not programmed).
+    /// A `failed` server keeps its flows, like a draining one.
+    #[must_use]
+    pub fn from_file(state: config::ServerState) -> Option<Self> {
+        match state {
+            config::ServerState::Allocated => Some(Self::Active),
+            config::ServerState::Draining | config::ServerState::Failed => Some(Self::Draining),
+            config::ServerState::Down => Some(Self::Down),
+            config::ServerState::Free => None,
+        }
+    }
+
+    /// The node state of a wire state.
+    #[must_use]
+    pub fn from_wire(state: lb_proto::ServerState) -> Self {
+        match state {
+            lb_proto::ServerState::Allocated => Self::Active,
+            lb_proto::ServerState::Draining => Self::Draining,
+            lb_proto::ServerState::Down => Self::Down,
+        }
+    }
+
+    /// The `BACKEND_*` code of the state in a backend record.
+    #[must_use]
+    pub fn code(self) -> u32 {
+        match self {
+            Self::Active => BACKEND_ACTIVE,
+            Self::Draining => BACKEND_DRAINING,
+            Self::Down => BACKEND_DOWN,
+        }
+    }
+
+    /// The state a backend record's code names; `None` for unused (or
+    /// unknown) records.
+    #[must_use]
+    pub fn from_code(code: u32) -> Option<Self> {
+        match code {
+            BACKEND_ACTIVE => Some(Self::Active),
+            BACKEND_DRAINING => Some(Self::Draining),
+            BACKEND_DOWN => Some(Self::Down),
+            _ => None,
+        }
+    }
+
+    /// Name for `lbctl`: `active`, `draining`, `down`.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Draining => "draining",
+            Self::Down => "down",
+        }
+    }
+}
+
+/// The name of a record's state code for `lbctl` (`unused` for a free
+/// index).
+#[must_use]
+pub fn state_name(code: u32) -> &'static str {
+    ServerState::from_code(code).map_or("unused", ServerState::name)
+}
+
+/// The IP protocol number of a protocol.
+#[must_use]
+pub fn protocol_number(protocol: Protocol) -> u8 {
+    match protocol {
+        Protocol::Tcp => PROTO_TCP,
+        Protocol::Udp => PROTO_UDP,
+    }
+}
+
+/// The model's protocol of the file's.
+#[must_use]
+pub fn protocol_of_file(protocol: config::Protocol) -> Protocol {
+    match protocol {
+        config::Protocol::Tcp => Protocol::Tcp,
+        config::Protocol::Udp => Protocol::Udp,
+    }
+}
+
+/// The file's protocol of the model's (wire) one.
+#[must_use]
+pub fn protocol_to_file(protocol: Protocol) -> config::Protocol {
+    match protocol {
+        Protocol::Tcp => config::Protocol::Tcp,
+        Protocol::Udp => config::Protocol::Udp,
+    }
+}
+
+/// One server programmed in one service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSpec {
+    pub name: String,
+    pub address: IpAddr,
+    /// Given by the configuration; else resolved from the neighbour table.
+    pub mac: Option<Mac>,
+    /// Maglev weight in this service (0 keeps it out of the table).
+    pub weight: u32,
+    pub state: ServerState,
+    /// Runs on this node: packets are delivered locally.
+    pub local: bool,
+}
+
+/// One service the node programs, with its programmed servers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceSpec {
+    pub name: String,
+    pub vip: IpAddr,
+    pub port: u16,
+    pub protocol: Protocol,
+    pub table_size: u32,
+    /// Weights are in `1 / weight_scale` file units.
+    pub weight_scale: u32,
+    pub servers: Vec<ServerSpec>,
+}
+
+impl ServiceSpec {
+    /// The service's key in the `SERVICES` map.
+    #[must_use]
+    pub fn key(&self) -> ServiceKey {
+        let proto = protocol_number(self.protocol);
+        match self.vip {
+            IpAddr::V4(a) => ServiceKey::new(&a.octets(), self.port, proto),
+            IpAddr::V6(a) => ServiceKey::new(&a.octets(), self.port, proto),
+        }
+    }
+
+    /// The service a `<reconfigure>` describes (retired services have no
+    /// model: they leave the node).
+    #[must_use]
+    pub fn from_wire(service: &lb_proto::Service) -> Self {
+        Self {
+            name: service.name.clone(),
+            vip: service.vip,
+            port: service.port,
+            protocol: service.protocol,
+            table_size: service.table_size,
+            weight_scale: service.weight_scale,
+            servers: service
+                .servers
+                .iter()
+                .map(|s| ServerSpec {
+                    name: s.name.clone(),
+                    address: s.address,
+                    mac: s.mac,
+                    weight: s.weight,
+                    state: ServerState::from_wire(s.state),
+                    local: false,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Everything the node programs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeModel {
+    pub services: Vec<ServiceSpec>,
+}
+
+impl NodeModel {
+    /// The model of a (validated) configuration: each service with the
+    /// servers programmed for it (every state but `free`).
+    ///
+    /// # Errors
+    /// A server whose MAC address does not parse.
+    pub fn from_config(config: &Config) -> Result<Self, ModelError> {
+        let services = config
+            .service
+            .iter()
+            .map(|svc| {
+                let name = svc.name.get_ref();
+                let servers = config
+                    .members(name)
+                    .filter_map(|s| {
+                        let state = ServerState::from_file(s.state_in(name))?;
+                        Some((s, state))
+                    })
+                    .map(|(s, state)| {
+                        Ok(ServerSpec {
+                            name: s.name.get_ref().clone(),
+                            address: s.address,
+                            mac: s.mac.as_deref().map(|m| parse_mac_of(s, m)).transpose()?,
+                            weight: s.weight_in(name),
+                            state,
+                            local: s.local,
+                        })
+                    })
+                    .collect::<Result<_, ModelError>>()?;
+                Ok(ServiceSpec {
+                    name: name.clone(),
+                    vip: svc.vip,
+                    port: svc.port,
+                    protocol: protocol_of_file(svc.protocol),
+                    table_size: svc.table_size,
+                    weight_scale: svc.weight_scale,
+                    servers,
+                })
+            })
+            .collect::<Result<_, ModelError>>()?;
+        Ok(Self { services })
+    }
+
+    /// The service called `name`.
+    #[must_use]
+    pub fn service(&self, name: &str) -> Option<&ServiceSpec> {
+        self.services.iter().find(|s| s.name == name)
+    }
+
+    /// Every programmed server once (by name), in the order first met.
+    #[must_use]
+    pub fn servers(&self) -> Vec<&ServerSpec> {
+        let mut seen = std::collections::BTreeSet::new();
+        self.services
+            .iter()
+            .flat_map(|s| &s.servers)
+            .filter(|s| seen.insert(s.name.as_str()))
+            .collect()
+    }
+}
+
+fn parse_mac_of(server: &config::ServerConfig, mac: &str) -> Result<Mac, ModelError> {
+    mac.parse().map_err(|source| ModelError::Mac {
+        server: server.name.get_ref().clone(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    #[test]
+    fn states_convert_in_one_place() {
+        use config::ServerState as File;
+        assert_eq!(
+            ServerState::from_file(File::Allocated),
+            Some(ServerState::Active)
+        );
+        assert_eq!(
+            ServerState::from_file(File::Failed),
+            Some(ServerState::Draining)
+        );
+        assert_eq!(ServerState::from_file(File::Free), None);
+        for s in [
+            ServerState::Active,
+            ServerState::Draining,
+            ServerState::Down,
+        ] {
+            assert_eq!(ServerState::from_code(s.code()), Some(s));
+        }
+        assert_eq!(state_name(lb_common::BACKEND_UNUSED), "unused");
+        assert!(
+            ServerState::Down < ServerState::Draining
+                && ServerState::Draining < ServerState::Active
+        );
+        assert_eq!(
+            ServerState::from_wire(lb_proto::ServerState::Draining),
+            ServerState::Draining
+        );
+    }
+
+    #[test]
+    fn a_bad_mac_is_an_error() {
+        let text = "[node]\ninterfaces = [\"eth0\"]\n[[service]]\nname = \"web\"\nvip = \"10.0.0.1\"\nport = 80\n[[server]]\nname = \"s1\"\naddress = \"10.0.0.11\"\nservices = [\"web\"]\nmac = \"02:00:00:00:00:11\"\n";
+        let mut config = Config::parse(text, Path::new("n.toml")).unwrap();
+        let model = NodeModel::from_config(&config).unwrap();
+        assert_eq!(
+            model.services[0].servers[0].mac,
+            Some(Mac([2, 0, 0, 0, 0, 0x11]))
+        );
+        assert_eq!(
+            model.services[0].key(),
+            ServiceSpec::from_wire(&lb_proto::Service {
+                name: "web".into(),
+                vip: "10.0.0.1".parse().unwrap(),
+                port: 80,
+                protocol: Protocol::Tcp,
+                table_size: 1,
+                servers: Vec::new(),
+                retired: false,
+                weight_scale: 1,
+            })
+            .key()
+        );
+        config.server[0].mac = Some("02:00:00:00:00".into());
+        let e = NodeModel::from_config(&config).unwrap_err();
+        assert!(e.to_string().starts_with("server `s1`: mac: "), "{e}");
+    }
+}
