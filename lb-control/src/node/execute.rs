@@ -59,7 +59,9 @@ fn carry_out(
         Step::RemoveService { key, .. } => dp.services.remove(key).map_err(map_err("SERVICES"))?,
         Step::PublishServices => dp.publish_services()?,
         Step::WaitGrace => dp.grace.wait().map_err(DataPlaneError::from)?,
-        Step::AddService { index, .. } => tables::clear(&mut dp.service_state, *index),
+        Step::AddService { index, .. } | Step::DropService { index } => {
+            tables::clear(&mut dp.service_state, *index);
+        }
         Step::UpdateBackend { key, record } | Step::RetireBackend { key, record } => {
             let rt = ledger.backends.get(key).ok_or(ApplyError::Map {
                 map: "BACKENDS",
@@ -114,7 +116,6 @@ fn carry_out(
         }
         Step::SyncVips(want) => sync_vips(dp, want)?,
         Step::SyncTxPorts => sync_tx_ports(dp, ports),
-        Step::DropService { index } => tables::clear(&mut dp.service_state, *index),
         Step::Unretire { .. } | Step::Table { flip: None, .. } | Step::KeepExpected(_) => {}
     }
     Ok(())

@@ -125,16 +125,19 @@ impl Node {
         })
     }
 
+    #[must_use]
     pub fn generation(&self) -> u32 {
         self.ledger.generation
     }
 
     /// How many configurations were applied since the node opened.
+    #[must_use]
     pub fn applied(&self) -> u64 {
         self.applied
     }
 
     /// The next-hop cache, for [`Node::prepare`] outside the node lock.
+    #[must_use]
     pub fn next_hops(&self) -> NextHops {
         self.next_hops.clone()
     }

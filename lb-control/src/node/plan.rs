@@ -403,7 +403,12 @@ fn maglev_cells(
         .map_err(|e| PlanError::Maglev(format!("service `{name}`: {e:?}")))?;
     for c in &mut cells {
         if *c != NO_BACKEND {
-            *c = members[usize::from(*c)].2 as u16;
+            #[expect(
+                clippy::cast_possible_truncation,
+                reason = "backend indexes are below limits.max_backends (at most MAX_BACKEND_INDEX + 1)"
+            )]
+            let index = members[usize::from(*c)].2 as u16;
+            *c = index;
         }
     }
     Ok(cells)

@@ -48,7 +48,7 @@ pub fn recover(dp: &DataPlane, config: &Config) -> Result<Ledger, ApplyError> {
             (service_key(s.vip, s.port, proto), s.name.get_ref().clone())
         })
         .collect();
-    for item in dp.services.iter() {
+    for item in &dp.services {
         let (key, value) = item.map_err(map_err("SERVICES"))?;
         let name = names
             .get(&key)

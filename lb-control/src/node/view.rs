@@ -56,6 +56,7 @@ impl Node {
     /// Every programmed (service, server) pair with its state, the time
     /// since it last received a packet and, when asked, the flow-table
     /// entries that point at it (walks the flow table).
+    #[must_use]
     pub fn backend_status(&self, count_flows: bool) -> Vec<lb_proto::BackendStatus> {
         let names: BTreeMap<u32, &String> = self
             .ledger
@@ -171,6 +172,7 @@ impl Node {
     }
 
     /// Services with their counters, for `lbctl service list`.
+    #[must_use]
     pub fn service_views(&self) -> Vec<ServiceView> {
         self.config
             .service
@@ -198,6 +200,7 @@ impl Node {
     }
 
     /// Servers (per service) with state and counters, for `lbctl server list`.
+    #[must_use]
     pub fn server_views(&self) -> Vec<ServerView> {
         let now = crate::node::dataplane::now_coarse();
         let mut out = Vec::new();
@@ -246,6 +249,7 @@ impl Node {
     }
 
     /// The backend index of (service, server), if programmed.
+    #[must_use]
     pub fn backend_index(&self, service: &str, server: IpAddr) -> Option<u32> {
         let rt = self.ledger.services.get(service)?;
         self.ledger

@@ -42,11 +42,12 @@ fn is_bpffs(path: &Path) -> bool {
     // SAFETY: statfs fills the struct; zeroed is a valid initial value.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: valid C string and out pointer.
-    let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+    let rc = unsafe { libc::statfs(c.as_ptr(), &raw mut st) };
     rc == 0 && st.f_type as i64 == BPF_FS_MAGIC
 }
 
 /// The versioned pin directory of a config.
+#[must_use]
 pub fn pin_dir(config: &Config) -> PathBuf {
     config.node.pin_dir.join(format!("v{MAP_ABI_VERSION}"))
 }

@@ -37,6 +37,7 @@ impl FlowSets {
     }
 
     /// The entry of `key`, with the time it was last seen.
+    #[must_use]
     pub fn get(&self, key: &FlowKey) -> Option<FlowEntry> {
         let (index, tag) = self.place(key);
         let set = self.sets.get(index);
@@ -44,6 +45,7 @@ impl FlowSets {
     }
 
     /// Every entry.
+    #[must_use]
     pub fn entries(&self) -> Vec<(FlowKey, FlowEntry)> {
         let mut out = Vec::new();
         for set in self.sets.slice(0, self.sets.entries()) {
@@ -57,6 +59,7 @@ impl FlowSets {
     }
 
     /// Number of entries.
+    #[must_use]
     pub fn count(&self) -> usize {
         self.sets
             .slice(0, self.sets.entries())
@@ -80,17 +83,17 @@ impl FlowSets {
         // SAFETY: in-bounds fields of a live mapping; volatile so the
         // stores reach memory in this order.
         unsafe {
-            std::ptr::write_volatile(&mut set.tags[w], FLOW_TAG_FREE);
+            std::ptr::write_volatile(&raw mut set.tags[w], FLOW_TAG_FREE);
             std::ptr::write_volatile(
-                &mut set.slots[w],
+                &raw mut set.slots[w],
                 FlowSlot {
                     key: *key,
                     incarnation: entry.incarnation,
                     target: flow_target(tag, entry.backend, entry.incarnation),
                 },
             );
-            std::ptr::write_volatile(&mut set.seen[w], entry.last_seen);
-            std::ptr::write_volatile(&mut set.tags[w], tag);
+            std::ptr::write_volatile(&raw mut set.seen[w], entry.last_seen);
+            std::ptr::write_volatile(&raw mut set.tags[w], tag);
         }
         true
     }
@@ -121,7 +124,7 @@ impl FlowSets {
                 if clear {
                     let slot = &mut self.sets.slice_mut(index, 1)[0];
                     // SAFETY: a field of a live mapping.
-                    unsafe { std::ptr::write_volatile(&mut slot.tags[w], FLOW_TAG_FREE) };
+                    unsafe { std::ptr::write_volatile(&raw mut slot.tags[w], FLOW_TAG_FREE) };
                 }
             }
         }
@@ -164,6 +167,7 @@ pub enum FlowTable {
 
 impl FlowTable {
     /// Number of entries (walks the table).
+    #[must_use]
     pub fn count(&self) -> usize {
         match self {
             FlowTable::Sets(t) => t.count(),

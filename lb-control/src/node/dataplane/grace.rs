@@ -2,7 +2,7 @@
 //!
 //! XDP programs run inside an RCU read-side section, so once a grace period
 //! has passed after a table flip, no packet can still be reading the slot
-//! that was active before it. The kernel offers no direct "synchronize_rcu"
+//! that was active before it. The kernel offers no direct `synchronize_rcu`
 //! to user space, but an update of an array-of-maps waits for one before it
 //! returns (`maybe_wait_bpf_programs` in `kernel/bpf/syscall.c`). This
 //! module keeps a one-element array-of-maps for exactly that.
@@ -61,13 +61,18 @@ struct MapUpdateAttr {
 }
 
 fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<libc::c_long> {
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "a bpf_attr prefix is a few dozen bytes"
+    )]
+    let size = std::mem::size_of::<T>() as libc::c_uint;
     // SAFETY: `attr` is a valid, zero-padded bpf_attr prefix of the size passed.
     let ret = unsafe {
         libc::syscall(
             libc::SYS_bpf,
             cmd,
-            attr as *mut T as *mut libc::c_void,
-            std::mem::size_of::<T>() as libc::c_uint,
+            std::ptr::from_mut::<T>(attr).cast::<libc::c_void>(),
+            size,
         )
     };
     if ret < 0 {
@@ -88,11 +93,11 @@ impl GracePeriod {
     /// finished.
     pub fn wait(&self) -> Result<(), GraceError> {
         let key = 0u32;
-        let value = self.inner.as_raw_fd() as u32;
+        let value = self.inner.as_raw_fd().cast_unsigned();
         let mut attr = MapUpdateAttr {
-            map_fd: self.outer.as_raw_fd() as u32,
-            key: &key as *const u32 as u64,
-            value: &value as *const u32 as u64,
+            map_fd: self.outer.as_raw_fd().cast_unsigned(),
+            key: &raw const key as u64,
+            value: &raw const value as u64,
             ..Default::default()
         };
         bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map_err(GraceError::Wait)?;
@@ -108,11 +113,16 @@ fn create(map_type: u32, inner: Option<&OwnedFd>) -> Result<OwnedFd, GraceError>
         key_size: 4,
         value_size: 4,
         max_entries: 1,
-        inner_map_fd: inner.map_or(0, |fd| fd.as_raw_fd() as u32),
+        inner_map_fd: inner.map_or(0, |fd| fd.as_raw_fd().cast_unsigned()),
         map_name: name,
         ..Default::default()
     };
     let fd = bpf(BPF_MAP_CREATE, &mut attr).map_err(GraceError::Create)?;
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "BPF_MAP_CREATE returns a file descriptor, an int"
+    )]
+    let fd = fd as i32;
     // SAFETY: the syscall returned a new file descriptor that we now own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }

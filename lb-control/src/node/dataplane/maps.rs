@@ -171,6 +171,7 @@ pub enum FlowLayout {
 
 impl FlowLayout {
     /// The layout an object file declares.
+    #[must_use]
     pub fn of_object(bytes: &[u8]) -> Self {
         let value = aya_obj::Object::parse(bytes)
             .ok()
@@ -183,6 +184,7 @@ impl FlowLayout {
     }
 
     /// The flow table's spec in this layout.
+    #[must_use]
     pub fn flows(self) -> MapSpec {
         match self {
             Self::Sets => FLOWS,
@@ -192,6 +194,7 @@ impl FlowLayout {
 }
 
 /// Every map of a build with this flow-table layout.
+#[must_use]
 pub fn specs(layout: FlowLayout) -> [MapSpec; 13] {
     MAP_SPECS.map(|spec| {
         if spec.name == MAP_FLOWS {
@@ -218,6 +221,7 @@ pub struct MapSizes {
 }
 
 impl MapSizes {
+    #[must_use]
     pub fn new(limits: &Limits) -> Self {
         let stride = table_stride(limits.max_table_size);
         Self {
@@ -232,6 +236,7 @@ impl MapSizes {
     }
 
     /// How many entries a map has under these limits.
+    #[must_use]
     pub fn entries(&self, spec: &MapSpec) -> u32 {
         match spec.entries {
             Entries::Services => self.services,

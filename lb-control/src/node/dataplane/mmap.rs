@@ -44,6 +44,11 @@ impl<T: Copy> MmapArray<T> {
     /// Maps `entries` values of the array behind `fd`.
     pub fn new(name: &'static str, fd: BorrowedFd<'_>, entries: u32) -> Result<Self, MmapError> {
         // SAFETY: sysconf has no preconditions.
+        #[expect(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "the page size is positive and small on Linux"
+        )]
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
         let len = (entries as usize * stride::<T>()).div_ceil(page) * page;
         // SAFETY: a fresh shared mapping of a map fd; checked for failure.
@@ -76,6 +81,7 @@ impl<T: Copy> MmapArray<T> {
         })
     }
 
+    #[must_use]
     pub fn entries(&self) -> u32 {
         self.entries
     }
@@ -90,6 +96,7 @@ impl<T: Copy> MmapArray<T> {
         unsafe { self.ptr.as_ptr().add(index as usize * stride::<T>()).cast() }
     }
 
+    #[must_use]
     pub fn get(&self, index: u32) -> T {
         // SAFETY: in bounds, aligned (8-byte stride of a page-aligned mapping).
         unsafe { std::ptr::read_volatile(self.at(index)) }
@@ -102,9 +109,10 @@ impl<T: Copy> MmapArray<T> {
 
     /// Elements `start..start + count` as one slice. Only for value types
     /// whose size is a multiple of 8 (no gaps between elements).
+    #[must_use]
     pub fn slice(&self, start: u32, count: u32) -> &[T] {
         assert!(std::mem::size_of::<T>() == stride::<T>());
-        assert!(start as u64 + count as u64 <= self.entries as u64);
+        assert!(u64::from(start) + u64::from(count) <= u64::from(self.entries));
         // SAFETY: in bounds, contiguous, aligned; lives as long as self.
         unsafe { std::slice::from_raw_parts(self.at_unchecked(start), count as usize) }
     }
@@ -112,7 +120,7 @@ impl<T: Copy> MmapArray<T> {
     /// Mutable form of [`MmapArray::slice`].
     pub fn slice_mut(&mut self, start: u32, count: u32) -> &mut [T] {
         assert!(std::mem::size_of::<T>() == stride::<T>());
-        assert!(start as u64 + count as u64 <= self.entries as u64);
+        assert!(u64::from(start) + u64::from(count) <= u64::from(self.entries));
         // SAFETY: as in `slice`, and &mut self gives exclusive user-space access.
         unsafe { std::slice::from_raw_parts_mut(self.at_unchecked(start), count as usize) }
     }
@@ -125,6 +133,7 @@ impl<T: Copy> MmapArray<T> {
 
     /// The 4-byte field at `offset` of element `index`, as an atomic: the
     /// one store that flips a service's active slot.
+    #[must_use]
     pub fn atomic_u32(&self, index: u32, offset: usize) -> &AtomicU32 {
         assert!(offset + 4 <= std::mem::size_of::<T>() && offset.is_multiple_of(4));
         // SAFETY: in bounds and 4-byte aligned; the memory lives as long as self.

@@ -226,11 +226,10 @@ impl DataPlane {
     }
 
     /// Global counters summed over CPUs, by name.
+    #[must_use]
     pub fn global_counters(&self) -> Vec<(&'static str, u64)> {
         let sum = |map: &PerCpuArray<MapData, u64>, i: u32| -> u64 {
-            map.get(&i, 0)
-                .map(|per_cpu| per_cpu.iter().sum())
-                .unwrap_or(0)
+            map.get(&i, 0).map_or(0, |per_cpu| per_cpu.iter().sum())
         };
         let mut out: Vec<(&'static str, u64)> = (0..global::COUNT)
             .map(|i| (global::NAMES[i as usize], sum(&self.global_stats, i)))
@@ -244,6 +243,7 @@ impl DataPlane {
     }
 
     /// A service's or backend's counters summed over CPUs.
+    #[must_use]
     pub fn sum_counters(map: &PerCpuArray<MapData, Counters>, index: u32) -> Counters {
         let mut out = Counters::default();
         if let Ok(values) = map.get(&index, 0) {
@@ -258,23 +258,24 @@ impl DataPlane {
 
     /// Coarse second a backend last forwarded a packet (max over CPUs; 0 =
     /// never).
+    #[must_use]
     pub fn backend_last_seen(&self, index: u32) -> u32 {
         self.backend_last_seen
             .get(&index, 0)
-            .map(|v| v.iter().copied().max().unwrap_or(0))
-            .unwrap_or(0)
+            .map_or(0, |v| v.iter().copied().max().unwrap_or(0))
     }
 }
 
 /// The kernel's current coarse second, as the program computes it.
+#[must_use]
 pub fn now_coarse() -> u32 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: valid out pointer. CLOCK_MONOTONIC_COARSE is what bpf_ktime_get_coarse_ns reads.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    lb_common::coarse_secs(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &raw mut ts) };
+    lb_common::coarse_secs(ts.tv_sec.cast_unsigned() * 1_000_000_000 + ts.tv_nsec.cast_unsigned())
 }
 
 /// Every (key, index) of a `SERVICES` map.

@@ -86,18 +86,17 @@ fn read_build_id(path: &Path) -> Option<u64> {
 /// Records the identity of the build just attached.
 pub fn write_build_id(dir: &Path, id: u64) -> Result<(), DataPlaneError> {
     let path = dir.join(BUILD_ID_FILE);
-    let mut array = match MapData::from_pin(&path) {
-        Ok(data) => Array::try_from(Map::Array(data)).map_err(map_err(BUILD_ID_FILE))?,
-        Err(_) => {
-            let array: Array<MapData, u64> = Array::create(1, 0).map_err(map_err(BUILD_ID_FILE))?;
-            let data: &MapData = {
-                use aya::maps::IterableMap as _;
-                array.map()
-            };
-            data.pin(&path)
-                .map_err(|source| DataPlaneError::Pin { path, source })?;
-            array
-        }
+    let mut array = if let Ok(data) = MapData::from_pin(&path) {
+        Array::try_from(Map::Array(data)).map_err(map_err(BUILD_ID_FILE))?
+    } else {
+        let array: Array<MapData, u64> = Array::create(1, 0).map_err(map_err(BUILD_ID_FILE))?;
+        let data: &MapData = {
+            use aya::maps::IterableMap as _;
+            array.map()
+        };
+        data.pin(&path)
+            .map_err(|source| DataPlaneError::Pin { path, source })?;
+        array
     };
     array.set(0, id, 0).map_err(map_err(BUILD_ID_FILE))
 }

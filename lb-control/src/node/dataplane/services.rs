@@ -56,13 +56,13 @@ pub fn publish(buckets: &mut MmapArray<ServiceBucket>, services: &[(ServiceKey, 
         // SAFETY (every block below): in-bounds fields of a live mapping;
         // volatile so the stores reach memory in program order.
         if overflow {
-            unsafe { std::ptr::write_volatile(&mut bucket.overflow, 1) };
+            unsafe { std::ptr::write_volatile(&raw mut bucket.overflow, 1) };
         }
         for &(w, _) in &plan {
             if current.keys[w].family != 0 {
                 unsafe {
-                    std::ptr::write_volatile(&mut bucket.keys[w].family, 0);
-                    std::ptr::write_volatile(&mut bucket.keys[w], ServiceKey::default());
+                    std::ptr::write_volatile(&raw mut bucket.keys[w].family, 0);
+                    std::ptr::write_volatile(&raw mut bucket.keys[w], ServiceKey::default());
                 }
             }
         }
@@ -71,14 +71,14 @@ pub fn publish(buckets: &mut MmapArray<ServiceBucket>, services: &[(ServiceKey, 
                 let mut unpublished = key;
                 unpublished.family = 0;
                 unsafe {
-                    std::ptr::write_volatile(&mut bucket.index[w], index);
-                    std::ptr::write_volatile(&mut bucket.keys[w], unpublished);
-                    std::ptr::write_volatile(&mut bucket.keys[w].family, key.family);
+                    std::ptr::write_volatile(&raw mut bucket.index[w], index);
+                    std::ptr::write_volatile(&raw mut bucket.keys[w], unpublished);
+                    std::ptr::write_volatile(&raw mut bucket.keys[w].family, key.family);
                 }
             }
         }
         if !overflow {
-            unsafe { std::ptr::write_volatile(&mut bucket.overflow, 0) };
+            unsafe { std::ptr::write_volatile(&raw mut bucket.overflow, 0) };
         }
     }
 }

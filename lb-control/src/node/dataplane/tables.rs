@@ -44,7 +44,8 @@ pub fn write_and_flip(
     cells: &[u16],
     generation: u32,
 ) -> Result<u32, TableError> {
-    let size = cells.len() as u32;
+    // Too many cells for a u32 are too many for the slot too.
+    let size = u32::try_from(cells.len()).unwrap_or(u32::MAX);
     let max = stride * TABLE_LANES;
     if size > max {
         return Err(TableError::TooLarge { size, max });
@@ -86,7 +87,9 @@ pub fn verify_slot(
     cells: &[u16],
 ) -> Result<(), TableError> {
     let base = slot_base(service, slot, stride);
-    let elements = (cells.len() as u32).div_ceil(TABLE_LANES);
+    let elements = u32::try_from(cells.len())
+        .unwrap_or(u32::MAX)
+        .div_ceil(TABLE_LANES);
     let stored = tables.slice(base, elements);
     for (i, want) in cells.iter().enumerate() {
         let got = stored[i / TABLE_LANES as usize][i % TABLE_LANES as usize];
@@ -94,7 +97,7 @@ pub fn verify_slot(
             return Err(TableError::Verify {
                 service,
                 slot,
-                cell: i as u32,
+                cell: u32::try_from(i).unwrap_or(u32::MAX),
                 wrote: *want,
                 read: got,
             });
@@ -104,6 +107,7 @@ pub fn verify_slot(
 }
 
 /// Reads a service's active table back (for `lbctl` and tests).
+#[must_use]
 pub fn read_active(
     states: &MmapArray<ServiceState>,
     tables: &MmapArray<TableCells>,

@@ -4,6 +4,10 @@
 //! Three services: IPv4 TCP VIP:80 over backends 0, 1, 2; IPv4 UDP VIP:53 on
 //! backend 3; IPv6 TCP VIP6:80 on backend 4. Tables have 13 cells cycling
 //! over their backends, so a flow's backend is easy to predict.
+#![expect(
+    clippy::cast_possible_truncation,
+    reason = "the test bed's frames, tables and indexes are a few dozen of each"
+)]
 
 use std::{
     net::{Ipv4Addr, Ipv6Addr},
@@ -46,17 +50,20 @@ pub struct TestBed {
     pub ebpf: Ebpf,
 }
 
+#[must_use]
 pub fn server_mac(i: u8) -> [u8; 6] {
     [0x02, 0, 0, 0, 0x10, i]
 }
 
 impl TestBed {
+    #[must_use]
     pub fn new(bytes: &[u8]) -> Self {
         Self::with_flow_capacity(bytes, 1024)
     }
 
     /// A test bed whose flow table holds `flows` entries (rounded up to a
     /// power-of-two number of sets).
+    #[must_use]
     pub fn with_flow_capacity(bytes: &[u8], flows: u32) -> Self {
         let stride = table_stride(MAX_TABLE);
         let mut ebpf = EbpfLoader::new()
@@ -150,6 +157,7 @@ impl TestBed {
     }
 
     /// `SERVICE_BUCKETS` through its mapping.
+    #[must_use]
     pub fn service_buckets(&self) -> MmapArray<ServiceBucket> {
         let map = self.ebpf.map("SERVICE_BUCKETS").expect("SERVICE_BUCKETS");
         let aya::maps::Map::Array(data) = map else {
@@ -199,6 +207,10 @@ impl TestBed {
     }
 
     /// Runs one frame; returns the action and the frame as it left.
+    #[expect(
+        clippy::must_use_candidate,
+        reason = "tests run frames for their side effects on the maps too"
+    )]
     pub fn run(&self, frame: &[u8]) -> (u32, Vec<u8>) {
         let program: &Xdp = self
             .ebpf
@@ -223,6 +235,7 @@ impl TestBed {
         (result.return_value, out)
     }
 
+    #[must_use]
     pub fn counter(&self, index: u32) -> u64 {
         let stats: PerCpuArray<_, u64> =
             PerCpuArray::try_from(self.ebpf.map("GLOBAL_STATS").expect("GLOBAL")).expect("GLOBAL");
@@ -230,6 +243,7 @@ impl TestBed {
     }
 
     /// A `FLOW_STATS` counter summed over CPUs.
+    #[must_use]
     pub fn flow_counter(&self, index: u32) -> u64 {
         let stats: PerCpuArray<_, u64> =
             PerCpuArray::try_from(self.ebpf.map("FLOW_STATS").expect("FLOW_STATS"))
@@ -237,22 +251,26 @@ impl TestBed {
         stats.get(&index, 0).expect("counter").iter().sum()
     }
 
+    #[must_use]
     pub fn flow(&self, key: &FlowKey) -> Option<FlowEntry> {
         self.flow_sets().get(key)
     }
 
     /// The flow table through its mapping.
+    #[must_use]
     pub fn flow_sets(&self) -> FlowSets {
         self.flow_sets_seeded(SEED)
     }
 
     /// The flow table as a controller configured with `seed` sees it.
+    #[must_use]
     pub fn flow_sets_seeded(&self, seed: u32) -> FlowSets {
         let (fd, sets) = self.flows_map();
         FlowSets::new(fd, sets, seed).expect("map FLOWS")
     }
 
     /// The flow table's raw sets, to write what the program never would.
+    #[must_use]
     pub fn flow_array(&self) -> MmapArray<FlowSet> {
         let (fd, sets) = self.flows_map();
         MmapArray::new("FLOWS", fd, sets).expect("map FLOWS")
@@ -267,6 +285,7 @@ impl TestBed {
         (data.fd().as_fd(), sets)
     }
 
+    #[must_use]
     pub fn backend_counters(&self, index: u32) -> (u64, u64, u64) {
         let stats: PerCpuArray<_, lb_common::Counters> =
             PerCpuArray::try_from(self.ebpf.map("BACKEND_STATS").expect("STATS")).expect("STATS");
@@ -288,6 +307,7 @@ impl TestBed {
 
     /// Runs `frame` `repeat` times in the kernel; returns the average time
     /// per run as the kernel measured it.
+    #[must_use]
     pub fn time(&self, frame: &[u8], repeat: u32) -> std::time::Duration {
         let program: &Xdp = self
             .ebpf
@@ -300,6 +320,7 @@ impl TestBed {
 }
 
 /// Average kernel time of `repeat` runs of any XDP program on `frame`.
+#[must_use]
 pub fn run_timed(program: &Xdp, frame: &[u8], repeat: u32) -> std::time::Duration {
     let mut out = vec![0u8; frame.len() + 256];
     let result = program
@@ -319,6 +340,7 @@ pub mod frames {
 
     use super::{CLIENT_MAC, NODE_MAC};
 
+    #[must_use]
     pub fn eth(ethertype: u16) -> Vec<u8> {
         let mut f = Vec::new();
         f.extend_from_slice(&NODE_MAC);
@@ -327,6 +349,7 @@ pub mod frames {
         f
     }
 
+    #[must_use]
     pub fn ipv4(
         src: Ipv4Addr,
         dst: Ipv4Addr,
@@ -353,6 +376,7 @@ pub mod frames {
         f
     }
 
+    #[must_use]
     pub fn ipv6(src: Ipv6Addr, dst: Ipv6Addr, next: u8, payload: &[u8]) -> Vec<u8> {
         let mut f = eth(0x86dd);
         f.extend_from_slice(&[0x60, 0, 0, 0]);
@@ -365,6 +389,7 @@ pub mod frames {
         f
     }
 
+    #[must_use]
     pub fn tcp(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
         let mut t = Vec::new();
         t.extend_from_slice(&sport.to_be_bytes());
@@ -374,6 +399,7 @@ pub mod frames {
         t
     }
 
+    #[must_use]
     pub fn udp(sport: u16, dport: u16) -> Vec<u8> {
         let mut u = Vec::new();
         u.extend_from_slice(&sport.to_be_bytes());

@@ -14,6 +14,7 @@ pub struct MacError {
 /// Whether the prefix `prefix`/`len` contains `addr`. Addresses of different
 /// families are never contained; a length beyond the family's width (33 for
 /// IPv4, 129 for IPv6) makes an invalid prefix that contains nothing.
+#[must_use]
 pub fn prefix_contains(prefix: IpAddr, len: u8, addr: IpAddr) -> bool {
     match (prefix, addr) {
         (IpAddr::V4(p), IpAddr::V4(a)) => {

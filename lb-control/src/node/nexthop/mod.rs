@@ -338,7 +338,7 @@ impl Resolver {
             .await
             .map_err(|e| match e {
                 rtnetlink::Error::NetlinkError(ref m)
-                    if m.code.map(|c| c.get()) == Some(-libc::ENODEV) =>
+                    if m.code.map(std::num::NonZero::get) == Some(-libc::ENODEV) =>
                 {
                     NextHopError::UnknownInterface(name.to_owned())
                 }
@@ -405,8 +405,8 @@ fn netlink_error(context: &'static str) -> impl FnOnce(rtnetlink::Error) -> Next
 }
 
 /// The address that, with the prefix length, gives the connected prefix of an
-/// address message: IFA_ADDRESS (the peer on point-to-point links, else the
-/// local address), falling back to IFA_LOCAL.
+/// address message: `IFA_ADDRESS` (the peer on point-to-point links, else the
+/// local address), falling back to `IFA_LOCAL`.
 fn prefix_address(message: &AddressMessage) -> Option<IpAddr> {
     let mut local = None;
     for attribute in &message.attributes {
@@ -493,7 +493,7 @@ fn trigger_resolution(ifname: &str, ifindex: u32, addr: IpAddr) {
     }
 }
 
-/// Binds `socket` to the interface `ifname` (SO_BINDTODEVICE).
+/// Binds `socket` to the interface `ifname` (`SO_BINDTODEVICE`).
 fn bind_to_device(socket: &UdpSocket, ifname: &str) -> io::Result<()> {
     let len = libc::socklen_t::try_from(ifname.len())
         .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;

@@ -48,7 +48,7 @@ fn egress_is_longest_prefix_then_configuration_order() {
     let iface = |name: &str, ifindex, prefixes: &[(&str, u8)]| Interface {
         name: name.to_owned(),
         ifindex,
-        mac: [2, 0, 0, 0, 0, ifindex as u8],
+        mac: [2, 0, 0, 0, 0, u8::try_from(ifindex).expect("small ifindex")],
         prefixes: prefixes.iter().map(|&(a, l)| (ip(a), l)).collect(),
     };
     let interfaces = [
@@ -245,16 +245,15 @@ mod netns {
 
     #[tokio::test(flavor = "current_thread")]
     async fn resolver_in_network_namespace() {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
         if !is_root() {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!(
-                    "the next-hop resolver test needs root (network namespaces, veth) and CI=true: run the tests as root"
-                );
-            }
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "the next-hop resolver test needs root (network namespaces, veth) and CI=true: run the tests as root"
+            );
             eprintln!("skipped: needs root");
             return;
         }
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let node = format!("lbnh-{}-{n}", std::process::id());
         let peer = format!("{node}-peer");

@@ -230,12 +230,9 @@ async fn follow<M>(
     loop {
         tokio::select! {
             message = next_notification(&mut messages) => {
-                match (message, &mut messages) {
-                    (Some(_), Some(pending)) => while pending.try_recv().is_ok() {},
-                    _ => {
-                        debug!("rtnetlink notifications ended; next hops are re-read every second");
-                        messages = None;
-                    }
+                if let (Some(_), Some(pending)) = (message, &mut messages) { while pending.try_recv().is_ok() {} } else {
+                    debug!("rtnetlink notifications ended; next hops are re-read every second");
+                    messages = None;
                 }
             }
             _ = refresh.tick() => {}
