@@ -1,0 +1,66 @@
+//! What each subcommand asks of the daemon.
+
+use lb_control::api::Request;
+
+use crate::cli::{CertsCommand, Command, ServerCommand, ServiceCommand};
+
+/// What a command line asks for: a request to the daemon, or certificate
+/// files (no daemon, no socket).
+pub enum Action {
+    Daemon(Request),
+    Certs(CertsCommand),
+}
+
+impl From<Command> for Action {
+    fn from(command: Command) -> Self {
+        Self::Daemon(match command {
+            Command::Status => Request::Status,
+            Command::Service { command } => command.into(),
+            Command::Server { command } => command.into(),
+            Command::Pool => Request::Pool,
+            Command::Events { follow, after } => Request::Events { after, follow },
+            Command::Stats => Request::Stats,
+            Command::Config { .. } => Request::Reload,
+            // Certificates are files: no daemon, no socket.
+            Command::Certs { command } => return Self::Certs(command),
+        })
+    }
+}
+
+impl From<ServiceCommand> for Request {
+    fn from(command: ServiceCommand) -> Self {
+        match command {
+            ServiceCommand::List => Request::ServiceList,
+            ServiceCommand::Add {
+                name,
+                vip,
+                port,
+                protocol,
+                table_size,
+                application,
+            } => Request::ServiceAdd {
+                name,
+                vip,
+                port,
+                protocol: protocol.into(),
+                table_size,
+                application,
+            },
+            ServiceCommand::Remove { name } => Request::ServiceRemove { name },
+        }
+    }
+}
+
+impl From<ServerCommand> for Request {
+    fn from(command: ServerCommand) -> Self {
+        match command {
+            ServerCommand::List => Request::ServerList,
+            ServerCommand::Allocate { name, service } => Request::ServerAllocate {
+                server: name,
+                service,
+            },
+            ServerCommand::Drain { name } => Request::ServerDrain { server: name },
+            ServerCommand::Deallocate { name } => Request::ServerDeallocate { server: name },
+        }
+    }
+}
