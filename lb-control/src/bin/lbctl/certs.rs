@@ -1,29 +1,27 @@
 //! `lbctl certs`: the project's TLS certificates, files with no daemon.
 
-use std::{process::ExitCode, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
-use lb_proto::tls::{Pki, SanEntry, Validity};
+use lb_proto::tls::{Pki, SanEntry, TlsError, Validity};
 
-use crate::{cli::CertsCommand, output::out};
+use crate::{cli::CertsCommand, error::Error, output::out};
 
-fn days(n: u32) -> Duration {
-    Duration::from_secs(u64::from(n) * 24 * 3600)
+/// A certificate and key written, and the certificate's fingerprint.
+struct Written {
+    cert: PathBuf,
+    key: PathBuf,
+    fingerprint: String,
 }
 
-pub fn certs(command: CertsCommand, json: bool) -> ExitCode {
-    let (pki, host, result) = match command {
+/// `lbctl certs init` or `lbctl certs issue`, then the files it wrote.
+pub fn run(command: CertsCommand, json: bool) -> Result<(), Error> {
+    let written = match command {
         CertsCommand::Init {
             dir,
             name,
             days: n,
             force,
-        } => {
-            let pki = Pki::new(dir);
-            let result = pki
-                .init_ca(&name, days(n), force)
-                .and_then(|ca| lb_proto::tls::fingerprint(ca.cert_pem.as_bytes()));
-            (pki, None, result)
-        }
+        } => init(&Pki::new(dir), &name, n, force)?,
         CertsCommand::Issue {
             dir,
             host,
@@ -32,29 +30,55 @@ pub fn certs(command: CertsCommand, json: bool) -> ExitCode {
             role,
             days: n,
         } => {
-            let pki = Pki::new(dir);
             let sans: Vec<SanEntry> = ip
                 .into_iter()
                 .map(SanEntry::Ip)
                 .chain(dns.into_iter().map(SanEntry::Dns))
                 .collect();
-            let result = pki
-                .issue(&host, role.into(), &sans, Validity::from_now(days(n)))
-                .and_then(|identity| identity.fingerprint());
-            (pki, Some(host), result)
+            let validity = Validity::from_now(days(n));
+            issue(&Pki::new(dir), &host, role.into(), &sans, validity)?
         }
     };
-    let fingerprint = match result {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let (cert, key) = match &host {
-        Some(h) => (pki.cert_path(h), pki.key_path(h)),
-        None => (pki.ca_cert_path(), pki.ca_key_path()),
-    };
+    print(&written, json);
+    Ok(())
+}
+
+fn days(n: u32) -> Duration {
+    Duration::from_secs(u64::from(n) * 24 * 3600)
+}
+
+/// The project CA, valid for `n` days.
+fn init(pki: &Pki, name: &str, n: u32, force: bool) -> Result<Written, TlsError> {
+    let ca = pki.init_ca(name, days(n), force)?;
+    Ok(Written {
+        fingerprint: lb_proto::tls::fingerprint(ca.cert_pem.as_bytes())?,
+        cert: pki.ca_cert_path(),
+        key: pki.ca_key_path(),
+    })
+}
+
+/// A host's certificate from the CA in `pki`'s directory.
+fn issue(
+    pki: &Pki,
+    host: &str,
+    role: lb_proto::tls::Role,
+    sans: &[SanEntry],
+    validity: Validity,
+) -> Result<Written, TlsError> {
+    let identity = pki.issue(host, role, sans, validity)?;
+    Ok(Written {
+        fingerprint: identity.fingerprint()?,
+        cert: pki.cert_path(host),
+        key: pki.key_path(host),
+    })
+}
+
+fn print(written: &Written, json: bool) {
+    let Written {
+        cert,
+        key,
+        fingerprint,
+    } = written;
     if json {
         let out = serde_json::json!({
             "certificate": cert,
@@ -67,5 +91,4 @@ pub fn certs(command: CertsCommand, json: bool) -> ExitCode {
         out!("key          {}", key.display());
         out!("sha256       {fingerprint}");
     }
-    ExitCode::SUCCESS
 }

@@ -3,68 +3,67 @@
 
 mod certs;
 mod cli;
+mod error;
 mod events;
 mod output;
 mod request;
 mod table;
 
-use std::process::ExitCode;
+use std::{path::Path, process::ExitCode};
 
 use clap::Parser as _;
 use lb_control::api::{Request, Response, call};
 
-use crate::{cli::Cli, output::out, request::Action};
+use crate::{cli::Cli, error::Error, output::out, request::Action};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let request = match Action::from(cli.command) {
-        Action::Daemon(request) => request,
-        Action::Certs(command) => return certs::certs(command, cli.json),
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
-            return ExitCode::FAILURE;
+            ExitCode::FAILURE
         }
-    };
+    }
+}
+
+/// Does what the command line says.
+fn run(cli: Cli) -> Result<(), Error> {
+    match Action::from(cli.command) {
+        Action::Daemon(request) => ask(&cli.socket, &request, cli.json),
+        Action::Certs(command) => certs::run(command, cli.json),
+    }
+}
+
+/// Sends `request` to the daemon at `socket` and prints the answer; for
+/// `events --follow`, each event as it comes.
+fn ask(socket: &Path, request: &Request, json: bool) -> Result<(), Error> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(Error::Runtime)?;
     if let Request::Events {
         after,
         follow: true,
-    } = request
+    } = *request
     {
-        return match runtime.block_on(events::follow_events(&cli.socket, after, cli.json)) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::FAILURE
-            }
-        };
+        return runtime.block_on(events::follow(socket, after, json));
     }
-    let response = match runtime.block_on(call(&cli.socket, &request)) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    if let Response::Error { message } = &response {
-        eprintln!("error: {message}");
-        return ExitCode::FAILURE;
+    let response = runtime
+        .block_on(call(socket, request))
+        .map_err(Error::call)?;
+    print(&response, json)
+}
+
+/// The daemon's answer as JSON or a table; its error as the command's.
+fn print(response: &Response, json: bool) -> Result<(), Error> {
+    if let Response::Error { message } = response {
+        return Err(Error::Daemon(message.clone()));
     }
-    if cli.json {
-        match serde_json::to_string_pretty(&response) {
-            Ok(t) => out!("{t}"),
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::FAILURE;
-            }
-        }
-        return ExitCode::SUCCESS;
+    if json {
+        let text = serde_json::to_string_pretty(response)?;
+        out!("{text}");
+    } else {
+        table::print_table(response);
     }
-    table::print_table(&response);
-    ExitCode::SUCCESS
+    Ok(())
 }
