@@ -272,12 +272,23 @@ fn print_pool_members<'a>(members: impl Iterator<Item = &'a PoolMember>) {
 
 /// The weight in force in file units, and the file's when they differ.
 fn weight_column(m: &PoolMember) -> String {
-    let shown = |w: f64| display_weight((w * f64::from(WEIGHT_SCALE)).round() as u32, WEIGHT_SCALE);
+    let shown = |w: f64| display_weight(in_hundredths(w), WEIGHT_SCALE);
     match (m.weight, m.file_weight) {
         (Some(w), Some(f)) if (w - f64::from(f)).abs() > 1e-9 => format!("{} (file {f})", shown(w)),
         (Some(w), _) => shown(w),
         (None, _) => "-".into(),
     }
+}
+
+/// A weight in file units (the daemon's hundredths divided back) in
+/// hundredths again.
+#[expect(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "the daemon sent hundredths that were a u32 as file units, so the rounded product is one again;               `as` saturates should a newer daemon send something else"
+)]
+fn in_hundredths(w: f64) -> u32 {
+    (w * f64::from(WEIGHT_SCALE)).round() as u32
 }
 
 /// One event on one line (`lbctl events`, and `--follow` as they come).
