@@ -2,7 +2,7 @@
 
 use std::{net::IpAddr, path::PathBuf};
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use lb_control::config::Protocol;
 use lb_proto::tls::Role;
 
@@ -123,23 +123,27 @@ pub enum ServiceCommand {
     /// Services on this node.
     List,
     /// Add a service on every node (recorded in the config file).
-    Add {
-        name: String,
-        #[arg(long)]
-        vip: IpAddr,
-        #[arg(long)]
-        port: u16,
-        #[arg(long, value_enum, default_value_t = ProtocolArg::Tcp)]
-        protocol: ProtocolArg,
-        /// Maglev table size (a prime); default 65537.
-        #[arg(long)]
-        table_size: Option<u32>,
-        /// The application agents host it under; default: the name.
-        #[arg(long)]
-        application: Option<String>,
-    },
+    Add(ServiceAdd),
     /// Remove a service from every node (and from the config file).
     Remove { name: String },
+}
+
+/// `lbctl service add`'s arguments.
+#[derive(Args)]
+pub struct ServiceAdd {
+    pub name: String,
+    #[arg(long)]
+    pub vip: IpAddr,
+    #[arg(long)]
+    pub port: u16,
+    #[arg(long, value_enum, default_value_t = ProtocolArg::Tcp)]
+    pub protocol: ProtocolArg,
+    /// Maglev table size (a prime); default 65537.
+    #[arg(long)]
+    pub table_size: Option<u32>,
+    /// The application agents host it under; default: the name.
+    #[arg(long)]
+    pub application: Option<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]

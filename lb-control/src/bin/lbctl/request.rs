@@ -31,20 +31,13 @@ impl From<ServiceCommand> for Request {
     fn from(command: ServiceCommand) -> Self {
         match command {
             ServiceCommand::List => Request::ServiceList,
-            ServiceCommand::Add {
-                name,
-                vip,
-                port,
-                protocol,
-                table_size,
-                application,
-            } => Request::ServiceAdd {
-                name,
-                vip,
-                port,
-                protocol: protocol.into(),
-                table_size,
-                application,
+            ServiceCommand::Add(add) => Request::ServiceAdd {
+                name: add.name,
+                vip: add.vip,
+                port: add.port,
+                protocol: add.protocol.into(),
+                table_size: add.table_size,
+                application: add.application,
             },
             ServiceCommand::Remove { name } => Request::ServiceRemove { name },
         }
