@@ -32,7 +32,8 @@ pub enum Error {
 }
 
 impl Error {
-    /// What `api::call` returned instead of a response.
+    /// What `api::call` returned instead of a response: its text today,
+    /// any error type it may return instead.
     pub fn call(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
         Self::Call(error.into())
     }
