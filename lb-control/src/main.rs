@@ -1,14 +1,24 @@
 //! `lb-control`: the balancer node daemon.
 
-use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+    sync::Arc,
+    time::Duration,
+};
 
 use clap::{Parser, Subcommand};
 use lb_control::{
-    api::{self, Daemon},
-    config::Config,
-    manager::controller::{Controller, persisted_weights},
+    api::{self, Daemon, NodeRole},
+    config::{Config, ConfigError},
+    manager::{
+        ManagerError,
+        controller::{Controller, ControllerError, persisted_weights},
+    },
     node::{
-        Node, dataplane, listener,
+        ApplyError, Node,
+        dataplane::{self, DataPlaneError},
+        listener::{self, ListenError},
         reconfigure::{NodeState, Reconfigurer, state_path},
     },
 };
@@ -70,6 +80,40 @@ fn apply_persisted_weights(
     }
 }
 
+/// Why `lb-control` stopped, or a command failed.
+#[derive(Debug, thiserror::Error)]
+enum RunError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Detach(#[from] DataPlaneError),
+    #[error("{0}")]
+    Runtime(#[source] std::io::Error),
+    #[error(transparent)]
+    Manager(#[from] ManagerError),
+    #[error("cannot create node.state_dir {}: {source}", dir.display())]
+    StateDir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    /// `node-state.json` does not load (the message says what to do).
+    #[error("{0}")]
+    NodeState(String),
+    #[error(transparent)]
+    Node(#[from] ApplyError),
+    #[error(transparent)]
+    Listener(#[from] ListenError),
+    #[error(transparent)]
+    Controller(#[from] ControllerError),
+    #[error("control socket {}: {source}", path.display())]
+    Socket {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Signal(#[source] std::io::Error),
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -86,19 +130,10 @@ fn main() -> ExitCode {
     // line. `check` and `detach` are commands: one plain `error:` line.
     let daemon = matches!(cli.command, Command::Run { .. });
     let result = match cli.command {
-        Command::Check { config } => match Config::load(&config) {
-            Ok(c) => {
-                for w in c.warnings() {
-                    println!("warning: {w}");
-                }
-                println!("{}: ok", config.display());
-                Ok(())
-            }
-            Err(e) => Err(e.to_string()),
-        },
+        Command::Check { config } => check(&config),
         Command::Detach { config } => Config::load(&config)
-            .map_err(|e| e.to_string())
-            .and_then(|c| dataplane::detach(&c).map_err(|e| e.to_string())),
+            .map_err(RunError::from)
+            .and_then(|c| Ok(dataplane::detach(&c)?)),
         Command::Run { config } => run(config),
     };
     match result {
@@ -114,118 +149,154 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config_path: PathBuf) -> Result<(), String> {
+/// `lb-control check`: the file's warnings, then `ok`.
+fn check(path: &Path) -> Result<(), RunError> {
+    let c = Config::load(path)?;
+    for w in c.warnings() {
+        println!("warning: {w}");
+    }
+    println!("{}: ok", path.display());
+    Ok(())
+}
+
+fn run(config_path: PathBuf) -> Result<(), RunError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| e.to_string())?;
+        .map_err(RunError::Runtime)?;
     runtime.block_on(async move {
-        let config = Config::load(&config_path).map_err(|e| e.to_string())?;
+        let config = Config::load(&config_path)?;
         let socket = config.node.socket.clone();
-        let manager = config
-            .manager
-            .clone()
-            .map(lb_control::manager::Manager::new);
-        if let Some(m) = &manager {
-            m.clone().start().await.map_err(|e| e.to_string())?;
-        }
-        // A node a remote manager drives comes back as that manager left it.
-        let (node_state, persist) = match &config.node.control {
-            Some(_) => {
-                std::fs::create_dir_all(&config.node.state_dir).map_err(|e| {
-                    format!(
-                        "cannot create node.state_dir {}: {e}",
-                        config.node.state_dir.display()
-                    )
-                })?;
-                let path = state_path(&config.node.state_dir);
-                (NodeState::load(&path)?, Some(path))
-            }
-            None => (NodeState::default(), None),
-        };
-        let mut effective = node_state.overlay(config.clone());
-        // The manager's published weights, so a restart changes no table.
-        if let Some(m) = &config.manager {
-            apply_persisted_weights(&mut effective, &persisted_weights(&m.state_dir));
-        }
-        let mut node = Node::open(effective.clone())
-            .await
-            .map_err(|e| e.to_string())?;
-        node.apply(effective).await.map_err(|e| e.to_string())?;
-        let node = Arc::new(Mutex::new(node));
-        let node_name = config
-            .node
-            .control
-            .as_ref()
-            .map_or_else(|| "local".to_owned(), |c| c.name.clone());
-        let agent = Arc::new(Reconfigurer::new(node_name, node.clone(), node_state, persist));
-        if let Some(control) = &config.node.control {
-            listener::serve(agent.clone(), control)
-                .await
-                .map_err(|e| e.to_string())?;
-        }
-        let controller = match &manager {
-            Some(m) => {
-                let c = Controller::new(m.clone(), config_path.clone(), agent.clone())?;
-                let runner = c.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = runner.sync_all("manager started").await {
-                        warn!(error = %e, "not every node took the configuration at start; the next change retries");
-                    }
-                    runner.run().await
-                });
-                Some(c)
-            }
-            None => None,
-        };
-        let daemon = Arc::new(Daemon {
-            node,
-            agent,
-            config_path,
-            manager,
-            controller,
-        });
+        let daemon = Arc::new(start(config, config_path).await?);
         let api_daemon = daemon.clone();
         let api_socket = socket.clone();
-        let listener = api::bind(&socket)
-            .map_err(|e| format!("control socket {}: {e}", socket.display()))?;
+        let listener = api::bind(&socket).map_err(|source| RunError::Socket {
+            path: socket.clone(),
+            source,
+        })?;
         tokio::spawn(async move {
             if let Err(e) = api::serve(api_daemon, listener).await {
                 error!(error = %e, socket = %api_socket.display(), "control socket failed");
             }
         });
-        let mut hup =
-            tokio::signal::unix::signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
-        let mut term =
-            tokio::signal::unix::signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
-        let mut neighbours = tokio::time::interval(Duration::from_secs(1));
-        info!(socket = %socket.display(), "ready");
-        println!("ready");
-        loop {
-            tokio::select! {
-                _ = hup.recv() => {
-                    match daemon.reload().await {
-                        Ok(r) => info!(
-                            table_generation = r.generation,
-                            manager_generation = r.manager_generation,
-                            "reloaded on SIGHUP"
-                        ),
-                        Err(e) => warn!(error = %e, "reload refused; the running config stays"),
-                    }
-                }
-                _ = term.recv() => break,
-                _ = tokio::signal::ctrl_c() => break,
-                _ = neighbours.tick() => {
-                    if let Err(e) = daemon.node.lock().await.refresh_neighbours() {
-                        warn!(error = %e, "neighbour refresh failed");
-                    }
-                }
-            }
-        }
+        serve_signals(&daemon, &socket).await?;
         // The program, its maps and links stay pinned: traffic keeps flowing
         // and the next start adopts them. `lb-control detach` removes them.
         let _ = std::fs::remove_file(&socket);
         info!("stopped; XDP program left attached");
         Ok(())
     })
+}
+
+/// Starts the roles `config` asks for: always the node (with its listener
+/// for remote managers under `[node.control]`), and the manager with its
+/// control loop under `[manager]`.
+async fn start(config: Config, config_path: PathBuf) -> Result<Daemon, RunError> {
+    let manager = config
+        .manager
+        .clone()
+        .map(lb_control::manager::Manager::new);
+    if let Some(m) = &manager {
+        m.clone().start().await?;
+    }
+    let node = open_node(&config).await?;
+    if let Some(control) = &config.node.control {
+        listener::serve(node.agent.clone(), control).await?;
+    }
+    let manager = match manager {
+        Some(m) => {
+            let c = Controller::new(m, config_path.clone(), node.agent.clone())?;
+            let runner = c.clone();
+            tokio::spawn(async move {
+                if let Err(e) = runner.sync_all("manager started").await {
+                    warn!(error = %e, "not every node took the configuration at start; the next change retries");
+                }
+                runner.run().await
+            });
+            Some(c)
+        }
+        None => None,
+    };
+    Ok(Daemon {
+        node: NodeRole {
+            config_path,
+            ..node
+        },
+        manager,
+    })
+}
+
+/// Opens the node and applies the file to it: over what a remote manager
+/// last sent (a node it drives comes back as that manager left it), with
+/// this process's manager's published weights (so a restart changes no
+/// table).
+async fn open_node(config: &Config) -> Result<NodeRole, RunError> {
+    let (node_state, persist) = match &config.node.control {
+        Some(_) => {
+            let dir = &config.node.state_dir;
+            std::fs::create_dir_all(dir).map_err(|source| RunError::StateDir {
+                dir: dir.clone(),
+                source,
+            })?;
+            let path = state_path(dir);
+            let state = NodeState::load(&path).map_err(|e| RunError::NodeState(e.to_string()))?;
+            (state, Some(path))
+        }
+        None => (NodeState::default(), None),
+    };
+    let mut effective = node_state.overlay(config.clone());
+    if let Some(m) = &config.manager {
+        apply_persisted_weights(&mut effective, &persisted_weights(&m.state_dir));
+    }
+    let mut node = Node::open(effective.clone()).await?;
+    node.apply(effective).await?;
+    let node = Arc::new(Mutex::new(node));
+    let node_name = config
+        .node
+        .control
+        .as_ref()
+        .map_or_else(|| "local".to_owned(), |c| c.name.clone());
+    let agent = Arc::new(Reconfigurer::new(
+        node_name,
+        node.clone(),
+        node_state,
+        persist,
+    ));
+    Ok(NodeRole {
+        node,
+        agent,
+        config_path: PathBuf::new(),
+    })
+}
+
+/// Says `ready`, then serves SIGHUP (reload) and the neighbour refresh
+/// until SIGTERM or Ctrl-C.
+async fn serve_signals(daemon: &Daemon, socket: &Path) -> Result<(), RunError> {
+    let mut hup = tokio::signal::unix::signal(SignalKind::hangup()).map_err(RunError::Signal)?;
+    let mut term =
+        tokio::signal::unix::signal(SignalKind::terminate()).map_err(RunError::Signal)?;
+    let mut neighbours = tokio::time::interval(Duration::from_secs(1));
+    info!(socket = %socket.display(), "ready");
+    println!("ready");
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                match daemon.reload().await {
+                    Ok(r) => info!(
+                        table_generation = r.generation,
+                        manager_generation = r.manager_generation,
+                        "reloaded on SIGHUP"
+                    ),
+                    Err(e) => warn!(error = %e, "reload refused; the running config stays"),
+                }
+            }
+            _ = term.recv() => return Ok(()),
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = neighbours.tick() => {
+                if let Err(e) = daemon.node.node.lock().await.refresh_neighbours() {
+                    warn!(error = %e, "neighbour refresh failed");
+                }
+            }
+        }
+    }
 }

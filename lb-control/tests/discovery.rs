@@ -297,7 +297,7 @@ async fn discovery_without_a_ca_is_refused() {
         }),
         ..ManagerConfig::new("127.0.0.1:0".parse().expect("addr"), "manager")
     };
-    let err = config.validate().expect_err("needs tls_dir");
+    let err = config.validate().expect_err("needs tls_dir").to_string();
     assert!(err.contains("tls_dir"), "{err}");
     let err = Manager::new(config)
         .start()

@@ -128,35 +128,27 @@ impl ManagerConfig {
     }
 
     /// Checks what serde cannot.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ManagerConfigError> {
         if self.tls_dir.is_none() && !self.insecure_plaintext {
-            return Err(
-                "manager.tls_dir is missing: create a CA with `lbctl certs init --dir DIR` and the manager's certificate with `lbctl certs issue --dir DIR --host NAME --role server`, or write manager.insecure_plaintext = true for a lab"
-                    .into(),
-            );
+            return Err(ManagerConfigError::NoTls);
         }
         if self.report_interval_ms == 0 || self.unmonitored_after_intervals == 0 {
-            return Err(
-                "manager.report_interval_ms and unmonitored_after_intervals must be > 0".into(),
-            );
+            return Err(ManagerConfigError::ZeroInterval);
         }
         if let Some(d) = &self.discovery {
             d.validate(self.tls_dir.is_some())?;
         }
         if !self.nodes.is_empty() && self.tls_dir.is_none() {
-            return Err(
-                "manager.node entries need manager.tls_dir: remote nodes are only reconfigured over mutual TLS"
-                    .into(),
-            );
+            return Err(ManagerConfigError::NodesWithoutTls);
         }
         let mut names = std::collections::BTreeSet::new();
         for n in &self.nodes {
             if !names.insert(&n.name) {
-                return Err(format!("manager.node `{}` is listed twice", n.name));
+                return Err(ManagerConfigError::NodeTwice(n.name.clone()));
             }
         }
         if self.ack_timeout_ms == 0 {
-            return Err("manager.ack_timeout_ms must be > 0".into());
+            return Err(ManagerConfigError::ZeroAckTimeout);
         }
         Ok(())
     }
@@ -168,6 +160,42 @@ impl ManagerConfig {
     pub fn silence(&self) -> Duration {
         Duration::from_millis(self.report_interval_ms * self.unmonitored_after_intervals as u64)
     }
+}
+
+/// A `[manager]` section that cannot work; each says what to write.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManagerConfigError {
+    #[error(
+        "manager.tls_dir is missing: create a CA with `lbctl certs init --dir DIR` and the manager's certificate with `lbctl certs issue --dir DIR --host NAME --role server`, or write manager.insecure_plaintext = true for a lab"
+    )]
+    NoTls,
+    #[error("manager.report_interval_ms and unmonitored_after_intervals must be > 0")]
+    ZeroInterval,
+    #[error(transparent)]
+    Discovery(#[from] super::discovery::DiscoveryConfigError),
+    #[error(
+        "manager.node entries need manager.tls_dir: remote nodes are only reconfigured over mutual TLS"
+    )]
+    NodesWithoutTls,
+    #[error("manager.node `{0}` is listed twice")]
+    NodeTwice(String),
+    #[error("manager.ack_timeout_ms must be > 0")]
+    ZeroAckTimeout,
+}
+
+/// Why an agent stream ended before its end of stream.
+#[derive(Debug, thiserror::Error)]
+enum StreamError {
+    #[error("read: {0}")]
+    Read(#[source] std::io::Error),
+    #[error(transparent)]
+    Proto(#[from] ProtoError),
+    #[error("message before the stream header")]
+    NoHeader,
+    #[error("role {0} is not an agent")]
+    NotAgent(Role),
+    #[error(transparent)]
+    Name(#[from] tls::TlsError),
 }
 
 /// Errors starting the manager or asking an agent.
@@ -236,6 +264,33 @@ pub struct Manager {
 
 /// Bytes read from a stream at a time.
 const READ_CHUNK: usize = 16 * 1024;
+
+/// The manager's side of an agent stream: its header, then each message
+/// queued on `rx`, then the end of stream.
+async fn write_stream<W: AsyncWrite + Unpin>(
+    name: String,
+    mut write: W,
+    mut rx: mpsc::Receiver<Message>,
+) {
+    let mut enc = Encoder::new(Vec::new(), 1);
+    if enc.start(&StreamHeader::new(Role::Manager, name)).is_err() {
+        return;
+    }
+    if write.write_all(&enc.take()).await.is_err() {
+        return;
+    }
+    while let Some(mut m) = rx.recv().await {
+        if enc.encode(&mut m).is_err() {
+            continue;
+        }
+        if write.write_all(&enc.take()).await.is_err() {
+            return;
+        }
+    }
+    let _ = enc.finish();
+    let _ = write.write_all(&enc.take()).await;
+    let _ = write.shutdown().await;
+}
 
 impl Manager {
     pub fn new(config: ManagerConfig) -> Arc<Self> {
@@ -357,91 +412,13 @@ impl Manager {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         self.streams_accepted.fetch_add(1, Ordering::Relaxed);
-        let (mut read, mut write) = tokio::io::split(stream);
-        let (tx, mut rx) = mpsc::channel::<Message>(64);
-        let name = self.config.name.clone();
-        let writer = tokio::spawn(async move {
-            let mut enc = Encoder::new(Vec::new(), 1);
-            if enc.start(&StreamHeader::new(Role::Manager, name)).is_err() {
-                return;
-            }
-            if write.write_all(&enc.take()).await.is_err() {
-                return;
-            }
-            while let Some(mut m) = rx.recv().await {
-                if enc.encode(&mut m).is_err() {
-                    continue;
-                }
-                if write.write_all(&enc.take()).await.is_err() {
-                    return;
-                }
-            }
-            let _ = enc.finish();
-            let _ = write.write_all(&enc.take()).await;
-            let _ = write.shutdown().await;
-        });
-
-        let fingerprint = identity
-            .as_ref()
-            .map(|i| i.fingerprint_sha256.clone())
-            .unwrap_or_default();
-        let mut decoder = Decoder::new();
-        let mut guard = SequenceGuard::new();
+        let (read, write) = tokio::io::split(stream);
+        let (tx, rx) = mpsc::channel::<Message>(64);
+        let writer = tokio::spawn(write_stream(self.config.name.clone(), write, rx));
         let mut host: Option<String> = None;
-        let mut buf = vec![0u8; READ_CHUNK];
-        let outcome: Result<(), String> = 'stream: loop {
-            let n = match read.read(&mut buf).await {
-                Ok(0) => break 'stream Ok(()),
-                Ok(n) => n,
-                Err(e) => break 'stream Err(format!("read: {e}")),
-            };
-            decoder.feed(&buf[..n]);
-            loop {
-                let message = match decoder.next() {
-                    Ok(Some(m)) => m,
-                    Ok(None) => break,
-                    Err(ProtoError::Closed) => break 'stream Ok(()),
-                    Err(e) => {
-                        self.messages_rejected.fetch_add(1, Ordering::Relaxed);
-                        warn!(%peer, host = host.as_deref().unwrap_or("-"), error = %e, "message rejected");
-                        let _ = tx.send(ErrorMessage::from_error(&e).into()).await;
-                        if e.is_fatal() {
-                            break 'stream Err(e.to_string());
-                        }
-                        continue;
-                    }
-                };
-                if host.is_none() {
-                    // The stream header names the sender; it must be an
-                    // agent whose certificate carries that name.
-                    let Some(header) = decoder.header().cloned() else {
-                        break 'stream Err("message before the stream header".into());
-                    };
-                    if header.role != Role::Agent {
-                        break 'stream Err(format!("role {} is not an agent", header.role));
-                    }
-                    if let Some(id) = &identity
-                        && let Err(e) = tls::check_peer_name(id, &header.host)
-                    {
-                        self.messages_rejected.fetch_add(1, Ordering::Relaxed);
-                        let _ = tx.send(reject("name-mismatch", &e.to_string())).await;
-                        break 'stream Err(e.to_string());
-                    }
-                    host = Some(header.host.clone());
-                    self.sessions
-                        .lock()
-                        .await
-                        .insert(header.host.clone(), tx.clone());
-                }
-                let Some(h) = host.as_deref() else { continue };
-                if let Err(stale) = guard.check(message.seq()) {
-                    self.messages_rejected.fetch_add(1, Ordering::Relaxed);
-                    warn!(host = %h, error = %stale, "replayed or stale message ignored");
-                    continue;
-                }
-                self.handle(h, peer, &fingerprint, message, &tx).await;
-            }
-        };
+        let outcome = self
+            .read_stream(read, peer, identity.as_ref(), &tx, &mut host)
+            .await;
         if let Some(h) = &host {
             let mut sessions = self.sessions.lock().await;
             if sessions.get(h).is_some_and(|s| s.same_channel(&tx)) {
@@ -456,6 +433,86 @@ impl Manager {
         }
         drop(tx);
         let _ = writer.await;
+    }
+
+    /// Reads an agent stream's messages until its end; `host` is set once
+    /// its header named an agent (with a certificate of that name).
+    async fn read_stream<R: AsyncRead + Unpin>(
+        &self,
+        mut read: R,
+        peer: SocketAddr,
+        identity: Option<&tls::PeerIdentity>,
+        tx: &mpsc::Sender<Message>,
+        host: &mut Option<String>,
+    ) -> Result<(), StreamError> {
+        let fingerprint = identity
+            .map(|i| i.fingerprint_sha256.clone())
+            .unwrap_or_default();
+        let mut decoder = Decoder::new();
+        let mut guard = SequenceGuard::new();
+        let mut buf = vec![0u8; READ_CHUNK];
+        loop {
+            let n = match read.read(&mut buf).await.map_err(StreamError::Read)? {
+                0 => return Ok(()),
+                n => n,
+            };
+            decoder.feed(&buf[..n]);
+            loop {
+                let message = match decoder.next() {
+                    Ok(Some(m)) => m,
+                    Ok(None) => break,
+                    Err(ProtoError::Closed) => return Ok(()),
+                    Err(e) => {
+                        self.messages_rejected.fetch_add(1, Ordering::Relaxed);
+                        warn!(%peer, host = host.as_deref().unwrap_or("-"), error = %e, "message rejected");
+                        let _ = tx.send(ErrorMessage::from_error(&e).into()).await;
+                        if e.is_fatal() {
+                            return Err(e.into());
+                        }
+                        continue;
+                    }
+                };
+                if host.is_none() {
+                    *host = Some(self.admit(&decoder, identity, tx).await?);
+                }
+                let Some(h) = host.as_deref() else { continue };
+                if let Err(stale) = guard.check(message.seq()) {
+                    self.messages_rejected.fetch_add(1, Ordering::Relaxed);
+                    warn!(host = %h, error = %stale, "replayed or stale message ignored");
+                    continue;
+                }
+                self.handle(h, peer, &fingerprint, message, tx).await;
+            }
+        }
+    }
+
+    /// The stream header names the sender; it must be an agent whose
+    /// certificate carries that name. Returns the name, its session
+    /// registered.
+    async fn admit(
+        &self,
+        decoder: &Decoder,
+        identity: Option<&tls::PeerIdentity>,
+        tx: &mpsc::Sender<Message>,
+    ) -> Result<String, StreamError> {
+        let Some(header) = decoder.header().cloned() else {
+            return Err(StreamError::NoHeader);
+        };
+        if header.role != Role::Agent {
+            return Err(StreamError::NotAgent(header.role));
+        }
+        if let Some(id) = identity
+            && let Err(e) = tls::check_peer_name(id, &header.host)
+        {
+            self.messages_rejected.fetch_add(1, Ordering::Relaxed);
+            let _ = tx.send(reject("name-mismatch", &e.to_string())).await;
+            return Err(e.into());
+        }
+        self.sessions
+            .lock()
+            .await
+            .insert(header.host.clone(), tx.clone());
+        Ok(header.host)
     }
 
     async fn handle(

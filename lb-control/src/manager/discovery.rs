@@ -60,34 +60,48 @@ pub struct DiscoveryConfig {
 impl DiscoveryConfig {
     /// Checks what serde cannot; `has_ca` tells whether the manager has a
     /// `tls_dir`, whose CA verifies announcements.
-    pub fn validate(&self, has_ca: bool) -> Result<(), String> {
+    pub fn validate(&self, has_ca: bool) -> Result<(), DiscoveryConfigError> {
         if !has_ca {
-            return Err(
-                "manager.discovery needs manager.tls_dir: announcements are verified against the project CA in its ca.pem"
-                    .into(),
-            );
+            return Err(DiscoveryConfigError::NoCa);
         }
         if let Some(group) = self.group {
             if !group.is_multicast() {
-                return Err(format!(
-                    "manager.discovery.group {group} is not a multicast address: write a group such as 239.255.0.45 (IPv4) or ff02::1:45 (IPv6), or leave it out to receive broadcasts"
-                ));
+                return Err(DiscoveryConfigError::NotMulticast(group));
             }
             if group.is_ipv4() != self.listen.is_ipv4() {
-                return Err(format!(
-                    "manager.discovery.group {group} and listen {} are of different address families: listen on 0.0.0.0:PORT for an IPv4 group, [::]:PORT for an IPv6 one",
-                    self.listen
-                ));
+                return Err(DiscoveryConfigError::FamilyMismatch {
+                    group,
+                    listen: self.listen,
+                });
             }
         }
         if self.interface.is_some() && !matches!(self.group, Some(IpAddr::V4(_))) {
-            return Err(
-                "manager.discovery.interface is only used to join an IPv4 group: set group, or remove interface"
-                    .into(),
-            );
+            return Err(DiscoveryConfigError::InterfaceWithoutGroup);
         }
         Ok(())
     }
+}
+
+/// A `[manager.discovery]` section that cannot work; each says what to
+/// write instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DiscoveryConfigError {
+    #[error(
+        "manager.discovery needs manager.tls_dir: announcements are verified against the project CA in its ca.pem"
+    )]
+    NoCa,
+    #[error(
+        "manager.discovery.group {0} is not a multicast address: write a group such as 239.255.0.45 (IPv4) or ff02::1:45 (IPv6), or leave it out to receive broadcasts"
+    )]
+    NotMulticast(IpAddr),
+    #[error(
+        "manager.discovery.group {group} and listen {listen} are of different address families: listen on 0.0.0.0:PORT for an IPv4 group, [::]:PORT for an IPv6 one"
+    )]
+    FamilyMismatch { group: IpAddr, listen: SocketAddr },
+    #[error(
+        "manager.discovery.interface is only used to join an IPv4 group: set group, or remove interface"
+    )]
+    InterfaceWithoutGroup,
 }
 
 /// Why discovery cannot start.
@@ -267,8 +281,8 @@ fn unix_ms() -> u64 {
 mod tests {
     use super::*;
 
-    fn config(text: &str) -> Result<DiscoveryConfig, String> {
-        toml::from_str::<DiscoveryConfig>(text).map_err(|e| e.to_string())
+    fn config(text: &str) -> Result<DiscoveryConfig, toml::de::Error> {
+        toml::from_str::<DiscoveryConfig>(text)
     }
 
     #[test]
@@ -280,6 +294,7 @@ mod tests {
             plain
                 .validate(false)
                 .expect_err("needs a CA")
+                .to_string()
                 .contains("tls_dir")
         );
         let group =
@@ -305,7 +320,8 @@ mod tests {
             let err = config(text)
                 .expect("parses")
                 .validate(true)
-                .expect_err(text);
+                .expect_err(text)
+                .to_string();
             assert!(err.contains(says), "{err}");
         }
         assert!(config("listen = \"0.0.0.0:7445\"\ngorup = \"239.255.0.45\"").is_err());

@@ -19,4 +19,6 @@ pub mod node_link;
 pub mod policy;
 pub mod weights;
 
-pub use agents::{Manager, ManagerConfig, ManagerError, ManagerStats, RemoteNodeConfig};
+pub use agents::{
+    Manager, ManagerConfig, ManagerConfigError, ManagerError, ManagerStats, RemoteNodeConfig,
+};

@@ -1,11 +1,14 @@
 //! Allocation: a free server's settings fetched over its agent stream,
 //! then recorded in the file and sent to every node.
 
-use std::time::{Duration, Instant};
+use std::{
+    net::IpAddr,
+    time::{Duration, Instant},
+};
 
 use lb_proto::{ConnectionSettings, Message, SettingsKind};
 
-use super::{Controller, Ops, state_name};
+use super::{Controller, ControllerError, Ops, state_name};
 use crate::{
     config::{ServerConfig, ServerState},
     manager::{config_file::Edit, events::NewEvent, failpoint},
@@ -20,7 +23,7 @@ impl Controller {
         service: &str,
         server: &str,
         reason: &str,
-    ) -> Result<(), String> {
+    ) -> Result<(), ControllerError> {
         let t0 = Instant::now();
         self.events.record(
             NewEvent::new("allocating", reason)
@@ -55,7 +58,7 @@ impl Controller {
                     p.record_change(Instant::now());
                 }
                 self.events.record(
-                    NewEvent::new("allocation-failed", e.clone())
+                    NewEvent::new("allocation-failed", e.to_string())
                         .service(service)
                         .server(server)
                         .took(t0.elapsed()),
@@ -70,15 +73,14 @@ impl Controller {
         ops: &mut Ops,
         service: &str,
         server: &str,
-    ) -> Result<u64, String> {
-        let snapshot = self.file.read().map_err(|e| e.to_string())?;
+    ) -> Result<u64, ControllerError> {
+        let snapshot = self.file.read()?;
         let svc = snapshot
             .config
             .service
             .iter()
             .find(|s| s.name.get_ref() == service)
-            .ok_or_else(|| format!("no service `{service}` in the configuration"))?;
-        let app = svc.application().to_owned();
+            .ok_or_else(|| ControllerError::UnknownService(service.to_owned()))?;
         let vip = svc.vip;
         let existing: Option<&ServerConfig> = snapshot
             .config
@@ -89,18 +91,49 @@ impl Controller {
             && s.state != ServerState::Free
             && s.services.iter().any(|n| n.get_ref() == service)
         {
-            return Err(format!(
-                "server `{server}` is already in service `{service}` ({})",
-                state_name(s.state)
-            ));
+            return Err(ControllerError::AlreadyMember {
+                server: server.to_owned(),
+                service: service.to_owned(),
+                state: state_name(s.state),
+            });
         }
         failpoint::hit("allocate.settings");
+        let settings = self
+            .settings(service, server, svc.application().to_owned())
+            .await?;
+        let address = match existing {
+            Some(s) => s.address,
+            None => *settings
+                .addresses
+                .iter()
+                .find(|a| a.is_ipv4() == vip.is_ipv4())
+                .ok_or_else(|| ControllerError::NoAddress {
+                    server: server.to_owned(),
+                    family: if vip.is_ipv4() { "IPv4" } else { "IPv6" },
+                    vip,
+                })?,
+        };
+        let (services, edits) = allocation(existing, service, server, address, settings);
+        self.change(ops, "allocate", &services, &edits).await
+    }
+
+    /// The server's connection and auth settings from its agent, recorded
+    /// as an event.
+    async fn settings(
+        &self,
+        service: &str,
+        server: &str,
+        app: String,
+    ) -> Result<Settings, ControllerError> {
         let timeout = Duration::from_millis(self.config.ack_timeout_ms);
         let connection = self
             .manager
             .request_settings(server, SettingsKind::Connection, Some(app.clone()), timeout)
             .await
-            .map_err(|e| format!("connection settings: {e}"))?;
+            .map_err(|source| ControllerError::Settings {
+                kind: "connection",
+                source,
+            })?;
         let Message::ConnectionSettings(ConnectionSettings {
             addresses,
             mac,
@@ -108,15 +141,18 @@ impl Controller {
             ..
         }) = connection
         else {
-            return Err("connection settings: unexpected answer".into());
+            return Err(ControllerError::UnexpectedSettings { kind: "connection" });
         };
         let auth = self
             .manager
             .request_settings(server, SettingsKind::Auth, Some(app), timeout)
             .await
-            .map_err(|e| format!("auth settings: {e}"))?;
+            .map_err(|source| ControllerError::Settings {
+                kind: "auth",
+                source,
+            })?;
         let Message::AuthSettings(auth) = auth else {
-            return Err("auth settings: unexpected answer".into());
+            return Err(ControllerError::UnexpectedSettings { kind: "auth" });
         };
         let fingerprint = auth.server_fingerprint.to_string();
         self.events.record(
@@ -138,67 +174,78 @@ impl Controller {
             .service(service)
             .server(server),
         );
-        let address = match existing {
-            Some(s) => s.address,
-            None => *addresses
-                .iter()
-                .find(|a| a.is_ipv4() == vip.is_ipv4())
-                .ok_or_else(|| {
-                    format!(
-                        "server `{server}` has no {} address for {vip}",
-                        if vip.is_ipv4() { "IPv4" } else { "IPv6" }
-                    )
-                })?,
-        };
-        let mut edits = Vec::new();
-        // The services the change touches on the nodes.
-        let mut services = vec![service.to_owned()];
-        match existing {
-            Some(s) => {
-                if s.state == ServerState::Free {
-                    // A free server's `services` only recall what it served
-                    // last: it now serves this one alone.
-                    for other in s.services.iter().filter(|n| n.get_ref() != service) {
-                        edits.push(Edit::LeaveService {
-                            server: server.into(),
-                            service: other.get_ref().clone(),
-                        });
-                    }
-                } else {
-                    // In other pools already: it joins this one too.
-                    services.extend(
-                        s.services
-                            .iter()
-                            .map(|n| n.get_ref().clone())
-                            .filter(|n| n != service),
-                    );
-                }
-                edits.push(Edit::JoinService {
-                    server: server.into(),
-                    service: service.into(),
-                });
-                edits.push(Edit::SetState {
-                    server: server.into(),
-                    state: ServerState::Allocated,
-                });
-                edits.push(Edit::SetMac {
-                    server: server.into(),
-                    mac: mac.to_string(),
-                });
-            }
-            None => edits.push(Edit::AddServer {
-                name: server.into(),
-                address,
-                mac: Some(mac.to_string()),
-                services: vec![service.into()],
-                state: ServerState::Allocated,
-                weight: None,
-            }),
-        }
-        edits.push(Edit::SetFingerprint {
-            server: server.into(),
+        Ok(Settings {
+            addresses,
+            mac: mac.to_string(),
             fingerprint,
-        });
-        self.change(ops, "allocate", &services, &edits).await
+        })
     }
+}
+
+/// What an allocation takes from the agent's settings.
+struct Settings {
+    addresses: Vec<IpAddr>,
+    mac: String,
+    fingerprint: String,
+}
+
+/// The plan of an allocation of `server` (as the file has it, if at all)
+/// to `service`: the services the change touches on the nodes, and the
+/// edits of the file.
+fn allocation(
+    existing: Option<&ServerConfig>,
+    service: &str,
+    server: &str,
+    address: IpAddr,
+    settings: Settings,
+) -> (Vec<String>, Vec<Edit>) {
+    let mut edits = Vec::new();
+    let mut services = vec![service.to_owned()];
+    match existing {
+        Some(s) => {
+            if s.state == ServerState::Free {
+                // A free server's `services` only recall what it served
+                // last: it now serves this one alone.
+                for other in s.services.iter().filter(|n| n.get_ref() != service) {
+                    edits.push(Edit::LeaveService {
+                        server: server.into(),
+                        service: other.get_ref().clone(),
+                    });
+                }
+            } else {
+                // In other pools already: it joins this one too.
+                services.extend(
+                    s.services
+                        .iter()
+                        .map(|n| n.get_ref().clone())
+                        .filter(|n| n != service),
+                );
+            }
+            edits.push(Edit::JoinService {
+                server: server.into(),
+                service: service.into(),
+            });
+            edits.push(Edit::SetState {
+                server: server.into(),
+                state: ServerState::Allocated,
+            });
+            edits.push(Edit::SetMac {
+                server: server.into(),
+                mac: settings.mac,
+            });
+        }
+        None => edits.push(Edit::AddServer {
+            name: server.into(),
+            address,
+            mac: Some(settings.mac),
+            services: vec![service.into()],
+            state: ServerState::Allocated,
+            weight: None,
+        }),
+    }
+    edits.push(Edit::SetFingerprint {
+        server: server.into(),
+        fingerprint: settings.fingerprint,
+    });
+    (services, edits)
 }

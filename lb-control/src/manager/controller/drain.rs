@@ -5,12 +5,47 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tracing::warn;
 
-use super::{Controller, Ops};
+use lb_proto::BackendStatus;
+
+use super::{Controller, ControllerError, Ops};
 use crate::{
     config::{Config, ServerConfig, ServerState, ServiceConfig},
-    manager::db::Monitor,
     manager::{config_file::Edit, events::NewEvent},
+    manager::{db::Monitor, node_link::LinkError},
 };
+
+/// A node's name and its backends (or why it gave none).
+type NodeStatus = (String, Result<Vec<BackendStatus>, LinkError>);
+
+/// No node saw a packet of `server` for `service` within `drain_idle`;
+/// a node that gave no status is not idle.
+fn idle_everywhere(
+    statuses: &[NodeStatus],
+    service: &str,
+    server: &str,
+    drain_idle: Duration,
+) -> bool {
+    let mut idle = true;
+    for (node, status) in statuses {
+        match status {
+            Ok(list) => {
+                let busy = list
+                    .iter()
+                    .filter(|b| b.service == service && b.server == server)
+                    .filter_map(|b| b.idle_ms)
+                    .any(|ms| Duration::from_millis(ms) < drain_idle);
+                if busy {
+                    idle = false;
+                }
+            }
+            Err(e) => {
+                idle = false;
+                warn!(node, error = %e, "no status from node; drain waits");
+            }
+        }
+    }
+    idle
+}
 
 fn wall_ms() -> u64 {
     SystemTime::now()
@@ -28,16 +63,16 @@ impl Controller {
         service: &str,
         server: &str,
         reason: &str,
-    ) -> Result<(), String> {
+    ) -> Result<(), ControllerError> {
         let t0 = Instant::now();
-        let snapshot = self.file.read().map_err(|e| e.to_string())?;
+        let snapshot = self.file.read()?;
         let Some(s) = snapshot
             .config
             .server
             .iter()
             .find(|s| s.name.get_ref() == server)
         else {
-            return Err(format!("no server `{server}` in the configuration"));
+            return Err(ControllerError::UnknownServer(server.to_owned()));
         };
         let shared = s.services.iter().filter(|n| n.get_ref() != service).count() > 0;
         let edits = if shared {
@@ -109,74 +144,63 @@ impl Controller {
             statuses.push((node.name().to_owned(), node.status(false, timeout).await));
         }
         for (server, svc) in draining {
-            let name = server.name.get_ref();
-            let service = svc.name.get_ref();
-            let policy = &svc.scaling;
-            let began = *ops
-                .persisted
-                .drains
-                .entry(name.clone())
-                .or_insert_with(wall_ms);
-            let elapsed = Duration::from_millis(wall_ms().saturating_sub(began));
-            let established = {
-                let db = self.manager.db.lock().await;
-                db.get(name)
-                    .filter(|r| r.monitor == Monitor::Monitored)
-                    .and_then(|r| r.last_report.as_ref())
-                    .and_then(|r| r.applications.iter().find(|a| a.name == svc.application()))
-                    .map(|a| a.vip_established)
-            };
-            let mut idle_everywhere = true;
-            let mut busiest = Duration::ZERO;
-            for (node, status) in &statuses {
-                match status {
-                    Ok(list) => {
-                        for b in list
-                            .iter()
-                            .filter(|b| &b.service == service && &b.server == name)
-                        {
-                            if let Some(ms) = b.idle_ms {
-                                let idle = Duration::from_millis(ms);
-                                if idle < policy.drain_idle {
-                                    idle_everywhere = false;
-                                    busiest = busiest.max(policy.drain_idle - idle);
-                                }
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        idle_everywhere = false;
-                        warn!(node, error = %e, "no status from node; drain waits");
-                    }
+            self.end_drain_if_done(ops, server, svc, &statuses).await;
+        }
+    }
+
+    /// Releases `server` when its drain from `svc` is complete or timed
+    /// out; `statuses` are the nodes' backends now.
+    async fn end_drain_if_done(
+        &self,
+        ops: &mut Ops,
+        server: &ServerConfig,
+        svc: &ServiceConfig,
+        statuses: &[NodeStatus],
+    ) {
+        let name = server.name.get_ref();
+        let service = svc.name.get_ref();
+        let policy = &svc.scaling;
+        let began = *ops
+            .persisted
+            .drains
+            .entry(name.clone())
+            .or_insert_with(wall_ms);
+        let elapsed = Duration::from_millis(wall_ms().saturating_sub(began));
+        let established = {
+            let db = self.manager.db.lock().await;
+            db.get(name)
+                .filter(|r| r.monitor == Monitor::Monitored)
+                .and_then(|r| r.last_report.as_ref())
+                .and_then(|r| r.applications.iter().find(|a| a.name == svc.application()))
+                .map(|a| a.vip_established)
+        };
+        if established == Some(0) && idle_everywhere(statuses, service, name, policy.drain_idle) {
+            let reason = format!(
+                "drained after {:.1} s: no connection on {}:{} and no packet on any node for {:?}",
+                elapsed.as_secs_f64(),
+                svc.vip,
+                svc.port,
+                policy.drain_idle
+            );
+            let _ = self.release(ops, service, name, &reason, false).await;
+        } else if elapsed >= policy.drain_timeout {
+            let timeout = Duration::from_millis(self.config.ack_timeout_ms);
+            let mut flows = 0;
+            for node in &self.nodes {
+                if let Ok(list) = node.status(true, timeout).await {
+                    flows += list
+                        .iter()
+                        .filter(|b| &b.service == service && &b.server == name)
+                        .filter_map(|b| b.flows)
+                        .sum::<u64>();
                 }
             }
-            if established == Some(0) && idle_everywhere {
-                let reason = format!(
-                    "drained after {:.1} s: no connection on {}:{} and no packet on any node for {:?}",
-                    elapsed.as_secs_f64(),
-                    svc.vip,
-                    svc.port,
-                    policy.drain_idle
-                );
-                let _ = self.release(ops, service, name, &reason, false).await;
-            } else if elapsed >= policy.drain_timeout {
-                let mut flows = 0;
-                for node in &self.nodes {
-                    if let Ok(list) = node.status(true, timeout).await {
-                        flows += list
-                            .iter()
-                            .filter(|b| &b.service == service && &b.server == name)
-                            .filter_map(|b| b.flows)
-                            .sum::<u64>();
-                    }
-                }
-                let reason = format!(
-                    "drain timeout {:?} passed with {} connections reported on the VIP; {flows} flow entries invalidated",
-                    policy.drain_timeout,
-                    established.map_or("unknown".into(), |n| n.to_string()),
-                );
-                let _ = self.release(ops, service, name, &reason, true).await;
-            }
+            let reason = format!(
+                "drain timeout {:?} passed with {} connections reported on the VIP; {flows} flow entries invalidated",
+                policy.drain_timeout,
+                established.map_or("unknown".into(), |n| n.to_string()),
+            );
+            let _ = self.release(ops, service, name, &reason, true).await;
         }
     }
 
@@ -189,7 +213,7 @@ impl Controller {
         server: &str,
         reason: &str,
         invalidate: bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), ControllerError> {
         let t0 = Instant::now();
         let services = self.services_of(server, service)?;
         if invalidate {

@@ -6,7 +6,9 @@
 //! rolled back.
 
 mod allocate;
+mod change;
 mod drain;
+mod error;
 mod observe;
 mod operator;
 mod weights;
@@ -18,29 +20,25 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_proto::{Reconfigure, tls::Pki};
+use lb_proto::tls::Pki;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 use tracing::warn;
 
 use super::{
-    config_file::{ConfigFile, Edit, Snapshot},
+    config_file::{ConfigFile, Edit},
     events::{EventLog, NewEvent},
-    failpoint,
     generation::Generations,
     policy::{Decision, PolicyState},
     weights::ServiceWeights,
 };
 use crate::{
-    config::{Config, ServerState},
-    manager::{
-        Manager, ManagerConfig,
-        node_client::RemoteNode,
-        node_link::{NodeLink, desired_service, retired_service},
-    },
+    config::ServerState,
+    manager::{Manager, ManagerConfig, node_client::RemoteNode, node_link::NodeLink},
     node::reconfigure::Reconfigurer,
 };
 
+pub use error::{ControllerError, NodeFailure};
 use observe::Band;
 pub use operator::{PoolMember, PoolReport, Pools};
 
@@ -128,30 +126,39 @@ impl Controller {
         manager: Arc<Manager>,
         config_path: PathBuf,
         local: Arc<Reconfigurer>,
-    ) -> Result<Arc<Self>, String> {
+    ) -> Result<Arc<Self>, ControllerError> {
         let config = manager.config.clone();
         let dir = config.state_dir.clone();
         let generations = Generations::open(&dir)?;
         let state_path = dir.join("controller-state.json");
         let persisted: Persisted = match std::fs::read(&state_path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                format!(
-                    "{}: {e} (move it away to start with configured weights)",
-                    state_path.display()
-                )
-            })?,
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|source| ControllerError::StateCorrupt {
+                    path: state_path.clone(),
+                    source,
+                })?
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Persisted::default(),
-            Err(e) => return Err(format!("cannot read {}: {e}", state_path.display())),
+            Err(source) => {
+                return Err(ControllerError::StateRead {
+                    path: state_path,
+                    source,
+                });
+            }
         };
         let mut nodes = vec![NodeLink::Local(local)];
         if !config.nodes.is_empty() {
             let Some(tls_dir) = &config.tls_dir else {
-                return Err("manager.node needs manager.tls_dir".into());
+                return Err(ControllerError::NodesWithoutTls);
             };
             let pki = Pki::new(tls_dir);
             for n in &config.nodes {
-                let remote = RemoteNode::new(n.clone(), &config.name, &pki)
-                    .map_err(|e| format!("manager.node `{}`: {e}", n.name))?;
+                let remote = RemoteNode::new(n.clone(), &config.name, &pki).map_err(|source| {
+                    ControllerError::RemoteNode {
+                        node: n.name.clone(),
+                        source,
+                    }
+                })?;
                 nodes.push(NodeLink::Remote(Arc::new(remote)));
             }
         }
@@ -181,6 +188,12 @@ impl Controller {
         }))
     }
 
+    /// The manager role this loop drives: agent streams, server database.
+    #[must_use]
+    pub fn manager(&self) -> &Arc<Manager> {
+        &self.manager
+    }
+
     /// The agents' longest reconnect backoff (their 10 s cap plus jitter):
     /// failure verdicts wait for it after a start.
     fn max_backoff(&self) -> Duration {
@@ -201,9 +214,9 @@ impl Controller {
 
     /// Sends every service of the file to every node with a new generation
     /// (at start, after a reload): the nodes converge on the file.
-    pub async fn sync_all(&self, why: &str) -> Result<u64, String> {
+    pub async fn sync_all(&self, why: &str) -> Result<u64, ControllerError> {
         let mut ops = self.ops.lock().await;
-        let snapshot = self.file.read().map_err(|e| e.to_string())?;
+        let snapshot = self.file.read()?;
         let mut services: Vec<String> = snapshot
             .config
             .service
@@ -247,11 +260,11 @@ impl Controller {
                 Ok(generation)
             }
             Err(failures) => {
-                let text = failures.join("; ");
+                let e = ControllerError::NotSynced(failures);
                 self.events.record(
-                    NewEvent::new("sync-failed", format!("{why}: {text}")).generation(generation),
+                    NewEvent::new("sync-failed", format!("{why}: {e}")).generation(generation),
                 );
-                Err(text)
+                Err(e)
             }
         }
     }
@@ -351,7 +364,10 @@ impl Controller {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "a state change is named by its action, event kind, service, server, edits and reason"
+    )]
     async fn simple_change(
         &self,
         ops: &mut Ops,
@@ -361,7 +377,7 @@ impl Controller {
         server: &str,
         edits: &[Edit],
         reason: &str,
-    ) -> Result<(), String> {
+    ) -> Result<(), ControllerError> {
         let t0 = Instant::now();
         let services = self.services_of(server, service)?;
         let generation = self.change(ops, action, &services, edits).await?;
@@ -377,8 +393,8 @@ impl Controller {
 
     /// The services a change of `server`'s state touches: every service it
     /// is listed in, and `service`.
-    fn services_of(&self, server: &str, service: &str) -> Result<Vec<String>, String> {
-        let snapshot = self.file.read().map_err(|e| e.to_string())?;
+    fn services_of(&self, server: &str, service: &str) -> Result<Vec<String>, ControllerError> {
+        let snapshot = self.file.read()?;
         let mut out = snapshot.config.services_of(server);
         if !out.iter().any(|s| s == service) {
             out.push(service.to_owned());
@@ -395,191 +411,5 @@ impl Controller {
             }
             Err(e) => warn!(error = %e, "cannot encode controller state"),
         }
-    }
-
-    /// One recorded change: the file (compare-and-swap), a generation, every
-    /// node; on any node's failure the file and the nodes go back.
-    async fn change(
-        &self,
-        ops: &mut Ops,
-        action: &str,
-        services: &[String],
-        edits: &[Edit],
-    ) -> Result<u64, String> {
-        let base: Snapshot = self.file.read().map_err(|e| e.to_string())?;
-        failpoint::hit_at(action, "file");
-        let updated = self.file.update(&base, edits).map_err(|e| e.to_string())?;
-        if updated.rebased {
-            self.events.record(NewEvent::new(
-                "conflict",
-                format!(
-                    "{} was edited by someone else since it was read; the change ({}) was re-applied on top of that edit",
-                    self.file.path().display(),
-                    edits.iter().map(Edit::describe).collect::<Vec<_>>().join(", ")
-                ),
-            ));
-        }
-        let described: Vec<String> = edits.iter().map(Edit::describe).collect();
-        self.events.record(NewEvent::new(
-            "recorded",
-            format!("{}: {}", self.file.path().display(), described.join(", ")),
-        ));
-        failpoint::hit_at(action, "generation");
-        let generation = ops.generations.take_next()?;
-        failpoint::hit_at(action, "nodes");
-        let sent = Instant::now();
-        let weights = self.weights_for(ops, &updated.snapshot.config, services, sent);
-        match self
-            .push(
-                action,
-                &updated.snapshot.config,
-                services,
-                generation,
-                &weights,
-            )
-            .await
-        {
-            Ok(acks) => {
-                self.sent_weights(ops, weights, sent);
-                self.events.record(
-                    NewEvent::new(
-                        "acked",
-                        format!(
-                            "{} applied and read back on every node ({})",
-                            services.join(", "),
-                            acks.join(", ")
-                        ),
-                    )
-                    .took(sent.elapsed())
-                    .generation(generation),
-                );
-                failpoint::hit_at(action, "done");
-                Ok(generation)
-            }
-            Err(failures) => {
-                let failure = failures.join("; ");
-                let file = match self.file.restore(&updated.previous, &updated.snapshot) {
-                    Ok(()) => "the file is back as it was".to_owned(),
-                    Err(e) => format!("the file could not be restored: {e}"),
-                };
-                let previous = self.weights_for(ops, &updated.previous.config, services, sent);
-                let nodes = match ops.generations.take_next() {
-                    Ok(g) => match self
-                        .push("rollback", &updated.previous.config, services, g, &previous)
-                        .await
-                    {
-                        Ok(_) => {
-                            format!("every node is back on the previous state (generation {g})")
-                        }
-                        Err(f) => format!(
-                            "nodes not all back on the previous state (generation {g}): {}",
-                            f.join("; ")
-                        ),
-                    },
-                    Err(e) => e,
-                };
-                self.events.record(
-                    NewEvent::new(
-                        "rolled-back",
-                        format!(
-                            "{} failed on the nodes ({failure}); {file}; {nodes}",
-                            edits
-                                .iter()
-                                .map(Edit::describe)
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
-                    )
-                    .generation(generation),
-                );
-                Err(format!(
-                    "nodes did not all apply generation {generation}: {failure}"
-                ))
-            }
-        }
-    }
-
-    /// Sends the desired state of `services` in `config` to every node and
-    /// waits for every ack (each node retried `ack_retries` times).
-    async fn push(
-        &self,
-        action: &str,
-        config: &Config,
-        services: &[String],
-        generation: u64,
-        weights: &ServiceWeightMap,
-    ) -> Result<Vec<String>, Vec<String>> {
-        let mut failures = Vec::new();
-        let mut acks = Vec::new();
-        let none = BTreeMap::new();
-        for name in services {
-            let service = desired_service(config, name, weights.get(name).unwrap_or(&none))
-                .unwrap_or_else(|| retired_service(name));
-            let message = Reconfigure {
-                seq: 0,
-                generation,
-                service,
-            };
-            // The crash test's `<action>.partial` failpoint stops after the
-            // first node applied and before the others heard of it.
-            let rest = if failpoint::is_armed_at(action, "partial") {
-                if let Some(first) = self.nodes.first() {
-                    match self.send(first, message.clone()).await {
-                        Ok(a) => acks.push(a),
-                        Err(e) => failures.push(e),
-                    }
-                }
-                failpoint::hit_at(action, "partial");
-                &self.nodes[1..]
-            } else {
-                &self.nodes[..]
-            };
-            let results =
-                futures::future::join_all(rest.iter().map(|node| self.send(node, message.clone())))
-                    .await;
-            for r in results {
-                match r {
-                    Ok(a) => acks.push(a),
-                    Err(e) => failures.push(e),
-                }
-            }
-        }
-        if failures.is_empty() {
-            Ok(acks)
-        } else {
-            Err(failures)
-        }
-    }
-
-    /// Sends one reconfiguration to one node, with retries; `Ok` names the
-    /// node and how long its ack took.
-    async fn send(&self, node: &NodeLink, message: Reconfigure) -> Result<String, String> {
-        let timeout = Duration::from_millis(self.config.ack_timeout_ms);
-        let mut last = String::new();
-        let started = Instant::now();
-        for attempt in 0..=self.config.ack_retries {
-            match node.reconfigure(message.clone(), timeout).await {
-                Ok(ack) if ack.status == lb_proto::AckStatus::Ok => {
-                    return Ok(format!(
-                        "{} {} ms",
-                        node.name(),
-                        started.elapsed().as_millis()
-                    ));
-                }
-                Ok(ack) => {
-                    last = format!(
-                        "node `{}` did not apply generation {}: {}",
-                        node.name(),
-                        ack.generation,
-                        ack.error.unwrap_or_default()
-                    )
-                }
-                Err(e) => last = e.to_string(),
-            }
-            if attempt < self.config.ack_retries {
-                tokio::time::sleep(Duration::from_millis(200 * (attempt as u64 + 1))).await;
-            }
-        }
-        Err(last)
     }
 }

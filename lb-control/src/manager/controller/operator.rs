@@ -8,10 +8,11 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::{Controller, state_name};
+use super::{Controller, ControllerError, Ops, state_name};
 use crate::{
-    config::{Config, ServerConfig, ServerState},
-    manager::db::ServerRecord,
+    config::{Config, ServerConfig, ServerState, ServiceConfig},
+    manager::db::{ServerDb, ServerRecord},
+    manager::policy::PoolView,
     manager::{config_file::Edit, events::NewEvent, weights::WEIGHT_SCALE},
 };
 
@@ -97,7 +98,11 @@ pub struct PoolMember {
 
 impl Controller {
     /// `lbctl server allocate NAME [--service S]`.
-    pub async fn allocate(&self, server: &str, service: Option<&str>) -> Result<(), String> {
+    pub async fn allocate(
+        &self,
+        server: &str,
+        service: Option<&str>,
+    ) -> Result<(), ControllerError> {
         let service = match service {
             Some(s) => s.to_owned(),
             None => self.service_for(server).await?,
@@ -113,7 +118,7 @@ impl Controller {
     }
 
     /// `lbctl server drain NAME`: draining until idle or the drain timeout.
-    pub async fn drain(&self, server: &str) -> Result<(), String> {
+    pub async fn drain(&self, server: &str) -> Result<(), ControllerError> {
         let service = self.member_service(server)?;
         let mut ops = self.ops.lock().await;
         self.drain_locked(&mut ops, &service, server, "operator: lbctl server drain")
@@ -122,7 +127,7 @@ impl Controller {
 
     /// `lbctl server deallocate NAME`: back to the free pool now (its
     /// remaining flows keep reaching it until its index is reused).
-    pub async fn deallocate(&self, server: &str) -> Result<(), String> {
+    pub async fn deallocate(&self, server: &str) -> Result<(), ControllerError> {
         let service = self.member_service(server)?;
         let mut ops = self.ops.lock().await;
         self.release(
@@ -136,9 +141,9 @@ impl Controller {
     }
 
     /// `lbctl service add`.
-    pub async fn add_service(&self, edit: Edit) -> Result<u64, String> {
+    pub async fn add_service(&self, edit: Edit) -> Result<u64, ControllerError> {
         let Edit::AddService { name, .. } = &edit else {
-            return Err("not a service addition".into());
+            return Err(ControllerError::NotAnAddition);
         };
         let name = name.clone();
         let mut ops = self.ops.lock().await;
@@ -161,13 +166,13 @@ impl Controller {
     }
 
     /// `lbctl service remove`.
-    pub async fn remove_service(&self, name: &str) -> Result<u64, String> {
+    pub async fn remove_service(&self, name: &str) -> Result<u64, ControllerError> {
         let mut ops = self.ops.lock().await;
         let t0 = Instant::now();
         let edit = Edit::RemoveService { name: name.into() };
         // Servers that served this service alone go back to the free pool;
         // the other services of shared ones are sent again as they are.
-        let snapshot = self.file.read().map_err(|e| e.to_string())?;
+        let snapshot = self.file.read()?;
         let mut edits = vec![edit.clone()];
         let mut services = vec![name.to_owned()];
         for s in &snapshot.config.server {
@@ -204,8 +209,8 @@ impl Controller {
     }
 
     /// The one service of the file whose application `server` hosts.
-    async fn service_for(&self, server: &str) -> Result<String, String> {
-        let snapshot = self.file.read().map_err(|e| e.to_string())?;
+    async fn service_for(&self, server: &str) -> Result<String, ControllerError> {
+        let snapshot = self.file.read()?;
         let apps: Vec<String> = {
             let db = self.manager.db.lock().await;
             db.get(server)
@@ -230,36 +235,35 @@ impl Controller {
             .collect();
         match matches.as_slice() {
             [one] => Ok(one.clone()),
-            [] => Err(format!(
-                "server `{server}` hosts no configured service's application; name one with --service"
-            )),
-            many => Err(format!(
-                "server `{server}` could serve {many:?}; name one with --service"
-            )),
+            [] => Err(ControllerError::NoApplication(server.to_owned())),
+            many => Err(ControllerError::Ambiguous {
+                server: server.to_owned(),
+                services: many.to_vec(),
+            }),
         }
     }
 
-    fn member_service(&self, server: &str) -> Result<String, String> {
-        let snapshot = self.file.read().map_err(|e| e.to_string())?;
+    fn member_service(&self, server: &str) -> Result<String, ControllerError> {
+        let snapshot = self.file.read()?;
         let s = snapshot
             .config
             .server
             .iter()
             .find(|s| s.name.get_ref() == server)
-            .ok_or_else(|| format!("no server `{server}` in the configuration"))?;
+            .ok_or_else(|| ControllerError::UnknownServer(server.to_owned()))?;
         if s.state == ServerState::Free {
-            return Err(format!("server `{server}` is already free"));
+            return Err(ControllerError::AlreadyFree(server.to_owned()));
         }
         s.services
             .first()
             .map(|n| n.get_ref().clone())
-            .ok_or_else(|| format!("server `{server}` serves no service"))
+            .ok_or_else(|| ControllerError::ServesNoService(server.to_owned()))
     }
 
     /// Each server's pool state in the configuration file now (what
     /// `lbctl pool` says), by name.
-    pub fn file_states(&self) -> Result<BTreeMap<String, String>, String> {
-        let snapshot = self.file.read_cached().map_err(|e| e.to_string())?;
+    pub fn file_states(&self) -> Result<BTreeMap<String, String>, ControllerError> {
+        let snapshot = self.file.read_cached()?;
         Ok(snapshot
             .config
             .server
@@ -271,94 +275,29 @@ impl Controller {
     /// `lbctl pool`: each service's members and free servers, and the
     /// servers of the file no pool lists. Every server of the file shows,
     /// whether or not its agent ever connected.
-    pub async fn pool(&self) -> Result<Pools, String> {
-        let snapshot = self.file.read().map_err(|e| e.to_string())?;
+    pub async fn pool(&self) -> Result<Pools, ControllerError> {
+        let snapshot = self.file.read()?;
         let ops = self.ops.lock().await;
         let mut out = Vec::new();
         let mut listed = BTreeSet::new();
         for svc in &snapshot.config.service {
             let view = self.pool_view(&ops, &snapshot.config, svc).await;
             let db = self.manager.db.lock().await;
-            let row = |name: &str, state: String, utilization, capacity| {
-                let record = db.get(name);
-                let app = record
-                    .and_then(|r| r.last_report.as_ref())
-                    .and_then(|r| r.applications.iter().find(|a| a.name == svc.application()));
-                PoolMember {
-                    server: name.to_owned(),
-                    state,
-                    monitor: monitor_name(record),
-                    health: app.map_or("unknown".into(), |a| {
-                        format!("{:?}", a.health.state).to_lowercase()
-                    }),
-                    utilization,
-                    capacity,
-                    weight: ops
-                        .persisted
-                        .service_weights
-                        .get(svc.name.get_ref())
-                        .and_then(|w| w.get(name))
-                        .map(|&w| f64::from(w) / f64::from(WEIGHT_SCALE)),
-                    file_weight: snapshot
-                        .config
-                        .server
-                        .iter()
-                        .find(|s| s.name.get_ref() == name)
-                        .map(|s| s.weight),
-                    vip_established: app.map(|a| a.vip_established),
-                }
+            let rows = Rows {
+                db: &db,
+                ops: &ops,
+                config: &snapshot.config,
+                svc,
             };
-            let mut members: Vec<PoolMember> = Vec::new();
-            for s in snapshot.config.members(svc.name.get_ref()) {
-                let m = view.members.iter().find(|m| m.name == *s.name.get_ref());
-                members.push(row(
-                    s.name.get_ref(),
-                    state_name(s.state).to_owned(),
-                    m.and_then(|m| m.utilization),
-                    m.map_or(1.0, |m| m.capacity),
-                ));
-            }
-            let mut free: Vec<PoolMember> = view
-                .free
-                .iter()
-                .map(|c| {
-                    let mut r = row(
-                        &c.name,
-                        if c.functional {
-                            FREE
-                        } else {
-                            FREE_NOT_FUNCTIONAL
-                        }
-                        .into(),
-                        c.utilization,
-                        c.capacity,
-                    );
-                    r.weight = None;
-                    r
-                })
-                .collect();
-            let offered: Vec<&str> = view.free.iter().map(|c| c.name.as_str()).collect();
-            for s in listed_free(&snapshot.config, svc.name.get_ref(), &offered) {
-                let record = db.get(s.name.get_ref());
-                let mut r = row(
-                    s.name.get_ref(),
-                    FREE_NOT_FUNCTIONAL.into(),
-                    record
-                        .and_then(|r| r.last_report.as_ref())
-                        .map(|r| r.utilization.value),
-                    record.map_or(1.0, |r| r.hello.cores),
-                );
-                r.weight = None;
-                free.push(r);
-            }
-            listed.extend(members.iter().chain(&free).map(|m| m.server.clone()));
-            out.push(PoolReport {
-                service: svc.name.get_ref().clone(),
-                application: svc.application().to_owned(),
-                generation: ops.generations.current(),
-                members,
-                free,
-            });
+            let report = rows.report(&view);
+            listed.extend(
+                report
+                    .members
+                    .iter()
+                    .chain(&report.free)
+                    .map(|m| m.server.clone()),
+            );
+            out.push(report);
         }
         let db = self.manager.db.lock().await;
         let unassigned = unlisted(&snapshot.config, &listed)
@@ -384,6 +323,122 @@ impl Controller {
             pools: out,
             unassigned,
         })
+    }
+}
+
+/// What one service's pool report is made of: the server database, the
+/// weights in force, the file.
+struct Rows<'a> {
+    db: &'a ServerDb,
+    ops: &'a Ops,
+    config: &'a Config,
+    svc: &'a ServiceConfig,
+}
+
+impl Rows<'_> {
+    /// The service's members (every state but free), then its free
+    /// servers: those the policy was offered in `view`, then those the
+    /// file lists without a functional agent.
+    fn report(&self, view: &PoolView) -> PoolReport {
+        let svc = self.svc;
+        let members = self
+            .config
+            .members(svc.name.get_ref())
+            .map(|s| {
+                let m = view.members.iter().find(|m| m.name == *s.name.get_ref());
+                self.row(
+                    s.name.get_ref(),
+                    state_name(s.state).to_owned(),
+                    m.and_then(|m| m.utilization),
+                    m.map_or(1.0, |m| m.capacity),
+                )
+            })
+            .collect();
+        let mut free: Vec<PoolMember> = view
+            .free
+            .iter()
+            .map(|c| {
+                let state = if c.functional {
+                    FREE
+                } else {
+                    FREE_NOT_FUNCTIONAL
+                };
+                self.free_row(&c.name, c.utilization, c.capacity, state)
+            })
+            .collect();
+        let offered: Vec<&str> = view.free.iter().map(|c| c.name.as_str()).collect();
+        for s in listed_free(self.config, svc.name.get_ref(), &offered) {
+            let record = self.db.get(s.name.get_ref());
+            free.push(
+                self.free_row(
+                    s.name.get_ref(),
+                    record
+                        .and_then(|r| r.last_report.as_ref())
+                        .map(|r| r.utilization.value),
+                    record.map_or(1.0, |r| r.hello.cores),
+                    FREE_NOT_FUNCTIONAL,
+                ),
+            );
+        }
+        PoolReport {
+            service: svc.name.get_ref().clone(),
+            application: svc.application().to_owned(),
+            generation: self.ops.generations.current(),
+            members,
+            free,
+        }
+    }
+
+    /// A free server's row: no weight in force.
+    fn free_row(
+        &self,
+        name: &str,
+        utilization: Option<f64>,
+        capacity: f64,
+        state: &str,
+    ) -> PoolMember {
+        PoolMember {
+            weight: None,
+            ..self.row(name, state.to_owned(), utilization, capacity)
+        }
+    }
+
+    fn row(
+        &self,
+        name: &str,
+        state: String,
+        utilization: Option<f64>,
+        capacity: f64,
+    ) -> PoolMember {
+        let svc = self.svc;
+        let record = self.db.get(name);
+        let app = record
+            .and_then(|r| r.last_report.as_ref())
+            .and_then(|r| r.applications.iter().find(|a| a.name == svc.application()));
+        PoolMember {
+            server: name.to_owned(),
+            state,
+            monitor: monitor_name(record),
+            health: app.map_or("unknown".into(), |a| {
+                format!("{:?}", a.health.state).to_lowercase()
+            }),
+            utilization,
+            capacity,
+            weight: self
+                .ops
+                .persisted
+                .service_weights
+                .get(svc.name.get_ref())
+                .and_then(|w| w.get(name))
+                .map(|&w| f64::from(w) / f64::from(WEIGHT_SCALE)),
+            file_weight: self
+                .config
+                .server
+                .iter()
+                .find(|s| s.name.get_ref() == name)
+                .map(|s| s.weight),
+            vip_established: app.map(|a| a.vip_established),
+        }
     }
 }
 

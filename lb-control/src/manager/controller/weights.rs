@@ -186,8 +186,10 @@ impl Controller {
                 );
             }
             Err(f) => {
-                self.events
-                    .record(NewEvent::new("weights-failed", f.join("; ")).generation(generation));
+                self.events.record(
+                    NewEvent::new("weights-failed", super::error::joined(&f))
+                        .generation(generation),
+                );
             }
         }
     }

@@ -133,10 +133,10 @@ impl ScalingPolicy {
         self.upper.min(self.target()) - self.margin
     }
 
-    /// Checks what serde cannot; the message names the key and the fix.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks what serde cannot; the error names the key and the fix.
+    pub fn validate(&self) -> Result<(), ScalingError> {
         if self.probe_port == Some(0) {
-            return Err("scaling.probe_port = 0: give the port the manager probes".into());
+            return Err(ScalingError::ProbePortZero);
         }
         for (key, value) in [
             ("upper", self.upper),
@@ -146,74 +146,117 @@ impl ScalingPolicy {
             ("margin", self.margin),
         ] {
             if !value.is_finite() {
-                return Err(format!("scaling.{key} = {value}: give a finite number"));
+                return Err(ScalingError::NotFinite { key, value });
             }
         }
         if self.lower < 0.0 || self.lower >= self.upper {
-            return Err(format!(
-                "scaling.lower = {} and scaling.upper = {}: need 0 ≤ lower < upper",
-                self.lower, self.upper
-            ));
+            return Err(ScalingError::Band {
+                lower: self.lower,
+                upper: self.upper,
+            });
         }
         if let Some(target) = self.target {
             if !(target.is_finite() && target > 0.0) {
-                return Err(format!(
-                    "scaling.target = {target}: give a utilization above 0 (0.6 = 60% of capacity), or leave it out to size for upper"
-                ));
+                return Err(ScalingError::TargetNotPositive { target });
             }
             if target <= self.lower {
-                return Err(format!(
-                    "scaling.target = {target} is not above scaling.lower = {}: the pool would grow and shrink in turn",
-                    self.lower
-                ));
+                return Err(ScalingError::TargetNotAboveLower {
+                    target,
+                    lower: self.lower,
+                });
             }
         }
         if !(0.0..1.0).contains(&self.tolerance) {
-            return Err(format!(
-                "scaling.tolerance = {}: need 0 ≤ tolerance < 1 (0.05 acts 5% past the target)",
-                self.tolerance
-            ));
+            return Err(ScalingError::Tolerance(self.tolerance));
         }
+        self.validate_pool()?;
+        self.validate_timing()
+    }
+
+    /// The pool's bounds and the share of it that may fail.
+    fn validate_pool(&self) -> Result<(), ScalingError> {
         if self.max_servers == 0 {
-            return Err("scaling.max_servers = 0: allow at least 1 server".into());
+            return Err(ScalingError::MaxServersZero);
         }
         if self.min_servers == 0 {
-            return Err(
-                "scaling.min_servers = 0: a service needs at least 1 server (scaling to zero is not supported)"
-                    .into(),
-            );
+            return Err(ScalingError::MinServersZero);
         }
         if self.min_servers > self.max_servers {
-            return Err(format!(
-                "scaling.min_servers = {} is above scaling.max_servers = {}: raise max_servers or lower min_servers",
-                self.min_servers, self.max_servers
-            ));
+            return Err(ScalingError::MinAboveMax {
+                min: self.min_servers,
+                max: self.max_servers,
+            });
         }
         if !(0.0..=1.0).contains(&self.max_failed_fraction) {
-            return Err(format!(
-                "scaling.max_failed_fraction = {}: need a share of the pool in [0, 1] (0.5 = half)",
-                self.max_failed_fraction
-            ));
+            return Err(ScalingError::MaxFailedFraction(self.max_failed_fraction));
         }
         let base = self.upper.min(self.target());
         if self.margin < 0.0 || self.margin >= base {
-            return Err(format!(
-                "scaling.margin = {}: need 0 ≤ margin < {base} (upper, or target when lower): a drain must leave the other servers at or below {base} − margin",
-                self.margin
-            ));
-        }
-        if self.slow_start > Duration::from_secs(3600) {
-            return Err(format!(
-                "scaling.slow_start = {:?} is longer than an hour: write a ramp of seconds or minutes, or \"0s\" for none",
-                self.slow_start
-            ));
-        }
-        if self.drain_idle > self.drain_timeout {
-            return Err(format!(
-                "scaling.drain_idle = {:?} is longer than scaling.drain_timeout = {:?}: a drain would always time out first",
-                self.drain_idle, self.drain_timeout
-            ));
+            return Err(ScalingError::Margin {
+                margin: self.margin,
+                base,
+            });
         }
         Ok(())
     }
+
+    /// The ramp and the drain's durations.
+    fn validate_timing(&self) -> Result<(), ScalingError> {
+        if self.slow_start > Duration::from_secs(3600) {
+            return Err(ScalingError::SlowStart(self.slow_start));
+        }
+        if self.drain_idle > self.drain_timeout {
+            return Err(ScalingError::DrainIdle {
+                idle: self.drain_idle,
+                timeout: self.drain_timeout,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A `[service.scaling]` value the policy cannot work with; each message
+/// names the key and what to write instead.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ScalingError {
+    #[error("scaling.probe_port = 0: give the port the manager probes")]
+    ProbePortZero,
+    #[error("scaling.{key} = {value}: give a finite number")]
+    NotFinite { key: &'static str, value: f64 },
+    #[error("scaling.lower = {lower} and scaling.upper = {upper}: need 0 ≤ lower < upper")]
+    Band { lower: f64, upper: f64 },
+    #[error(
+        "scaling.target = {target}: give a utilization above 0 (0.6 = 60% of capacity), or leave it out to size for upper"
+    )]
+    TargetNotPositive { target: f64 },
+    #[error(
+        "scaling.target = {target} is not above scaling.lower = {lower}: the pool would grow and shrink in turn"
+    )]
+    TargetNotAboveLower { target: f64, lower: f64 },
+    #[error("scaling.tolerance = {0}: need 0 ≤ tolerance < 1 (0.05 acts 5% past the target)")]
+    Tolerance(f64),
+    #[error("scaling.max_servers = 0: allow at least 1 server")]
+    MaxServersZero,
+    #[error(
+        "scaling.min_servers = 0: a service needs at least 1 server (scaling to zero is not supported)"
+    )]
+    MinServersZero,
+    #[error(
+        "scaling.min_servers = {min} is above scaling.max_servers = {max}: raise max_servers or lower min_servers"
+    )]
+    MinAboveMax { min: u32, max: u32 },
+    #[error("scaling.max_failed_fraction = {0}: need a share of the pool in [0, 1] (0.5 = half)")]
+    MaxFailedFraction(f64),
+    #[error(
+        "scaling.margin = {margin}: need 0 ≤ margin < {base} (upper, or target when lower): a drain must leave the other servers at or below {base} − margin"
+    )]
+    Margin { margin: f64, base: f64 },
+    #[error(
+        "scaling.slow_start = {0:?} is longer than an hour: write a ramp of seconds or minutes, or \"0s\" for none"
+    )]
+    SlowStart(Duration),
+    #[error(
+        "scaling.drain_idle = {idle:?} is longer than scaling.drain_timeout = {timeout:?}: a drain would always time out first"
+    )]
+    DrainIdle { idle: Duration, timeout: Duration },
 }

@@ -19,7 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub use config::{ScalingPolicy, Trigger};
+pub use config::{ScalingError, ScalingPolicy, Trigger};
 pub use health::judge_health;
 use health::{health_decisions, known_down};
 use load::{Load, scale_in_desired, servers_for};

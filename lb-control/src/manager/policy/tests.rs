@@ -755,7 +755,7 @@ fn disabled_policy_only_judges_health() {
 }
 
 fn invalid(p: ScalingPolicy) -> String {
-    p.validate().expect_err("invalid policy")
+    p.validate().expect_err("invalid policy").to_string()
 }
 
 #[test]

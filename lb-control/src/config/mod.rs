@@ -2,14 +2,16 @@
 //! defaults, and a `validate()` step. Errors name the key and the line.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeMap,
     net::IpAddr,
     path::{Path, PathBuf},
 };
 
-use lb_common::{PROTO_TCP, PROTO_UDP, maglev as lb_maglev};
+use lb_common::{PROTO_TCP, PROTO_UDP};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
+
+mod validate;
 
 /// Errors loading a configuration file.
 #[derive(Debug, thiserror::Error)]
@@ -323,175 +325,6 @@ impl Config {
         Ok(config)
     }
 
-    /// Checks what serde cannot: references, uniqueness, limits.
-    pub fn validate(&self, text: &str, path: &Path) -> Result<(), ConfigError> {
-        let invalid = |span: std::ops::Range<usize>, message: String| ConfigError::Invalid {
-            path: path.to_owned(),
-            line: line_of(text, span.start),
-            message,
-        };
-        let limits = &self.limits;
-        if let Some(m) = &self.manager {
-            m.validate().map_err(|e| invalid(0..0, e))?;
-        }
-        if self.node.interfaces.is_empty() {
-            return Err(invalid(
-                0..0,
-                "node.interfaces is empty: name at least one interface to attach to".into(),
-            ));
-        }
-        if limits.max_table_size > lb_maglev::MAX_SIZE {
-            return Err(invalid(
-                0..0,
-                format!(
-                    "limits.max_table_size = {} exceeds the Maglev maximum {}",
-                    limits.max_table_size,
-                    lb_maglev::MAX_SIZE
-                ),
-            ));
-        }
-        if !lb_maglev::is_prime(limits.max_table_size) {
-            return Err(invalid(
-                0..0,
-                format!(
-                    "limits.max_table_size = {} is not a prime (try {})",
-                    limits.max_table_size,
-                    lb_maglev::next_prime(limits.max_table_size)
-                ),
-            ));
-        }
-        if !(lb_common::FLOW_WAYS as u32..=MAX_FLOW_TABLE_SIZE).contains(&limits.flow_table_size) {
-            return Err(invalid(
-                0..0,
-                format!(
-                    "limits.flow_table_size = {} must be {}..={MAX_FLOW_TABLE_SIZE} flows",
-                    limits.flow_table_size,
-                    lb_common::FLOW_WAYS
-                ),
-            ));
-        }
-        if limits.max_backends == 0 || limits.max_backends > lb_common::MAX_BACKEND_INDEX + 1 {
-            return Err(invalid(
-                0..0,
-                format!(
-                    "limits.max_backends = {} must be 1..={}",
-                    limits.max_backends,
-                    lb_common::MAX_BACKEND_INDEX + 1
-                ),
-            ));
-        }
-        if self.service.len() > limits.max_services as usize {
-            return Err(invalid(
-                0..0,
-                format!(
-                    "{} services configured but limits.max_services = {}",
-                    self.service.len(),
-                    limits.max_services
-                ),
-            ));
-        }
-        let mut names = BTreeSet::new();
-        let mut keys = BTreeSet::new();
-        for s in &self.service {
-            let span = s.name.span();
-            if !names.insert(s.name.get_ref().as_str()) {
-                return Err(invalid(
-                    span,
-                    format!("service `{}` is defined twice", s.name.get_ref()),
-                ));
-            }
-            if !keys.insert((s.vip, s.port, s.protocol.number())) {
-                return Err(invalid(
-                    span,
-                    format!(
-                        "service `{}`: {} port {} {:?} is already used by another service",
-                        s.name.get_ref(),
-                        s.vip,
-                        s.port,
-                        s.protocol
-                    ),
-                ));
-            }
-            s.scaling.validate().map_err(|e| {
-                invalid(
-                    span.clone(),
-                    format!("service `{}`: scaling: {e}", s.name.get_ref()),
-                )
-            })?;
-            if !lb_maglev::is_prime(s.table_size) || s.table_size > limits.max_table_size {
-                return Err(invalid(
-                    span,
-                    format!(
-                        "service `{}`: table_size = {} must be a prime ≤ limits.max_table_size ({}); try {}",
-                        s.name.get_ref(),
-                        s.table_size,
-                        limits.max_table_size,
-                        lb_maglev::next_prime(s.table_size.min(limits.max_table_size))
-                    ),
-                ));
-            }
-        }
-        let mut server_names = BTreeSet::new();
-        let mut addresses = BTreeMap::new();
-        let mut backends = 0u64;
-        for srv in &self.server {
-            let span = srv.name.span();
-            let name = srv.name.get_ref();
-            if !server_names.insert(name.as_str()) {
-                return Err(invalid(span, format!("server `{name}` is defined twice")));
-            }
-            if let Some(other) = addresses.insert(srv.address, name.as_str()) {
-                return Err(invalid(
-                    span,
-                    format!(
-                        "server `{name}`: address {} is also server `{other}`",
-                        srv.address
-                    ),
-                ));
-            }
-            if let Some(mac) = &srv.mac {
-                crate::node::nexthop::parse_mac(mac)
-                    .map_err(|e| invalid(span.clone(), format!("server `{name}`: mac: {e}")))?;
-            }
-            for svc in &srv.services {
-                let Some(service) = self
-                    .service
-                    .iter()
-                    .find(|s| s.name.get_ref() == svc.get_ref())
-                else {
-                    return Err(invalid(
-                        svc.span(),
-                        format!("server `{name}`: unknown service `{}`", svc.get_ref()),
-                    ));
-                };
-                if service.vip.is_ipv4() != srv.address.is_ipv4() {
-                    return Err(invalid(
-                        svc.span(),
-                        format!(
-                            "server `{name}` ({}) cannot serve `{}` ({}): direct server return keeps the address family",
-                            srv.address,
-                            svc.get_ref(),
-                            service.vip
-                        ),
-                    ));
-                }
-                if srv.state_in(svc.get_ref()) != ServerState::Free {
-                    backends += 1;
-                }
-            }
-        }
-        if backends > limits.max_backends as u64 {
-            return Err(invalid(
-                0..0,
-                format!(
-                    "{backends} (service, server) pairs but limits.max_backends = {}",
-                    limits.max_backends
-                ),
-            ));
-        }
-        Ok(())
-    }
-
     /// Servers that serve `service` and are programmed on the node (every
     /// state but `free`).
     pub fn members<'a>(&'a self, service: &'a str) -> impl Iterator<Item = &'a ServerConfig> {
@@ -527,10 +360,6 @@ impl Config {
         }
         out
     }
-}
-
-fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].matches('\n').count() + 1
 }
 
 #[cfg(test)]

@@ -1,0 +1,14 @@
+//! The control socket: one JSON request per line, one JSON response per line.
+//! `lbctl` is its client; `docs/control-api.md` describes the JSON.
+
+mod client;
+mod daemon;
+mod error;
+mod protocol;
+mod server;
+
+pub use client::{ClientError, call};
+pub use daemon::{Daemon, NodeRole};
+pub use error::RequestError;
+pub use protocol::{ErrorKind, Reloaded, Request, Response, Stats, Status};
+pub use server::{bind, serve};

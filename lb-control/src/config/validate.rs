@@ -1,0 +1,199 @@
+//! `Config::validate`: what serde cannot check — references between
+//! sections, uniqueness, and the limits the maps were sized with. The first
+//! problem found is the error, named by its key and line.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    ops::Range,
+    path::Path,
+};
+
+use lb_common::maglev as lb_maglev;
+
+use super::{Config, ConfigError, Limits, MAX_FLOW_TABLE_SIZE, ServerConfig, ServerState};
+
+/// Turns a message about a span of the file into its [`ConfigError`].
+struct Located<'a> {
+    text: &'a str,
+    path: &'a Path,
+}
+
+impl Located<'_> {
+    fn invalid(&self, span: Range<usize>, message: String) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_owned(),
+            line: line_of(self.text, span.start),
+            message,
+        }
+    }
+
+    /// A problem of the file as a whole (line 1).
+    fn global(&self, message: String) -> ConfigError {
+        self.invalid(0..0, message)
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+impl Config {
+    /// Checks what serde cannot: references, uniqueness, limits.
+    pub fn validate(&self, text: &str, path: &Path) -> Result<(), ConfigError> {
+        let at = Located { text, path };
+        if let Some(m) = &self.manager {
+            m.validate().map_err(|e| at.global(e.to_string()))?;
+        }
+        if self.node.interfaces.is_empty() {
+            return Err(at.global(
+                "node.interfaces is empty: name at least one interface to attach to".into(),
+            ));
+        }
+        validate_limits(&self.limits).map_err(|m| at.global(m.to_string()))?;
+        if self.service.len() > self.limits.max_services as usize {
+            return Err(at.global(format!(
+                "{} services configured but limits.max_services = {}",
+                self.service.len(),
+                self.limits.max_services
+            )));
+        }
+        self.validate_services(&at)?;
+        let mut backends = 0u64;
+        let mut names = BTreeSet::new();
+        let mut addresses = BTreeMap::new();
+        for srv in &self.server {
+            let name = srv.name.get_ref();
+            if !names.insert(name.as_str()) {
+                return Err(
+                    at.invalid(srv.name.span(), format!("server `{name}` is defined twice"))
+                );
+            }
+            if let Some(other) = addresses.insert(srv.address, name.as_str()) {
+                return Err(at.invalid(
+                    srv.name.span(),
+                    format!(
+                        "server `{name}`: address {} is also server `{other}`",
+                        srv.address
+                    ),
+                ));
+            }
+            backends += self.validate_server(&at, srv)?;
+        }
+        if backends > u64::from(self.limits.max_backends) {
+            return Err(at.global(format!(
+                "{backends} (service, server) pairs but limits.max_backends = {}",
+                self.limits.max_backends
+            )));
+        }
+        Ok(())
+    }
+
+    /// Each service: a unique name and key, a valid policy, a table size
+    /// the maps hold.
+    fn validate_services(&self, at: &Located<'_>) -> Result<(), ConfigError> {
+        let limits = &self.limits;
+        let mut names = BTreeSet::new();
+        let mut keys = BTreeSet::new();
+        for s in &self.service {
+            let span = s.name.span();
+            let name = s.name.get_ref();
+            if !names.insert(name.as_str()) {
+                return Err(at.invalid(span, format!("service `{name}` is defined twice")));
+            }
+            if !keys.insert((s.vip, s.port, s.protocol.number())) {
+                return Err(at.invalid(
+                    span,
+                    format!(
+                        "service `{name}`: {} port {} {:?} is already used by another service",
+                        s.vip, s.port, s.protocol
+                    ),
+                ));
+            }
+            s.scaling
+                .validate()
+                .map_err(|e| at.invalid(span.clone(), format!("service `{name}`: scaling: {e}")))?;
+            if !lb_maglev::is_prime(s.table_size) || s.table_size > limits.max_table_size {
+                return Err(at.invalid(
+                    span,
+                    format!(
+                        "service `{name}`: table_size = {} must be a prime ≤ limits.max_table_size ({}); try {}",
+                        s.table_size,
+                        limits.max_table_size,
+                        lb_maglev::next_prime(s.table_size.min(limits.max_table_size))
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// One server: its MAC and the services it names. Returns how many
+    /// backends it takes (one per service it is not free in).
+    fn validate_server(&self, at: &Located<'_>, srv: &ServerConfig) -> Result<u64, ConfigError> {
+        let name = srv.name.get_ref();
+        if let Some(mac) = &srv.mac {
+            crate::node::nexthop::parse_mac(mac)
+                .map_err(|e| at.invalid(srv.name.span(), format!("server `{name}`: mac: {e}")))?;
+        }
+        let mut backends = 0;
+        for svc in &srv.services {
+            let Some(service) = self
+                .service
+                .iter()
+                .find(|s| s.name.get_ref() == svc.get_ref())
+            else {
+                return Err(at.invalid(
+                    svc.span(),
+                    format!("server `{name}`: unknown service `{}`", svc.get_ref()),
+                ));
+            };
+            if service.vip.is_ipv4() != srv.address.is_ipv4() {
+                return Err(at.invalid(
+                    svc.span(),
+                    format!(
+                        "server `{name}` ({}) cannot serve `{}` ({}): direct server return keeps the address family",
+                        srv.address,
+                        svc.get_ref(),
+                        service.vip
+                    ),
+                ));
+            }
+            if srv.state_in(svc.get_ref()) != ServerState::Free {
+                backends += 1;
+            }
+        }
+        Ok(backends)
+    }
+}
+
+/// `[limits]` out of what the program and Maglev support.
+#[derive(Debug, thiserror::Error)]
+enum LimitError {
+    #[error("limits.max_table_size = {0} exceeds the Maglev maximum {max}", max = lb_maglev::MAX_SIZE)]
+    TableTooLarge(u32),
+    #[error("limits.max_table_size = {0} is not a prime (try {next})", next = lb_maglev::next_prime(*.0))]
+    TableNotPrime(u32),
+    #[error(
+        "limits.flow_table_size = {0} must be {ways}..={MAX_FLOW_TABLE_SIZE} flows",
+        ways = lb_common::FLOW_WAYS
+    )]
+    FlowTable(u32),
+    #[error("limits.max_backends = {0} must be 1..={max}", max = lb_common::MAX_BACKEND_INDEX + 1)]
+    Backends(u32),
+}
+
+fn validate_limits(limits: &Limits) -> Result<(), LimitError> {
+    if limits.max_table_size > lb_maglev::MAX_SIZE {
+        return Err(LimitError::TableTooLarge(limits.max_table_size));
+    }
+    if !lb_maglev::is_prime(limits.max_table_size) {
+        return Err(LimitError::TableNotPrime(limits.max_table_size));
+    }
+    if !(lb_common::FLOW_WAYS as u32..=MAX_FLOW_TABLE_SIZE).contains(&limits.flow_table_size) {
+        return Err(LimitError::FlowTable(limits.flow_table_size));
+    }
+    if limits.max_backends == 0 || limits.max_backends > lb_common::MAX_BACKEND_INDEX + 1 {
+        return Err(LimitError::Backends(limits.max_backends));
+    }
+    Ok(())
+}
