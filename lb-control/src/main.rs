@@ -199,13 +199,13 @@ async fn start(config: Config, config_path: PathBuf) -> Result<Daemon, RunError>
     if let Some(m) = &manager {
         m.clone().start().await?;
     }
-    let node = open_node(&config).await?;
+    let node = open_node(&config, config_path).await?;
     if let Some(control) = &config.node.control {
         listener::serve(node.agent.clone(), control).await?;
     }
     let manager = match manager {
         Some(m) => {
-            let c = Controller::new(m, config_path.clone(), node.agent.clone())?;
+            let c = Controller::new(m, node.config_path.clone(), node.agent.clone())?;
             let runner = c.clone();
             tokio::spawn(async move {
                 if let Err(e) = runner.sync_all("manager started").await {
@@ -217,20 +217,14 @@ async fn start(config: Config, config_path: PathBuf) -> Result<Daemon, RunError>
         }
         None => None,
     };
-    Ok(Daemon {
-        node: NodeRole {
-            config_path,
-            ..node
-        },
-        manager,
-    })
+    Ok(Daemon { node, manager })
 }
 
 /// Opens the node and applies the file to it: over what a remote manager
 /// last sent (a node it drives comes back as that manager left it), with
 /// this process's manager's published weights (so a restart changes no
 /// table).
-async fn open_node(config: &Config) -> Result<NodeRole, RunError> {
+async fn open_node(config: &Config, config_path: PathBuf) -> Result<NodeRole, RunError> {
     let (node_state, persist) = match &config.node.control {
         Some(_) => {
             let dir = &config.node.state_dir;
@@ -265,7 +259,7 @@ async fn open_node(config: &Config) -> Result<NodeRole, RunError> {
     Ok(NodeRole {
         node,
         agent,
-        config_path: PathBuf::new(),
+        config_path,
     })
 }
 

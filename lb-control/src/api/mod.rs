@@ -1,5 +1,5 @@
 //! The control socket: one JSON request per line, one JSON response per line.
-//! `lbctl` is its client; `docs/control-api.md` describes the JSON.
+//! `lbctl` is its client.
 
 mod client;
 mod daemon;

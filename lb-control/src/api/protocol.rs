@@ -171,7 +171,7 @@ impl Response {
 }
 
 /// The class of an error response, stable across versions (the message
-/// is not). `docs/control-api.md` lists them.
+/// is not): scripts match on it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {

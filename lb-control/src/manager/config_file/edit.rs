@@ -136,42 +136,10 @@ impl Edit {
                         return Err(EditError::UnknownService(service.clone()));
                     }
                 }
-                let mut t = Table::new();
-                t.insert("name", Item::Value(Value::from(name.as_str())));
-                t.insert("address", Item::Value(Value::from(address.to_string())));
-                t.insert(
-                    "services",
-                    Item::Value(Value::Array(Array::from_iter(
-                        services.iter().map(String::as_str),
-                    ))),
-                );
-                t.insert("state", Item::Value(Value::from(serde_name(*state))));
-                if let Some(mac) = mac {
-                    t.insert("mac", Item::Value(Value::from(mac.as_str())));
-                }
-                if let Some(weight) = weight {
-                    t.insert("weight", Item::Value(Value::from(i64::from(*weight))));
-                }
+                let t = server_table(name, *address, mac.as_deref(), services, *state, *weight);
                 append_table(doc, "server", t)
             }
-            Edit::JoinService { server, service } => {
-                if find(tables(doc, "service")?, service).is_none() {
-                    return Err(EditError::UnknownService(service.clone()));
-                }
-                let table = server_mut(doc, server)?;
-                match services_mut(table, server)? {
-                    Some(list) => {
-                        if !list.iter().any(|v| v.as_str() == Some(service)) {
-                            push_keeping_layout(list, service);
-                        }
-                    }
-                    None => {
-                        let list = Array::from_iter([service.as_str()]);
-                        table.insert("services", Item::Value(Value::Array(list)));
-                    }
-                }
-                Ok(())
-            }
+            Edit::JoinService { server, service } => join_service(doc, server, service),
             Edit::LeaveService { server, service } => {
                 if let Some(list) = services_mut(server_mut(doc, server)?, server)? {
                     remove_keeping_layout(list, service);
@@ -200,41 +168,113 @@ impl Edit {
                 if find(tables(doc, "service")?, name).is_some() {
                     return Err(EditError::DuplicateService(name.clone()));
                 }
-                let mut t = Table::new();
-                t.insert("name", Item::Value(Value::from(name.as_str())));
-                t.insert("vip", Item::Value(Value::from(vip.to_string())));
-                t.insert("port", Item::Value(Value::from(i64::from(*port))));
-                t.insert("protocol", Item::Value(Value::from(serde_name(*protocol))));
-                if let Some(size) = table_size {
-                    t.insert("table_size", Item::Value(Value::from(i64::from(*size))));
-                }
-                if let Some(app) = application {
-                    t.insert("application", Item::Value(Value::from(app.as_str())));
-                }
+                let t = service_table(
+                    name,
+                    *vip,
+                    *port,
+                    *protocol,
+                    *table_size,
+                    application.as_deref(),
+                );
                 append_table(doc, "service", t)
             }
-            Edit::RemoveService { name } => {
-                let Some(index) = find(tables(doc, "service")?, name) else {
-                    return Err(EditError::UnknownService(name.clone()));
-                };
-                if let Some(list) = tables_mut(doc, "service")? {
-                    list.remove(index);
-                    if list.is_empty() {
-                        doc.remove("service");
-                    }
-                }
-                if let Some(servers) = tables_mut(doc, "server")? {
-                    for table in servers.iter_mut() {
-                        let server = table_name(table).unwrap_or_default().to_owned();
-                        if let Some(list) = services_mut(table, &server)? {
-                            remove_keeping_layout(list, name);
-                        }
-                    }
-                }
-                Ok(())
+            Edit::RemoveService { name } => remove_service(doc, name),
+        }
+    }
+}
+
+/// The `[[service]]` table an `AddService` appends.
+fn service_table(
+    name: &str,
+    vip: IpAddr,
+    port: u16,
+    protocol: Protocol,
+    table_size: Option<u32>,
+    application: Option<&str>,
+) -> Table {
+    let mut t = Table::new();
+    t.insert("name", Item::Value(Value::from(name)));
+    t.insert("vip", Item::Value(Value::from(vip.to_string())));
+    t.insert("port", Item::Value(Value::from(i64::from(port))));
+    t.insert("protocol", Item::Value(Value::from(serde_name(protocol))));
+    if let Some(size) = table_size {
+        t.insert("table_size", Item::Value(Value::from(i64::from(size))));
+    }
+    if let Some(app) = application {
+        t.insert("application", Item::Value(Value::from(app)));
+    }
+    t
+}
+
+/// The `[[server]]` table an `AddServer` appends.
+fn server_table(
+    name: &str,
+    address: IpAddr,
+    mac: Option<&str>,
+    services: &[String],
+    state: ServerState,
+    weight: Option<u32>,
+) -> Table {
+    let mut t = Table::new();
+    t.insert("name", Item::Value(Value::from(name)));
+    t.insert("address", Item::Value(Value::from(address.to_string())));
+    t.insert(
+        "services",
+        Item::Value(Value::Array(Array::from_iter(
+            services.iter().map(String::as_str),
+        ))),
+    );
+    t.insert("state", Item::Value(Value::from(serde_name(state))));
+    if let Some(mac) = mac {
+        t.insert("mac", Item::Value(Value::from(mac)));
+    }
+    if let Some(weight) = weight {
+        t.insert("weight", Item::Value(Value::from(i64::from(weight))));
+    }
+    t
+}
+
+/// `JoinService`: `service` added to `server`'s `services` unless there.
+fn join_service(doc: &mut DocumentMut, server: &str, service: &str) -> Result<(), EditError> {
+    if find(tables(doc, "service")?, service).is_none() {
+        return Err(EditError::UnknownService(service.to_owned()));
+    }
+    let table = server_mut(doc, server)?;
+    match services_mut(table, server)? {
+        Some(list) => {
+            if !list.iter().any(|v| v.as_str() == Some(service)) {
+                push_keeping_layout(list, service);
+            }
+        }
+        None => {
+            let list = Array::from_iter([service]);
+            table.insert("services", Item::Value(Value::Array(list)));
+        }
+    }
+    Ok(())
+}
+
+/// `RemoveService`: its table gone (and `[[service]]` when it was the
+/// last), its name out of every server's `services`.
+fn remove_service(doc: &mut DocumentMut, name: &str) -> Result<(), EditError> {
+    let Some(index) = find(tables(doc, "service")?, name) else {
+        return Err(EditError::UnknownService(name.to_owned()));
+    };
+    if let Some(list) = tables_mut(doc, "service")? {
+        list.remove(index);
+        if list.is_empty() {
+            doc.remove("service");
+        }
+    }
+    if let Some(servers) = tables_mut(doc, "server")? {
+        for table in servers.iter_mut() {
+            let server = table_name(table).unwrap_or_default().to_owned();
+            if let Some(list) = services_mut(table, &server)? {
+                remove_keeping_layout(list, name);
             }
         }
     }
+    Ok(())
 }
 
 /// The name the file uses for a state or protocol (`"draining"`, `"udp"`):

@@ -174,7 +174,9 @@ impl Controller {
                 .and_then(|r| r.applications.iter().find(|a| a.name == svc.application()))
                 .map(|a| a.vip_established)
         };
-        if established == Some(0) && idle_everywhere(statuses, service, name, policy.drain_idle) {
+        // Judged (and nodes without status logged) whatever the VIP says.
+        let idle = idle_everywhere(statuses, service, name, policy.drain_idle);
+        if established == Some(0) && idle {
             let reason = format!(
                 "drained after {:.1} s: no connection on {}:{} and no packet on any node for {:?}",
                 elapsed.as_secs_f64(),

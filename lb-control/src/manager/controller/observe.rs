@@ -3,6 +3,7 @@
 
 use std::{
     collections::BTreeSet,
+    net::SocketAddr,
     sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
@@ -163,34 +164,11 @@ impl Controller {
             let Ok(snapshot) = self.file.read_cached() else {
                 continue;
             };
-            let mut targets = Vec::new();
-            for svc in &snapshot.config.service {
-                let Some(port) = svc.scaling.probe_port else {
-                    continue;
-                };
-                for s in snapshot.config.members(svc.name.get_ref()) {
-                    targets.push((
-                        svc.name.get_ref().clone(),
-                        s.name.get_ref().clone(),
-                        std::net::SocketAddr::new(s.address, port),
-                    ));
-                }
-            }
-            let results = futures::future::join_all(targets.into_iter().map(
-                |(service, server, addr)| async move {
-                    let outcome =
-                        match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
-                            .await
-                        {
-                            Ok(Ok(_)) => ProbeOutcome::Answered,
-                            Ok(Err(e)) => ProbeOutcome::Failed(format!("connect {addr}: {e}")),
-                            Err(_) => ProbeOutcome::TimedOut(format!(
-                                "connect {addr}: no answer within {timeout:?}"
-                            )),
-                        };
-                    (service, server, outcome)
-                },
-            ))
+            let results = futures::future::join_all(
+                probe_targets(&snapshot.config).map(|(service, server, addr)| async move {
+                    (service, server, probe(addr, timeout).await)
+                }),
+            )
             .await;
             let mut changes = Vec::new();
             {
@@ -312,5 +290,30 @@ impl Controller {
                     .observed(arrived),
             );
         }
+    }
+}
+
+/// What the manager probes: each member of each service with a
+/// `probe_port`, as (service, server, address).
+fn probe_targets(config: &Config) -> impl Iterator<Item = (String, String, SocketAddr)> + '_ {
+    config.service.iter().flat_map(move |svc| {
+        svc.scaling.probe_port.into_iter().flat_map(move |port| {
+            config.members(svc.name.get_ref()).map(move |s| {
+                (
+                    svc.name.get_ref().clone(),
+                    s.name.get_ref().clone(),
+                    SocketAddr::new(s.address, port),
+                )
+            })
+        })
+    })
+}
+
+/// One probe: a TCP connect to `addr` within `timeout`.
+async fn probe(addr: SocketAddr, timeout: Duration) -> ProbeOutcome {
+    match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
+        Ok(Ok(_)) => ProbeOutcome::Answered,
+        Ok(Err(e)) => ProbeOutcome::Failed(format!("connect {addr}: {e}")),
+        Err(_) => ProbeOutcome::TimedOut(format!("connect {addr}: no answer within {timeout:?}")),
     }
 }
