@@ -19,7 +19,7 @@ use lb_control::{
         ApplyError, Node,
         dataplane::{self, DataPlaneError},
         listener::{self, ListenError},
-        reconfigure::{NodeState, Reconfigurer, state_path},
+        reconfigure::{NodeState, NodeStateError, Reconfigurer, state_path},
     },
 };
 use tokio::{signal::unix::SignalKind, sync::Mutex};
@@ -97,8 +97,8 @@ enum RunError {
         source: std::io::Error,
     },
     /// `node-state.json` does not load (the message says what to do).
-    #[error("{0}")]
-    NodeState(String),
+    #[error(transparent)]
+    NodeState(#[from] NodeStateError),
     #[error(transparent)]
     Node(#[from] ApplyError),
     #[error(transparent)]
@@ -233,7 +233,7 @@ async fn open_node(config: &Config, config_path: PathBuf) -> Result<NodeRole, Ru
                 source,
             })?;
             let path = state_path(dir);
-            let state = NodeState::load(&path).map_err(|e| RunError::NodeState(e.to_string()))?;
+            let state = NodeState::load(&path)?;
             (state, Some(path))
         }
         None => (NodeState::default(), None),

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use lb_proto::{Protocol as WireProtocol, ServerState as WireState, Service};
 
-use crate::config::{Config, Protocol, ServerState};
+use crate::config::{Config, ConfigError, Protocol, ServerState};
 
 fn config_state(state: WireState) -> ServerState {
     match state {
@@ -38,7 +38,7 @@ pub fn remove_service(base: &Config, name: &str) -> Config {
 /// node side of a reconfiguration). Servers are matched by name; a server
 /// not in `base` is added. The states and weights it carries hold for this
 /// service alone (a server's state in the file is for all its services).
-pub fn merge_service(base: &Config, svc: &Service) -> Result<Config, String> {
+pub fn merge_service(base: &Config, svc: &Service) -> Result<Config, ConfigError> {
     let mut config = base.clone();
     let name = &svc.name;
     let spanned = |s: &str| toml::Spanned::new(0..0, s.to_owned());
@@ -95,9 +95,7 @@ pub fn merge_service(base: &Config, svc: &Service) -> Result<Config, String> {
             }),
         }
     }
-    config
-        .validate("", std::path::Path::new("<reconfigure>"))
-        .map_err(|e| e.to_string())?;
+    config.validate("", std::path::Path::new("<reconfigure>"))?;
     Ok(config)
 }
 
@@ -188,7 +186,7 @@ state = "free"
         // A desired state the node cannot hold is refused with the reason.
         let mut limits = node.clone();
         limits.limits.max_backends = 1;
-        let e = merge_service(&limits, &svc).unwrap_err();
+        let e = merge_service(&limits, &svc).unwrap_err().to_string();
         assert!(e.contains("max_backends = 1"), "{e}");
         assert!(desired_service(&manager, "nope", &weights).is_none());
     }

@@ -33,6 +33,23 @@ pub enum ListenError {
     Tls(#[from] lb_proto::tls::TlsError),
 }
 
+/// Why a manager's stream on the node ended before its end of stream.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error(transparent)]
+    Encode(#[from] lb_proto::EncodeError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Proto(#[from] ProtoError),
+    #[error("stream header says {role} `{host}` on the connection of manager `{manager}`")]
+    NotTheManager {
+        role: Role,
+        host: String,
+        manager: String,
+    },
+}
+
 /// Limits for manager–node streams: both ends are authenticated, and a
 /// service of 1000 servers is about 100 KiB of `<server>` elements.
 pub fn node_stream_limits() -> Limits {
@@ -99,24 +116,19 @@ async fn session<S>(
     name: &str,
     stream: S,
     manager: &str,
-) -> Result<(), String>
+) -> Result<(), SessionError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let (mut read, mut write) = tokio::io::split(stream);
     let mut encoder = Encoder::with_limits(Vec::new(), 1, node_stream_limits());
-    encoder
-        .start(&StreamHeader::new(Role::Node, name.to_owned()))
-        .map_err(|e| e.to_string())?;
-    write
-        .write_all(&encoder.take())
-        .await
-        .map_err(|e| e.to_string())?;
+    encoder.start(&StreamHeader::new(Role::Node, name.to_owned()))?;
+    write.write_all(&encoder.take()).await?;
     let mut decoder = Decoder::with_limits(node_stream_limits());
     let mut guard = SequenceGuard::new();
     let mut buf = vec![0u8; READ_CHUNK];
     loop {
-        let n = read.read(&mut buf).await.map_err(|e| e.to_string())?;
+        let n = read.read(&mut buf).await?;
         if n == 0 {
             return Ok(());
         }
@@ -131,7 +143,7 @@ where
                     let _ = encoder.encode(&mut reply);
                     let _ = write.write_all(&encoder.take()).await;
                     if e.is_fatal() {
-                        return Err(e.to_string());
+                        return Err(e.into());
                     }
                     continue;
                 }
@@ -139,10 +151,11 @@ where
             if let Some(h) = decoder.header()
                 && (h.role != Role::Manager || h.host != manager)
             {
-                return Err(format!(
-                    "stream header says {} `{}` on the connection of manager `{manager}`",
-                    h.role, h.host
-                ));
+                return Err(SessionError::NotTheManager {
+                    role: h.role,
+                    host: h.host.clone(),
+                    manager: manager.to_owned(),
+                });
             }
             if let Err(stale) = guard.check(message.seq()) {
                 warn!(manager, error = %stale, "replayed or stale message ignored");
@@ -164,11 +177,8 @@ where
                 }
                 .into(),
             };
-            encoder.encode(&mut reply).map_err(|e| e.to_string())?;
-            write
-                .write_all(&encoder.take())
-                .await
-                .map_err(|e| e.to_string())?;
+            encoder.encode(&mut reply)?;
+            write.write_all(&encoder.take()).await?;
         }
     }
 }

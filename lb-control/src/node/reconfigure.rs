@@ -12,7 +12,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 
-use crate::{atomic_file, config::Config, node::Node};
+use crate::{
+    atomic_file,
+    config::{Config, ConfigError},
+    node::{ApplyError, Node, VerifyError},
+};
 
 /// What a node last applied for one service.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -30,12 +34,17 @@ pub struct NodeState {
 
 impl NodeState {
     /// Reads a state file; a missing file is an empty state.
-    pub fn load(path: &Path) -> Result<Self, String> {
+    pub fn load(path: &Path) -> Result<Self, NodeStateError> {
         match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| format!("{}: {e} (move it away to start empty)", path.display())),
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| NodeStateError::Corrupt {
+                path: path.to_owned(),
+                source,
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
-            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+            Err(source) => Err(NodeStateError::Read {
+                path: path.to_owned(),
+                source,
+            }),
         }
     }
 
@@ -65,6 +74,65 @@ impl NodeState {
     }
 }
 
+/// Why the state a remote manager left (`node-state.json`) does not load.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeStateError {
+    #[error("{}: {source} (move it away to start empty)", path.display())]
+    Corrupt {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// A reconfiguration refused for its generation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error(
+        "generation {generation} is older than generation {applied} already applied to service `{service}`"
+    )]
+    Older {
+        generation: u64,
+        applied: u64,
+        service: String,
+    },
+    #[error(
+        "generation {generation} of service `{service}` was already applied with a different content"
+    )]
+    OtherContent { generation: u64, service: String },
+}
+
+/// Why a node did not apply (or did not record) a reconfiguration; the
+/// text goes back to the manager in the ack.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconfigureError {
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// The service does not fit the node's configuration.
+    #[error(transparent)]
+    Merge(#[from] ConfigError),
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    #[error(
+        "no next hop for {0:?}: the node cannot reach them (not on a connected segment, or no neighbour answer)"
+    )]
+    Unresolved(Vec<String>),
+    /// The maps read back differ from what was applied.
+    #[error(transparent)]
+    Verify(#[from] VerifyError),
+    #[error("{0}")]
+    Encode(#[source] serde_json::Error),
+    #[error("applied, but cannot record it in {}: {source}", path.display())]
+    Record {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
 /// What a node does with a reconfiguration, given what it applied last.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -77,23 +145,24 @@ pub enum Verdict {
 
 /// Refuses an older generation, or the same generation with another
 /// content (the error says which).
-pub fn judge(applied: Option<&Applied>, message: &Reconfigure) -> Result<Verdict, String> {
+pub fn judge(applied: Option<&Applied>, message: &Reconfigure) -> Result<Verdict, Refusal> {
     let Some(applied) = applied else {
         return Ok(Verdict::Apply);
     };
     let (generation, service) = (message.generation, &message.service);
     if generation < applied.generation {
-        return Err(format!(
-            "generation {generation} is older than generation {} already applied to service `{}`",
-            applied.generation, service.name
-        ));
+        return Err(Refusal::Older {
+            generation,
+            applied: applied.generation,
+            service: service.name.clone(),
+        });
     }
     if generation == applied.generation {
         if applied.service != *service {
-            return Err(format!(
-                "generation {generation} of service `{}` was already applied with a different content",
-                service.name
-            ));
+            return Err(Refusal::OtherContent {
+                generation,
+                service: service.name.clone(),
+            });
         }
         return Ok(Verdict::Reack);
     }
@@ -155,7 +224,7 @@ impl Reconfigurer {
             Ok(()) => (AckStatus::Ok, None),
             Err(e) => {
                 warn!(node = %self.name, service = %message.service.name, generation, error = %e, "reconfiguration refused");
-                (AckStatus::Failed, Some(e))
+                (AckStatus::Failed, Some(e.to_string()))
             }
         };
         Ack {
@@ -166,22 +235,20 @@ impl Reconfigurer {
         }
     }
 
-    async fn apply(&self, message: &Reconfigure) -> Result<(), String> {
+    async fn apply(&self, message: &Reconfigure) -> Result<(), ReconfigureError> {
         let service = &message.service;
         let generation = message.generation;
         let mut state = self.state.lock().await;
         let node = self.node.lock().await;
         match judge(state.services.get(&service.name), message)? {
             Verdict::Apply => {}
-            Verdict::Reack => return node.verify().map_err(|e| e.to_string()),
+            Verdict::Reack => return Ok(node.verify()?),
         }
         // Next hops are resolved without the node lock: the node goes on
         // serving the API and other work meanwhile.
         let (base, applied, next_hops) = (node.config.clone(), node.applied(), node.next_hops());
         drop(node);
-        let prepared = Node::prepare(&next_hops, merge(&base, service)?)
-            .await
-            .map_err(|e| e.to_string())?;
+        let prepared = Node::prepare(&next_hops, merge(&base, service)?).await?;
         let mut node = self.node.lock().await;
         let report = if node.applied() == applied {
             node.apply_prepared(prepared)
@@ -189,19 +256,17 @@ impl Reconfigurer {
             // Another change landed meanwhile: merge into it instead.
             let merged = merge(&node.config, service)?;
             node.apply(merged).await
-        }
-        .map_err(|e| e.to_string())?;
-        let unresolved: Vec<&String> = report
+        }?;
+        let unresolved: Vec<String> = report
             .unresolved
             .iter()
-            .filter(|u| service.servers.iter().any(|s| &&s.name == u))
+            .filter(|u| service.servers.iter().any(|s| &s.name == *u))
+            .cloned()
             .collect();
         if !unresolved.is_empty() {
-            return Err(format!(
-                "no next hop for {unresolved:?}: the node cannot reach them (not on a connected segment, or no neighbour answer)"
-            ));
+            return Err(ReconfigureError::Unresolved(unresolved));
         }
-        node.verify().map_err(|e| e.to_string())?;
+        node.verify()?;
         drop(node);
         state.services.insert(
             service.name.clone(),
@@ -211,9 +276,11 @@ impl Reconfigurer {
             },
         );
         if let Some(path) = &self.persist {
-            let bytes = serde_json::to_vec_pretty(&*state).map_err(|e| e.to_string())?;
-            atomic_file::write(path, &bytes)
-                .map_err(|e| format!("applied, but cannot record it in {}: {e}", path.display()))?;
+            let bytes = serde_json::to_vec_pretty(&*state).map_err(ReconfigureError::Encode)?;
+            atomic_file::write(path, &bytes).map_err(|source| ReconfigureError::Record {
+                path: path.clone(),
+                source,
+            })?;
         }
         info!(node = %self.name, service = %service.name, generation, micros = report.micros, "reconfiguration applied and verified");
         Ok(())
@@ -222,7 +289,7 @@ impl Reconfigurer {
 
 /// `config` with `service` as the manager describes it (or without it, when
 /// retired).
-fn merge(config: &Config, service: &Service) -> Result<Config, String> {
+fn merge(config: &Config, service: &Service) -> Result<Config, ConfigError> {
     if service.retired {
         Ok(super::desired::remove_service(config, &service.name))
     } else {
@@ -268,9 +335,13 @@ mod tests {
         assert_eq!(judge(None, &message(1, 100)), Ok(Verdict::Apply));
         assert_eq!(judge(Some(&applied), &message(8, 50)), Ok(Verdict::Apply));
         assert_eq!(judge(Some(&applied), &message(7, 100)), Ok(Verdict::Reack));
-        let e = judge(Some(&applied), &message(6, 100)).unwrap_err();
+        let e = judge(Some(&applied), &message(6, 100))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("older than generation 7"), "{e}");
-        let e = judge(Some(&applied), &message(7, 50)).unwrap_err();
+        let e = judge(Some(&applied), &message(7, 50))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("different content"), "{e}");
     }
 
@@ -310,7 +381,7 @@ mod tests {
         assert_eq!(merged.service.len(), 1);
         assert_eq!(merged.members("web").count(), 1);
         std::fs::write(&path, "{").unwrap();
-        let e = NodeState::load(&path).unwrap_err();
+        let e = NodeState::load(&path).unwrap_err().to_string();
         assert!(e.contains("move it away"), "{e}");
     }
 }
