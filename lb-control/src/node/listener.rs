@@ -12,13 +12,13 @@ use lb_proto::{
     tls::{self, Pki},
 };
 use tokio::{
-    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt as _},
     net::TcpListener,
 };
 use tracing::{info, warn};
 
 use super::reconfigure::Reconfigurer;
-use crate::config::NodeControlConfig;
+use crate::{config::NodeControlConfig, net::MessageReader};
 
 /// Why the node cannot listen for managers.
 #[derive(Debug, thiserror::Error)]
@@ -120,65 +120,57 @@ async fn session<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let (mut read, mut write) = tokio::io::split(stream);
+    let (read, mut write) = tokio::io::split(stream);
     let mut encoder = Encoder::with_limits(Vec::new(), 1, node_stream_limits());
     encoder.start(&StreamHeader::new(Role::Node, name.to_owned()))?;
     write.write_all(&encoder.take()).await?;
-    let mut decoder = Decoder::with_limits(node_stream_limits());
+    let decoder = Decoder::with_limits(node_stream_limits());
+    let mut messages = MessageReader::new(read, decoder, READ_CHUNK);
     let mut guard = SequenceGuard::new();
-    let mut buf = vec![0u8; READ_CHUNK];
-    loop {
-        let n = read.read(&mut buf).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        decoder.feed(&buf[..n]);
-        loop {
-            let message = match decoder.next() {
-                Ok(Some(m)) => m,
-                Ok(None) => break,
-                Err(ProtoError::Closed) => return Ok(()),
-                Err(e) => {
-                    let mut reply = ErrorMessage::from_error(&e).into();
-                    let _ = encoder.encode(&mut reply);
-                    let _ = write.write_all(&encoder.take()).await;
-                    if e.is_fatal() {
-                        return Err(e.into());
-                    }
-                    continue;
+    while let Some(next) = messages.next().await? {
+        let message = match next {
+            Ok(m) => m,
+            Err(e) => {
+                let mut reply = ErrorMessage::from_error(&e).into();
+                let _ = encoder.encode(&mut reply);
+                let _ = write.write_all(&encoder.take()).await;
+                if e.is_fatal() {
+                    return Err(e.into());
                 }
-            };
-            if let Some(h) = decoder.header()
-                && (h.role != Role::Manager || h.host != manager)
-            {
-                return Err(SessionError::NotTheManager {
-                    role: h.role,
-                    host: h.host.clone(),
-                    manager: manager.to_owned(),
-                });
-            }
-            if let Err(stale) = guard.check(message.seq()) {
-                warn!(manager, error = %stale, "replayed or stale message ignored");
                 continue;
             }
-            let mut reply: Message = match message {
-                Message::Reconfigure(r) => agent.reconfigure(&r).await.into(),
-                Message::StatusRequest(r) => lb_proto::NodeStatus {
-                    seq: 0,
-                    id: r.id,
-                    backends: agent.status(r.count_flows).await,
-                }
-                .into(),
-                other => ErrorMessage {
-                    seq: 0,
-                    code: "unexpected".into(),
-                    rejected_seq: Some(other.seq()),
-                    text: format!("`{}` is not for a node", other.name()),
-                }
-                .into(),
-            };
-            encoder.encode(&mut reply)?;
-            write.write_all(&encoder.take()).await?;
+        };
+        if let Some(h) = messages.decoder().header()
+            && (h.role != Role::Manager || h.host != manager)
+        {
+            return Err(SessionError::NotTheManager {
+                role: h.role,
+                host: h.host.clone(),
+                manager: manager.to_owned(),
+            });
         }
+        if let Err(stale) = guard.check(message.seq()) {
+            warn!(manager, error = %stale, "replayed or stale message ignored");
+            continue;
+        }
+        let mut reply: Message = match message {
+            Message::Reconfigure(r) => agent.reconfigure(&r).await.into(),
+            Message::StatusRequest(r) => lb_proto::NodeStatus {
+                seq: 0,
+                id: r.id,
+                backends: agent.status(r.count_flows).await,
+            }
+            .into(),
+            other => ErrorMessage {
+                seq: 0,
+                code: "unexpected".into(),
+                rejected_seq: Some(other.seq()),
+                text: format!("`{}` is not for a node", other.name()),
+            }
+            .into(),
+        };
+        encoder.encode(&mut reply)?;
+        write.write_all(&encoder.take()).await?;
     }
+    Ok(())
 }

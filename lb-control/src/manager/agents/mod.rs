@@ -18,13 +18,14 @@ use lb_proto::{
 };
 use serde::{Deserialize, Serialize};
 use tokio::{
-    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
     sync::{Mutex, mpsc, oneshot},
 };
 use tracing::{info, warn};
 
 use super::db::{DbEvent, MonitorView, ServerDb};
+use crate::net::MessageReader;
 
 mod config;
 
@@ -286,7 +287,7 @@ impl Manager {
     /// its header named an agent (with a certificate of that name).
     async fn read_stream<R: AsyncRead + Unpin>(
         &self,
-        mut read: R,
+        read: R,
         peer: SocketAddr,
         identity: Option<&tls::PeerIdentity>,
         tx: &mpsc::Sender<Message>,
@@ -295,42 +296,33 @@ impl Manager {
         let fingerprint = identity
             .map(|i| i.fingerprint_sha256.clone())
             .unwrap_or_default();
-        let mut decoder = Decoder::new();
+        let mut messages = MessageReader::new(read, Decoder::new(), READ_CHUNK);
         let mut guard = SequenceGuard::new();
-        let mut buf = vec![0u8; READ_CHUNK];
-        loop {
-            let n = match read.read(&mut buf).await.map_err(StreamError::Read)? {
-                0 => return Ok(()),
-                n => n,
-            };
-            decoder.feed(&buf[..n]);
-            loop {
-                let message = match decoder.next() {
-                    Ok(Some(m)) => m,
-                    Ok(None) => break,
-                    Err(ProtoError::Closed) => return Ok(()),
-                    Err(e) => {
-                        self.messages_rejected.fetch_add(1, Ordering::Relaxed);
-                        warn!(%peer, host = host.as_deref().unwrap_or("-"), error = %e, "message rejected");
-                        let _ = tx.send(ErrorMessage::from_error(&e).into()).await;
-                        if e.is_fatal() {
-                            return Err(e.into());
-                        }
-                        continue;
-                    }
-                };
-                if host.is_none() {
-                    *host = Some(self.admit(&decoder, identity, tx).await?);
-                }
-                let Some(h) = host.as_deref() else { continue };
-                if let Err(stale) = guard.check(message.seq()) {
+        while let Some(next) = messages.next().await.map_err(StreamError::Read)? {
+            let message = match next {
+                Ok(m) => m,
+                Err(e) => {
                     self.messages_rejected.fetch_add(1, Ordering::Relaxed);
-                    warn!(host = %h, error = %stale, "replayed or stale message ignored");
+                    warn!(%peer, host = host.as_deref().unwrap_or("-"), error = %e, "message rejected");
+                    let _ = tx.send(ErrorMessage::from_error(&e).into()).await;
+                    if e.is_fatal() {
+                        return Err(e.into());
+                    }
                     continue;
                 }
-                self.handle(h, peer, &fingerprint, message, tx).await;
+            };
+            if host.is_none() {
+                *host = Some(self.admit(messages.decoder(), identity, tx).await?);
             }
+            let Some(h) = host.as_deref() else { continue };
+            if let Err(stale) = guard.check(message.seq()) {
+                self.messages_rejected.fetch_add(1, Ordering::Relaxed);
+                warn!(host = %h, error = %stale, "replayed or stale message ignored");
+                continue;
+            }
+            self.handle(h, peer, &fingerprint, message, tx).await;
         }
+        Ok(())
     }
 
     /// The stream header names the sender; it must be an agent whose

@@ -132,7 +132,7 @@ impl Controller {
             .await
             .map_err(|source| ControllerError::Settings {
                 kind: "connection",
-                source,
+                source: Box::new(source),
             })?;
         let Message::ConnectionSettings(ConnectionSettings {
             addresses,
@@ -149,7 +149,7 @@ impl Controller {
             .await
             .map_err(|source| ControllerError::Settings {
                 kind: "auth",
-                source,
+                source: Box::new(source),
             })?;
         let Message::AuthSettings(auth) = auth else {
             return Err(ControllerError::UnexpectedSettings { kind: "auth" });

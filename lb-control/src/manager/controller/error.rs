@@ -30,7 +30,10 @@ pub enum ControllerError {
     #[error("manager.node needs manager.tls_dir")]
     NodesWithoutTls,
     #[error("manager.node `{node}`: {source}")]
-    RemoteNode { node: String, source: LinkError },
+    RemoteNode {
+        node: String,
+        source: Box<LinkError>,
+    },
     #[error("no server `{0}` in the configuration")]
     UnknownServer(String),
     #[error("no service `{0}` in the configuration")]
@@ -56,7 +59,7 @@ pub enum ControllerError {
     #[error("{kind} settings: {source}")]
     Settings {
         kind: &'static str,
-        source: ManagerError,
+        source: Box<ManagerError>,
     },
     #[error("{kind} settings: unexpected answer")]
     UnexpectedSettings { kind: &'static str },

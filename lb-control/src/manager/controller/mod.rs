@@ -156,7 +156,7 @@ impl Controller {
                 let remote = RemoteNode::new(n.clone(), &config.name, &pki).map_err(|source| {
                     ControllerError::RemoteNode {
                         node: n.name.clone(),
-                        source,
+                        source: Box::new(source),
                     }
                 })?;
                 nodes.push(NodeLink::Remote(Arc::new(remote)));
