@@ -48,7 +48,7 @@ fn print_line(line: &str, json: bool) -> Result<(), Error> {
     match serde_json::from_str::<Event>(line) {
         Ok(e) => print_event(&e),
         Err(_) => match serde_json::from_str::<Response>(line) {
-            Ok(Response::Error { message }) => return Err(Error::Daemon(message)),
+            Ok(Response::Error { message, .. }) => return Err(Error::Daemon(message)),
             _ => out!("{line}"),
         },
     }

@@ -56,7 +56,7 @@ fn ask(socket: &Path, request: &Request, json: bool) -> Result<(), Error> {
 
 /// The daemon's answer as JSON or a table; its error as the command's.
 fn print(response: &Response, json: bool) -> Result<(), Error> {
-    if let Response::Error { message } = response {
+    if let Response::Error { message, .. } = response {
         return Err(Error::Daemon(message.clone()));
     }
     if json {

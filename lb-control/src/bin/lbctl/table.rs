@@ -37,7 +37,7 @@ pub fn print_table(response: &Response) {
                 print_event(e);
             }
         }
-        Response::Error { message } => eprintln!("error: {message}"),
+        Response::Error { message, .. } => eprintln!("error: {message}"),
     }
 }
 
