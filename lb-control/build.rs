@@ -77,10 +77,9 @@ fn build(ebpf_dir: &std::path::Path, target_dir: &std::path::Path, extra: &[&str
         let status = cmd.status().unwrap_or_else(|e| {
             panic!("cannot run `rustup run nightly cargo` to build lb-ebpf: {e}; run `cargo xtask build-ebpf` first")
         });
-        if !status.success() {
-            panic!(
-                "building the XDP program failed; `cargo xtask build-ebpf` installs rust-src and bpf-linker and shows the error"
-            );
-        }
+        assert!(
+            status.success(),
+            "building the XDP program failed; `cargo xtask build-ebpf` installs rust-src and bpf-linker and shows the error"
+        );
     }
 }

@@ -1,10 +1,7 @@
 //! The agent's life: load credentials, start the probes, then connect to the
 //! manager again and again (with backoff) until told to stop.
 
-use std::{
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::path::{Path, PathBuf};
 
 use lb_proto::{
     Fingerprint,
@@ -152,6 +149,4 @@ pub async fn run(
     }
 }
 
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
+use lb_proto::time::millis;

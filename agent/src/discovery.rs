@@ -12,7 +12,6 @@
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::PathBuf,
-    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use lb_proto::{
@@ -225,16 +224,7 @@ fn load_signer(pki: &Pki, host: &str) -> Result<AnnounceSigner, DiscoveryError> 
     Ok(AnnounceSigner::new(&identity)?)
 }
 
-/// Unix time in milliseconds (0 before 1970).
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, millis)
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
+use lb_proto::time::{millis, unix_ms};
 
 #[cfg(test)]
 mod tests {

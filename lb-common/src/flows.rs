@@ -45,6 +45,7 @@ pub struct FlowSlot {
 /// come from different writers read as a miss (re-hash) instead of sending
 /// one flow to the other's backend.
 #[inline(always)]
+#[must_use]
 pub const fn flow_target(tag: u32, backend: u32, incarnation: u32) -> u32 {
     let h = (tag ^ backend.wrapping_mul(0x9e37_79b1) ^ incarnation.wrapping_mul(0x85eb_ca6b))
         .wrapping_mul(0xc2b2_ae35);
@@ -54,6 +55,7 @@ pub const fn flow_target(tag: u32, backend: u32, incarnation: u32) -> u32 {
 /// The backend a slot names, if its `target` checks out against the tag
 /// and incarnation read with it.
 #[inline(always)]
+#[must_use]
 pub const fn flow_backend(tag: u32, target: u32, incarnation: u32) -> Option<u32> {
     let backend = target & 0xffff;
     if flow_target(tag, backend, incarnation) == target {
@@ -89,6 +91,7 @@ pub mod flow_stats {
 
 /// Number of sets for a table of at least `capacity` flows: a power of two,
 /// so the set index is a mask of the hash.
+#[must_use]
 pub const fn flow_sets(capacity: u32) -> u32 {
     let sets = capacity.div_ceil(FLOW_WAYS as u32);
     if sets <= 1 {
@@ -100,6 +103,7 @@ pub const fn flow_sets(capacity: u32) -> u32 {
 
 /// Set of a flow with hash `hash` in a table of `sets` sets (a power of two).
 #[inline(always)]
+#[must_use]
 pub const fn flow_set_index(hash: u32, sets: u32) -> u32 {
     hash & (sets - 1)
 }
@@ -108,6 +112,7 @@ pub const fn flow_set_index(hash: u32, sets: u32) -> u32 {
 /// uses the low bits, so the high bits tell the flows of one set apart; the
 /// key decides.
 #[inline(always)]
+#[must_use]
 pub const fn flow_tag(hash: u32) -> u32 {
     hash | 1
 }
@@ -115,6 +120,7 @@ pub const fn flow_tag(hash: u32) -> u32 {
 impl FlowSet {
     /// The way holding `key` (tag first, then the whole key).
     #[inline(always)]
+    #[must_use]
     pub fn find(&self, tag: u32, key: &FlowKey) -> Option<usize> {
         let mut w = 0;
         while w < FLOW_WAYS {
@@ -129,6 +135,7 @@ impl FlowSet {
     /// The way a new flow takes: a free one, else the one seen longest ago
     /// (ties to the lower way).
     #[inline(always)]
+    #[must_use]
     pub fn victim(&self, now: u32) -> usize {
         let mut best = 0;
         let mut best_age = 0;

@@ -2,7 +2,7 @@
 //! (tests, `lbctl` predictions), so every node and every tool agrees on where
 //! a flow lands.
 //!
-//! MurmurHash3's 32-bit block mix over the 5-tuple words, seeded from the
+//! `MurmurHash3`'s 32-bit block mix over the 5-tuple words, seeded from the
 //! config. The seed must be the same on every node of a cluster.
 
 use crate::maps::FlowKey;
@@ -37,6 +37,7 @@ fn word(bytes: &[u8; 16], i: usize) -> u32 {
 /// Hash of a client → VIP 5-tuple. IPv4 keys hash only their first address
 /// word (the rest is zero), which keeps the IPv4 path short.
 #[inline(always)]
+#[must_use]
 pub fn flow_hash(key: &FlowKey, seed: u32) -> u32 {
     let mut h = seed;
     h = mix(h, word(&key.src, 0));
@@ -51,8 +52,8 @@ pub fn flow_hash(key: &FlowKey, seed: u32) -> u32 {
     }
     let ports = u32::from_le_bytes([key.sport[0], key.sport[1], key.dport[0], key.dport[1]]);
     h = mix(h, ports);
-    h = mix(h, key.proto as u32);
-    finish(h, key.family as u32)
+    h = mix(h, u32::from(key.proto));
+    finish(h, u32::from(key.family))
 }
 
 #[cfg(test)]

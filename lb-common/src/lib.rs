@@ -4,6 +4,14 @@
 //! read by the kernel program and written by the controller. Network fields are
 //! byte arrays in network order so neither side has endianness surprises.
 #![cfg_attr(not(any(test, feature = "user")), no_std)]
+#![expect(
+    clippy::inline_always,
+    reason = "the XDP program calls these: BPF code is inlined so the verifier sees one function"
+)]
+#![expect(
+    clippy::cast_possible_truncation,
+    reason = "hashes fold to 32 and 16 bits on purpose; map sizes, indexes and table cells are bounded by the limits, checked in lb-control"
+)]
 
 pub mod flows;
 pub mod hash;

@@ -149,6 +149,10 @@ pub struct FlowKey {
     pub dport: [u8; 2],
     pub proto: u8,
     pub family: u8,
+    #[expect(
+        clippy::pub_underscore_fields,
+        reason = "explicit padding of a #[repr(C)] value, public so literals can zero it"
+    )]
     pub _pad: [u8; 2],
 }
 
@@ -189,6 +193,7 @@ impl From<FlowEntryV0> for FlowEntry {
 
 /// Coarse seconds as the program keeps them: `ktime_ns >> 30` (≈1.07 s).
 #[inline(always)]
+#[must_use]
 pub const fn coarse_secs(ktime_ns: u64) -> u32 {
     (ktime_ns >> 30) as u32
 }
@@ -252,6 +257,7 @@ pub mod global {
 
 impl ServiceKey {
     /// Builds a key from an address given as 4 or 16 bytes.
+    #[must_use]
     pub fn new(addr: &[u8], port: u16, proto: u8) -> Self {
         let (bytes, family) = addr_bytes(addr);
         Self {
@@ -262,28 +268,32 @@ impl ServiceKey {
         }
     }
 
+    #[must_use]
     pub fn port(&self) -> u16 {
         u16::from_be_bytes(self.port)
     }
 
     /// Whether two keys are equal, compared a word at a time.
     #[inline(always)]
+    #[must_use]
     pub fn same(&self, other: &Self) -> bool {
         words_equal(self.words(), other.words())
     }
 
     /// The key as five words.
     #[inline(always)]
+    #[must_use]
     pub fn words(&self) -> &[u32; 5] {
         // SAFETY: `ServiceKey` is 20 bytes, 4-byte aligned, without padding
         // (asserted below), so it is readable as five `u32`s.
-        unsafe { &*(self as *const Self as *const [u32; 5]) }
+        unsafe { &*core::ptr::from_ref::<Self>(self).cast::<[u32; 5]>() }
     }
 }
 
 impl FlowKey {
     /// Builds a key for a client → VIP flow from addresses given as 4 or 16
     /// bytes (both of one family).
+    #[must_use]
     pub fn new(src: &[u8], sport: u16, dst: &[u8], dport: u16, proto: u8) -> Self {
         let (src, family) = addr_bytes(src);
         let (dst, _) = addr_bytes(dst);
@@ -300,16 +310,18 @@ impl FlowKey {
 
     /// Whether two keys are equal, compared a word at a time.
     #[inline(always)]
+    #[must_use]
     pub fn same(&self, other: &Self) -> bool {
         words_equal(self.words(), other.words())
     }
 
     /// The key as five words (for word-wise copies and comparisons).
     #[inline(always)]
+    #[must_use]
     pub fn words(&self) -> &[u64; 5] {
         // SAFETY: `FlowKey` is 40 bytes, 8-byte aligned, without padding
         // (asserted below), so it is readable as five `u64`s.
-        unsafe { &*(self as *const Self as *const [u64; 5]) }
+        unsafe { &*core::ptr::from_ref::<Self>(self).cast::<[u64; 5]>() }
     }
 }
 
@@ -344,11 +356,13 @@ fn addr_bytes(addr: &[u8]) -> ([u8; 16], u8) {
 }
 
 /// Number of `TABLES` elements one slot of `max_table_size` cells takes.
+#[must_use]
 pub const fn table_stride(max_table_size: u32) -> u32 {
     max_table_size.div_ceil(TABLE_LANES)
 }
 
 /// Index of the first `TABLES` element of a service's slot.
+#[must_use]
 pub const fn slot_base(service: u32, slot: u32, stride: u32) -> u32 {
     (service * 2 + (slot & 1)) * stride
 }

@@ -30,11 +30,16 @@ pub struct ServiceBucket {
     pub index: [u32; SERVICE_WAYS],
     /// Non-zero when some service of this bucket is only in `SERVICES`.
     pub overflow: u32,
+    #[expect(
+        clippy::pub_underscore_fields,
+        reason = "explicit padding of a #[repr(C)] value, public so literals can zero it"
+    )]
     pub _pad: u32,
 }
 
 /// Number of buckets for `max_services`: a power of two with room for four
 /// times as many services, so overflow is rare.
+#[must_use]
 pub const fn service_buckets(max_services: u32) -> u32 {
     let want = if max_services == 0 {
         1
@@ -46,6 +51,7 @@ pub const fn service_buckets(max_services: u32) -> u32 {
 
 /// Bucket of `key` among `buckets` (a power of two).
 #[inline(always)]
+#[must_use]
 pub fn service_bucket_of(key: &ServiceKey, buckets: u32) -> u32 {
     let w = key.words();
     let mut h = w[0].wrapping_mul(0x9e37_79b1);
@@ -67,6 +73,7 @@ pub fn service_bucket_of(key: &ServiceKey, buckets: u32) -> u32 {
 impl ServiceBucket {
     /// Index of the service with `key` in this bucket's ways.
     #[inline(always)]
+    #[must_use]
     pub fn find(&self, key: &ServiceKey) -> Option<u32> {
         let mut w = 0;
         while w < SERVICE_WAYS {

@@ -8,6 +8,15 @@
 //! - Maglev table build for 65537 cells × {10, 100, 1000} servers;
 //! - writing and verifying one table slot through the mapping, and one RCU
 //!   grace period.
+#![expect(
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::many_single_char_names,
+    clippy::items_after_statements,
+    clippy::too_many_lines,
+    reason = "a benchmark: figures as f64 from counts and nanoseconds, one report in order"
+)]
 
 use std::{net::Ipv4Addr, time::Instant};
 
@@ -35,7 +44,7 @@ const NEW_FLOWS: u16 = 10_000;
 const WARM_FLOWS: u16 = 2_000;
 
 fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
+    v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
 
@@ -94,7 +103,7 @@ fn main() -> Result<()> {
             e += bed.time(&established, 1).as_nanos() as f64;
             f += run_timed(floor_prog, &established, 1).as_nanos() as f64;
         }
-        new_flow.push(n / NEW_FLOWS as f64);
+        new_flow.push(n / f64::from(NEW_FLOWS));
         // The same flows' next packets, in the same order: established
         // flows spread over the big table, as a busy node sees them.
         let mut d = 0f64;
@@ -103,17 +112,17 @@ fn main() -> Result<()> {
             let frame = ipv4(client, VIP, PROTO_TCP, &[], 0, &tcp(1024 + i, 80, ACK));
             d += bed.time(&frame, 1).as_nanos() as f64;
         }
-        est_distinct.push(d / NEW_FLOWS as f64);
+        est_distinct.push(d / f64::from(NEW_FLOWS));
         let mut w = 0f64;
         for i in 0..WARM_FLOWS {
             let client = Ipv4Addr::new(10, 200, (i >> 8) as u8, i as u8);
             let frame = ipv4(client, VIP, PROTO_TCP, &[], 0, &tcp(1024 + i, 80, SYN));
             w += warm.time(&frame, 1).as_nanos() as f64;
         }
-        new_flow_warm.push(w / WARM_FLOWS as f64);
+        new_flow_warm.push(w / f64::from(WARM_FLOWS));
         warm.clear_flows();
-        est_single.push(e / NEW_FLOWS as f64);
-        floor_single.push(f / NEW_FLOWS as f64);
+        est_single.push(e / f64::from(NEW_FLOWS));
+        floor_single.push(f / f64::from(NEW_FLOWS));
     }
     let min = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
     let row = |name: &str, v: &[f64]| {

@@ -211,7 +211,7 @@ async fn start(config: Config, config_path: PathBuf) -> Result<Daemon, RunError>
                 if let Err(e) = runner.sync_all("manager started").await {
                     warn!(error = %e, "not every node took the configuration at start; the next change retries");
                 }
-                runner.run().await
+                runner.run().await;
             });
             Some(c)
         }

@@ -1,6 +1,11 @@
 //! What `lbctl` and `lb-control` print, run as real binaries: no panic when
 //! the reader of their output goes away, no colour codes in a log that is
 //! not a terminal, each error said once.
+#![expect(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "test figures are small and positive"
+)]
 
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},

@@ -19,6 +19,7 @@ pub mod limits;
 pub mod messages;
 pub mod report;
 pub mod sequence;
+pub mod time;
 #[cfg(feature = "tls")]
 pub mod tls;
 pub mod types;

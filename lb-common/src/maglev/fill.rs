@@ -1,8 +1,8 @@
 //! The fill: members compete for slots by score (step 5 of the module
 //! doc), with the working memory kept between builds.
 
-use super::hash::*;
-use super::*;
+use super::hash::{exponential_scores, list_params, shared_permutation};
+use super::{Member, Mutex, PoisonError, VecDeque, quotas};
 
 /// Working memory of a build: the tables that depend only on the size and
 /// the working table.
@@ -195,7 +195,13 @@ impl Probe<'_> {
 /// flight with fewer instructions.
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use core::arch::x86_64::*;
+    use core::arch::x86_64::{
+        _mm256_add_epi32, _mm256_and_si256, _mm256_castsi256_pd, _mm256_castsi256_si128,
+        _mm256_cmpgt_epi64, _mm256_cvtepu32_epi64, _mm256_cvtsi256_si32, _mm256_extracti128_si256,
+        _mm256_i32gather_epi32, _mm256_i32gather_epi64, _mm256_loadu_si256, _mm256_min_epu32,
+        _mm256_movemask_pd, _mm256_mul_epu32, _mm256_set1_epi32, _mm256_set1_epi64x,
+        _mm256_srli_epi64, _mm256_storeu_si256, _mm256_sub_epi64, _mm256_xor_si256,
+    };
 
     use super::{BATCH, Probe, wrap};
 
@@ -225,10 +231,10 @@ mod avx2 {
         let mut xs = unsafe { _mm256_loadu_si256(lanes.as_ptr().cast()) };
         // `a + b mod size` for `a, b < size` is the unsigned minimum of
         // `a + b` and `a + b − size` (the latter wraps when `a + b < size`).
-        let step_v = _mm256_set1_epi32(step as i32);
-        let step_m = _mm256_set1_epi32(step.wrapping_sub(size) as i32);
-        let shift_v = _mm256_set1_epi32(probe.shift as i32);
-        let shift_m = _mm256_set1_epi32(probe.shift.wrapping_sub(size) as i32);
+        let step_v = _mm256_set1_epi32(step.cast_signed());
+        let step_m = _mm256_set1_epi32(step.wrapping_sub(size).cast_signed());
+        let shift_v = _mm256_set1_epi32(probe.shift.cast_signed());
+        let shift_m = _mm256_set1_epi32(probe.shift.wrapping_sub(size).cast_signed());
         let weight = _mm256_set1_epi64x(i64::from(probe.weight));
         let rank = _mm256_set1_epi64x(i64::from(probe.rank));
         let low16 = _mm256_set1_epi64x(0xffff);
@@ -273,12 +279,13 @@ mod avx2 {
                     _mm256_xor_si256(theirs, sign),
                     _mm256_xor_si256(mine, sign),
                 );
-                let bits = _mm256_movemask_pd(_mm256_castsi256_pd(wins)) as u64;
+                // Four bits: 0..=15, never negative.
+                let bits = u64::from(_mm256_movemask_pd(_mm256_castsi256_pd(wins)).cast_unsigned());
                 mask |= bits << (group * 8 + half * 4);
             }
             xs = _mm256_min_epu32(_mm256_add_epi32(xs, step_v), _mm256_add_epi32(xs, step_m));
         }
-        (mask, _mm256_cvtsi256_si32(xs) as u32)
+        (mask, _mm256_cvtsi256_si32(xs).cast_unsigned())
     }
 }
 
@@ -447,6 +454,10 @@ struct Turn<'a> {
 /// list order, as long as `left` wants more, displacing their owners onto
 /// `pending`; returns one past the last position used.
 #[inline(always)]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "inlined into the fill loop; a turn is a few words"
+)]
 fn take_wins(
     mut wins: u64,
     left: &mut u32,

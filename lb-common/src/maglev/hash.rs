@@ -26,7 +26,7 @@ pub(super) fn fnv1a64(data: &[u8]) -> u64 {
     })
 }
 
-/// MurmurHash3's 64-bit finalizer.
+/// `MurmurHash3`'s 64-bit finalizer.
 pub(super) fn fmix64(mut h: u64) -> u64 {
     h ^= h >> 33;
     h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
@@ -35,7 +35,7 @@ pub(super) fn fmix64(mut h: u64) -> u64 {
     h ^ (h >> 33)
 }
 
-/// One SplitMix64 step.
+/// One `SplitMix64` step.
 pub(super) fn splitmix64(state: &mut u64) -> u64 {
     *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
     let mut z = *state;
@@ -99,7 +99,7 @@ pub(super) const fn log2_table() -> [u32; 257] {
 /// mantissa bits after the 8 index bits, truncating. Non-decreasing in `n`.
 pub(super) fn log2_fixed(n: u64) -> u64 {
     debug_assert!(n > 0);
-    let int = 63 - n.leading_zeros();
+    let int = n.ilog2();
     // Mantissa bits below the leading one, left-aligned.
     let frac = (n << (63 - int)) << 1;
     let index = (frac >> 56) as usize;

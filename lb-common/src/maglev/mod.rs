@@ -34,13 +34,13 @@
 //!    identity, bytewise lexicographic (identities are unique).
 //! 2. **Preference lists.** `base = FNV-1a-64(identity)` (offset basis
 //!    `0xcbf29ce484222325`, prime `0x100000001b3`), and with `fmix64` the
-//!    MurmurHash3 64-bit finalizer: `offset = fmix64(base ^ OFFSET_SEED) % M`,
+//!    `MurmurHash3` 64-bit finalizer: `offset = fmix64(base ^ OFFSET_SEED) % M`,
 //!    `skip = fmix64(base ^ SKIP_SEED) % (M − 1) + 1` and
 //!    `shift = fmix64(base ^ SHIFT_SEED) % M`. A member's list is
 //!    `list(j) = (π[(offset + j·skip) mod M] + shift) mod M`, `j = 0 … M−1`,
 //!    where `π` is the permutation of `0 … M−1` made by a Fisher–Yates
 //!    shuffle: starting from the identity, for `i = M−1` down to `1` swap
-//!    `π[i]` and `π[(r·(i+1)) >> 64]`, `r` being the next SplitMix64 output
+//!    `π[i]` and `π[(r·(i+1)) >> 64]`, `r` being the next `SplitMix64` output
 //!    of the state seeded with `PERMUTATION_SEED ^ M`. Every list visits each
 //!    slot once. (With plain Maglev lists `offset + j·skip`, the lists of two
 //!    members are affine images of each other, and a pair whose skips happen
@@ -183,6 +183,7 @@ impl std::error::Error for MaglevError {}
 
 /// Whether `n` is prime (trial division by `6k ± 1`: at most ~22 000
 /// divisions for a `u32`).
+#[must_use]
 pub fn is_prime(n: u32) -> bool {
     if n < 4 {
         return n >= 2;
@@ -206,6 +207,7 @@ pub fn is_prime(n: u32) -> bool {
 /// # Panics
 ///
 /// If `n` is above the largest `u32` prime, 4 294 967 291.
+#[must_use]
 pub fn next_prime(n: u32) -> u32 {
     let mut c = n.max(2);
     while !is_prime(c) {
@@ -239,6 +241,12 @@ pub fn next_prime(n: u32) -> u32 {
 /// between calls for sizes up to 2^20 slots, so repeated builds of one size
 /// skip that set-up. The project's benchmark harness tracks the actual
 /// figures.
+///
+/// # Errors
+///
+/// [`MaglevError`] when `size` is not a prime from 2 to [`MAX_SIZE`], there
+/// are more members than `u16` positions can name, or two members have the
+/// same identity.
 pub fn build_table(members: &[Member<'_>], size: u32) -> Result<Vec<u16>, MaglevError> {
     check_size(size)?;
     let mut out = vec![NO_BACKEND; size as usize];
@@ -249,6 +257,11 @@ pub fn build_table(members: &[Member<'_>], size: u32) -> Result<Vec<u16>, Maglev
 /// Same as [`build_table`], writing into `out`, whose length must be `size`
 /// (the output is not allocated, e.g. to fill a memory-mapped map slot in
 /// place). On error `out` is left untouched.
+///
+/// # Errors
+///
+/// As [`build_table`], and [`MaglevError::OutputLength`] when `out` is not
+/// `size` long.
 pub fn build_into(members: &[Member<'_>], size: u32, out: &mut [u16]) -> Result<(), MaglevError> {
     build_into_using(members, size, out, true)
 }

@@ -1,3 +1,7 @@
+#![expect(
+    clippy::cast_precision_loss,
+    reason = "shares of a table of at most 2^20 cells, as f64"
+)]
 use super::hash::*;
 use super::*;
 

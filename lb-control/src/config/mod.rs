@@ -189,6 +189,7 @@ pub struct ServiceConfig {
 
 impl ServiceConfig {
     /// The application name agents host this service under.
+    #[must_use]
     pub fn application(&self) -> &str {
         self.application
             .as_deref()
@@ -205,6 +206,7 @@ pub enum Protocol {
 }
 
 impl Protocol {
+    #[must_use]
     pub fn number(self) -> u8 {
         match self {
             Protocol::Tcp => PROTO_TCP,
@@ -250,16 +252,19 @@ pub struct ServerConfig {
 
 impl ServerConfig {
     /// Its state in `service`.
+    #[must_use]
     pub fn state_in(&self, service: &str) -> ServerState {
         self.per_service.get(service).map_or(self.state, |x| x.0)
     }
 
     /// Its Maglev weight in `service`.
+    #[must_use]
     pub fn weight_in(&self, service: &str) -> u32 {
         self.per_service.get(service).map_or(self.weight, |x| x.1)
     }
 
     /// Programmed on the node for at least one service.
+    #[must_use]
     pub fn programmed(&self) -> bool {
         self.services
             .iter()
@@ -336,6 +341,7 @@ impl Config {
 
     /// The services server `server` is listed in (none if there is no such
     /// server).
+    #[must_use]
     pub fn services_of(&self, server: &str) -> Vec<String> {
         self.server
             .iter()
@@ -345,11 +351,12 @@ impl Config {
     }
 
     /// Warnings that do not stop the config (said in the log).
+    #[must_use]
     pub fn warnings(&self) -> Vec<String> {
         let mut out = Vec::new();
         for s in &self.service {
             let n = self.members(s.name.get_ref()).count() as u64;
-            if n > 0 && (s.table_size as u64) < 100 * n {
+            if n > 0 && u64::from(s.table_size) < 100 * n {
                 out.push(format!(
                     "service `{}`: table_size {} is under 100 × {} servers; the spread between servers will be uneven",
                     s.name.get_ref(),

@@ -33,6 +33,13 @@ impl Located<'_> {
     }
 }
 
+/// A flow table holds at least one set.
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "the ways of a set are a handful"
+)]
+const FLOW_WAYS: u32 = lb_common::FLOW_WAYS as u32;
+
 fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
@@ -189,7 +196,7 @@ fn validate_limits(limits: &Limits) -> Result<(), LimitError> {
     if !lb_maglev::is_prime(limits.max_table_size) {
         return Err(LimitError::TableNotPrime(limits.max_table_size));
     }
-    if !(lb_common::FLOW_WAYS as u32..=MAX_FLOW_TABLE_SIZE).contains(&limits.flow_table_size) {
+    if !(FLOW_WAYS..=MAX_FLOW_TABLE_SIZE).contains(&limits.flow_table_size) {
         return Err(LimitError::FlowTable(limits.flow_table_size));
     }
     if limits.max_backends == 0 || limits.max_backends > lb_common::MAX_BACKEND_INDEX + 1 {

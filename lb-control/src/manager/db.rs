@@ -87,10 +87,12 @@ pub struct ServerDb {
 }
 
 impl ServerDb {
+    #[must_use]
     pub fn new() -> Self {
         Self::default()
     }
 
+    #[must_use]
     pub fn get(&self, host: &str) -> Option<&ServerRecord> {
         self.servers.get(host)
     }
@@ -99,10 +101,12 @@ impl ServerDb {
         self.servers.values()
     }
 
+    #[must_use]
     pub fn len(&self) -> usize {
         self.servers.len()
     }
 
+    #[must_use]
     pub fn is_empty(&self) -> bool {
         self.servers.is_empty()
     }
@@ -118,39 +122,36 @@ impl ServerDb {
         let host = hello.host.clone();
         let mut events = Vec::new();
         let spare = hello.spare;
-        match self.servers.get_mut(&host) {
-            Some(r) => {
-                if !r.connected {
-                    events.push(DbEvent::Connected { host: host.clone() });
-                }
-                if r.announced_at.is_some() && !r.connected && r.last_report_at.is_none() {
-                    // Known from announcements only: its stream starts now.
-                    r.first_seen = now;
-                }
-                r.hello = hello;
-                r.peer = peer;
-                r.fingerprint = fingerprint.to_string();
-                r.connected = true;
-            }
-            None => {
+        if let Some(r) = self.servers.get_mut(&host) {
+            if !r.connected {
                 events.push(DbEvent::Connected { host: host.clone() });
-                self.servers.insert(
-                    host.clone(),
-                    ServerRecord {
-                        host: host.clone(),
-                        hello,
-                        peer,
-                        fingerprint: fingerprint.to_string(),
-                        connected: true,
-                        monitor: Monitor::Pending,
-                        last_report: None,
-                        last_report_at: None,
-                        reports: 0,
-                        first_seen: now,
-                        announced_at: None,
-                    },
-                );
             }
+            if r.announced_at.is_some() && !r.connected && r.last_report_at.is_none() {
+                // Known from announcements only: its stream starts now.
+                r.first_seen = now;
+            }
+            r.hello = hello;
+            r.peer = peer;
+            r.fingerprint = fingerprint.to_string();
+            r.connected = true;
+        } else {
+            events.push(DbEvent::Connected { host: host.clone() });
+            self.servers.insert(
+                host.clone(),
+                ServerRecord {
+                    host: host.clone(),
+                    hello,
+                    peer,
+                    fingerprint: fingerprint.to_string(),
+                    connected: true,
+                    monitor: Monitor::Pending,
+                    last_report: None,
+                    last_report_at: None,
+                    reports: 0,
+                    first_seen: now,
+                    announced_at: None,
+                },
+            );
         }
         if spare {
             events.push(DbEvent::Announced { host });
@@ -302,6 +303,7 @@ pub struct MonitorView {
 }
 
 impl ServerRecord {
+    #[must_use]
     pub fn view(&self, now: Instant) -> MonitorView {
         let report = self.last_report.as_ref();
         let health = report.map(|r| {
@@ -344,7 +346,7 @@ impl ServerRecord {
             }),
             report_age_ms: self
                 .last_report_at
-                .map(|t| now.saturating_duration_since(t).as_millis() as u64),
+                .map(|t| lb_proto::time::millis(now.saturating_duration_since(t))),
             reports: self.reports,
             fingerprint: self.fingerprint.clone(),
             pool: None,

@@ -22,7 +22,7 @@ use std::{
         Arc, OnceLock,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use lb_proto::{
@@ -222,19 +222,19 @@ impl Manager {
             };
             let datagram = buf.get(..n).unwrap_or_default();
             match verifier.verify(datagram, unix_ms()) {
-                Ok(verified) => {
+                Ok(signed) => {
                     self.discovery.accepted.fetch_add(1, Ordering::Relaxed);
-                    let host = verified.announce.host.clone();
+                    let host = signed.announce.host.clone();
                     debug!(
                         %from,
                         server = %host,
-                        spare = verified.announce.spare,
-                        fingerprint = %verified.identity.fingerprint_sha256,
+                        spare = signed.announce.spare,
+                        fingerprint = %signed.identity.fingerprint_sha256,
                         "announcement accepted"
                     );
                     let events = self.db.lock().await.announced(
-                        verified.announce.hello(),
-                        &verified.identity.fingerprint_sha256,
+                        signed.announce.hello(),
+                        &signed.identity.fingerprint_sha256,
                         Instant::now(),
                     );
                     log_events(&events);
@@ -270,12 +270,7 @@ impl Manager {
     }
 }
 
-/// Unix time in milliseconds (0 before 1970).
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
+use lb_proto::time::unix_ms;
 
 #[cfg(test)]
 mod tests {

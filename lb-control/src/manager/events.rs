@@ -69,22 +69,27 @@ impl NewEvent {
             ..Self::default()
         }
     }
+    #[must_use]
     pub fn service(mut self, s: &str) -> Self {
         self.service = Some(s.to_owned());
         self
     }
+    #[must_use]
     pub fn server(mut self, s: &str) -> Self {
         self.server = Some(s.to_owned());
         self
     }
+    #[must_use]
     pub fn took(mut self, d: Duration) -> Self {
         self.duration = Some(d);
         self
     }
+    #[must_use]
     pub fn generation(mut self, g: u64) -> Self {
         self.generation = Some(g);
         self
     }
+    #[must_use]
     pub fn observed(mut self, at: SystemTime) -> Self {
         self.observed = Some(at);
         self
@@ -106,6 +111,7 @@ pub struct EventLog {
 
 impl EventLog {
     /// A log that also appends to `dir/events.jsonl` (re-read now).
+    #[must_use]
     pub fn open(dir: Option<&Path>) -> Self {
         let file = dir.map(|d| d.join("events.jsonl"));
         let mut events = VecDeque::new();
@@ -113,15 +119,12 @@ impl EventLog {
             && let Ok(text) = std::fs::read_to_string(path)
         {
             for line in text.lines() {
-                match serde_json::from_str::<Event>(line) {
-                    Ok(e) => {
-                        if events.len() == KEEP {
-                            events.pop_front();
-                        }
-                        events.push_back(e);
+                // A line torn by a crash does not parse: it is skipped.
+                if let Ok(e) = serde_json::from_str::<Event>(line) {
+                    if events.len() == KEEP {
+                        events.pop_front();
                     }
-                    // A line torn by a crash: skip it.
-                    Err(_) => continue,
+                    events.push_back(e);
                 }
             }
         }
@@ -142,9 +145,11 @@ impl EventLog {
     pub fn record(&self, new: NewEvent) -> Event {
         let time_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            .map_or(0, lb_proto::time::millis);
+        let mut inner = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let event = Event {
             id: inner.next_id,
             time_ms,
@@ -152,12 +157,11 @@ impl EventLog {
             service: new.service,
             server: new.server,
             reason: new.reason,
-            duration_ms: new.duration.map(|d| d.as_millis() as u64),
+            duration_ms: new.duration.map(lb_proto::time::millis),
             generation: new.generation,
             observed_ms: new.observed.map(|t| {
                 t.duration_since(UNIX_EPOCH)
-                    .map(|d| d.as_millis() as u64)
-                    .unwrap_or(0)
+                    .map_or(0, lb_proto::time::millis)
             }),
         };
         inner.next_id += 1;
@@ -185,7 +189,10 @@ impl EventLog {
 
     /// Events with an id above `after`, oldest first.
     pub fn since(&self, after: u64) -> Vec<Event> {
-        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let inner = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         inner
             .events
             .iter()
@@ -203,7 +210,7 @@ impl EventLog {
     pub fn counts(&self) -> BTreeMap<String, u64> {
         self.inner
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .counts
             .clone()
     }

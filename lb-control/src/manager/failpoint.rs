@@ -71,7 +71,7 @@ mod armed {
 }
 
 /// Stops here if `LB_FAILPOINT` names this point.
-#[inline(always)]
+#[inline]
 pub fn hit(name: &str) {
     #[cfg(feature = "failpoints")]
     armed::hit(name, None);
@@ -80,7 +80,7 @@ pub fn hit(name: &str) {
 }
 
 /// Stops here if `LB_FAILPOINT` names the point `ACTION.STEP`.
-#[inline(always)]
+#[inline]
 pub fn hit_at(action: &str, step: &str) {
     #[cfg(feature = "failpoints")]
     armed::hit(action, Some(step));
@@ -89,7 +89,7 @@ pub fn hit_at(action: &str, step: &str) {
 }
 
 /// Whether `LB_FAILPOINT` names the point `ACTION.STEP`.
-#[inline(always)]
+#[inline]
 #[must_use]
 pub fn is_armed_at(action: &str, step: &str) -> bool {
     #[cfg(feature = "failpoints")]

@@ -59,6 +59,7 @@ impl Generations {
     }
 
     /// The last generation handed out.
+    #[must_use]
     pub fn current(&self) -> u64 {
         self.current
     }

@@ -209,7 +209,7 @@ impl RemoteNode {
                 match pick(m) {
                     Some(answer) => return Ok(answer),
                     None => {
-                        warn!(node = %self.config.name, message = name, "unexpected message from node ignored")
+                        warn!(node = %self.config.name, message = name, "unexpected message from node ignored");
                     }
                 }
             }

@@ -47,6 +47,7 @@ pub enum LinkError {
 
 impl NodeLink {
     /// The node's name (`local` for the node in this process).
+    #[must_use]
     pub fn name(&self) -> &str {
         match self {
             Self::Local(a) => a.name(),
@@ -80,6 +81,7 @@ impl NodeLink {
 }
 
 /// Server states as the wire names them (`free` servers are not sent).
+#[must_use]
 pub fn wire_state(state: ServerState) -> Option<WireState> {
     match state {
         ServerState::Allocated => Some(WireState::Allocated),
@@ -103,6 +105,7 @@ pub(crate) fn wire_protocol(p: Protocol) -> WireProtocol {
 /// (`weights`, by server name, in hundredths of the file's weights; a
 /// server without one gets its file weight in hundredths). `None` if there
 /// is no such service.
+#[must_use]
 pub fn desired_service(
     config: &Config,
     name: &str,
@@ -139,6 +142,7 @@ pub fn desired_service(
 }
 
 /// The reconfiguration that removes service `name` from a node.
+#[must_use]
 pub fn retired_service(name: &str) -> Service {
     Service {
         name: name.to_owned(),

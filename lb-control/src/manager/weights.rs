@@ -16,7 +16,7 @@
 //!
 //! A member that enters the pool while the manager watches (allocated, or
 //! restored from failed) ramps linearly from [`RAMP_FLOOR`] of its fair
-//! weight to all of it over `slow_start`, like HAProxy's `slowstart` and
+//! weight to all of it over `slow_start`, like `HAProxy`'s `slowstart` and
 //! Envoy's slow start: not flooded because it is idle, not starved because
 //! its number is small. Its factor starts at the geometric mean of the
 //! others' (the mean is 1: the others' scale), and the law leaves it alone
@@ -125,6 +125,7 @@ pub struct ServiceWeights {
 impl ServiceWeights {
     /// Continues from persisted factors and the weights last published
     /// (a manager restart): nothing moves until the law says so.
+    #[must_use]
     pub fn resume(factors: &BTreeMap<String, f64>, published: &BTreeMap<String, u32>) -> Self {
         let members = factors
             .iter()
@@ -143,6 +144,7 @@ impl ServiceWeights {
     }
 
     /// The correction factors, to persist.
+    #[must_use]
     pub fn factors(&self) -> BTreeMap<String, f64> {
         self.members
             .iter()
@@ -243,6 +245,7 @@ impl ServiceWeights {
 
     /// The weights in force now, in hundredths of file units; a member not
     /// seen yet enters at the others' mean factor.
+    #[must_use]
     pub fn in_force(
         &self,
         members: &[MemberInput<'_>],
@@ -262,6 +265,11 @@ impl ServiceWeights {
                     * f64::from(WEIGHT_SCALE)
                     * factor
                     * ramp(m, settings, now);
+                #[expect(
+                    clippy::cast_possible_truncation,
+                    clippy::cast_sign_loss,
+                    reason = "clamped to 1..=u32::MAX first"
+                )]
                 let w = if m.file_weight == 0 {
                     0
                 } else {
@@ -275,6 +283,7 @@ impl ServiceWeights {
     /// Whether `weights` (from [`Self::in_force`]) should be published now:
     /// a member came or went, or one moved by more than 5 %, and the last
     /// publication is at least a ramp step old (a law step, without ramp).
+    #[must_use]
     pub fn due(
         &self,
         weights: &BTreeMap<String, u32>,
@@ -306,6 +315,7 @@ impl ServiceWeights {
 
 /// A member's slow-start ramp now: `RAMP_FLOOR` when it enters, 1 after
 /// `slow_start`.
+#[must_use]
 pub fn ramp(m: &MemberInput<'_>, settings: &WeightSettings, now: Instant) -> f64 {
     let Some(entered) = m.entered else {
         return 1.0;
@@ -323,6 +333,7 @@ pub fn ramp(m: &MemberInput<'_>, settings: &WeightSettings, now: Instant) -> f64
 }
 
 /// A weight in force (hundredths) in file units, for people: `12`, `12.5`.
+#[must_use]
 pub fn display_weight(weight: u32, scale: u32) -> String {
     let scale = scale.max(1);
     if weight.is_multiple_of(scale) {

@@ -24,6 +24,7 @@ fn config_protocol(p: WireProtocol) -> Protocol {
 
 /// `base` without service `name` (a retired service): its entry goes, and
 /// its name leaves every server's `services`.
+#[must_use]
 pub fn remove_service(base: &Config, name: &str) -> Config {
     let mut config = base.clone();
     config.service.retain(|s| s.name.get_ref() != name);
@@ -57,7 +58,7 @@ pub fn merge_service(base: &Config, svc: &Service) -> Result<Config, ConfigError
             protocol: config_protocol(svc.protocol),
             table_size: svc.table_size,
             application: None,
-            scaling: Default::default(),
+            scaling: crate::manager::policy::ScalingPolicy::default(),
             weight_scale: svc.weight_scale,
         }),
     }

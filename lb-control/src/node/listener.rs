@@ -52,6 +52,7 @@ enum SessionError {
 
 /// Limits for manager–node streams: both ends are authenticated, and a
 /// service of 1000 servers is about 100 KiB of `<server>` elements.
+#[must_use]
 pub fn node_stream_limits() -> Limits {
     Limits {
         max_message_bytes: 4 << 20,

@@ -50,6 +50,7 @@ impl NodeState {
 
     /// The newest manager generation applied to any service (a retired
     /// one too): the manager's last change on this node.
+    #[must_use]
     pub fn manager_generation(&self) -> Option<u64> {
         self.services.values().map(|a| a.generation).max()
     }
@@ -170,6 +171,7 @@ pub fn judge(applied: Option<&Applied>, message: &Reconfigure) -> Result<Verdict
 }
 
 /// The path of a node's state file under `[node] state_dir`.
+#[must_use]
 pub fn state_path(dir: &Path) -> PathBuf {
     dir.join("node-state.json")
 }

@@ -89,6 +89,7 @@ impl ManagerConfig {
     /// A manager named `name` on `listen` with every other key at its
     /// default (no TLS directory yet: set `tls_dir` or
     /// `insecure_plaintext`).
+    #[must_use]
     pub fn new(listen: SocketAddr, name: &str) -> Self {
         Self {
             listen,
@@ -132,12 +133,14 @@ impl ManagerConfig {
         Ok(())
     }
 
+    #[must_use]
     pub fn report_interval(&self) -> Duration {
         Duration::from_millis(self.report_interval_ms)
     }
 
+    #[must_use]
     pub fn silence(&self) -> Duration {
-        Duration::from_millis(self.report_interval_ms * self.unmonitored_after_intervals as u64)
+        Duration::from_millis(self.report_interval_ms * u64::from(self.unmonitored_after_intervals))
     }
 }
 

@@ -141,6 +141,7 @@ async fn write_stream<W: AsyncWrite + Unpin>(
 }
 
 impl Manager {
+    #[must_use]
     pub fn new(config: ManagerConfig) -> Arc<Self> {
         Arc::new(Self {
             config,
@@ -400,7 +401,7 @@ impl Manager {
             Message::ConnectionSettings(ref s) => self.answer(s.id, message.clone()).await,
             Message::AuthSettings(ref s) => self.answer(s.id, message.clone()).await,
             Message::Error(e) => {
-                warn!(host, code = %e.code, text = %e.text, "agent reported an error")
+                warn!(host, code = %e.code, text = %e.text, "agent reported an error");
             }
             other => {
                 self.messages_rejected.fetch_add(1, Ordering::Relaxed);
@@ -446,16 +447,13 @@ impl Manager {
             self.pending.lock().await.remove(&id);
             return Err(ManagerError::NotConnected(host.into()));
         }
-        let answer = match tokio::time::timeout(timeout, wait).await {
-            Ok(Ok(m)) => m,
-            _ => {
-                self.pending.lock().await.remove(&id);
-                return Err(ManagerError::Timeout {
-                    host: host.into(),
-                    kind,
-                    waited: timeout,
-                });
-            }
+        let Ok(Ok(answer)) = tokio::time::timeout(timeout, wait).await else {
+            self.pending.lock().await.remove(&id);
+            return Err(ManagerError::Timeout {
+                host: host.into(),
+                kind,
+                waited: timeout,
+            });
         };
         if let Message::AuthSettings(a) = &answer {
             let presented = self
@@ -499,7 +497,7 @@ pub(super) fn log_events(events: &[DbEvent]) {
         match e {
             DbEvent::Connected { host } => info!(server = %host, "agent connected"),
             DbEvent::Disconnected { host } => {
-                info!(server = %host, "agent disconnected; the server keeps serving")
+                info!(server = %host, "agent disconnected; the server keeps serving");
             }
             DbEvent::Announced { host } => info!(server = %host, "spare server announced"),
             DbEvent::Discovered { host } => info!(
@@ -508,7 +506,7 @@ pub(super) fn log_events(events: &[DbEvent]) {
             ),
             DbEvent::Unmonitored { host, silent_for } => info!(
                 server = %host,
-                silent_ms = silent_for.as_millis() as u64,
+                silent_ms = lb_proto::time::millis(*silent_for),
                 "server unmonitored: no report; it keeps serving and is left out of decisions"
             ),
             DbEvent::Monitored { host } => info!(server = %host, "server monitored again"),

@@ -69,6 +69,7 @@ pub enum Edit {
 
 impl Edit {
     /// One line for the event log.
+    #[must_use]
     pub fn describe(&self) -> String {
         match self {
             Edit::SetState { server, state } => {
@@ -220,9 +221,9 @@ fn server_table(
     t.insert("address", Item::Value(Value::from(address.to_string())));
     t.insert(
         "services",
-        Item::Value(Value::Array(Array::from_iter(
-            services.iter().map(String::as_str),
-        ))),
+        Item::Value(Value::Array(
+            services.iter().map(String::as_str).collect::<Array>(),
+        )),
     );
     t.insert("state", Item::Value(Value::from(serde_name(state))));
     if let Some(mac) = mac {
@@ -240,16 +241,13 @@ fn join_service(doc: &mut DocumentMut, server: &str, service: &str) -> Result<()
         return Err(EditError::UnknownService(service.to_owned()));
     }
     let table = server_mut(doc, server)?;
-    match services_mut(table, server)? {
-        Some(list) => {
-            if !list.iter().any(|v| v.as_str() == Some(service)) {
-                push_keeping_layout(list, service);
-            }
+    if let Some(list) = services_mut(table, server)? {
+        if !list.iter().any(|v| v.as_str() == Some(service)) {
+            push_keeping_layout(list, service);
         }
-        None => {
-            let list = Array::from_iter([service]);
-            table.insert("services", Item::Value(Value::Array(list)));
-        }
+    } else {
+        let list = Array::from_iter([service]);
+        table.insert("services", Item::Value(Value::Array(list)));
     }
     Ok(())
 }
@@ -369,13 +367,12 @@ fn set_value(table: &mut Table, key: &str, mut value: Value) -> Result<(), EditE
 /// `[[key]]` table (and its sub-tables), ahead of whatever follows them.
 fn append_table(doc: &mut DocumentMut, key: &str, mut table: Table) -> Result<(), EditError> {
     table.decor_mut().set_prefix("\n");
-    match tables_mut(doc, key)? {
-        Some(list) => list.push(table),
-        None => {
-            let mut list = ArrayOfTables::new();
-            list.push(table);
-            doc.insert(key, Item::ArrayOfTables(list));
-        }
+    if let Some(list) = tables_mut(doc, key)? {
+        list.push(table);
+    } else {
+        let mut list = ArrayOfTables::new();
+        list.push(table);
+        doc.insert(key, Item::ArrayOfTables(list));
     }
     Ok(())
 }

@@ -134,7 +134,10 @@ impl ConfigFile {
             len: meta.len(),
             modified: meta.modified().ok(),
         };
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cache = self
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some((seen, snapshot)) = cache.as_ref()
             && *seen == stamp
         {
@@ -256,6 +259,10 @@ impl ConfigFile {
         Ok(())
     }
 
+    #[expect(
+        clippy::unused_self,
+        reason = "a method beside conflict(), so the call sites read alike"
+    )]
     fn io(&self, path: &Path) -> impl FnOnce(std::io::Error) -> ConfigFileError {
         let path = path.to_owned();
         move |source| ConfigFileError::Io { path, source }

@@ -157,10 +157,7 @@ fn join_and_leave_keep_array_layout() {
         )
     );
     let out = edited(TEXT, &[leave("s2", "web")]).expect("edit");
-    assert_eq!(
-        out,
-        TEXT.replace(r#"services = ["web"]"#, r#"services = []"#)
-    );
+    assert_eq!(out, TEXT.replace(r#"services = ["web"]"#, r"services = []"));
 }
 
 #[test]
@@ -247,7 +244,7 @@ fn add_and_remove_service() {
             "",
         )
         .replace("    \"web\", # main\n    \"api\",\n", "    \"api\",\n")
-        .replace(r#"services = ["web"]"#, r#"services = []"#);
+        .replace(r#"services = ["web"]"#, r"services = []");
     assert_eq!(out, expected);
 }
 

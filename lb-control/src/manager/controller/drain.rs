@@ -1,7 +1,7 @@
 //! Draining: a server stops taking new flows, and goes back to the free
 //! pool once its flows ended or the drain timed out.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tracing::warn;
 
@@ -48,10 +48,7 @@ fn idle_everywhere(
 }
 
 fn wall_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    lb_proto::time::unix_ms()
 }
 
 impl Controller {

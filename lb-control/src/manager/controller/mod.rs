@@ -65,6 +65,7 @@ struct Persisted {
 
 /// The weights a manager last published (from its state directory), to
 /// apply with the file at start so a restart rebuilds the same tables.
+#[must_use]
 pub fn persisted_weights(state_dir: &std::path::Path) -> ServiceWeightMap {
     std::fs::read(state_dir.join("controller-state.json"))
         .ok()

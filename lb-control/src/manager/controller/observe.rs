@@ -144,7 +144,7 @@ impl Controller {
     fn manager_probe(&self, service: &str, server: &str) -> Option<lb_proto::Health> {
         self.probes
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(&(service.to_owned(), server.to_owned()))
             .map(HealthTracker::health)
     }
@@ -172,7 +172,10 @@ impl Controller {
             .await;
             let mut changes = Vec::new();
             {
-                let mut probes = self.probes.lock().unwrap_or_else(|p| p.into_inner());
+                let mut probes = self
+                    .probes
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 let live: BTreeSet<(String, String)> = results
                     .iter()
                     .map(|(a, b, _)| (a.clone(), b.clone()))

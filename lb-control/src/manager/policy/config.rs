@@ -106,14 +106,14 @@ impl Default for ScalingPolicy {
             tolerance: 0.05,
             trigger: Trigger::Pool,
             scale_out_window: Duration::ZERO,
-            scale_in_window: Duration::from_secs(300),
+            scale_in_window: Duration::from_mins(5),
             cooldown: Duration::from_secs(30),
-            warmup: Duration::from_secs(60),
+            warmup: Duration::from_mins(1),
             min_servers: 1,
             max_servers: 16,
             max_failed_fraction: 0.5,
             margin: 0.1,
-            drain_timeout: Duration::from_secs(300),
+            drain_timeout: Duration::from_mins(5),
             drain_idle: Duration::from_secs(10),
             dynamic_weights: true,
             slow_start: Duration::ZERO,
@@ -124,6 +124,7 @@ impl Default for ScalingPolicy {
 
 impl ScalingPolicy {
     /// The utilization the pool is sized for: `target`, or `upper`.
+    #[must_use]
     pub fn target(&self) -> f64 {
         self.target.unwrap_or(self.upper)
     }
@@ -202,7 +203,7 @@ impl ScalingPolicy {
 
     /// The ramp and the drain's durations.
     fn validate_timing(&self) -> Result<(), ScalingError> {
-        if self.slow_start > Duration::from_secs(3600) {
+        if self.slow_start > Duration::from_hours(1) {
             return Err(ScalingError::SlowStart(self.slow_start));
         }
         if self.drain_idle > self.drain_timeout {

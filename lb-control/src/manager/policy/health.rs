@@ -16,6 +16,7 @@ use super::{Decision, Health, Member, MemberState, NoticeKind, Round, ScalingPol
 /// (a hang) below it, or with no utilization to tell, once the current
 /// streak holds `fall` timeouts. A `slow` probe whose last attempt answered,
 /// or whose current streak is shorter than `fall`, counts as functional.
+#[must_use]
 pub fn judge_health(
     agent: Option<&Probe>,
     manager: Option<&Probe>,
@@ -29,8 +30,7 @@ pub fn judge_health(
         // Timeouts count toward `fall` only while the server is not busy:
         // a failure needs `fall` of them in a row now.
         HealthState::Slow if !hot && p.fail_streak >= p.fall => Health::Down,
-        HealthState::Slow => Health::Up,
-        HealthState::Up => Health::Up,
+        HealthState::Slow | HealthState::Up => Health::Up,
         HealthState::Unknown => Health::Unknown,
     };
     let (agent, manager) = (agent.map(one), manager.map(one));
@@ -79,6 +79,11 @@ pub(super) fn health_decisions<'a>(
         .filter(|m| matches!(m.state, MemberState::Allocated | MemberState::Failed))
         .count();
     // A small epsilon so that 0.5 × 4 allows 2, whatever the rounding.
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "a fraction in 0..=1 of the pool size, floored: 0..=pool"
+    )]
     let allowed = (policy.max_failed_fraction * pool as f64 + 1e-9).floor() as usize;
     let mut out = members
         .iter()

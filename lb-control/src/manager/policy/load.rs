@@ -5,6 +5,10 @@ use super::{Health, Member, MemberState, ScalingPolicy, plural};
 
 /// The members that count as load: allocated, monitored, not down, with a
 /// utilization and a capacity.
+#[expect(
+    clippy::struct_field_names,
+    reason = "a Load's load is its figure in cores, beside its capacity"
+)]
 pub(super) struct Load<'a> {
     pub(super) members: Vec<(&'a Member, f64)>,
     pub(super) load: f64,
@@ -37,7 +41,7 @@ impl<'a> Load<'a> {
     }
 
     pub(super) fn n(&self) -> u32 {
-        self.members.len() as u32
+        u32::try_from(self.members.len()).unwrap_or(u32::MAX)
     }
 
     pub(super) fn average(&self) -> f64 {
@@ -85,7 +89,7 @@ pub(super) fn scale_in_desired(policy: &ScalingPolicy, load: &Load) -> u32 {
     if load.average() < policy.lower {
         policy
             .min_servers
-            .max(servers_for(n as f64 * load.ratio(policy)))
+            .max(servers_for(f64::from(n) * load.ratio(policy)))
             .min(n)
     } else {
         n
@@ -93,6 +97,11 @@ pub(super) fn scale_in_desired(policy: &ScalingPolicy, load: &Load) -> u32 {
 }
 
 /// `ceil(x)` as a server count, forgiving float noise (2.0000000001 is 2).
+#[expect(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "clamped to 0..=u32::MAX first (NaN becomes 0)"
+)]
 pub(super) fn servers_for(x: f64) -> u32 {
-    (x - 1e-9).ceil().clamp(0.0, u32::MAX as f64) as u32
+    (x - 1e-9).ceil().clamp(0.0, f64::from(u32::MAX)) as u32
 }

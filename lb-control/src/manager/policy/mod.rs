@@ -16,6 +16,7 @@ mod tests;
 
 use std::{
     collections::{BTreeMap, BTreeSet, VecDeque},
+    fmt::Write as _,
     time::{Duration, Instant},
 };
 
@@ -144,6 +145,7 @@ pub struct PolicyState {
 }
 
 impl PolicyState {
+    #[must_use]
     pub fn new(started: Instant) -> Self {
         Self {
             started,
@@ -211,7 +213,8 @@ impl PolicyState {
                 MemberState::Failed => health.restored.contains(&m.name.as_str()),
                 MemberState::Draining => false,
             })
-            .count() as u32;
+            .count();
+        let serving = u32::try_from(serving).unwrap_or(u32::MAX);
 
         if policy.enabled {
             let replaced = replace(policy, view, &members, serving, &mut round);
@@ -247,7 +250,7 @@ impl PolicyState {
         };
         let desired = match policy.trigger {
             Trigger::Pool if load.ratio(policy) > 1.0 + policy.tolerance => {
-                servers_for(n as f64 * load.ratio(policy))
+                servers_for(f64::from(n) * load.ratio(policy))
             }
             Trigger::Server if !hot.is_empty() => n + 1,
             _ => scale_in_desired(policy, &load),
@@ -328,7 +331,10 @@ impl PolicyState {
                 load.figures()
             );
             if let Some(before) = before {
-                why += &format!("; it fell from {before:.2} after the last allocation for it");
+                let _ = write!(
+                    why,
+                    "; it fell from {before:.2} after the last allocation for it"
+                );
             }
             why
         } else {
@@ -340,7 +346,8 @@ impl PolicyState {
                 load.figures()
             );
             if !policy.scale_out_window.is_zero() {
-                why += &format!(
+                let _ = write!(
+                    why,
                     " (lowest recommendation over {:?})",
                     policy.scale_out_window
                 );
@@ -514,12 +521,14 @@ fn scale_in(policy: &ScalingPolicy, load: &Load, desired: u32, round: &mut Round
         plural(desired as usize)
     );
     if !policy.scale_in_window.is_zero() {
-        reason += &format!(
+        let _ = write!(
+            reason,
             " (highest recommendation over {:?})",
             policy.scale_in_window
         );
     }
-    reason += &format!(
+    let _ = write!(
+        reason,
         "; draining {} (load {:.2} cores) leaves the others at {after:.2} ≤ {limit:.2}",
         s.name,
         u * s.capacity

@@ -575,7 +575,7 @@ fn a_slow_hot_member_is_never_failed_and_its_pool_grows() {
 fn replacement_below_min_skips_cooldown_and_windows() {
     let mut sim = Sim::new(ScalingPolicy {
         min_servers: 2,
-        scale_out_window: Duration::from_secs(60),
+        scale_out_window: Duration::from_mins(1),
         ..ScalingPolicy::default()
     });
     sim.changed(100);
@@ -831,7 +831,7 @@ fn validate_says_what_to_fix() {
     });
     assert!(e.contains("margin < 0.5"), "{e}");
     let e = invalid(ScalingPolicy {
-        drain_idle: Duration::from_secs(600),
+        drain_idle: Duration::from_mins(10),
         ..d()
     });
     assert!(e.contains("scaling.drain_idle"), "{e}");
@@ -876,14 +876,14 @@ name = "dns"
     assert_eq!(web.target, Some(0.6));
     assert_eq!(web.target(), 0.6);
     assert_eq!(web.trigger, Trigger::Server);
-    assert_eq!(web.scale_in_window, Duration::from_secs(300));
+    assert_eq!(web.scale_in_window, Duration::from_mins(5));
     assert_eq!(web.cooldown, Duration::from_millis(200));
     assert_eq!(web.warmup, Duration::from_secs(90));
     assert_eq!(web.max_servers, 8);
     // Everything else is the default.
     assert_eq!(web.lower, 0.25);
     assert_eq!(web.scale_out_window, Duration::ZERO);
-    assert_eq!(web.drain_timeout, Duration::from_secs(300));
+    assert_eq!(web.drain_timeout, Duration::from_mins(5));
     assert_eq!(web.drain_idle, Duration::from_secs(10));
     assert!(web.enabled);
     assert_eq!(web.validate(), Ok(()));

@@ -4,7 +4,7 @@
 
 use super::*;
 
-fn input<'a>(name: &'a str, file_weight: u32, capacity: f64) -> MemberInput<'a> {
+fn input(name: &str, file_weight: u32, capacity: f64) -> MemberInput<'_> {
     MemberInput {
         name,
         file_weight,
@@ -229,7 +229,7 @@ fn the_law_converges_on_equal_utilization_over_mixed_sizes() {
         let n = publications.len();
         println!("lag {lag}: {n} publications, utilization {u:?}: {publications:?}");
         assert!(n >= 3, "{publications:?}");
-        let early = churn(&publications[..n / 2 + 1]);
+        let early = churn(&publications[..=(n / 2)]);
         let late = churn(&publications[n / 2..]);
         assert!(late < early, "lag {lag}: churn {early:.3} then {late:.3}");
         // Weights follow capacity: 0.1 : 0.2 : 0.4.
