@@ -55,6 +55,18 @@ pub(super) fn known_down(m: &Member) -> bool {
     m.monitored && m.health == Health::Down
 }
 
+/// How many of a pool of `pool` may be failed at once: `fraction` of it,
+/// rounded down (a small epsilon so that 0.5 × 4 allows 2, whatever the
+/// rounding).
+#[expect(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "a fraction in 0..=1 of the pool size, floored: 0..=pool"
+)]
+fn allowed_failures(fraction: f64, pool: usize) -> usize {
+    (fraction * pool as f64 + 1e-9).floor() as usize
+}
+
 /// Restores failed members whose health is up, fails allocated members
 /// whose health is down (after the grace period, within the cap).
 pub(super) fn health_decisions<'a>(
@@ -78,13 +90,7 @@ pub(super) fn health_decisions<'a>(
         .iter()
         .filter(|m| matches!(m.state, MemberState::Allocated | MemberState::Failed))
         .count();
-    // A small epsilon so that 0.5 × 4 allows 2, whatever the rounding.
-    #[expect(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        reason = "a fraction in 0..=1 of the pool size, floored: 0..=pool"
-    )]
-    let allowed = (policy.max_failed_fraction * pool as f64 + 1e-9).floor() as usize;
+    let allowed = allowed_failures(policy.max_failed_fraction, pool);
     let mut out = members
         .iter()
         .filter(|m| m.state == MemberState::Failed)
