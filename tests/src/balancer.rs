@@ -134,6 +134,18 @@ impl Balancer {
         Ok(())
     }
 
+    /// One request line of the control API (`{"request": ...}`) sent to
+    /// the daemon's socket as a script would, and its response line, parsed.
+    pub fn request(&self, line: &str) -> Result<serde_json::Value> {
+        use std::io::{BufRead as _, Write as _};
+        let mut stream = std::os::unix::net::UnixStream::connect(&self.socket)?;
+        stream.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+        stream.write_all(format!("{line}\n").as_bytes())?;
+        let mut response = String::new();
+        std::io::BufReader::new(stream).read_line(&mut response)?;
+        Ok(serde_json::from_str(&response)?)
+    }
+
     /// `lbctl --json ARGS...`, parsed.
     pub fn lbctl(&self, args: &[&str]) -> Result<serde_json::Value> {
         let bin = workspace_bin("lbctl")?;

@@ -653,6 +653,16 @@ fn reload_refuses_bad_config() -> Result<()> {
         .lbctl(&["config", "reload"])
         .expect_err("bad config must be refused");
     assert!(err.to_string().contains("wieght"), "{err}");
+    // A script reads the same refusal from the socket, with a stable kind.
+    let refused = bal.request(r#"{"request":"reload"}"#)?;
+    assert_eq!(refused["response"], "error", "{refused}");
+    assert_eq!(refused["kind"], "invalid_config", "{refused}");
+    assert!(
+        refused["message"].as_str().is_some_and(|m| m.contains("wieght")),
+        "{refused}"
+    );
+    let unknown = bal.request(r#"{"request":"no_such_request"}"#)?;
+    assert_eq!(unknown["kind"], "bad_request", "{unknown}");
     let burst = burst_to_vip(&lab, PORT, 50)?;
     assert_eq!(
         burst.by_server.get("s1"),
