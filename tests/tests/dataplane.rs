@@ -658,7 +658,9 @@ fn reload_refuses_bad_config() -> Result<()> {
     assert_eq!(refused["response"], "error", "{refused}");
     assert_eq!(refused["kind"], "invalid_config", "{refused}");
     assert!(
-        refused["message"].as_str().is_some_and(|m| m.contains("wieght")),
+        refused["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("wieght")),
         "{refused}"
     );
     let unknown = bal.request(r#"{"request":"no_such_request"}"#)?;
