@@ -117,7 +117,8 @@ pub enum Step {
     /// A backend left out of the configuration: out of the tables, its
     /// flows still reach it.
     RetireBackend { key: BackendKey, record: Backend },
-    /// A removed service's state cleared, its index quarantined.
+    /// A removed service's state cleared (its index was quarantined when it
+    /// left `SERVICES`), unless a new service has the index by now.
     DropService { index: u32 },
     /// Forget the expected tables of services not in this set.
     KeepExpected(BTreeSet<String>),
@@ -128,7 +129,11 @@ impl Ledger {
     pub fn record(&mut self, step: &Step) {
         match step {
             Step::RemoveService { name, .. } => {
-                self.services.remove(name);
+                // Packets that matched it may still read its index: not
+                // given to another service before a grace period.
+                if let Some(rt) = self.services.remove(name) {
+                    self.quarantined_services.push(rt.index);
+                }
             }
             Step::WaitGrace => {
                 self.flipped_since_grace = false;
@@ -193,9 +198,9 @@ impl Ledger {
                     rt.record = *record;
                 }
             }
-            Step::DropService { index } => self.quarantined_services.push(*index),
             Step::KeepExpected(names) => self.expected_cells.retain(|n, _| names.contains(n)),
             Step::PublishServices
+            | Step::DropService { .. }
             | Step::InsertService { .. }
             | Step::SyncVips(_)
             | Step::SyncTxPorts => {}

@@ -377,7 +377,11 @@ impl Planner<'_> {
             }
         }
         for &index in removed_services {
-            self.push(Step::DropService { index });
+            // A new service given the index after a grace period cleared
+            // its state itself and owns it now.
+            if !self.ledger.services.values().any(|s| s.index == index) {
+                self.push(Step::DropService { index });
+            }
         }
     }
 }

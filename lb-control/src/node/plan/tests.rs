@@ -52,6 +52,7 @@ struct Maps {
     ledger: Ledger,
     active: BTreeMap<u32, Vec<u16>>,
     hops: BTreeMap<IpAddr, NextHop>,
+    max_services: u32,
     max_backends: u32,
 }
 
@@ -70,6 +71,7 @@ impl Maps {
         }
         Self {
             hops,
+            max_services: 4,
             max_backends: 16,
             ..Self::default()
         }
@@ -78,7 +80,7 @@ impl Maps {
     fn plan(&self, model: &NodeModel) -> Result<Plan, PlanError> {
         let last_seen = BTreeMap::new();
         let facts = Facts {
-            max_services: 4,
+            max_services: self.max_services,
             max_backends: self.max_backends,
             hops: &self.hops,
             active_tables: &self.active,
@@ -474,4 +476,62 @@ fn an_unresolved_server_is_left_out_and_the_others_are_programmed() {
         })
         .collect();
     assert_eq!(added, vec![ip("10.0.0.11")]);
+}
+
+#[test]
+fn a_service_replaced_in_one_apply_never_takes_the_index_packets_may_still_read() {
+    let web = || {
+        service(
+            "web",
+            80,
+            vec![server("s1", "10.0.0.11", ServerState::Active)],
+        )
+    };
+    let api = |name: &str| {
+        service(
+            name,
+            81,
+            vec![server("s2", "10.0.0.12", ServerState::Active)],
+        )
+    };
+    for max_services in [4, 2] {
+        let mut maps = Maps::new();
+        maps.max_services = max_services;
+        maps.apply(&model(vec![web(), api("api")]));
+        let old = maps.ledger.services["api"].index;
+        // `api` renamed: removed and added in the same apply.
+        let plan = maps.plan(&model(vec![web(), api("api2")])).expect("plan");
+        let removed =
+            position(&plan, |s| matches!(s, Step::RemoveService { .. })).expect("removed");
+        let (added, index) = plan
+            .steps
+            .iter()
+            .enumerate()
+            .find_map(|(i, s)| match s {
+                Step::AddService { index, .. } => Some((i, *index)),
+                _ => None,
+            })
+            .expect("added");
+        if index == old {
+            assert_eq!(max_services, 2, "a free index was there: {:?}", plan.steps);
+            assert!(
+                plan.steps[removed..added].iter().any(is_grace),
+                "the old index again only after a grace period: {:?}",
+                plan.steps
+            );
+        }
+        assert!(
+            !plan
+                .steps
+                .iter()
+                .any(|s| matches!(s, Step::DropService { index: i } if *i == index)),
+            "the new service's state is never cleared after it was written: {:?}",
+            plan.steps
+        );
+        let mut after = maps.ledger.clone();
+        for step in &plan.steps {
+            after.record(step);
+        }
+        assert_eq!(after.services["api2"].index, index);
+    }
 }
