@@ -109,7 +109,32 @@ pub fn protocol_number(protocol: Protocol) -> u8 {
     }
 }
 
-/// The model's protocol of the file's.
+/// The wire's state of a server in the file: what the manager sends the
+/// nodes; `None` for `free` (not sent). A failed server is out of the table
+/// with its flows kept: on the node that is draining.
+#[must_use]
+pub fn wire_state_of_file(state: config::ServerState) -> Option<lb_proto::ServerState> {
+    match state {
+        config::ServerState::Allocated => Some(lb_proto::ServerState::Allocated),
+        config::ServerState::Draining | config::ServerState::Failed => {
+            Some(lb_proto::ServerState::Draining)
+        }
+        config::ServerState::Down => Some(lb_proto::ServerState::Down),
+        config::ServerState::Free => None,
+    }
+}
+
+/// The file's state of a wire state: how a node records a `<reconfigure>`.
+#[must_use]
+pub fn file_state_of_wire(state: lb_proto::ServerState) -> config::ServerState {
+    match state {
+        lb_proto::ServerState::Allocated => config::ServerState::Allocated,
+        lb_proto::ServerState::Draining => config::ServerState::Draining,
+        lb_proto::ServerState::Down => config::ServerState::Down,
+    }
+}
+
+/// The model's (wire) protocol of the file's.
 #[must_use]
 pub fn protocol_of_file(protocol: config::Protocol) -> Protocol {
     match protocol {
@@ -239,12 +264,6 @@ impl NodeModel {
             })
             .collect::<Result<_, ModelError>>()?;
         Ok(Self { services })
-    }
-
-    /// The service called `name`.
-    #[must_use]
-    pub fn service(&self, name: &str) -> Option<&ServiceSpec> {
-        self.services.iter().find(|s| s.name == name)
     }
 
     /// Every programmed server once (by name), in the order first met.

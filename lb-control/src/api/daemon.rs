@@ -59,16 +59,10 @@ impl Daemon {
                 ..ApplyReport::default()
             });
         }
-        // Next hops are resolved without the node lock.
-        let (applied, next_hops) = (node.applied(), node.next_hops());
         drop(node);
-        let prepared = Node::prepare(&next_hops, config.clone()).await?;
-        let mut node = self.node.node.lock().await;
-        Ok(if node.applied() == applied {
-            node.apply_prepared(prepared)
-        } else {
-            node.apply(config).await
-        }?)
+        Node::apply_outside_lock(&self.node.node, |_| Ok::<_, RequestError>(config.clone()))
+            .await
+            .map(|(report, _)| report)
     }
 
     /// The manager role, or why there is none.

@@ -9,15 +9,9 @@
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use lb_proto::{
-    Ack, Protocol as WireProtocol, Reconfigure, Server, ServerState as WireState, Service,
-};
+use lb_proto::{Ack, Protocol as WireProtocol, Reconfigure, Server, Service};
 
-use crate::{
-    config::{Config, Protocol, ServerState},
-    manager::node_client::RemoteNode,
-    node::reconfigure::Reconfigurer,
-};
+use crate::{config::Config, manager::node_client::RemoteNode, node::reconfigure::Reconfigurer};
 
 /// A way to reach one balancer node.
 #[derive(Clone)]
@@ -80,26 +74,6 @@ impl NodeLink {
     }
 }
 
-/// Server states as the wire names them (`free` servers are not sent).
-#[must_use]
-pub fn wire_state(state: ServerState) -> Option<WireState> {
-    match state {
-        ServerState::Allocated => Some(WireState::Allocated),
-        // A failed server is out of the table with its flows kept: on the
-        // node that is draining.
-        ServerState::Draining | ServerState::Failed => Some(WireState::Draining),
-        ServerState::Down => Some(WireState::Down),
-        ServerState::Free => None,
-    }
-}
-
-pub(crate) fn wire_protocol(p: Protocol) -> WireProtocol {
-    match p {
-        Protocol::Tcp => WireProtocol::Tcp,
-        Protocol::Udp => WireProtocol::Udp,
-    }
-}
-
 /// The desired state of service `name` in `config`: every server that is
 /// not free, with the weight in force the manager computed for it
 /// (`weights`, by server name, in hundredths of the file's weights; a
@@ -124,7 +98,7 @@ pub fn desired_service(
                     .get(server)
                     .copied()
                     .unwrap_or_else(|| s.weight_in(name).saturating_mul(scale)),
-                state: wire_state(s.state_in(name))?,
+                state: crate::model::wire_state_of_file(s.state_in(name))?,
                 mac: s.mac.as_deref().and_then(|m| m.parse().ok()),
             })
         })
@@ -133,7 +107,7 @@ pub fn desired_service(
         name: name.to_owned(),
         vip: svc.vip,
         port: svc.port,
-        protocol: wire_protocol(svc.protocol),
+        protocol: crate::model::protocol_of_file(svc.protocol),
         table_size: svc.table_size,
         servers,
         retired: false,

@@ -3,24 +3,12 @@
 
 use std::collections::BTreeMap;
 
-use lb_proto::{Protocol as WireProtocol, ServerState as WireState, Service};
+use lb_proto::Service;
 
-use crate::config::{Config, ConfigError, Protocol, ServerState};
-
-fn config_state(state: WireState) -> ServerState {
-    match state {
-        WireState::Allocated => ServerState::Allocated,
-        WireState::Draining => ServerState::Draining,
-        WireState::Down => ServerState::Down,
-    }
-}
-
-fn config_protocol(p: WireProtocol) -> Protocol {
-    match p {
-        WireProtocol::Tcp => Protocol::Tcp,
-        WireProtocol::Udp => Protocol::Udp,
-    }
-}
+use crate::{
+    config::{Config, ConfigError, ServerState},
+    model::{file_state_of_wire, protocol_to_file},
+};
 
 /// `base` without service `name` (a retired service): its entry goes, and
 /// its name leaves every server's `services`.
@@ -47,7 +35,7 @@ pub fn merge_service(base: &Config, svc: &Service) -> Result<Config, ConfigError
         Some(s) => {
             s.vip = svc.vip;
             s.port = svc.port;
-            s.protocol = config_protocol(svc.protocol);
+            s.protocol = protocol_to_file(svc.protocol);
             s.table_size = svc.table_size;
             s.weight_scale = svc.weight_scale;
         }
@@ -55,7 +43,7 @@ pub fn merge_service(base: &Config, svc: &Service) -> Result<Config, ConfigError
             name: spanned(name),
             vip: svc.vip,
             port: svc.port,
-            protocol: config_protocol(svc.protocol),
+            protocol: protocol_to_file(svc.protocol),
             table_size: svc.table_size,
             application: None,
             scaling: crate::manager::policy::ScalingPolicy::default(),
@@ -67,7 +55,7 @@ pub fn merge_service(base: &Config, svc: &Service) -> Result<Config, ConfigError
         server.per_service.remove(name);
     }
     for want in &svc.servers {
-        let state = config_state(want.state);
+        let state = file_state_of_wire(want.state);
         let mac = want.mac.map(|m| m.to_string());
         match config
             .server
@@ -105,6 +93,8 @@ mod tests {
     use std::path::Path;
 
     use super::*;
+    use lb_proto::ServerState as WireState;
+
     use crate::manager::node_link::desired_service;
 
     const MANAGER: &str = r#"

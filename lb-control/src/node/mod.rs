@@ -130,12 +130,6 @@ impl Node {
         self.ledger.generation
     }
 
-    /// How many configurations were applied since the node opened.
-    #[must_use]
-    pub fn applied(&self) -> u64 {
-        self.applied
-    }
-
     /// The next-hop cache, for [`Node::prepare`] outside the node lock.
     #[must_use]
     pub fn next_hops(&self) -> NextHops {
@@ -158,6 +152,31 @@ impl Node {
             hops,
             started,
         })
+    }
+
+    /// Applies the configuration `change` makes of the node's, resolving
+    /// next hops without holding `node`'s lock: `change` is made of a
+    /// snapshot and prepared outside the lock, then planned and carried out
+    /// under it. If another configuration was applied meanwhile, `change` is
+    /// made of that one and applied under the lock. Returns with the lock
+    /// still held, for a read-back of what was applied.
+    pub async fn apply_outside_lock<E: From<ApplyError>>(
+        node: &tokio::sync::Mutex<Node>,
+        change: impl Fn(&Config) -> Result<Config, E>,
+    ) -> Result<(ApplyReport, tokio::sync::MutexGuard<'_, Node>), E> {
+        let (base, applied, next_hops) = {
+            let node = node.lock().await;
+            (node.config.clone(), node.applied, node.next_hops())
+        };
+        let prepared = Self::prepare(&next_hops, change(&base)?).await?;
+        let mut node = node.lock().await;
+        let report = if node.applied == applied {
+            node.apply_prepared(prepared)?
+        } else {
+            let changed = change(&node.config)?;
+            node.apply(changed).await?
+        };
+        Ok((report, node))
     }
 
     /// Applies `config` (already validated) to the maps: prepares it, then

@@ -246,19 +246,12 @@ impl Reconfigurer {
             Verdict::Apply => {}
             Verdict::Reack => return Ok(node.verify()?),
         }
-        // Next hops are resolved without the node lock: the node goes on
-        // serving the API and other work meanwhile.
-        let (base, applied, next_hops) = (node.config.clone(), node.applied(), node.next_hops());
         drop(node);
-        let prepared = Node::prepare(&next_hops, merge(&base, service)?).await?;
-        let mut node = self.node.lock().await;
-        let report = if node.applied() == applied {
-            node.apply_prepared(prepared)
-        } else {
-            // Another change landed meanwhile: merge into it instead.
-            let merged = merge(&node.config, service)?;
-            node.apply(merged).await
-        }?;
+        // The node goes on serving the API meanwhile.
+        let (report, node) = Node::apply_outside_lock(&self.node, |config| {
+            merge(config, service).map_err(ReconfigureError::from)
+        })
+        .await?;
         let unresolved: Vec<String> = report
             .unresolved
             .iter()

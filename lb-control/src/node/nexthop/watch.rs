@@ -120,12 +120,6 @@ impl NextHops {
         self.snapshot.borrow().clone()
     }
 
-    /// A receiver that sees each new snapshot.
-    #[must_use]
-    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
-        self.snapshot.clone()
-    }
-
     /// The next hop of every server of `model`: a local server delivers
     /// locally; one with a configured MAC needs only its egress interface;
     /// the others come from the neighbour table, and those the snapshot
