@@ -16,15 +16,13 @@ fn main() {
     let ebpf_dir = manifest.join("../lb-ebpf");
     let root = manifest.join("..");
     let target_dir = root.join("target/bpf");
-    println!("cargo:rerun-if-changed={}", ebpf_dir.join("src").display());
-    println!(
-        "cargo:rerun-if-changed={}",
-        ebpf_dir.join("Cargo.toml").display()
-    );
-    println!(
-        "cargo:rerun-if-changed={}",
-        root.join("lb-common/src").display()
-    );
+    for input in [
+        ebpf_dir.join("src"),
+        ebpf_dir.join("Cargo.toml"),
+        root.join("lb-common/src"),
+    ] {
+        println!("cargo:rerun-if-changed={}", input.display());
+    }
     println!("cargo:rerun-if-env-changed=LB_EBPF_PREBUILT");
     // Cargo sets this for build scripts when the feature is on.
     let test_support = env::var_os("CARGO_FEATURE_TEST_SUPPORT").is_some();

@@ -88,24 +88,10 @@ pub enum HostCheckError {
 /// Why a configuration file cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML, has an unknown key or a value of the
-    /// wrong type; `message` is toml's, with the line and column.
-    #[error("{path}: {message}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// What toml said, naming the key, line and column.
-        message: String,
-    },
+    /// The file cannot be read or is not valid TOML (an unknown key, a
+    /// value of the wrong type: the parser names the line and column).
+    #[error(transparent)]
+    File(#[from] lb_proto::toml_file::FileError),
     /// A value is well-typed but unusable.
     #[error("{path}:{line}: {key}: {message}")]
     Invalid {
@@ -288,19 +274,13 @@ fn default_expect() -> u16 {
 impl AgentConfig {
     /// Reads, parses and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = lb_proto::toml_file::read(path)?;
         Self::parse(&text, path)
     }
 
     /// Parses and validates `text`; `path` only names the file in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let file: file::File = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string().trim_end().to_owned(),
-        })?;
+        let file: file::File = lb_proto::toml_file::parse(text, path)?;
         file::Validator { text, path }.config(file)
     }
 

@@ -75,16 +75,7 @@ enum MainError {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("info,netlink_packet_route=error")
-            }),
-        )
-        .with_writer(std::io::stderr)
-        // Colour for a person at a terminal, none in a log file or journal.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    lb_proto::logging::init();
     let cli = Cli::parse();
     let result = match (cli.command, cli.config) {
         (Some(Command::Check { config }), _) => check(&config),

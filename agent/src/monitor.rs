@@ -34,29 +34,16 @@ impl ApplicationMonitor {
     /// Starts the probe tasks of `app` on the current tokio runtime.
     #[must_use]
     pub fn spawn(app: &ApplicationConfig) -> Self {
+        let prober = Prober::of(app);
         let tracker = HealthTracker::new(app.rise, app.fall);
         let (health_tx, health) = watch::channel(tracker.health());
-        tokio::spawn(health_task(
-            app.name.clone(),
-            app.probe.clone(),
-            app.probe_interval,
-            app.probe_timeout,
-            tracker,
-            health_tx,
-        ));
+        tokio::spawn(health_task(prober.clone(), tracker, health_tx));
         let vip_probes = app
             .vips
             .iter()
             .map(|&vip| {
                 let (tx, rx) = watch::channel(false);
-                tokio::spawn(vip_task(
-                    app.name.clone(),
-                    app.probe.clone(),
-                    app.probe_interval,
-                    app.probe_timeout,
-                    vip,
-                    tx,
-                ));
+                tokio::spawn(vip_task(prober.clone(), vip, tx));
                 (vip, rx)
             })
             .collect();
@@ -79,26 +66,44 @@ impl ApplicationMonitor {
     }
 }
 
-fn ticker(interval: Duration) -> tokio::time::Interval {
-    let mut ticker = tokio::time::interval(interval);
-    // A slow probe delays the next one rather than firing a burst.
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    ticker
-}
-
-async fn health_task(
+/// One application's probe, as each of its tasks runs it.
+#[derive(Debug, Clone)]
+struct Prober {
     application: String,
     probe: ProbeConfig,
     interval: Duration,
     timeout: Duration,
-    mut tracker: HealthTracker,
-    tx: watch::Sender<Health>,
-) {
-    let addr = SocketAddr::new(probe.address(), probe.port());
-    let mut ticker = ticker(interval);
+}
+
+impl Prober {
+    fn of(app: &ApplicationConfig) -> Self {
+        Self {
+            application: app.name.clone(),
+            probe: app.probe.clone(),
+            interval: app.probe_interval,
+            timeout: app.probe_timeout,
+        }
+    }
+
+    fn ticker(&self) -> tokio::time::Interval {
+        let mut ticker = tokio::time::interval(self.interval);
+        // A slow probe delays the next one rather than firing a burst.
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        ticker
+    }
+
+    async fn run(&self, addr: SocketAddr) -> ProbeOutcome {
+        run_probe(&self.probe, addr, self.timeout).await
+    }
+}
+
+async fn health_task(prober: Prober, mut tracker: HealthTracker, tx: watch::Sender<Health>) {
+    let application = &prober.application;
+    let addr = SocketAddr::new(prober.probe.address(), prober.probe.port());
+    let mut ticker = prober.ticker();
     while !tx.is_closed() {
         ticker.tick().await;
-        let outcome = run_probe(&probe, addr, timeout).await;
+        let outcome = prober.run(addr).await;
         if let Some(detail) = outcome.detail() {
             tracing::debug!(%application, %addr, %detail, "health probe failed");
         }
@@ -118,20 +123,14 @@ async fn health_task(
     }
 }
 
-async fn vip_task(
-    application: String,
-    probe: ProbeConfig,
-    interval: Duration,
-    timeout: Duration,
-    vip: IpAddr,
-    tx: watch::Sender<bool>,
-) {
-    let addr = SocketAddr::new(vip, probe.port());
-    let mut ticker = ticker(interval);
+async fn vip_task(prober: Prober, vip: IpAddr, tx: watch::Sender<bool>) {
+    let application = &prober.application;
+    let addr = SocketAddr::new(vip, prober.probe.port());
+    let mut ticker = prober.ticker();
     let mut last: Option<bool> = None;
     while !tx.is_closed() {
         ticker.tick().await;
-        let outcome = run_probe(&probe, addr, timeout).await;
+        let outcome = prober.run(addr).await;
         let ok = outcome == ProbeOutcome::Answered;
         if last != Some(ok) {
             match outcome.detail() {

@@ -18,6 +18,7 @@ use lb_control::{
     node::{
         ApplyError, Node,
         dataplane::{self, DataPlaneError},
+        desired::Desired,
         listener::{self, ListenError},
         reconfigure::{NodeState, NodeStateError, Reconfigurer, state_path},
     },
@@ -55,27 +56,20 @@ enum Command {
 /// and server) over the file's: members without one get their file weight
 /// in hundredths, the same table as the file weight.
 fn apply_persisted_weights(
-    config: &mut Config,
+    desired: &mut Desired,
     weights: &lb_control::manager::controller::ServiceWeightMap,
 ) {
     let scale = lb_control::manager::weights::WEIGHT_SCALE;
-    for svc in &mut config.service {
-        let name = svc.name.get_ref().clone();
-        let Some(published) = weights.get(&name) else {
+    for svc in &mut desired.model.services {
+        let Some(published) = weights.get(&svc.name) else {
             continue;
         };
         svc.weight_scale = scale;
-        for server in config
-            .server
-            .iter_mut()
-            .filter(|s| s.services.iter().any(|x| x.get_ref() == &name))
-        {
-            let weight = published
-                .get(server.name.get_ref())
+        for server in &mut svc.servers {
+            server.weight = published
+                .get(&server.name)
                 .copied()
-                .unwrap_or_else(|| server.weight_in(&name).saturating_mul(scale));
-            let state = server.state_in(&name);
-            server.per_service.insert(name.clone(), (state, weight));
+                .unwrap_or_else(|| server.weight.saturating_mul(scale));
         }
     }
 }
@@ -115,16 +109,7 @@ enum RunError {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("info,netlink_packet_route=error")
-            }),
-        )
-        .with_writer(std::io::stderr)
-        // Colour for a person at a terminal, none in a log file or journal.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    lb_proto::logging::init();
     let cli = Cli::parse();
     // `run` is the daemon: its stderr is its log, so its last error is a log
     // line. `check` and `detach` are commands: one plain `error:` line.
@@ -238,12 +223,12 @@ async fn open_node(config: &Config, config_path: PathBuf) -> Result<NodeRole, Ru
         }
         None => (NodeState::default(), None),
     };
-    let mut effective = node_state.overlay(config.clone());
+    let mut desired = node_state.overlay(Desired::from_config(config).map_err(ApplyError::from)?);
     if let Some(m) = &config.manager {
-        apply_persisted_weights(&mut effective, &persisted_weights(&m.state_dir));
+        apply_persisted_weights(&mut desired, &persisted_weights(&m.state_dir));
     }
-    let mut node = Node::open(effective.clone()).await?;
-    node.apply(effective).await?;
+    let mut node = Node::open(config.clone(), desired.clone()).await?;
+    node.apply(desired).await?;
     let node = Arc::new(Mutex::new(node));
     let node_name = config
         .node

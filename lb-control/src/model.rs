@@ -11,9 +11,12 @@ use std::net::IpAddr;
 use lb_common::{BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_DRAINING, PROTO_TCP, PROTO_UDP, ServiceKey};
 pub use lb_proto::{MacAddr as Mac, Protocol};
 
-use crate::config::{self, Config};
+use lb_common::maglev;
 
-/// Errors turning a configuration into the node's model.
+use crate::config::{self, Config, Limits};
+
+/// Errors turning a configuration into the node's model, or a model the
+/// node cannot hold.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     /// A server's MAC address does not parse.
@@ -21,6 +24,47 @@ pub enum ModelError {
     Mac {
         server: String,
         source: lb_proto::ParseError,
+    },
+    #[error("{count} services but limits.max_services = {max}")]
+    Services { count: usize, max: u32 },
+    #[error("{count} (service, server) pairs but limits.max_backends = {max}")]
+    Backends { count: usize, max: u32 },
+    #[error(
+        "service `{service}`: {vip} port {port} {protocol:?} is already used by service `{other}`"
+    )]
+    KeyTaken {
+        service: String,
+        vip: IpAddr,
+        port: u16,
+        protocol: Protocol,
+        other: String,
+    },
+    #[error(
+        "service `{service}`: table_size = {size} must be a prime ≤ limits.max_table_size ({max}); try {next}",
+        next = maglev::next_prime((*.size).min(*.max))
+    )]
+    TableSize {
+        service: String,
+        size: u32,
+        max: u32,
+    },
+    #[error("service `{service}`: server `{server}` is listed twice")]
+    ServerTwice { service: String, server: String },
+    #[error("service `{service}`: server `{server}`: address {address} is also server `{other}`")]
+    AddressTwice {
+        service: String,
+        server: String,
+        address: IpAddr,
+        other: String,
+    },
+    #[error(
+        "server `{server}` ({address}) cannot serve `{service}` ({vip}): direct server return keeps the address family"
+    )]
+    Family {
+        service: String,
+        server: String,
+        address: IpAddr,
+        vip: IpAddr,
     },
 }
 
@@ -190,6 +234,37 @@ impl ServiceSpec {
         }
     }
 
+    /// Each server once by name and by address, in the family of the VIP.
+    fn check_servers(&self) -> Result<(), ModelError> {
+        let mut names = std::collections::BTreeSet::new();
+        let mut addresses = std::collections::BTreeMap::new();
+        for s in &self.servers {
+            if !names.insert(s.name.as_str()) {
+                return Err(ModelError::ServerTwice {
+                    service: self.name.clone(),
+                    server: s.name.clone(),
+                });
+            }
+            if let Some(other) = addresses.insert(s.address, &s.name) {
+                return Err(ModelError::AddressTwice {
+                    service: self.name.clone(),
+                    server: s.name.clone(),
+                    address: s.address,
+                    other: other.clone(),
+                });
+            }
+            if s.address.is_ipv4() != self.vip.is_ipv4() {
+                return Err(ModelError::Family {
+                    service: self.name.clone(),
+                    server: s.name.clone(),
+                    address: s.address,
+                    vip: self.vip,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// The service a `<reconfigure>` describes (retired services have no
     /// model: they leave the node).
     #[must_use]
@@ -234,19 +309,19 @@ impl NodeModel {
             .service
             .iter()
             .map(|svc| {
-                let name = svc.name.get_ref();
+                let name = &svc.name;
                 let servers = config
                     .members(name)
                     .filter_map(|s| {
-                        let state = ServerState::from_file(s.state_in(name))?;
+                        let state = ServerState::from_file(s.state)?;
                         Some((s, state))
                     })
                     .map(|(s, state)| {
                         Ok(ServerSpec {
-                            name: s.name.get_ref().clone(),
+                            name: s.name.clone(),
                             address: s.address,
                             mac: s.mac.as_deref().map(|m| parse_mac_of(s, m)).transpose()?,
-                            weight: s.weight_in(name),
+                            weight: s.weight,
                             state,
                             local: s.local,
                         })
@@ -258,12 +333,101 @@ impl NodeModel {
                     port: svc.port,
                     protocol: protocol_of_file(svc.protocol),
                     table_size: svc.table_size,
-                    weight_scale: svc.weight_scale,
+                    weight_scale: 1,
                     servers,
                 })
             })
             .collect::<Result<_, ModelError>>()?;
         Ok(Self { services })
+    }
+
+    /// The service named `name`.
+    #[must_use]
+    pub fn service(&self, name: &str) -> Option<&ServiceSpec> {
+        self.services.iter().find(|s| s.name == name)
+    }
+
+    /// This model with `service` in place of the one of its name (added
+    /// last when there is none).
+    #[must_use]
+    pub fn with_service(&self, service: ServiceSpec) -> Self {
+        let mut model = self.clone();
+        match model.services.iter_mut().find(|s| s.name == service.name) {
+            Some(s) => *s = service,
+            None => model.services.push(service),
+        }
+        model
+    }
+
+    /// This model without service `name`.
+    #[must_use]
+    pub fn without_service(&self, name: &str) -> Self {
+        let mut model = self.clone();
+        model.services.retain(|s| s.name != name);
+        model
+    }
+
+    /// Checks that the maps sized by `limits` hold the model, and what a
+    /// configuration file's validation checks of services and servers: keys
+    /// and names used once, table sizes, address families.
+    ///
+    /// # Errors
+    /// The first problem found.
+    pub fn check(&self, limits: &Limits) -> Result<(), ModelError> {
+        if self.services.len() > limits.max_services as usize {
+            return Err(ModelError::Services {
+                count: self.services.len(),
+                max: limits.max_services,
+            });
+        }
+        let mut keys = std::collections::BTreeMap::new();
+        for svc in &self.services {
+            if let Some(other) = keys.insert(svc.key(), &svc.name) {
+                return Err(ModelError::KeyTaken {
+                    service: svc.name.clone(),
+                    vip: svc.vip,
+                    port: svc.port,
+                    protocol: svc.protocol,
+                    other: other.clone(),
+                });
+            }
+            if !maglev::is_prime(svc.table_size) || svc.table_size > limits.max_table_size {
+                return Err(ModelError::TableSize {
+                    service: svc.name.clone(),
+                    size: svc.table_size,
+                    max: limits.max_table_size,
+                });
+            }
+            svc.check_servers()?;
+        }
+        let count = self.services.iter().map(|s| s.servers.len()).sum();
+        if count > limits.max_backends as usize {
+            return Err(ModelError::Backends {
+                count,
+                max: limits.max_backends,
+            });
+        }
+        Ok(())
+    }
+
+    /// Warnings that do not stop the model (said in the log).
+    #[must_use]
+    pub fn warnings(&self) -> Vec<String> {
+        self.services
+            .iter()
+            .filter(|s| {
+                let n = s.servers.len() as u64;
+                n > 0 && u64::from(s.table_size) < 100 * n
+            })
+            .map(|s| {
+                format!(
+                    "service `{}`: table_size {} is under 100 × {} servers; the spread between servers will be uneven",
+                    s.name,
+                    s.table_size,
+                    s.servers.len()
+                )
+            })
+            .collect()
     }
 
     /// Every programmed server once (by name), in the order first met.
@@ -280,7 +444,7 @@ impl NodeModel {
 
 fn parse_mac_of(server: &config::ServerConfig, mac: &str) -> Result<Mac, ModelError> {
     mac.parse().map_err(|source| ModelError::Mac {
-        server: server.name.get_ref().clone(),
+        server: server.name.clone(),
         source,
     })
 }
@@ -319,6 +483,89 @@ mod tests {
             ServerState::from_wire(lb_proto::ServerState::Draining),
             ServerState::Draining
         );
+    }
+
+    fn wire(name: &str, vip: &str, servers: &[(&str, &str)]) -> lb_proto::Service {
+        lb_proto::Service {
+            name: name.into(),
+            vip: vip.parse().unwrap(),
+            port: 80,
+            protocol: Protocol::Tcp,
+            table_size: 251,
+            servers: servers
+                .iter()
+                .map(|(n, a)| lb_proto::Server {
+                    name: (*n).into(),
+                    address: a.parse().unwrap(),
+                    weight: 1,
+                    state: lb_proto::ServerState::Allocated,
+                    mac: None,
+                })
+                .collect(),
+            retired: false,
+            weight_scale: 1,
+        }
+    }
+
+    #[test]
+    fn a_desired_state_the_node_cannot_hold_is_refused() {
+        let limits = Limits {
+            max_services: 2,
+            max_backends: 3,
+            ..Limits::default()
+        };
+        let web = ServiceSpec::from_wire(&wire("web", "10.0.0.1", &[("s1", "10.0.0.11")]));
+        let model = NodeModel::default().with_service(web);
+        model.check(&limits).unwrap();
+        let refused = |svc: lb_proto::Service| {
+            model
+                .with_service(ServiceSpec::from_wire(&svc))
+                .check(&limits)
+                .unwrap_err()
+                .to_string()
+        };
+        let e = refused(wire("api", "10.0.0.1", &[]));
+        assert!(e.contains("already used by service `web`"), "{e}");
+        let e = refused(wire(
+            "api",
+            "10.0.0.2",
+            &[("a", "10.0.0.5"), ("a", "10.0.0.6")],
+        ));
+        assert!(e.contains("server `a` is listed twice"), "{e}");
+        let e = refused(wire(
+            "api",
+            "10.0.0.2",
+            &[("a", "10.0.0.5"), ("b", "10.0.0.5")],
+        ));
+        assert!(e.contains("is also server `a`"), "{e}");
+        let e = refused(wire("api", "10.0.0.2", &[("a", "fd00::5")]));
+        assert!(e.contains("keeps the address family"), "{e}");
+        let e = refused(wire(
+            "api",
+            "10.0.0.2",
+            &[("a", "10.0.0.5"), ("b", "10.0.0.6"), ("c", "10.0.0.7")],
+        ));
+        assert!(
+            e.contains("4 (service, server) pairs but limits.max_backends = 3"),
+            "{e}"
+        );
+        let mut big = wire("api", "10.0.0.2", &[]);
+        big.table_size = 65536;
+        let e = refused(big);
+        assert!(
+            e.contains("must be a prime") && e.contains("try 65537"),
+            "{e}"
+        );
+        let three = model
+            .with_service(ServiceSpec::from_wire(&wire("api", "10.0.0.2", &[])))
+            .with_service(ServiceSpec::from_wire(&wire("db", "10.0.0.3", &[])));
+        let e = three.check(&limits).unwrap_err().to_string();
+        assert!(e.contains("3 services but limits.max_services = 2"), "{e}");
+        // Replaced in place, removed by name.
+        let replaced = model.with_service(ServiceSpec::from_wire(&wire("web", "10.0.0.9", &[])));
+        assert_eq!(replaced.services.len(), 1);
+        assert!(replaced.service("web").unwrap().servers.is_empty());
+        assert!(replaced.without_service("web").services.is_empty());
     }
 
     #[test]

@@ -16,12 +16,16 @@ pub mod error;
 pub mod header;
 pub mod health;
 pub mod limits;
+#[cfg(feature = "daemon")]
+pub mod logging;
 pub mod messages;
 pub mod report;
 pub mod sequence;
 pub mod time;
 #[cfg(feature = "tls")]
 pub mod tls;
+#[cfg(feature = "daemon")]
+pub mod toml_file;
 pub mod types;
 
 #[cfg(test)]

@@ -755,9 +755,10 @@ fn failed_node_rolls_back_and_crashes_leave_a_whole_file() -> Result<()> {
         let text = std::fs::read_to_string(&bal.config_path)?;
         let parsed = lb_control::config::Config::parse(&text, &bal.config_path)
             .with_context(|| format!("file broken after a crash at {point}"))?;
-        let in_file = parsed.server.iter().any(|s| {
-            s.name.get_ref() == "s2" && s.state == lb_control::config::ServerState::Allocated
-        });
+        let in_file = parsed
+            .server
+            .iter()
+            .any(|s| s.name == "s2" && s.state == lb_control::config::ServerState::Allocated);
         let last = last_event_id(&bal);
         bal.launch()?;
         let resynced = wait_synced(&bal, last)?;

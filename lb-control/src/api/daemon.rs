@@ -14,7 +14,9 @@ use crate::{
         controller::{Controller, Pools},
         db::MonitorView,
     },
-    node::{ApplyReport, Node, ServerView, reconfigure::Reconfigurer},
+    node::{
+        ApplyError, ApplyReport, Node, ServerView, desired::Desired, reconfigure::Reconfigurer,
+    },
 };
 
 /// The node role every lb-control has: the data plane and what applies
@@ -44,7 +46,7 @@ impl Daemon {
     pub async fn reload(&self) -> Result<ApplyReport, RequestError> {
         let config = Config::load(&self.node.config_path)?;
         let node = self.node.node.lock().await;
-        if restart_only_changed(&config, &node.config) {
+        if restart_only_changed(&config, &node.file) {
             return Err(RequestError::RestartRequired);
         }
         if let Some(controller) = &self.manager {
@@ -60,9 +62,12 @@ impl Daemon {
             });
         }
         drop(node);
-        Node::apply_outside_lock(&self.node.node, |_| Ok::<_, RequestError>(config.clone()))
-            .await
-            .map(|(report, _)| report)
+        let desired = Desired::from_config(&config).map_err(ApplyError::from)?;
+        let (report, mut node) =
+            Node::apply_outside_lock(&self.node.node, |_| Ok::<_, RequestError>(desired.clone()))
+                .await?;
+        node.file = config;
+        Ok(report)
     }
 
     /// The manager role, or why there is none.
@@ -156,7 +161,7 @@ impl Daemon {
             table_generation: node.generation(),
             manager_generation,
             pin_dir: node.dp.dir.display().to_string(),
-            interfaces: node.config.node.interfaces.clone(),
+            interfaces: node.file.node.interfaces.clone(),
         }
     }
 

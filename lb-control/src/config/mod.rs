@@ -1,28 +1,24 @@
 //! The node's TOML configuration: one serde struct, documented fields,
-//! defaults, and a `validate()` step. Errors name the key and the line.
+//! defaults, and a `validate()` step. Errors name the key and the line:
+//! where names stand in the text is read beside the struct, by the
+//! validation alone, so the rest of the program meets plain names.
 
 use std::{
-    collections::BTreeMap,
     net::IpAddr,
     path::{Path, PathBuf},
 };
 
 use lb_common::{PROTO_TCP, PROTO_UDP};
 use serde::{Deserialize, Serialize};
-use toml::Spanned;
 
 mod validate;
 
 /// Errors loading a configuration file.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path}: {message}")]
-    Parse { path: PathBuf, message: String },
+    /// The file cannot be read or is not valid TOML.
+    #[error(transparent)]
+    File(#[from] lb_proto::toml_file::FileError),
     #[error("{path}:{line}: {message}")]
     Invalid {
         path: PathBuf,
@@ -162,7 +158,7 @@ impl Default for Limits {
 #[serde(deny_unknown_fields)]
 pub struct ServiceConfig {
     /// Unique name, referenced by servers.
-    pub name: Spanned<String>,
+    pub name: String,
     /// Virtual IP, IPv4 or IPv6.
     pub vip: IpAddr,
     pub port: u16,
@@ -180,20 +176,13 @@ pub struct ServiceConfig {
     /// (used only when this process runs the manager).
     #[serde(default)]
     pub scaling: crate::manager::policy::ScalingPolicy,
-    /// The servers' weights for this service are in `1 / weight_scale`
-    /// units of the file's (set by a manager's reconfigure, which sends
-    /// hundredths; 0 or 1: file units). Never in a file.
-    #[serde(skip)]
-    pub weight_scale: u32,
 }
 
 impl ServiceConfig {
     /// The application name agents host this service under.
     #[must_use]
     pub fn application(&self) -> &str {
-        self.application
-            .as_deref()
-            .unwrap_or(self.name.get_ref().as_str())
+        self.application.as_deref().unwrap_or(self.name.as_str())
     }
 }
 
@@ -220,13 +209,13 @@ impl Protocol {
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     /// Unique name.
-    pub name: Spanned<String>,
+    pub name: String,
     /// Address the server is reached at (on a segment directly connected to
     /// the node: direct server return rewrites MACs only).
     pub address: IpAddr,
     /// Services this server serves.
     #[serde(default)]
-    pub services: Vec<Spanned<String>>,
+    pub services: Vec<String>,
     /// Pool state.
     #[serde(default)]
     pub state: ServerState,
@@ -243,32 +232,13 @@ pub struct ServerConfig {
     /// manager when it allocated the server (from its auth settings).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fingerprint: Option<String>,
-    /// Per-service state and weight, set on a node by a manager's
-    /// `<reconfigure>` (the desired state of one service speaks for that
-    /// service only). Never in a file.
-    #[serde(skip)]
-    pub per_service: BTreeMap<String, (ServerState, u32)>,
 }
 
 impl ServerConfig {
-    /// Its state in `service`.
+    /// Listed in `service`.
     #[must_use]
-    pub fn state_in(&self, service: &str) -> ServerState {
-        self.per_service.get(service).map_or(self.state, |x| x.0)
-    }
-
-    /// Its Maglev weight in `service`.
-    #[must_use]
-    pub fn weight_in(&self, service: &str) -> u32 {
-        self.per_service.get(service).map_or(self.weight, |x| x.1)
-    }
-
-    /// Programmed on the node for at least one service.
-    #[must_use]
-    pub fn programmed(&self) -> bool {
-        self.services
-            .iter()
-            .any(|s| self.state_in(s.get_ref()) != ServerState::Free)
+    pub fn serves(&self, service: &str) -> bool {
+        self.services.iter().any(|n| n == service)
     }
 }
 
@@ -313,19 +283,13 @@ fn default_weight() -> u32 {
 impl Config {
     /// Reads, parses and validates a file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = lb_proto::toml_file::read(path)?;
         Self::parse(&text, path)
     }
 
     /// Parses and validates `text`; `path` only names it in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })?;
+        let config: Config = lb_proto::toml_file::parse(text, path)?;
         config.validate(text, path)?;
         Ok(config)
     }
@@ -333,10 +297,9 @@ impl Config {
     /// Servers that serve `service` and are programmed on the node (every
     /// state but `free`).
     pub fn members<'a>(&'a self, service: &'a str) -> impl Iterator<Item = &'a ServerConfig> {
-        self.server.iter().filter(move |s| {
-            s.services.iter().any(|n| n.get_ref() == service)
-                && s.state_in(service) != ServerState::Free
-        })
+        self.server
+            .iter()
+            .filter(move |s| s.serves(service) && s.state != ServerState::Free)
     }
 
     /// The services server `server` is listed in (none if there is no such
@@ -345,27 +308,17 @@ impl Config {
     pub fn services_of(&self, server: &str) -> Vec<String> {
         self.server
             .iter()
-            .find(|s| s.name.get_ref() == server)
-            .map(|s| s.services.iter().map(|n| n.get_ref().clone()).collect())
+            .find(|s| s.name == server)
+            .map(|s| s.services.clone())
             .unwrap_or_default()
     }
 
     /// Warnings that do not stop the config (said in the log).
     #[must_use]
     pub fn warnings(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        for s in &self.service {
-            let n = self.members(s.name.get_ref()).count() as u64;
-            if n > 0 && u64::from(s.table_size) < 100 * n {
-                out.push(format!(
-                    "service `{}`: table_size {} is under 100 × {} servers; the spread between servers will be uneven",
-                    s.name.get_ref(),
-                    s.table_size,
-                    n
-                ));
-            }
-        }
-        out
+        crate::model::NodeModel::from_config(self)
+            .map(|m| m.warnings())
+            .unwrap_or_default()
     }
 }
 

@@ -1,6 +1,8 @@
 //! `Config::validate`: what serde cannot check — references between
 //! sections, uniqueness, and the limits the maps were sized with. The first
-//! problem found is the error, named by its key and line.
+//! problem found is the error, named by its key and line: where each name
+//! stands in the text is read here, beside the configuration, so spans stay
+//! in the file layer.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -9,16 +11,61 @@ use std::{
 };
 
 use lb_common::maglev as lb_maglev;
+use serde::Deserialize;
+use toml::Spanned;
 
 use super::{Config, ConfigError, Limits, MAX_FLOW_TABLE_SIZE, ServerConfig, ServerState};
 
-/// Turns a message about a span of the file into its [`ConfigError`].
+/// Where the services' and servers' names stand in the text (other keys
+/// are passed over): the `n`th entry is the `n`th `[[service]]` or
+/// `[[server]]` of the file.
+#[derive(Debug, Default, Deserialize)]
+struct Spans {
+    #[serde(default)]
+    service: Vec<ServiceAt>,
+    #[serde(default)]
+    server: Vec<ServerAt>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ServiceAt {
+    name: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ServerAt {
+    name: Spanned<String>,
+    #[serde(default)]
+    services: Vec<Spanned<String>>,
+}
+
+/// Turns a message about a place in the file into its [`ConfigError`].
 struct Located<'a> {
     text: &'a str,
     path: &'a Path,
+    spans: Spans,
 }
 
 impl Located<'_> {
+    /// Where service `i`'s name stands (line 1 if the text does not say).
+    fn service(&self, i: usize) -> Range<usize> {
+        self.spans.service.get(i).map_or(0..0, |s| s.name.span())
+    }
+
+    /// Where server `i`'s name stands.
+    fn server(&self, i: usize) -> Range<usize> {
+        self.spans.server.get(i).map_or(0..0, |s| s.name.span())
+    }
+
+    /// Where the `j`th service server `i` lists stands.
+    fn server_service(&self, i: usize, j: usize) -> Range<usize> {
+        self.spans
+            .server
+            .get(i)
+            .and_then(|s| s.services.get(j))
+            .map_or(0..0, Spanned::span)
+    }
+
     fn invalid(&self, span: Range<usize>, message: String) -> ConfigError {
         ConfigError::Invalid {
             path: self.path.to_owned(),
@@ -45,9 +92,15 @@ fn line_of(text: &str, offset: usize) -> usize {
 }
 
 impl Config {
-    /// Checks what serde cannot: references, uniqueness, limits.
+    /// Checks what serde cannot: references, uniqueness, limits. `text`
+    /// (the file the configuration was read from, or empty) places errors
+    /// on their lines.
     pub fn validate(&self, text: &str, path: &Path) -> Result<(), ConfigError> {
-        let at = Located { text, path };
+        let at = Located {
+            text,
+            path,
+            spans: toml::from_str(text).unwrap_or_default(),
+        };
         if let Some(m) = &self.manager {
             m.validate().map_err(|e| at.global(e.to_string()))?;
         }
@@ -68,23 +121,21 @@ impl Config {
         let mut backends = 0u64;
         let mut names = BTreeSet::new();
         let mut addresses = BTreeMap::new();
-        for srv in &self.server {
-            let name = srv.name.get_ref();
+        for (i, srv) in self.server.iter().enumerate() {
+            let name = &srv.name;
             if !names.insert(name.as_str()) {
-                return Err(
-                    at.invalid(srv.name.span(), format!("server `{name}` is defined twice"))
-                );
+                return Err(at.invalid(at.server(i), format!("server `{name}` is defined twice")));
             }
             if let Some(other) = addresses.insert(srv.address, name.as_str()) {
                 return Err(at.invalid(
-                    srv.name.span(),
+                    at.server(i),
                     format!(
                         "server `{name}`: address {} is also server `{other}`",
                         srv.address
                     ),
                 ));
             }
-            backends += self.validate_server(&at, srv)?;
+            backends += self.validate_server(&at, i, srv)?;
         }
         if backends > u64::from(self.limits.max_backends) {
             return Err(at.global(format!(
@@ -101,9 +152,9 @@ impl Config {
         let limits = &self.limits;
         let mut names = BTreeSet::new();
         let mut keys = BTreeSet::new();
-        for s in &self.service {
-            let span = s.name.span();
-            let name = s.name.get_ref();
+        for (i, s) in self.service.iter().enumerate() {
+            let span = at.service(i);
+            let name = &s.name;
             if !names.insert(name.as_str()) {
                 return Err(at.invalid(span, format!("service `{name}` is defined twice")));
             }
@@ -136,36 +187,35 @@ impl Config {
 
     /// One server: its MAC and the services it names. Returns how many
     /// backends it takes (one per service it is not free in).
-    fn validate_server(&self, at: &Located<'_>, srv: &ServerConfig) -> Result<u64, ConfigError> {
-        let name = srv.name.get_ref();
+    fn validate_server(
+        &self,
+        at: &Located<'_>,
+        i: usize,
+        srv: &ServerConfig,
+    ) -> Result<u64, ConfigError> {
+        let name = &srv.name;
         if let Some(mac) = &srv.mac {
             crate::node::nexthop::parse_mac(mac)
-                .map_err(|e| at.invalid(srv.name.span(), format!("server `{name}`: mac: {e}")))?;
+                .map_err(|e| at.invalid(at.server(i), format!("server `{name}`: mac: {e}")))?;
         }
         let mut backends = 0;
-        for svc in &srv.services {
-            let Some(service) = self
-                .service
-                .iter()
-                .find(|s| s.name.get_ref() == svc.get_ref())
-            else {
+        for (j, svc) in srv.services.iter().enumerate() {
+            let Some(service) = self.service.iter().find(|s| s.name == *svc) else {
                 return Err(at.invalid(
-                    svc.span(),
-                    format!("server `{name}`: unknown service `{}`", svc.get_ref()),
+                    at.server_service(i, j),
+                    format!("server `{name}`: unknown service `{svc}`"),
                 ));
             };
             if service.vip.is_ipv4() != srv.address.is_ipv4() {
                 return Err(at.invalid(
-                    svc.span(),
+                    at.server_service(i, j),
                     format!(
-                        "server `{name}` ({}) cannot serve `{}` ({}): direct server return keeps the address family",
-                        srv.address,
-                        svc.get_ref(),
-                        service.vip
+                        "server `{name}` ({}) cannot serve `{svc}` ({}): direct server return keeps the address family",
+                        srv.address, service.vip
                     ),
                 ));
             }
-            if srv.state_in(svc.get_ref()) != ServerState::Free {
+            if srv.state != ServerState::Free {
                 backends += 1;
             }
         }

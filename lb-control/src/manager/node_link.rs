@@ -86,19 +86,19 @@ pub fn desired_service(
     weights: &BTreeMap<String, u32>,
 ) -> Option<Service> {
     let scale = crate::manager::weights::WEIGHT_SCALE;
-    let svc = config.service.iter().find(|s| s.name.get_ref() == name)?;
+    let svc = config.service.iter().find(|s| s.name == name)?;
     let servers = config
         .members(name)
         .filter_map(|s| {
-            let server = s.name.get_ref();
+            let server = &s.name;
             Some(Server {
                 name: server.clone(),
                 address: s.address,
                 weight: weights
                     .get(server)
                     .copied()
-                    .unwrap_or_else(|| s.weight_in(name).saturating_mul(scale)),
-                state: crate::model::wire_state_of_file(s.state_in(name))?,
+                    .unwrap_or_else(|| s.weight.saturating_mul(scale)),
+                state: crate::model::wire_state_of_file(s.state)?,
                 mac: s.mac.as_deref().and_then(|m| m.parse().ok()),
             })
         })

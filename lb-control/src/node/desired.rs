@@ -1,101 +1,162 @@
-//! The node's desired state of one service from a `<reconfigure>`: the
-//! wire service merged into the node's configuration.
+//! What the node is asked to program: its file's services, each replaced
+//! (or removed) by the desired state a manager sent for it, as the
+//! validated model; beside it every server the node knows by name, for
+//! what `lbctl` shows and for naming what the maps hold after a restart.
+//!
+//! A `<reconfigure>` speaks for one service: its servers' states and
+//! weights hold there alone, and a server named only by a manager is known
+//! to the node as `free` (its file state).
 
-use std::collections::BTreeMap;
+use std::net::IpAddr;
 
 use lb_proto::Service;
 
 use crate::{
-    config::{Config, ConfigError, ServerState},
-    model::{file_state_of_wire, protocol_to_file},
+    config::{Config, Limits, ServerState},
+    model::{Mac, ModelError, NodeModel, ServiceSpec},
 };
 
-/// `base` without service `name` (a retired service): its entry goes, and
-/// its name leaves every server's `services`.
-#[must_use]
-pub fn remove_service(base: &Config, name: &str) -> Config {
-    let mut config = base.clone();
-    config.service.retain(|s| s.name.get_ref() != name);
-    for server in &mut config.server {
-        server.services.retain(|s| s.get_ref() != name);
-        server.per_service.remove(name);
-    }
-    config
+/// A server the node knows by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownServer {
+    pub name: String,
+    pub address: IpAddr,
+    /// Its pool state in the node's file (`free` for one only a manager
+    /// named).
+    pub state: ServerState,
+    /// Its weight in the file (for one only a manager named, the weight
+    /// it was first sent with).
+    pub weight: u32,
+    /// Its MAC in the file, or the one a manager sent last.
+    pub mac: Option<Mac>,
+    /// Runs on this node (from the file).
+    pub local: bool,
 }
 
-/// `base` with service `svc.name` replaced by the desired state `svc` (the
-/// node side of a reconfiguration). Servers are matched by name; a server
-/// not in `base` is added. The states and weights it carries hold for this
-/// service alone (a server's state in the file is for all its services).
-pub fn merge_service(base: &Config, svc: &Service) -> Result<Config, ConfigError> {
-    let mut config = base.clone();
-    let name = &svc.name;
-    let spanned = |s: &str| toml::Spanned::new(0..0, s.to_owned());
-    match config.service.iter_mut().find(|s| s.name.get_ref() == name) {
-        Some(s) => {
-            s.vip = svc.vip;
-            s.port = svc.port;
-            s.protocol = protocol_to_file(svc.protocol);
-            s.table_size = svc.table_size;
-            s.weight_scale = svc.weight_scale;
-        }
-        None => config.service.push(crate::config::ServiceConfig {
-            name: spanned(name),
-            vip: svc.vip,
-            port: svc.port,
-            protocol: protocol_to_file(svc.protocol),
-            table_size: svc.table_size,
-            application: None,
-            scaling: crate::manager::policy::ScalingPolicy::default(),
-            weight_scale: svc.weight_scale,
-        }),
-    }
-    for server in &mut config.server {
-        server.services.retain(|s| s.get_ref() != name);
-        server.per_service.remove(name);
-    }
-    for want in &svc.servers {
-        let state = file_state_of_wire(want.state);
-        let mac = want.mac.map(|m| m.to_string());
-        match config
+/// The node's desired state.
+#[derive(Debug, Clone)]
+pub struct Desired {
+    pub model: NodeModel,
+    /// Every server known by name, in the order first met: the file's,
+    /// then those only a manager named.
+    pub servers: Vec<KnownServer>,
+    /// The map sizes a desired state must fit.
+    limits: Limits,
+}
+
+impl Desired {
+    /// The desired state of a (validated) configuration file.
+    ///
+    /// # Errors
+    /// A server whose MAC address does not parse.
+    pub fn from_config(config: &Config) -> Result<Self, ModelError> {
+        let servers = config
             .server
-            .iter_mut()
-            .find(|s| s.name.get_ref() == &want.name)
-        {
-            Some(s) => {
-                s.address = want.address;
-                if mac.is_some() {
-                    s.mac = mac;
+            .iter()
+            .map(|s| {
+                Ok(KnownServer {
+                    name: s.name.clone(),
+                    address: s.address,
+                    state: s.state,
+                    weight: s.weight,
+                    mac: s
+                        .mac
+                        .as_deref()
+                        .map(str::parse)
+                        .transpose()
+                        .map_err(|source| ModelError::Mac {
+                            server: s.name.clone(),
+                            source,
+                        })?,
+                    local: s.local,
+                })
+            })
+            .collect::<Result<_, ModelError>>()?;
+        Ok(Self {
+            model: NodeModel::from_config(config)?,
+            servers,
+            limits: config.limits.clone(),
+        })
+    }
+
+    /// This desired state with service `service.name` as a manager
+    /// describes it: replaced, or gone when retired. Servers are known by
+    /// name: one the node knows keeps its file's MAC (unless one is sent)
+    /// and `local`, and takes the address sent; one it does not know is
+    /// added.
+    ///
+    /// # Errors
+    /// A service the node cannot hold (limits, keys, address families).
+    pub fn with_service(&self, service: &Service) -> Result<Self, ModelError> {
+        if service.retired {
+            return Ok(self.without_service(&service.name));
+        }
+        let mut desired = self.clone();
+        let mut spec = ServiceSpec::from_wire(service);
+        for server in &mut spec.servers {
+            match desired.servers.iter_mut().find(|k| k.name == server.name) {
+                Some(known) => {
+                    known.address = server.address;
+                    if server.mac.is_some() {
+                        known.mac = server.mac;
+                    }
+                    server.mac = known.mac;
+                    server.local = known.local;
                 }
-                s.per_service.insert(name.clone(), (state, want.weight));
-                s.services.push(spanned(name));
+                None => desired.servers.push(KnownServer {
+                    name: server.name.clone(),
+                    address: server.address,
+                    state: ServerState::Free,
+                    weight: server.weight,
+                    mac: server.mac,
+                    local: false,
+                }),
             }
-            None => config.server.push(crate::config::ServerConfig {
-                name: spanned(&want.name),
-                address: want.address,
-                services: vec![spanned(name)],
-                // Known to the node only through services' desired states.
-                state: ServerState::Free,
-                mac,
-                weight: want.weight,
-                local: false,
-                fingerprint: None,
-                per_service: BTreeMap::from([(name.clone(), (state, want.weight))]),
-            }),
+        }
+        desired.model = desired.model.with_service(spec);
+        desired.model.check(&desired.limits)?;
+        Ok(desired)
+    }
+
+    /// This desired state without service `name` (a retired service).
+    #[must_use]
+    pub fn without_service(&self, name: &str) -> Self {
+        Self {
+            model: self.model.without_service(name),
+            ..self.clone()
         }
     }
-    config.validate("", std::path::Path::new("<reconfigure>"))?;
-    Ok(config)
+
+    /// The weight of server `server` in `service`, in the service's units:
+    /// the one it is programmed with, else its file's.
+    #[must_use]
+    pub fn weight_in(&self, server: &KnownServer, service: &str) -> u32 {
+        self.model
+            .service(service)
+            .and_then(|s| s.servers.iter().find(|x| x.name == server.name))
+            .map_or(server.weight, |s| s.weight)
+    }
+
+    /// The name of the server at `address`, if known.
+    #[must_use]
+    pub fn server_at(&self, address: IpAddr) -> Option<&str> {
+        self.servers
+            .iter()
+            .find(|s| s.address == address)
+            .map(|s| s.name.as_str())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use std::path::Path;
 
+    use std::collections::BTreeMap;
+
     use super::*;
     use lb_proto::ServerState as WireState;
 
-    use crate::manager::node_link::desired_service;
+    use crate::{manager::node_link::desired_service, model::ServerState as ModelState};
 
     const MANAGER: &str = r#"
 [node]
@@ -147,37 +208,44 @@ state = "free"
             ]
         );
         let node = Config::parse("[node]\ninterfaces = [\"eth0\"]\n", Path::new("n.toml")).unwrap();
-        let merged = merge_service(&node, &svc).unwrap();
-        let members: Vec<(&str, u32, ServerState)> = merged
-            .members("web")
-            .map(|s| {
-                (
-                    s.name.get_ref().as_str(),
-                    s.weight_in("web"),
-                    s.state_in("web"),
-                )
-            })
+        let node = Desired::from_config(&node).unwrap();
+        let merged = node.with_service(&svc).unwrap();
+        let members: Vec<(&str, u32, ModelState)> = merged
+            .model
+            .service("web")
+            .unwrap()
+            .servers
+            .iter()
+            .map(|s| (s.name.as_str(), s.weight, s.state))
             .collect();
         assert_eq!(
             members,
             [
-                ("s1", 40, ServerState::Allocated),
-                ("s2", 100, ServerState::Draining)
+                ("s1", 40, ModelState::Active),
+                ("s2", 100, ModelState::Draining)
             ]
         );
-        assert_eq!(merged.service[0].weight_scale, 100);
-        assert_eq!(merged.server[0].mac.as_deref(), Some("02:00:00:00:00:11"));
+        assert_eq!(merged.model.services[0].weight_scale, 100);
+        assert_eq!(
+            merged.servers[0].mac.map(|m| m.to_string()).as_deref(),
+            Some("02:00:00:00:00:11")
+        );
         // A second merge replaces the pool; a server left out leaves it.
         let mut smaller = svc.clone();
         smaller.servers.truncate(1);
-        let merged = merge_service(&merged, &smaller).unwrap();
-        assert_eq!(merged.members("web").count(), 1);
-        let gone = remove_service(&merged, "web");
-        assert!(gone.service.is_empty() && gone.members("web").count() == 0);
+        let merged = merged.with_service(&smaller).unwrap();
+        assert_eq!(merged.model.service("web").unwrap().servers.len(), 1);
+        let gone = merged.without_service("web");
+        assert!(gone.model.services.is_empty() && gone.model.service("web").is_none());
         // A desired state the node cannot hold is refused with the reason.
-        let mut limits = node.clone();
+        let mut limits =
+            Config::parse("[node]\ninterfaces = [\"eth0\"]\n", Path::new("n.toml")).unwrap();
         limits.limits.max_backends = 1;
-        let e = merge_service(&limits, &svc).unwrap_err().to_string();
+        let e = Desired::from_config(&limits)
+            .unwrap()
+            .with_service(&svc)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("max_backends = 1"), "{e}");
         assert!(desired_service(&manager, "nope", &weights).is_none());
     }

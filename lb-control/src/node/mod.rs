@@ -26,6 +26,7 @@ use std::{collections::BTreeMap, net::IpAddr, time::Instant};
 use serde::Serialize;
 use tracing::{info, warn};
 
+use self::desired::Desired;
 use self::{
     dataplane::{DataPlane, DataPlaneError, tables},
     ledger::{Ledger, Step},
@@ -36,10 +37,7 @@ pub use self::{
     plan::identity,
     view::{BackendView, ServerView, ServiceView, VerifyError},
 };
-use crate::{
-    config::Config,
-    model::{ModelError, NodeModel},
-};
+use crate::{config::Config, model::ModelError};
 
 /// Errors applying a configuration.
 #[derive(Debug, thiserror::Error)]
@@ -86,12 +84,11 @@ pub struct ApplyReport {
     pub manager_generation: Option<u64>,
 }
 
-/// A configuration ready to apply: its model and its servers' next hops,
-/// resolved before the node lock is taken (see [`Node::prepare`]).
+/// A desired state ready to apply, with its servers' next hops resolved
+/// before the node lock is taken (see [`Node::prepare`]).
 #[derive(Debug)]
 pub struct Prepared {
-    config: Config,
-    model: NodeModel,
+    desired: Desired,
     hops: ResolvedHops,
     started: Instant,
 }
@@ -99,25 +96,32 @@ pub struct Prepared {
 /// The node: data plane plus bookkeeping.
 pub struct Node {
     pub dp: DataPlane,
-    pub config: Config,
+    /// The node's configuration file as last loaded: what only a restart
+    /// changes (interfaces, pins, limits) is read here.
+    pub file: Config,
+    /// What the maps hold since the last apply.
+    desired: Desired,
     next_hops: NextHops,
     ledger: Ledger,
     /// Next hops resolved from the neighbour table (not from config).
     learned: BTreeMap<IpAddr, NextHop>,
-    /// How many configurations were applied: a change prepared outside the
-    /// lock from an older `config` is merged again.
+    /// How many desired states were applied: a change prepared outside
+    /// the lock from an older `desired` is made again.
     applied: u64,
 }
 
 impl Node {
-    /// Opens the data plane and recovers the index assignment from its maps.
-    pub async fn open(config: Config) -> Result<Self, ApplyError> {
-        let dp = DataPlane::open(&config)?;
-        let next_hops = NextHops::start(&config.node.interfaces).await?;
-        let ledger = recover::recover(&dp, &config)?;
+    /// Opens the data plane of the node `file` configures and recovers the
+    /// index assignment from its maps, naming what they hold from
+    /// `desired` (what is applied next).
+    pub async fn open(file: Config, desired: Desired) -> Result<Self, ApplyError> {
+        let dp = DataPlane::open(&file)?;
+        let next_hops = NextHops::start(&file.node.interfaces).await?;
+        let ledger = recover::recover(&dp, &desired)?;
         Ok(Self {
             dp,
-            config,
+            file,
+            desired,
             next_hops,
             ledger,
             learned: BTreeMap::new(),
@@ -136,53 +140,56 @@ impl Node {
         self.next_hops.clone()
     }
 
-    /// Turns `config` (already validated) into the node's model and
-    /// resolves its servers' next hops: the slow part of an apply, done
-    /// without the node.
-    pub async fn prepare(next_hops: &NextHops, config: Config) -> Result<Prepared, ApplyError> {
-        let started = Instant::now();
-        for w in config.warnings() {
-            warn!(warning = %w, "config");
-        }
-        let model = NodeModel::from_config(&config)?;
-        let hops = next_hops.resolve(&model).await;
-        Ok(Prepared {
-            config,
-            model,
-            hops,
-            started,
-        })
+    /// The desired state the maps hold since the last apply.
+    #[must_use]
+    pub fn desired(&self) -> &Desired {
+        &self.desired
     }
 
-    /// Applies the configuration `change` makes of the node's, resolving
+    /// Resolves the next hops of `desired`'s servers: the slow part of an
+    /// apply, done without the node.
+    pub async fn prepare(next_hops: &NextHops, desired: Desired) -> Prepared {
+        let started = Instant::now();
+        for w in desired.model.warnings() {
+            warn!(warning = %w, "config");
+        }
+        let hops = next_hops.resolve(&desired.model).await;
+        Prepared {
+            desired,
+            hops,
+            started,
+        }
+    }
+
+    /// Applies the desired state `change` makes of the node's, resolving
     /// next hops without holding `node`'s lock: `change` is made of a
     /// snapshot and prepared outside the lock, then planned and carried out
-    /// under it. If another configuration was applied meanwhile, `change` is
-    /// made of that one and applied under the lock. Returns with the lock
-    /// still held, for a read-back of what was applied.
+    /// under it. If another desired state was applied meanwhile, `change`
+    /// is made of that one and applied under the lock. Returns with the
+    /// lock still held, for a read-back of what was applied.
     pub async fn apply_outside_lock<E: From<ApplyError>>(
         node: &tokio::sync::Mutex<Node>,
-        change: impl Fn(&Config) -> Result<Config, E>,
+        change: impl Fn(&Desired) -> Result<Desired, E>,
     ) -> Result<(ApplyReport, tokio::sync::MutexGuard<'_, Node>), E> {
         let (base, applied, next_hops) = {
             let node = node.lock().await;
-            (node.config.clone(), node.applied, node.next_hops())
+            (node.desired.clone(), node.applied, node.next_hops())
         };
-        let prepared = Self::prepare(&next_hops, change(&base)?).await?;
+        let prepared = Self::prepare(&next_hops, change(&base)?).await;
         let mut node = node.lock().await;
         let report = if node.applied == applied {
             node.apply_prepared(prepared)?
         } else {
-            let changed = change(&node.config)?;
+            let changed = change(&node.desired)?;
             node.apply(changed).await?
         };
         Ok((report, node))
     }
 
-    /// Applies `config` (already validated) to the maps: prepares it, then
+    /// Applies `desired` to the maps: prepares it, then
     /// [`Node::apply_prepared`].
-    pub async fn apply(&mut self, config: Config) -> Result<ApplyReport, ApplyError> {
-        let prepared = Self::prepare(&self.next_hops, config).await?;
+    pub async fn apply(&mut self, desired: Desired) -> Result<ApplyReport, ApplyError> {
+        let prepared = Self::prepare(&self.next_hops, desired).await;
         self.apply_prepared(prepared)
     }
 
@@ -190,8 +197,7 @@ impl Node {
     /// carries it out.
     pub fn apply_prepared(&mut self, prepared: Prepared) -> Result<ApplyReport, ApplyError> {
         let Prepared {
-            config,
-            model,
+            desired,
             hops,
             started,
         } = prepared;
@@ -205,14 +211,14 @@ impl Node {
             active_tables: &active_tables,
             last_seen: &last_seen,
         };
-        let plan = plan::plan(&self.ledger, &model, facts)?;
+        let plan = plan::plan(&self.ledger, &desired.model, facts)?;
         execute::execute(
             &mut self.dp,
             &mut self.ledger,
             &plan.steps,
             &hops.interfaces,
         )?;
-        self.config = config;
+        self.desired = desired;
         self.applied += 1;
         let mut report = plan.report;
         report.unresolved = hops.unresolved;

@@ -14,8 +14,8 @@ use tracing::{info, warn};
 
 use crate::{
     atomic_file,
-    config::{Config, ConfigError},
-    node::{ApplyError, Node, VerifyError},
+    model::ModelError,
+    node::{ApplyError, Node, VerifyError, desired::Desired},
 };
 
 /// What a node last applied for one service.
@@ -55,23 +55,20 @@ impl NodeState {
         self.services.values().map(|a| a.generation).max()
     }
 
-    /// `config` with every recorded desired state merged in (a remote node
-    /// restarting comes back as its manager left it). A state that no
-    /// longer fits the config is skipped with a warning; the manager sends
-    /// it again.
-    pub fn overlay(&self, config: Config) -> Config {
-        let mut config = config;
+    /// `desired` with every recorded desired state in place of its
+    /// service (a remote node restarting comes back as its manager left
+    /// it). A state that no longer fits the node is skipped with a warning;
+    /// the manager sends it again.
+    #[must_use]
+    pub fn overlay(&self, desired: Desired) -> Desired {
+        let mut desired = desired;
         for (name, applied) in &self.services {
-            if applied.service.retired {
-                config = super::desired::remove_service(&config, name);
-                continue;
-            }
-            match super::desired::merge_service(&config, &applied.service) {
-                Ok(c) => config = c,
+            match desired.with_service(&applied.service) {
+                Ok(d) => desired = d,
                 Err(e) => warn!(service = %name, error = %e, "recorded desired state skipped"),
             }
         }
-        config
+        desired
     }
 }
 
@@ -113,9 +110,9 @@ pub enum Refusal {
 pub enum ReconfigureError {
     #[error(transparent)]
     Refused(#[from] Refusal),
-    /// The service does not fit the node's configuration.
+    /// The service does not fit the node.
     #[error(transparent)]
-    Merge(#[from] ConfigError),
+    Model(#[from] ModelError),
     #[error(transparent)]
     Apply(#[from] ApplyError),
     #[error(
@@ -248,8 +245,10 @@ impl Reconfigurer {
         }
         drop(node);
         // The node goes on serving the API meanwhile.
-        let (report, node) = Node::apply_outside_lock(&self.node, |config| {
-            merge(config, service).map_err(ReconfigureError::from)
+        let (report, node) = Node::apply_outside_lock(&self.node, |desired| {
+            desired
+                .with_service(service)
+                .map_err(ReconfigureError::from)
         })
         .await?;
         let unresolved: Vec<String> = report
@@ -279,16 +278,6 @@ impl Reconfigurer {
         }
         info!(node = %self.name, service = %service.name, generation, micros = report.micros, "reconfiguration applied and verified");
         Ok(())
-    }
-}
-
-/// `config` with `service` as the manager describes it (or without it, when
-/// retired).
-fn merge(config: &Config, service: &Service) -> Result<Config, ConfigError> {
-    if service.retired {
-        Ok(super::desired::remove_service(config, &service.name))
-    } else {
-        super::desired::merge_service(config, service)
     }
 }
 
@@ -372,9 +361,9 @@ mod tests {
             std::path::Path::new("node.toml"),
         )
         .unwrap();
-        let merged = loaded.overlay(base);
-        assert_eq!(merged.service.len(), 1);
-        assert_eq!(merged.members("web").count(), 1);
+        let merged = loaded.overlay(Desired::from_config(&base).unwrap());
+        assert_eq!(merged.model.services.len(), 1);
+        assert_eq!(merged.model.service("web").unwrap().servers.len(), 1);
         std::fs::write(&path, "{").unwrap();
         let e = NodeState::load(&path).unwrap_err().to_string();
         assert!(e.contains("move it away"), "{e}");

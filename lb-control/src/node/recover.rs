@@ -9,15 +9,12 @@ use std::{
 use lb_common::{BACKEND_UNUSED, FAMILY_V4, ServiceKey};
 use tracing::info;
 
+use super::desired::Desired;
 use super::{
     ApplyError,
     dataplane::DataPlane,
     ledger::{BackendRuntime, Ledger, ServiceRuntime},
     map_err,
-};
-use crate::{
-    config::Config,
-    model::{protocol_number, protocol_of_file},
 };
 
 fn addr_of(bytes: &[u8; 16], family: u32) -> IpAddr {
@@ -28,25 +25,16 @@ fn addr_of(bytes: &[u8; 16], family: u32) -> IpAddr {
     }
 }
 
-fn service_key(vip: IpAddr, port: u16, proto: u8) -> ServiceKey {
-    match vip {
-        IpAddr::V4(a) => ServiceKey::new(&a.octets(), port, proto),
-        IpAddr::V6(a) => ServiceKey::new(&a.octets(), port, proto),
-    }
-}
-
-/// The ledger of what `dp`'s maps hold; names come from `config` (a
+/// The ledger of what `dp`'s maps hold; names come from `desired` (a
 /// service or server it does not name is an orphan, named by its index or
 /// address).
-pub fn recover(dp: &DataPlane, config: &Config) -> Result<Ledger, ApplyError> {
+pub fn recover(dp: &DataPlane, desired: &Desired) -> Result<Ledger, ApplyError> {
     let mut ledger = Ledger::default();
-    let names: BTreeMap<ServiceKey, String> = config
-        .service
+    let names: BTreeMap<ServiceKey, String> = desired
+        .model
+        .services
         .iter()
-        .map(|s| {
-            let proto = protocol_number(protocol_of_file(s.protocol));
-            (service_key(s.vip, s.port, proto), s.name.get_ref().clone())
-        })
+        .map(|s| (s.key(), s.name.clone()))
         .collect();
     for item in &dp.services {
         let (key, value) = item.map_err(map_err("SERVICES"))?;
@@ -62,21 +50,18 @@ pub fn recover(dp: &DataPlane, config: &Config) -> Result<Ledger, ApplyError> {
         let generation = dp.service_state.get(value.index).generation;
         ledger.generation = ledger.generation.max(generation);
     }
-    let servers: BTreeMap<IpAddr, String> = config
-        .server
+    let servers: BTreeMap<IpAddr, String> = desired
+        .servers
         .iter()
-        .map(|s| (s.address, s.name.get_ref().clone()))
+        .map(|s| (s.address, s.name.clone()))
         .collect();
-    let members: BTreeSet<(u32, IpAddr)> = config
-        .service
+    let members: BTreeSet<(u32, IpAddr)> = desired
+        .model
+        .services
         .iter()
         .filter_map(|svc| {
-            let rt = ledger.services.get(svc.name.get_ref())?;
-            Some(
-                config
-                    .members(svc.name.get_ref())
-                    .map(move |m| (rt.index, m.address)),
-            )
+            let rt = ledger.services.get(&svc.name)?;
+            Some(svc.servers.iter().map(move |m| (rt.index, m.address)))
         })
         .flatten()
         .collect();

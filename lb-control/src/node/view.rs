@@ -174,15 +174,16 @@ impl Node {
     /// Services with their counters, for `lbctl service list`.
     #[must_use]
     pub fn service_views(&self) -> Vec<ServiceView> {
-        self.config
-            .service
+        self.desired
+            .model
+            .services
             .iter()
             .filter_map(|s| {
-                let rt = self.ledger.services.get(s.name.get_ref())?;
+                let rt = self.ledger.services.get(&s.name)?;
                 let state = self.dp.service_state.get(rt.index);
                 let c = DataPlane::sum_counters(&self.dp.service_stats, rt.index);
                 Some(ServiceView {
-                    name: s.name.get_ref().clone(),
+                    name: s.name.clone(),
                     vip: s.vip,
                     port: s.port,
                     protocol: format!("{:?}", s.protocol).to_lowercase(),
@@ -190,7 +191,7 @@ impl Node {
                     active_slot: state.active,
                     table_size: state.size[state.active as usize & 1],
                     generation: state.generation,
-                    servers: self.config.members(s.name.get_ref()).count(),
+                    servers: s.servers.len(),
                     packets: c.packets,
                     bytes: c.bytes,
                     new_flows: c.new_flows,
@@ -204,9 +205,9 @@ impl Node {
     pub fn server_views(&self) -> Vec<ServerView> {
         let now = crate::node::dataplane::now_coarse();
         let mut out = Vec::new();
-        for server in &self.config.server {
+        for server in &self.desired.servers {
             let mut row = ServerView {
-                name: server.name.get_ref().clone(),
+                name: server.name.clone(),
                 address: server.address,
                 state: format!("{:?}", server.state).to_lowercase(),
                 weight: server.weight,
@@ -219,14 +220,16 @@ impl Node {
                 let c = DataPlane::sum_counters(&self.dp.backend_stats, b.index);
                 let seen = self.dp.backend_last_seen(b.index);
                 let scale = self
-                    .config
-                    .service
-                    .iter()
-                    .find(|s| s.name.get_ref() == name)
+                    .desired
+                    .model
+                    .service(name)
                     .map_or(1, |s| s.weight_scale);
                 row.services.push(BackendView {
                     service: name.clone(),
-                    weight: crate::manager::weights::display_weight(server.weight_in(name), scale),
+                    weight: crate::manager::weights::display_weight(
+                        self.desired.weight_in(server, name),
+                        scale,
+                    ),
                     backend: b.index,
                     incarnation: b.record.incarnation,
                     state: if b.retired {

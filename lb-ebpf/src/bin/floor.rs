@@ -9,6 +9,9 @@
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 
+#[path = "../runtime.rs"]
+mod runtime;
+
 #[xdp]
 pub fn xdp_floor(ctx: XdpContext) -> u32 {
     let start = ctx.data();
@@ -31,13 +34,3 @@ pub fn xdp_floor(ctx: XdpContext) -> u32 {
 pub fn xdp_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

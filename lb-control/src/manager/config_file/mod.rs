@@ -187,14 +187,9 @@ impl ConfigFile {
             base.clone()
         };
 
-        let mut doc: DocumentMut =
-            previous
-                .text
-                .parse()
-                .map_err(|e: toml_edit::TomlError| ConfigError::Parse {
-                    path: self.path.clone(),
-                    message: e.to_string(),
-                })?;
+        let mut doc: DocumentMut = previous.text.parse().map_err(|e: toml_edit::TomlError| {
+            ConfigError::from(lb_proto::toml_file::parse_error(&self.path, &e))
+        })?;
         for edit in edits {
             edit.apply(&mut doc).map_err(|source| {
                 if rebased {

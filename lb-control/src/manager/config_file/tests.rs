@@ -438,7 +438,7 @@ fn concurrent_updates_both_land() {
     assert_eq!(rebased, 1);
     let c = f.read().expect("read").config;
     assert_eq!(c.server[1].state, ServerState::Allocated);
-    assert_eq!(c.server[2].name.get_ref(), "s3");
+    assert_eq!(&c.server[2].name, "s3");
 
     // Only the file and its lock are left.
     let mut names: Vec<_> = std::fs::read_dir(dir.path())

@@ -79,17 +79,14 @@ impl Controller {
             .config
             .service
             .iter()
-            .find(|s| s.name.get_ref() == service)
+            .find(|s| s.name == service)
             .ok_or_else(|| ControllerError::UnknownService(service.to_owned()))?;
         let vip = svc.vip;
-        let existing: Option<&ServerConfig> = snapshot
-            .config
-            .server
-            .iter()
-            .find(|s| s.name.get_ref() == server);
+        let existing: Option<&ServerConfig> =
+            snapshot.config.server.iter().find(|s| s.name == server);
         if let Some(s) = existing
             && s.state != ServerState::Free
-            && s.services.iter().any(|n| n.get_ref() == service)
+            && s.serves(service)
         {
             return Err(ControllerError::AlreadyMember {
                 server: server.to_owned(),
@@ -206,20 +203,15 @@ fn allocation(
             if s.state == ServerState::Free {
                 // A free server's `services` only recall what it served
                 // last: it now serves this one alone.
-                for other in s.services.iter().filter(|n| n.get_ref() != service) {
+                for other in s.services.iter().filter(|n| *n != service) {
                     edits.push(Edit::LeaveService {
                         server: server.into(),
-                        service: other.get_ref().clone(),
+                        service: other.clone(),
                     });
                 }
             } else {
                 // In other pools already: it joins this one too.
-                services.extend(
-                    s.services
-                        .iter()
-                        .map(|n| n.get_ref().clone())
-                        .filter(|n| n != service),
-                );
+                services.extend(s.services.iter().filter(|&n| n != service).cloned());
             }
             edits.push(Edit::JoinService {
                 server: server.into(),

@@ -63,15 +63,10 @@ impl Controller {
     ) -> Result<(), ControllerError> {
         let t0 = Instant::now();
         let snapshot = self.file.read()?;
-        let Some(s) = snapshot
-            .config
-            .server
-            .iter()
-            .find(|s| s.name.get_ref() == server)
-        else {
+        let Some(s) = snapshot.config.server.iter().find(|s| s.name == server) else {
             return Err(ControllerError::UnknownServer(server.to_owned()));
         };
-        let shared = s.services.iter().filter(|n| n.get_ref() != service).count() > 0;
+        let shared = s.services.iter().filter(|n| *n != service).count() > 0;
         let edits = if shared {
             vec![Edit::LeaveService {
                 server: server.into(),
@@ -122,10 +117,7 @@ impl Controller {
             .filter(|s| s.state == ServerState::Draining)
             .filter_map(|s| {
                 let first = s.services.first()?;
-                let svc = config
-                    .service
-                    .iter()
-                    .find(|x| x.name.get_ref() == first.get_ref())?;
+                let svc = config.service.iter().find(|x| x.name == *first)?;
                 Some((s, svc))
             })
             .collect();
@@ -154,8 +146,8 @@ impl Controller {
         svc: &ServiceConfig,
         statuses: &[NodeStatus],
     ) {
-        let name = server.name.get_ref();
-        let service = svc.name.get_ref();
+        let name = &server.name;
+        let service = &svc.name;
         let policy = &svc.scaling;
         let began = *ops
             .persisted

@@ -222,7 +222,7 @@ impl Controller {
             .config
             .service
             .iter()
-            .map(|s| s.name.get_ref().clone())
+            .map(|s| s.name.clone())
             .collect();
         // Services a node still has that the file no longer names.
         for node in &self.nodes {
@@ -303,7 +303,7 @@ impl Controller {
         self.drains(&mut ops, &snapshot.config).await;
         let mut decisions = Vec::new();
         for svc in &snapshot.config.service {
-            let name = svc.name.get_ref().clone();
+            let name = svc.name.clone();
             let view = self.pool_view(&ops, &snapshot.config, svc).await;
             let started = self.started;
             let state = ops

@@ -52,7 +52,7 @@ impl Controller {
         for s in &config.server {
             let entry = ops
                 .since
-                .entry(s.name.get_ref().clone())
+                .entry(s.name.clone())
                 .or_insert((s.state, first_seen));
             if entry.0 != s.state {
                 *entry = (s.state, now);
@@ -67,13 +67,13 @@ impl Controller {
         config: &Config,
         svc: &ServiceConfig,
     ) -> PoolView {
-        let name = svc.name.get_ref();
+        let name = &svc.name;
         let app = svc.application();
         let db = self.manager.db.lock().await;
         let mut view = PoolView::default();
         let mut in_config = BTreeSet::new();
         for s in &config.server {
-            in_config.insert(s.name.get_ref().clone());
+            in_config.insert(s.name.clone());
         }
         for s in config.members(name) {
             let state = match s.state {
@@ -83,7 +83,7 @@ impl Controller {
                 // Taken out by the operator: not the policy's to judge.
                 ServerState::Down | ServerState::Free => continue,
             };
-            let server = s.name.get_ref();
+            let server = &s.name;
             let record = db.get(server);
             let report = record.and_then(|r| r.last_report.as_ref());
             let status = report.and_then(|r| r.applications.iter().find(|a| a.name == app));
@@ -116,7 +116,7 @@ impl Controller {
             .server
             .iter()
             .filter(|s| s.state == ServerState::Free)
-            .map(|s| s.name.get_ref().as_str())
+            .map(|s| s.name.as_str())
             .collect();
         for record in db.iter() {
             let hosts = record.hello.applications.iter().any(|a| a.name == app);
@@ -222,8 +222,8 @@ impl Controller {
         let dwell = self.config.report_interval() * CROSSING_DWELL;
         for svc in &config.service {
             let policy = &svc.scaling;
-            for s in config.members(svc.name.get_ref()) {
-                let server = s.name.get_ref();
+            for s in config.members(&svc.name) {
+                let server = &s.name;
                 let Some(record) = db.get(server) else {
                     continue;
                 };
@@ -231,7 +231,7 @@ impl Controller {
                     continue;
                 };
                 let u = report.utilization.value;
-                let key = (svc.name.get_ref().clone(), server.clone());
+                let key = (svc.name.clone(), server.clone());
                 // Each new report moves a smoothed figure; a rise to the
                 // upper level counts at once (it starts an allocation), every
                 // other move needs the smoothed figure past the level by
@@ -272,7 +272,7 @@ impl Controller {
                     {
                         ops.bands.insert(key.clone(), (band, now));
                         let arrived = wall - now.saturating_duration_since(at);
-                        found.push((svc.name.get_ref().clone(), server.clone(), u, band, arrived));
+                        found.push((svc.name.clone(), server.clone(), u, band, arrived));
                     }
                     Some(_) => {}
                 }
@@ -301,10 +301,10 @@ impl Controller {
 fn probe_targets(config: &Config) -> impl Iterator<Item = (String, String, SocketAddr)> + '_ {
     config.service.iter().flat_map(move |svc| {
         svc.scaling.probe_port.into_iter().flat_map(move |port| {
-            config.members(svc.name.get_ref()).map(move |s| {
+            config.members(&svc.name).map(move |s| {
                 (
-                    svc.name.get_ref().clone(),
-                    s.name.get_ref().clone(),
+                    svc.name.clone(),
+                    s.name.clone(),
                     SocketAddr::new(s.address, port),
                 )
             })

@@ -52,9 +52,7 @@ fn listed_free<'a>(
     offered: &'a [&str],
 ) -> impl Iterator<Item = &'a ServerConfig> {
     config.server.iter().filter(move |s| {
-        s.state == ServerState::Free
-            && s.services.iter().any(|n| n.get_ref() == service)
-            && !offered.contains(&s.name.get_ref().as_str())
+        s.state == ServerState::Free && s.serves(service) && !offered.contains(&s.name.as_str())
     })
 }
 
@@ -63,10 +61,7 @@ fn unlisted<'a>(
     config: &'a Config,
     listed: &'a BTreeSet<String>,
 ) -> impl Iterator<Item = &'a ServerConfig> {
-    config
-        .server
-        .iter()
-        .filter(|s| !listed.contains(s.name.get_ref()))
+    config.server.iter().filter(|s| !listed.contains(&s.name))
 }
 
 /// A pool as `lbctl pool` shows it.
@@ -176,18 +171,13 @@ impl Controller {
         let mut edits = vec![edit.clone()];
         let mut services = vec![name.to_owned()];
         for s in &snapshot.config.server {
-            if !s.services.iter().any(|n| n.get_ref() == name) {
+            if !s.serves(name) {
                 continue;
             }
-            let others: Vec<String> = s
-                .services
-                .iter()
-                .map(|n| n.get_ref().clone())
-                .filter(|n| n != name)
-                .collect();
+            let others: Vec<String> = s.services.iter().filter(|&n| n != name).cloned().collect();
             if others.is_empty() && s.state != ServerState::Free {
                 edits.push(Edit::SetState {
-                    server: s.name.get_ref().clone(),
+                    server: s.name.clone(),
                     state: ServerState::Free,
                 });
             }
@@ -228,10 +218,8 @@ impl Controller {
             .config
             .service
             .iter()
-            .filter(|s| {
-                apps.iter().any(|a| a == s.application()) || listed.contains(s.name.get_ref())
-            })
-            .map(|s| s.name.get_ref().clone())
+            .filter(|s| apps.iter().any(|a| a == s.application()) || listed.contains(&s.name))
+            .map(|s| s.name.clone())
             .collect();
         match matches.as_slice() {
             [one] => Ok(one.clone()),
@@ -249,14 +237,14 @@ impl Controller {
             .config
             .server
             .iter()
-            .find(|s| s.name.get_ref() == server)
+            .find(|s| s.name == server)
             .ok_or_else(|| ControllerError::UnknownServer(server.to_owned()))?;
         if s.state == ServerState::Free {
             return Err(ControllerError::AlreadyFree(server.to_owned()));
         }
         s.services
             .first()
-            .map(|n| n.get_ref().clone())
+            .cloned()
             .ok_or_else(|| ControllerError::ServesNoService(server.to_owned()))
     }
 
@@ -268,7 +256,7 @@ impl Controller {
             .config
             .server
             .iter()
-            .map(|s| (s.name.get_ref().clone(), state_name(s.state).to_owned()))
+            .map(|s| (s.name.clone(), state_name(s.state).to_owned()))
             .collect())
     }
 
@@ -302,7 +290,7 @@ impl Controller {
         let db = self.manager.db.lock().await;
         let unassigned = unlisted(&snapshot.config, &listed)
             .map(|s| {
-                let name = s.name.get_ref();
+                let name = &s.name;
                 let record = db.get(name);
                 PoolMember {
                     server: name.clone(),
@@ -343,11 +331,11 @@ impl Rows<'_> {
         let svc = self.svc;
         let members = self
             .config
-            .members(svc.name.get_ref())
+            .members(&svc.name)
             .map(|s| {
-                let m = view.members.iter().find(|m| m.name == *s.name.get_ref());
+                let m = view.members.iter().find(|m| m.name == s.name);
                 self.row(
-                    s.name.get_ref(),
+                    &s.name,
                     state_name(s.state).to_owned(),
                     m.and_then(|m| m.utilization),
                     m.map_or(1.0, |m| m.capacity),
@@ -367,11 +355,11 @@ impl Rows<'_> {
             })
             .collect();
         let offered: Vec<&str> = view.free.iter().map(|c| c.name.as_str()).collect();
-        for s in listed_free(self.config, svc.name.get_ref(), &offered) {
-            let record = self.db.get(s.name.get_ref());
+        for s in listed_free(self.config, &svc.name, &offered) {
+            let record = self.db.get(&s.name);
             free.push(
                 self.free_row(
-                    s.name.get_ref(),
+                    &s.name,
                     record
                         .and_then(|r| r.last_report.as_ref())
                         .map(|r| r.utilization.value),
@@ -381,7 +369,7 @@ impl Rows<'_> {
             );
         }
         PoolReport {
-            service: svc.name.get_ref().clone(),
+            service: svc.name.clone(),
             application: svc.application().to_owned(),
             generation: self.ops.generations.current(),
             members,
@@ -428,14 +416,14 @@ impl Rows<'_> {
                 .ops
                 .persisted
                 .service_weights
-                .get(svc.name.get_ref())
+                .get(&svc.name)
                 .and_then(|w| w.get(name))
                 .map(|&w| f64::from(w) / f64::from(WEIGHT_SCALE)),
             file_weight: self
                 .config
                 .server
                 .iter()
-                .find(|s| s.name.get_ref() == name)
+                .find(|s| s.name == name)
                 .map(|s| s.weight),
             vip_established: app.map(|a| a.vip_established),
         }
@@ -486,7 +474,7 @@ state = "free"
 "#;
 
     fn names<'a>(servers: impl Iterator<Item = &'a ServerConfig>) -> Vec<&'a str> {
-        servers.map(|s| s.name.get_ref().as_str()).collect()
+        servers.map(|s| s.name.as_str()).collect()
     }
 
     #[test]

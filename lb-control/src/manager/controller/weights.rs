@@ -43,9 +43,9 @@ impl Controller {
     ) -> Vec<MemberInput<'a>> {
         config
             .members(service)
-            .filter(|s| s.state_in(service) == ServerState::Allocated)
+            .filter(|s| s.state == ServerState::Allocated)
             .map(|s| {
-                let name = s.name.get_ref().as_str();
+                let name = s.name.as_str();
                 let record = db
                     .and_then(|db| db.get(name))
                     .filter(|r| r.monitor == Monitor::Monitored);
@@ -100,7 +100,7 @@ impl Controller {
     ) -> ServiceWeightMap {
         let mut out = BTreeMap::new();
         for name in services {
-            let Some(svc) = config.service.iter().find(|s| s.name.get_ref() == name) else {
+            let Some(svc) = config.service.iter().find(|s| &s.name == name) else {
                 continue;
             };
             let settings = self.weight_settings(svc);
@@ -140,7 +140,7 @@ impl Controller {
         {
             let db = self.manager.db.lock().await;
             for svc in &config.service {
-                let name = svc.name.get_ref();
+                let name = &svc.name;
                 let settings = self.weight_settings(svc);
                 let inputs = self.member_inputs(ops, config, name, Some(&db), now);
                 let state = Self::service_weights(ops, name);
