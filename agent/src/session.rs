@@ -356,7 +356,7 @@ impl ManagerReader<'_> {
             if !self.header_checked
                 && let Some(header) = decoder.header()
             {
-                if let Err((code, why)) = self.check_header(header) {
+                if let Err((code, why)) = self.check_header(header, &context.config.manager_name) {
                     let reply = error_reply(code, None, why.clone());
                     return Err(stream.fail(reply, SessionError::Peer(why)).await);
                 }
@@ -383,7 +383,14 @@ impl ManagerReader<'_> {
         }
     }
 
-    fn check_header(&self, header: &StreamHeader) -> Result<(), (&'static str, String)> {
+    /// The manager's stream header: the manager role and, over TLS, named
+    /// `manager_name` (as configured, whatever else its certificate names)
+    /// and by the name its certificate gives first.
+    fn check_header(
+        &self,
+        header: &StreamHeader,
+        manager_name: &str,
+    ) -> Result<(), (&'static str, String)> {
         if header.role != Role::Manager {
             return Err((
                 "unexpected-role",
@@ -393,7 +400,17 @@ impl ManagerReader<'_> {
                 ),
             ));
         }
+        // Over plain TCP nothing is proven, and the header is all there is.
         if let Some(peer) = self.peer {
+            if !header.host.eq_ignore_ascii_case(manager_name) {
+                return Err((
+                    "manager-name-mismatch",
+                    format!(
+                        "the manager calls itself `{}`, but agent.manager_name is `{manager_name}`",
+                        header.host
+                    ),
+                ));
+            }
             lb_proto::tls::check_peer_name(peer, &header.host)
                 .map_err(|e| ("peer-name-mismatch", e.to_string()))?;
         }

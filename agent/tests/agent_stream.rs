@@ -92,13 +92,21 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 struct TestManager {
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
+    /// The name in its stream header.
+    name: &'static str,
 }
 
 impl TestManager {
     async fn new(ca_pem: &str, identity: &Identity) -> Self {
+        Self::named(ca_pem, identity, "manager").await
+    }
+
+    /// A manager whose stream header calls it `name`.
+    async fn named(ca_pem: &str, identity: &Identity, name: &'static str) -> Self {
         Self {
             listener: TcpListener::bind("127.0.0.1:0").await.expect("bind"),
             tls: lb_proto::tls::server_config(ca_pem, identity).expect("server config"),
+            name,
         }
     }
 
@@ -115,7 +123,7 @@ impl TestManager {
         let (tls, peer) = lb_proto::tls::accept(self.tls.clone(), tcp).await?;
         let mut encoder = Encoder::new(Vec::new(), 1);
         encoder
-            .start(&StreamHeader::new(Role::Manager, "manager"))
+            .start(&StreamHeader::new(Role::Manager, self.name))
             .expect("header");
         let mut connection = Connection {
             io: Box::new(tls),
@@ -448,6 +456,52 @@ async fn agent_with_a_certificate_from_another_ca_is_refused() {
     // The agent saw the refusal and keeps retrying; it never got a stream.
     let log = agent.log();
     assert!(log.contains("manager connection ended"), "{log}");
+}
+
+/// A manager whose certificate names `manager` only as a further name
+/// (its first is `impostor`, which its header claims) passes TLS, but the
+/// agent wants `agent.manager_name` itself: it refuses the stream.
+#[tokio::test]
+async fn agent_refuses_a_manager_not_named_manager_name() {
+    let lab = Lab::new();
+    lab.pki
+        .issue(
+            "web-1",
+            lb_proto::tls::Role::Client,
+            &[],
+            Validity::from_now(DAY),
+        )
+        .expect("agent certificate");
+    let impostor = lab
+        .pki
+        .issue(
+            "impostor",
+            lb_proto::tls::Role::Server,
+            &[lb_proto::tls::SanEntry::Dns("manager".into())],
+            Validity::from_now(DAY),
+        )
+        .expect("impostor certificate");
+    let manager = TestManager::named(&lab.ca_pem(), &impostor, "impostor").await;
+    let app_port = application().await;
+    let config = lab.config(manager.port(), lab.pki.dir(), app_port);
+    let agent = AgentProcess::spawn(&config, lab.dir.path().join("agent.log"));
+    let mut conn = manager
+        .accept()
+        .await
+        .expect("TLS accepts `manager` among the names");
+    let refusal = loop {
+        match conn.next().await {
+            Ok(Message::Error(e)) => break e,
+            Ok(_) => {}
+            Err(e) => panic!("the stream ended without a refusal: {e}"),
+        }
+    };
+    assert_eq!(refusal.code, "manager-name-mismatch", "{refusal:?}");
+    assert!(
+        refusal.text.contains("agent.manager_name is `manager`"),
+        "{refusal:?}"
+    );
+    drop(agent);
 }
 
 #[test]

@@ -32,6 +32,7 @@
 pub mod api;
 pub mod atomic_file;
 pub mod config;
+pub mod locks;
 pub mod manager;
 pub mod model;
 pub mod net;

@@ -79,8 +79,9 @@ fn apply_persisted_weights(
 enum RunError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// Detaching, or taking the pin directory.
     #[error(transparent)]
-    Detach(#[from] DataPlaneError),
+    DataPlane(#[from] DataPlaneError),
     #[error("{0}")]
     Runtime(#[source] std::io::Error),
     #[error(transparent)]
@@ -99,11 +100,8 @@ enum RunError {
     Listener(#[from] ListenError),
     #[error(transparent)]
     Controller(#[from] ControllerError),
-    #[error("control socket {}: {source}", path.display())]
-    Socket {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Socket(#[from] lb_control::api::access::AccessError),
     #[error("{0}")]
     Signal(#[source] std::io::Error),
 }
@@ -151,19 +149,16 @@ fn run(config_path: PathBuf) -> Result<(), RunError> {
         .map_err(RunError::Runtime)?;
     runtime.block_on(async move {
         let config = Config::load(&config_path)?;
+        // Before anything binds or touches a map: one process per pins.
+        let _instance = dataplane::lock_instance(&config.node.pin_dir)?;
         let socket = config.node.socket.clone();
+        let limits = api::Limits {
+            access: api::access::Access::of(&config.node)?,
+            idle: Duration::from_secs(config.node.control_idle_timeout.into()),
+        };
         let daemon = Arc::new(start(config, config_path).await?);
-        let api_daemon = daemon.clone();
-        let api_socket = socket.clone();
-        let listener = api::bind(&socket).map_err(|source| RunError::Socket {
-            path: socket.clone(),
-            source,
-        })?;
-        tokio::spawn(async move {
-            if let Err(e) = api::serve(api_daemon, listener).await {
-                error!(error = %e, socket = %api_socket.display(), "control socket failed");
-            }
-        });
+        let listener = limits.access.bind(&socket)?;
+        tokio::spawn(api::serve(daemon.clone(), listener, limits));
         serve_signals(&daemon, &socket).await?;
         // The program, its maps and links stay pinned: traffic keeps flowing
         // and the next start adopts them. `lb-control detach` removes them.

@@ -53,7 +53,7 @@ async fn setup() -> Setup {
     let manager = Manager::new(ManagerConfig {
         tls_dir: Some(pki.dir().to_path_buf()),
         report_interval_ms: 100,
-        state_dir: std::env::temp_dir(),
+        state_dir: dir.path().to_path_buf(),
         discovery: Some(DiscoveryConfig {
             listen: "127.0.0.1:0".parse().expect("addr"),
             group: None,

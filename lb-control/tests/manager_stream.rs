@@ -54,7 +54,7 @@ async fn setup() -> Setup {
     let manager = Manager::new(ManagerConfig {
         tls_dir: Some(pki.dir().to_path_buf()),
         report_interval_ms: 100,
-        state_dir: std::env::temp_dir(),
+        state_dir: dir.path().to_path_buf(),
         ..ManagerConfig::new("127.0.0.1:0".parse().expect("addr"), "manager")
     });
     let addr = manager.clone().start().await.expect("manager starts");
@@ -310,6 +310,157 @@ async fn good_stream_updates_database_and_answers_settings() {
         .await
     );
     assert_eq!(utilization(&s.manager, "s1").await, Some(0.7));
+}
+
+fn connection_settings(host: &str, id: u64, mac: [u8; 6]) -> Message {
+    lb_proto::ConnectionSettings {
+        seq: 0,
+        id,
+        host: host.into(),
+        addresses: vec!["10.0.0.99".parse().expect("ip")],
+        mac: lb_proto::MacAddr(mac),
+        interface: "eth0".into(),
+        applications: Vec::new(),
+    }
+    .into()
+}
+
+/// Agent s2 answers s1's pending settings request before s1 does, by
+/// every id it might have (and once naming s1): each answer is refused,
+/// counted, and an event names s2; the request gets s1's own answer.
+#[tokio::test]
+async fn settings_are_answered_only_by_the_host_asked() {
+    let s = setup().await;
+    let mut a = Agent::open(dial(&s.pki, "s1", s.addr).await.expect("dial"), "s1").await;
+    a.send(hello("s1")).await.expect("hello");
+    let mut b = Agent::open(dial(&s.pki, "s2", s.addr).await.expect("dial"), "s2").await;
+    b.send(hello("s2")).await.expect("hello");
+    assert!(
+        wait_for(Duration::from_secs(5), async || s
+            .manager
+            .views()
+            .await
+            .len()
+            == 2)
+        .await
+    );
+    let manager = s.manager.clone();
+    let ask = tokio::spawn(async move {
+        manager
+            .request_settings("s1", SettingsKind::Connection, None, Duration::from_secs(5))
+            .await
+    });
+    let Some(Message::SettingsRequest(req)) = a.recv(Duration::from_secs(5)).await else {
+        panic!("no settings request");
+    };
+    let rogue = [0x02, 0, 0, 0, 0, 0x66];
+    // Sequential ids would start at 1; the real one is sprayed too (a
+    // rogue that guessed it), with s2's name and with s1's.
+    for id in (1..=32).chain([req.id]) {
+        b.send(connection_settings("s2", id, rogue))
+            .await
+            .expect("spray");
+    }
+    b.send(connection_settings("s1", req.id, rogue))
+        .await
+        .expect("spoof");
+    assert!(
+        wait_for(Duration::from_secs(5), async || s
+            .manager
+            .stats()
+            .settings_refused
+            == 34)
+        .await,
+        "refused: {}",
+        s.manager.stats().settings_refused
+    );
+    assert!(!ask.is_finished(), "the request took another host's answer");
+    let real = [0x02, 0, 0, 0, 0, 0x11];
+    a.send(connection_settings("s1", req.id, real))
+        .await
+        .expect("answer");
+    let answer = ask.await.expect("join").expect("answered");
+    let Message::ConnectionSettings(answer) = answer else {
+        panic!("not connection settings: {answer:?}");
+    };
+    assert_eq!(answer.mac.0, real);
+    let events = s.manager.events.since(0);
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == "settings-refused" && e.server.as_deref() == Some("s2")),
+        "{events:?}"
+    );
+    assert!(
+        !events.iter().any(|e| e.server.as_deref() == Some("s1")),
+        "{events:?}"
+    );
+}
+
+/// `S1` and `s1` are one host (TLS matches the certificate's name
+/// without case), recorded once as `s1`. A stream replaced by a newer one
+/// of the same host ends without disconnecting the host.
+#[tokio::test]
+async fn one_host_one_record_and_only_the_current_stream_counts() {
+    let s = setup().await;
+    let now = lb_proto::time::unix_ms();
+    let mut upper = Agent::open(dial(&s.pki, "s1", s.addr).await.expect("dial"), "S1").await;
+    upper.send(hello("S1")).await.expect("hello");
+    upper.send(report("S1", now, 0.3)).await.expect("report");
+    assert!(
+        wait_for(Duration::from_secs(5), async || utilization(
+            &s.manager, "s1"
+        )
+        .await
+            == Some(0.3))
+        .await
+    );
+    let mut lower = Agent::open(dial(&s.pki, "s1", s.addr).await.expect("dial"), "s1").await;
+    lower.send(hello("s1")).await.expect("hello");
+    lower
+        .send(report("s1", now + 1, 0.4))
+        .await
+        .expect("report");
+    assert!(
+        wait_for(Duration::from_secs(5), async || utilization(
+            &s.manager, "S1"
+        )
+        .await
+            == Some(0.4))
+        .await
+    );
+    let views = s.manager.views().await;
+    assert_eq!(
+        views.iter().map(|v| v.host.as_str()).collect::<Vec<_>>(),
+        ["s1"],
+        "{views:?}"
+    );
+    // The replaced stream ends: the host stays connected on the new one.
+    drop(upper);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        s.manager.views().await[0].connected,
+        "the old stream's end disconnected s1"
+    );
+    lower
+        .send(report("s1", now + 2, 0.5))
+        .await
+        .expect("report");
+    assert!(
+        wait_for(Duration::from_secs(5), async || utilization(
+            &s.manager, "s1"
+        )
+        .await
+            == Some(0.5))
+        .await
+    );
+    drop(lower);
+    assert!(
+        wait_for(Duration::from_secs(5), async || !s.manager.views().await[0]
+            .connected)
+        .await,
+        "the current stream's end must disconnect s1"
+    );
 }
 
 #[tokio::test]

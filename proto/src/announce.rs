@@ -25,7 +25,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::{Application, ApplicationPorts, Hello};
+use crate::{ApplicationPorts, Hello};
 
 use wire::is_lower_hex;
 
@@ -111,11 +111,7 @@ impl Announce {
             applications: hello
                 .applications
                 .iter()
-                .map(|a| ApplicationPorts {
-                    name: a.name.clone(),
-                    protocol: a.protocol,
-                    ports: a.ports.clone(),
-                })
+                .map(ApplicationPorts::from)
                 .collect(),
         }
     }
@@ -133,12 +129,7 @@ impl Announce {
             applications: self
                 .applications
                 .iter()
-                .map(|a| Application {
-                    name: a.name.clone(),
-                    protocol: a.protocol,
-                    ports: a.ports.clone(),
-                    probe: String::new(),
-                })
+                .map(|a| a.with_probe(String::new()))
                 .collect(),
         }
     }

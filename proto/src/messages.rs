@@ -301,6 +301,29 @@ pub struct ApplicationPorts {
     pub ports: Vec<u16>,
 }
 
+impl From<&Application> for ApplicationPorts {
+    fn from(a: &Application) -> Self {
+        Self {
+            name: a.name.clone(),
+            protocol: a.protocol,
+            ports: a.ports.clone(),
+        }
+    }
+}
+
+impl ApplicationPorts {
+    /// The application with a description of its health probe.
+    #[must_use]
+    pub fn with_probe(&self, probe: String) -> Application {
+        Application {
+            name: self.name.clone(),
+            protocol: self.protocol,
+            ports: self.ports.clone(),
+            probe,
+        }
+    }
+}
+
 /// `<auth-settings>`: how the manager and the server authenticate each
 /// other on the server's control port, answering a [`SettingsRequest`] of
 /// kind `auth`.
@@ -515,6 +538,15 @@ pub struct NodeStatus {
     /// The [`StatusRequest::id`] this answers.
     #[serde(rename = "@id")]
     pub id: u64,
+    /// The newest manager generation the node applied (to any service);
+    /// absent before the first. A manager that lost its own count starts
+    /// after it.
+    #[serde(
+        rename = "@manager-generation",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub manager_generation: Option<u64>,
     /// One `<backend>` per (service, server) programmed on the node.
     #[serde(rename = "backend", default)]
     pub backends: Vec<BackendStatus>,

@@ -183,6 +183,7 @@ pub fn node_status(id: u64) -> Message {
     NodeStatus {
         seq: 0,
         id,
+        manager_generation: Some(12),
         backends: vec![
             BackendStatus {
                 service: "web".into(),
@@ -266,6 +267,7 @@ pub fn all() -> Vec<Message> {
         NodeStatus {
             seq: 0,
             id: 4,
+            manager_generation: None,
             backends: Vec::new(),
         }
         .into(),

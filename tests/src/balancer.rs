@@ -54,6 +54,9 @@ pub struct Balancer {
     pub pin_dir: PathBuf,
     pub work: PathBuf,
     ns: String,
+    /// The file-mode creation mask `lb-control` starts under (the test
+    /// process's when `None`).
+    umask: Option<libc::mode_t>,
 }
 
 impl Balancer {
@@ -67,6 +70,22 @@ impl Balancer {
 
     /// [`Balancer::start`] on another node host (`lab.node2`).
     pub fn start_on(lab: &Lab, host: &crate::topo::Host, config: &str) -> Result<Self> {
+        Self::start_with(lab, host, config, None)
+    }
+
+    /// [`Balancer::start`] with `lb-control` under file-mode creation mask
+    /// `umask` (e.g. 0: everything it creates would be world-writable if
+    /// it relied on the mask).
+    pub fn start_under_umask(lab: &Lab, config: &str, umask: libc::mode_t) -> Result<Self> {
+        Self::start_with(lab, &lab.node, config, Some(umask))
+    }
+
+    fn start_with(
+        lab: &Lab,
+        host: &crate::topo::Host,
+        config: &str,
+        umask: Option<libc::mode_t>,
+    ) -> Result<Self> {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let tag = format!("lbt{}-{}-{n}", std::process::id(), lab.id);
         let work = std::env::temp_dir().join(&tag);
@@ -80,6 +99,7 @@ impl Balancer {
             pin_dir,
             work,
             ns: host.ns.name().to_string(),
+            umask,
         };
         b.write_config(config)?;
         b.launch()?;
@@ -118,6 +138,16 @@ impl Balancer {
             .arg(&self.config_path);
         for (k, v) in env {
             cmd.env(k, v);
+        }
+        if let Some(mask) = self.umask {
+            use std::os::unix::process::CommandExt as _;
+            // SAFETY: umask is async-signal-safe and touches no memory.
+            unsafe {
+                cmd.pre_exec(move || {
+                    libc::umask(mask);
+                    Ok(())
+                });
+            }
         }
         let mut p = LabProcess::spawn(cmd, "lb-control".into())?;
         p.wait_for_line("ready", Duration::from_secs(30))

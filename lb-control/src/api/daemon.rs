@@ -10,7 +10,6 @@ use super::{Reloaded, Request, RequestError, Response, Stats, Status};
 use crate::{
     config::Config,
     manager::{
-        config_file::Edit,
         controller::{Controller, Pools},
         db::MonitorView,
     },
@@ -101,24 +100,9 @@ impl Daemon {
                 c.deallocate(&server).await?;
                 done(0, format!("server `{server}` back in the free pool"))
             }
-            Request::ServiceAdd {
-                name,
-                vip,
-                port,
-                protocol,
-                table_size,
-                application,
-            } => {
-                let g = c
-                    .add_service(Edit::AddService {
-                        name: name.clone(),
-                        vip,
-                        port,
-                        protocol,
-                        table_size,
-                        application,
-                    })
-                    .await?;
+            Request::ServiceAdd(service) => {
+                let name = service.name.clone();
+                let g = c.add_service(service).await?;
                 done(g, format!("service `{name}` added on every node"))
             }
             Request::ServiceRemove { name } => {
@@ -202,10 +186,15 @@ impl Daemon {
 }
 
 /// What a reload cannot change: the interfaces, pins and hash seed the
-/// program was loaded with, and the sizes of its maps.
+/// program was loaded with, the sizes of its maps, and the control
+/// socket with its access.
 fn restart_only_changed(new: &Config, running: &Config) -> bool {
     new.node.interfaces != running.node.interfaces
         || new.node.pin_dir != running.node.pin_dir
+        || new.node.socket != running.node.socket
+        || new.node.control_group != running.node.control_group
+        || new.node.admin_group != running.node.admin_group
+        || new.node.control_idle_timeout != running.node.control_idle_timeout
         || new.node.hash_seed != running.node.hash_seed
         || new.limits.max_services != running.limits.max_services
         || new.limits.max_backends != running.limits.max_backends

@@ -57,11 +57,10 @@ fn controller_kind(e: &ControllerError) -> ErrorKind {
         }
         ControllerError::ServesNoService(_)
         | ControllerError::NoApplication(_)
-        | ControllerError::Ambiguous { .. }
-        | ControllerError::NotAnAddition => ErrorKind::InvalidRequest,
+        | ControllerError::Ambiguous { .. } => ErrorKind::InvalidRequest,
         ControllerError::Settings { .. }
         | ControllerError::UnexpectedSettings { .. }
-        | ControllerError::NoAddress { .. } => ErrorKind::AgentUnavailable,
+        | ControllerError::BadSettings { .. } => ErrorKind::AgentUnavailable,
         ControllerError::NotApplied { .. } | ControllerError::NotSynced(_) => {
             ErrorKind::NodesFailed
         }
@@ -69,7 +68,8 @@ fn controller_kind(e: &ControllerError) -> ErrorKind {
         | ControllerError::StateCorrupt { .. }
         | ControllerError::StateRead { .. }
         | ControllerError::NodesWithoutTls
-        | ControllerError::RemoteNode { .. } => ErrorKind::Internal,
+        | ControllerError::RemoteNode { .. }
+        | ControllerError::Task(_) => ErrorKind::Internal,
     }
 }
 
@@ -77,7 +77,7 @@ fn file_kind(e: &ConfigFileError) -> ErrorKind {
     use crate::manager::config_file::EditError;
     match e {
         ConfigFileError::Invalid(_) | ConfigFileError::Rejected(_) => ErrorKind::InvalidConfig,
-        ConfigFileError::Conflict { .. } => ErrorKind::Conflict,
+        ConfigFileError::Conflict { .. } | ConfigFileError::Locked { .. } => ErrorKind::Conflict,
         ConfigFileError::Edit { source, .. } => match source {
             EditError::UnknownServer(_) | EditError::UnknownService(_) => ErrorKind::NotFound,
             EditError::DuplicateServer(_) | EditError::DuplicateService(_) => ErrorKind::Conflict,

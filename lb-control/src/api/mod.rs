@@ -1,6 +1,7 @@
 //! The control socket: one JSON request per line, one JSON response per line.
 //! `lbctl` is its client.
 
+pub mod access;
 mod client;
 mod daemon;
 mod error;
@@ -11,4 +12,4 @@ pub use client::{ClientError, call};
 pub use daemon::{Daemon, NodeRole};
 pub use error::RequestError;
 pub use protocol::{ErrorKind, Reloaded, Request, Response, Stats, Status};
-pub use server::{bind, serve};
+pub use server::{Limits, MAX_REQUEST, MAX_SESSIONS, serve};

@@ -4,9 +4,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    config::Protocol,
     manager::{
         ManagerStats,
+        config_file::NewService,
         controller::{PoolMember, PoolReport},
         db::MonitorView,
         events::Event,
@@ -49,17 +49,7 @@ pub enum Request {
         server: String,
     },
     /// Add a service at run time.
-    ServiceAdd {
-        name: String,
-        vip: std::net::IpAddr,
-        port: u16,
-        #[serde(default)]
-        protocol: Protocol,
-        #[serde(default)]
-        table_size: Option<u32>,
-        #[serde(default)]
-        application: Option<String>,
-    },
+    ServiceAdd(NewService),
     /// Remove a service at run time.
     ServiceRemove {
         name: String,
@@ -197,6 +187,11 @@ pub enum ErrorKind {
     /// Some node did not apply the change; it was rolled back (or, for a
     /// reload, the next change retries).
     NodesFailed,
+    /// The peer may not send this request (see `node.control_group` and
+    /// `node.admin_group`).
+    Forbidden,
+    /// Too many control sessions are open: try again.
+    Busy,
     /// Anything else: I/O, the state directory, an error of a kind this
     /// client does not know.
     #[default]

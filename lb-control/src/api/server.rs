@@ -2,75 +2,195 @@
 //! JSON response per line (or, for `events --follow`, one event per line
 //! until the client goes away).
 
-use std::{path::Path, sync::Arc};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use tokio::{
-    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
-    net::{UnixListener, UnixStream},
+    io::{AsyncBufRead, AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    net::{UnixListener, UnixStream, unix::OwnedWriteHalf},
 };
 use tracing::{debug, warn};
 
-use super::{Daemon, ErrorKind, Request, Response};
+use super::{
+    Daemon, ErrorKind, Request, Response,
+    access::{Access, Role, reads_only},
+};
 use crate::manager::events::Event;
 
-/// Binds the control socket (replacing one a killed predecessor left), so
-/// it accepts connections before the daemon says it is ready.
-pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let _ = std::fs::remove_file(path);
-    UnixListener::bind(path)
+/// Longest request line accepted.
+pub const MAX_REQUEST: usize = 64 * 1024;
+/// Most control sessions open at once; one more is answered with an
+/// error and closed.
+pub const MAX_SESSIONS: usize = 64;
+
+/// Limits of the control socket's sessions.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Who may do what.
+    pub access: Access,
+    /// How long a session may wait between requests (not while it
+    /// follows events).
+    pub idle: Duration,
 }
 
-/// Serves the control socket until the task is dropped.
-pub async fn serve(daemon: Arc<Daemon>, listener: UnixListener) -> std::io::Result<()> {
+/// Serves the control socket until the task is dropped. An accept error
+/// (out of file descriptors) is logged once and retried after a pause;
+/// the loop never ends on one.
+pub async fn serve(daemon: Arc<Daemon>, listener: UnixListener, limits: Limits) {
+    let limits = Arc::new(limits);
+    let open = Arc::new(AtomicUsize::new(0));
+    let mut failing = false;
     loop {
-        let (stream, _) = listener.accept().await?;
-        let daemon = daemon.clone();
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => {
+                failing = false;
+                stream
+            }
+            Err(e) => {
+                if !failing {
+                    warn!(error = %e, "control socket: accept failed; retrying");
+                    failing = true;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let (daemon, limits, open) = (daemon.clone(), limits.clone(), open.clone());
         tokio::spawn(async move {
-            if let Err(e) = session(daemon, stream).await {
+            let n = open.fetch_add(1, Ordering::AcqRel);
+            let result = if n >= MAX_SESSIONS {
+                refuse(
+                    stream,
+                    ErrorKind::Busy,
+                    format!("{MAX_SESSIONS} control sessions are open; try again"),
+                )
+                .await
+            } else {
+                session(&daemon, &limits, stream).await
+            };
+            open.fetch_sub(1, Ordering::AcqRel);
+            if let Err(e) = result {
                 debug!(error = %e, "control session ended");
             }
         });
     }
 }
 
-/// Longest request line accepted.
-const MAX_REQUEST: usize = 64 * 1024;
+/// Answers `stream` with one error and closes it.
+async fn refuse(stream: UnixStream, kind: ErrorKind, message: String) -> std::io::Result<()> {
+    let (_, mut write) = stream.into_split();
+    respond(&mut write, &Response::error(kind, message)).await
+}
 
-async fn session(daemon: Arc<Daemon>, stream: UnixStream) -> std::io::Result<()> {
+/// One request line of a session.
+#[derive(Debug, PartialEq, Eq)]
+enum Line {
+    /// The request's text (without its newline).
+    Request(Vec<u8>),
+    /// A line longer than [`MAX_REQUEST`]: read to its end and dropped
+    /// whole.
+    TooLong,
+    /// The client closed the session.
+    End,
+}
+
+/// The next line of `read`, at most [`MAX_REQUEST`] bytes of it kept.
+async fn read_line<R: AsyncBufRead + Unpin>(read: &mut R) -> std::io::Result<Line> {
+    let mut line = Vec::new();
+    let mut too_long = false;
+    loop {
+        let buf = read.fill_buf().await?;
+        if buf.is_empty() {
+            return Ok(match (too_long, line.is_empty()) {
+                (true, _) => Line::TooLong,
+                (false, true) => Line::End,
+                (false, false) => Line::Request(line),
+            });
+        }
+        let (take, done) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (i, true),
+            None => (buf.len(), false),
+        };
+        if !too_long && line.len() + take > MAX_REQUEST {
+            too_long = true;
+            line = Vec::new();
+        }
+        if !too_long {
+            line.extend_from_slice(&buf[..take]);
+        }
+        read.consume(take + usize::from(done));
+        if done {
+            return Ok(if too_long {
+                Line::TooLong
+            } else {
+                Line::Request(line)
+            });
+        }
+    }
+}
+
+async fn session(daemon: &Daemon, limits: &Limits, stream: UnixStream) -> std::io::Result<()> {
+    let role = limits.access.role_of(&stream)?;
+    if role == Role::None {
+        return refuse(
+            stream,
+            ErrorKind::Forbidden,
+            "not allowed: the control socket admits root and the members of node.control_group (read) and node.admin_group (every verb)"
+                .to_owned(),
+        )
+        .await;
+    }
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read);
-    let mut line = String::new();
     loop {
-        line.clear();
-        let n = (&mut lines)
-            .take(MAX_REQUEST as u64)
-            .read_line(&mut line)
-            .await?;
-        if n == 0 {
+        let Ok(line) = tokio::time::timeout(limits.idle, read_line(&mut lines)).await else {
+            debug!("control session idle; closed");
             return Ok(());
-        }
-        let response = match serde_json::from_str::<Request>(line.trim()) {
+        };
+        let text = match line? {
+            Line::End => return Ok(()),
+            Line::TooLong => {
+                warn!("control request over {MAX_REQUEST} bytes refused");
+                let r = Response::error(
+                    ErrorKind::BadRequest,
+                    format_args!("request longer than {MAX_REQUEST} bytes; nothing done"),
+                );
+                respond(&mut write, &r).await?;
+                continue;
+            }
+            Line::Request(text) => text,
+        };
+        let response = match serde_json::from_slice::<Request>(text.trim_ascii()) {
+            Ok(r) if role != Role::Admin && !reads_only(&r) => Response::error(
+                ErrorKind::Forbidden,
+                "this request changes the balancer: only root and the members of node.admin_group may send it",
+            ),
             Ok(Request::Events {
                 after,
                 follow: true,
-            }) => return follow_events(&daemon, after, &mut write).await,
+            }) => return follow_events(daemon, after, &mut write).await,
             Ok(request) => daemon.handle(request).await,
             Err(e) => {
                 warn!(error = %e, "bad control request");
                 Response::error(ErrorKind::BadRequest, format_args!("bad request: {e}"))
             }
         };
-        let mut text = serde_json::to_string(&response).unwrap_or_else(|e| {
-            format!(
-                "{{\"response\":\"error\",\"kind\":\"internal\",\"message\":\"encoding: {e}\"}}"
-            )
-        });
-        text.push('\n');
-        write.write_all(text.as_bytes()).await?;
+        respond(&mut write, &response).await?;
     }
+}
+
+/// Writes one response line.
+async fn respond(write: &mut OwnedWriteHalf, response: &Response) -> std::io::Result<()> {
+    let mut text = serde_json::to_string(response).unwrap_or_else(|e| {
+        format!("{{\"response\":\"error\",\"kind\":\"internal\",\"message\":\"encoding: {e}\"}}")
+    });
+    text.push('\n');
+    write.write_all(text.as_bytes()).await
 }
 
 /// `lbctl events --follow`: the events after `after`, then each new one,
@@ -78,13 +198,11 @@ async fn session(daemon: Arc<Daemon>, stream: UnixStream) -> std::io::Result<()>
 async fn follow_events(
     daemon: &Daemon,
     after: u64,
-    write: &mut tokio::net::unix::OwnedWriteHalf,
+    write: &mut OwnedWriteHalf,
 ) -> std::io::Result<()> {
     let Ok(c) = daemon.controller() else {
         let r = Response::error(ErrorKind::NoManager, "this lb-control runs no manager");
-        let mut text = serde_json::to_string(&r).unwrap_or_default();
-        text.push('\n');
-        return write.write_all(text.as_bytes()).await;
+        return respond(write, &r).await;
     };
     // Subscribe first so nothing falls between the backlog and the stream.
     let mut rx = c.events.subscribe();
@@ -111,11 +229,36 @@ async fn follow_events(
     }
 }
 
-async fn write_event(
-    write: &mut tokio::net::unix::OwnedWriteHalf,
-    event: &Event,
-) -> std::io::Result<()> {
+async fn write_event(write: &mut OwnedWriteHalf, event: &Event) -> std::io::Result<()> {
     let mut text = serde_json::to_string(event).map_err(std::io::Error::other)?;
     text.push('\n');
     write.write_all(text.as_bytes()).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_oversized_line_is_dropped_whole() {
+        let mut text = vec![b' '; MAX_REQUEST + 10];
+        text.extend_from_slice(b"{\"request\":\"reload\"}\n{\"request\":\"status\"}\nlast");
+        let mut read = BufReader::with_capacity(1000, &text[..]);
+        assert_eq!(read_line(&mut read).await.unwrap(), Line::TooLong);
+        assert_eq!(
+            read_line(&mut read).await.unwrap(),
+            Line::Request(b"{\"request\":\"status\"}".to_vec())
+        );
+        assert_eq!(
+            read_line(&mut read).await.unwrap(),
+            Line::Request(b"last".to_vec())
+        );
+        assert_eq!(read_line(&mut read).await.unwrap(), Line::End);
+        let exact = [vec![b'x'; MAX_REQUEST], b"\n".to_vec()].concat();
+        let mut read = BufReader::with_capacity(1000, &exact[..]);
+        assert_eq!(
+            read_line(&mut read).await.unwrap(),
+            Line::Request(vec![b'x'; MAX_REQUEST])
+        );
+    }
 }

@@ -63,6 +63,22 @@ pub struct NodeConfig {
     /// Unix socket `lbctl` talks to.
     #[serde(default = "default_socket")]
     pub socket: PathBuf,
+    /// Group whose members may use the control socket's verbs that only
+    /// read (`status`, `service list`, `server list`, `stats`, `events`,
+    /// `pool`): the socket is made `root:<group>` mode 0660. Absent: the
+    /// socket is `root:root` 0660 and only root may use it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_group: Option<String>,
+    /// Group whose members may also use the verbs that change something
+    /// (`config reload`, `server allocate|drain|deallocate`, `service
+    /// add|remove`); root always may. To open the socket they must also be
+    /// in `control_group`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_group: Option<String>,
+    /// Seconds a control session may wait between two requests before it
+    /// is closed (a session following events is not idle).
+    #[serde(default = "default_control_idle")]
+    pub control_idle_timeout: u32,
     /// `auto` (driver mode when the interface supports it, skb otherwise),
     /// `driver` or `skb`.
     #[serde(default)]
@@ -267,6 +283,9 @@ fn default_pin_dir() -> PathBuf {
 fn default_socket() -> PathBuf {
     PathBuf::from("/run/xdplb/control.sock")
 }
+fn default_control_idle() -> u32 {
+    60
+}
 fn default_seed() -> u32 {
     0x5eed_1b00
 }
@@ -405,6 +424,13 @@ mac = "02:00:00:00:00:12"
             .to_string();
         assert!(
             e.contains("defined twice") && e.contains("test.toml:17"),
+            "{e}"
+        );
+        let e = parse(&GOOD.replace("\"s2\"", "\"S2\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("test.toml:17") && e.contains("write it `s2`"),
             "{e}"
         );
         let e = parse(&GOOD.replace("10.0.0.12", "10.0.0.11"))

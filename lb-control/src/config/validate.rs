@@ -123,6 +123,15 @@ impl Config {
         let mut addresses = BTreeMap::new();
         for (i, srv) in self.server.iter().enumerate() {
             let name = &srv.name;
+            let canonical = crate::manager::db::canonical(name);
+            if *name != canonical {
+                return Err(at.invalid(
+                    at.server(i),
+                    format!(
+                        "server `{name}`: host names are matched without case (as TLS matches certificate names); write it `{canonical}`"
+                    ),
+                ));
+            }
             if !names.insert(name.as_str()) {
                 return Err(at.invalid(at.server(i), format!("server `{name}` is defined twice")));
             }

@@ -44,6 +44,8 @@ pub struct ServerRecord {
     pub monitor: Monitor,
     pub last_report: Option<Report>,
     pub last_report_at: Option<Instant>,
+    /// The time of the newest report accepted on the current stream.
+    pub stream_last_ms: Option<u64>,
     pub reports: u64,
     /// When the first hello arrived; for a server learnt from an
     /// announcement, its first announcement until its first hello on a
@@ -78,9 +80,31 @@ pub enum ReportRejected {
         time_ms: u64,
         last_ms: u64,
     },
+    #[error(
+        "report from `{host}` dated {time_ms} ms, {ahead_ms} ms ahead of the manager's clock (more than {max} ms): is its clock set?",
+        max = MAX_AHEAD_MS
+    )]
+    Future {
+        host: String,
+        time_ms: u64,
+        ahead_ms: u64,
+    },
 }
 
-/// All servers, by host name.
+/// How far ahead of the manager's clock a report may be dated: clocks
+/// synchronised by NTP agree far better; a report dated later is refused
+/// (accepted, it would make every later report look stale).
+pub const MAX_AHEAD_MS: u64 = 60_000;
+
+/// The one spelling of a host name: DNS names (and so certificate names,
+/// which TLS compares without case) are matched without case, so `WEB-1`
+/// and `web-1` are one host, recorded as `web-1`.
+#[must_use]
+pub fn canonical(host: &str) -> String {
+    host.to_ascii_lowercase()
+}
+
+/// All servers, by canonical host name ([`canonical`]).
 #[derive(Debug, Default)]
 pub struct ServerDb {
     servers: BTreeMap<String, ServerRecord>,
@@ -94,7 +118,7 @@ impl ServerDb {
 
     #[must_use]
     pub fn get(&self, host: &str) -> Option<&ServerRecord> {
-        self.servers.get(host)
+        self.servers.get(&canonical(host))
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &ServerRecord> {
@@ -119,6 +143,8 @@ impl ServerDb {
         fingerprint: &str,
         now: Instant,
     ) -> Vec<DbEvent> {
+        let mut hello = hello;
+        hello.host = canonical(&hello.host);
         let host = hello.host.clone();
         let mut events = Vec::new();
         let spare = hello.spare;
@@ -134,6 +160,8 @@ impl ServerDb {
             r.peer = peer;
             r.fingerprint = fingerprint.to_string();
             r.connected = true;
+            // A new stream: its reports are judged against each other.
+            r.stream_last_ms = None;
         } else {
             events.push(DbEvent::Connected { host: host.clone() });
             self.servers.insert(
@@ -147,6 +175,7 @@ impl ServerDb {
                     monitor: Monitor::Pending,
                     last_report: None,
                     last_report_at: None,
+                    stream_last_ms: None,
                     reports: 0,
                     first_seen: now,
                     announced_at: None,
@@ -163,18 +192,42 @@ impl ServerDb {
     /// reconnects and agent restarts; within a stream the sequence guard
     /// already dropped replays).
     pub fn report(&mut self, report: Report, now: Instant) -> Result<Vec<DbEvent>, ReportRejected> {
+        self.report_at(report, now, lb_proto::time::unix_ms())
+    }
+
+    /// [`ServerDb::report`] with the manager's wall clock at `wall_ms`
+    /// (Unix milliseconds): a report dated more than [`MAX_AHEAD_MS`]
+    /// later is refused; one not after the last accepted on the same
+    /// stream is stale (a new stream starts afresh).
+    pub fn report_at(
+        &mut self,
+        report: Report,
+        now: Instant,
+        wall_ms: u64,
+    ) -> Result<Vec<DbEvent>, ReportRejected> {
+        let mut report = report;
+        report.host = canonical(&report.host);
         let Some(r) = self.servers.get_mut(&report.host) else {
             return Err(ReportRejected::NoHello { host: report.host });
         };
-        if let Some(last) = &r.last_report
-            && report.time_ms <= last.time_ms
+        let ahead_ms = report.time_ms.saturating_sub(wall_ms);
+        if ahead_ms > MAX_AHEAD_MS {
+            return Err(ReportRejected::Future {
+                host: report.host,
+                time_ms: report.time_ms,
+                ahead_ms,
+            });
+        }
+        if let Some(last_ms) = r.stream_last_ms
+            && report.time_ms <= last_ms
         {
             return Err(ReportRejected::Stale {
                 host: report.host,
                 time_ms: report.time_ms,
-                last_ms: last.time_ms,
+                last_ms,
             });
         }
+        r.stream_last_ms = Some(report.time_ms);
         let mut events = Vec::new();
         if r.monitor == Monitor::Unmonitored {
             events.push(DbEvent::Monitored {
@@ -199,6 +252,8 @@ impl ServerDb {
     /// its stream is up, the stream is authoritative and only the
     /// announcement time is noted.
     pub fn announced(&mut self, hello: Hello, fingerprint: &str, now: Instant) -> Vec<DbEvent> {
+        let mut hello = hello;
+        hello.host = canonical(&hello.host);
         let host = hello.host.clone();
         match self.servers.get_mut(&host) {
             Some(r) if r.connected => {
@@ -228,6 +283,7 @@ impl ServerDb {
                         monitor: Monitor::Pending,
                         last_report: None,
                         last_report_at: None,
+                        stream_last_ms: None,
                         reports: 0,
                         first_seen: now,
                         announced_at: Some(now),
@@ -240,7 +296,7 @@ impl ServerDb {
 
     /// The stream of `host` ended.
     pub fn disconnected(&mut self, host: &str) -> Vec<DbEvent> {
-        match self.servers.get_mut(host) {
+        match self.servers.get_mut(&canonical(host)) {
             Some(r) if r.connected => {
                 r.connected = false;
                 vec![DbEvent::Disconnected { host: host.into() }]
@@ -418,6 +474,54 @@ mod tests {
                 readiness: vec![],
             }],
         }
+    }
+
+    /// A report dated a day ahead would, accepted, make every later one
+    /// stale until a restart: it is refused, and the next one counts. A
+    /// new stream is judged afresh.
+    #[test]
+    fn a_report_from_the_future_locks_no_one_out() {
+        let t0 = Instant::now();
+        let wall = 1_700_000_000_000;
+        let mut db = ServerDb::new();
+        db.hello(hello("s1", false), None, "ab", t0);
+        let e = db
+            .report_at(
+                report("s1", wall + 86_400_000, 0.9, HealthState::Up),
+                t0,
+                wall,
+            )
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ReportRejected::Future {
+                    ahead_ms: 86_400_000,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("is its clock set?"), "{e}");
+        db.report_at(report("s1", wall, 0.5, HealthState::Up), t0, wall)
+            .expect("a report of now counts");
+        db.report_at(
+            report("s1", wall + MAX_AHEAD_MS, 0.6, HealthState::Up),
+            t0,
+            wall,
+        )
+        .expect("within the bound");
+        assert!(matches!(
+            db.report_at(report("s1", wall + 1, 0.7, HealthState::Up), t0, wall),
+            Err(ReportRejected::Stale { .. })
+        ));
+        // The agent restarted: its new stream's reports are not compared
+        // with the old stream's.
+        db.disconnected("s1");
+        db.hello(hello("s1", false), None, "ab", t0);
+        db.report_at(report("s1", wall + 1, 0.7, HealthState::Up), t0, wall)
+            .expect("new stream");
+        assert_eq!(db.get("s1").unwrap().reports, 3);
     }
 
     #[test]

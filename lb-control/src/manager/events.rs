@@ -28,7 +28,8 @@ pub struct Event {
     pub time_ms: u64,
     /// What happened: `allocating`, `allocated`, `allocation-failed`,
     /// `rolled-back`, `draining`, `deallocated`, `failed`, `restored`,
-    /// `crossed`, `weights`, `notice`, `unmonitored`, `conflict`, ...
+    /// `crossed`, `weights`, `notice`, `unmonitored`, `conflict`,
+    /// `settings-refused`, ...
     pub kind: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<String>,

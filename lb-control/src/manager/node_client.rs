@@ -112,12 +112,12 @@ impl RemoteNode {
         }
     }
 
-    /// Asks the node for its backends' status.
+    /// Asks the node for its status.
     pub async fn status(
         &self,
         count_flows: bool,
         timeout: Duration,
-    ) -> Result<Vec<lb_proto::BackendStatus>, LinkError> {
+    ) -> Result<lb_proto::NodeStatus, LinkError> {
         let id = self
             .next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -126,16 +126,11 @@ impl RemoteNode {
             id,
             count_flows,
         };
-        match self
-            .round_trip(request.into(), timeout, |m| match m {
-                Message::NodeStatus(s) if s.id == id => Some(s),
-                _ => None,
-            })
-            .await
-        {
-            Ok(s) => Ok(s.backends),
-            Err(e) => Err(e),
-        }
+        self.round_trip(request.into(), timeout, |m| match m {
+            Message::NodeStatus(s) if s.id == id => Some(s),
+            _ => None,
+        })
+        .await
     }
 
     async fn connect(&self) -> Result<Stream, LinkError> {

@@ -49,14 +49,15 @@ impl NodeLink {
         }
     }
 
-    /// Asks the node for its backends' status.
+    /// Asks the node for its status: its backends, and the newest manager
+    /// generation it applied.
     pub async fn status(
         &self,
         count_flows: bool,
         timeout: Duration,
-    ) -> Result<Vec<lb_proto::BackendStatus>, LinkError> {
+    ) -> Result<lb_proto::NodeStatus, LinkError> {
         match self {
-            Self::Local(a) => Ok(a.status(count_flows).await),
+            Self::Local(a) => Ok(a.node_status(count_flows).await),
             Self::Remote(r) => r.status(count_flows, timeout).await,
         }
     }

@@ -157,9 +157,8 @@ where
         let mut reply: Message = match message {
             Message::Reconfigure(r) => agent.reconfigure(&r).await.into(),
             Message::StatusRequest(r) => lb_proto::NodeStatus {
-                seq: 0,
                 id: r.id,
-                backends: agent.status(r.count_flows).await,
+                ..agent.node_status(r.count_flows).await
             }
             .into(),
             other => ErrorMessage {

@@ -208,9 +208,18 @@ impl Reconfigurer {
         self.state.lock().await.manager_generation()
     }
 
-    /// The node's backends (see [`Node::backend_status`]).
-    pub async fn status(&self, count_flows: bool) -> Vec<lb_proto::BackendStatus> {
-        self.node.lock().await.backend_status(count_flows)
+    /// The node's status for a manager: its backends (see
+    /// [`Node::backend_status`]) and the newest manager generation it
+    /// applied.
+    pub async fn node_status(&self, count_flows: bool) -> lb_proto::NodeStatus {
+        // The state before the node, as a reconfiguration locks them.
+        let manager_generation = self.manager_generation().await;
+        lb_proto::NodeStatus {
+            seq: 0,
+            id: 0,
+            manager_generation,
+            backends: self.node.lock().await.backend_status(count_flows),
+        }
     }
 
     /// Applies `message` unless its generation is older than the one the

@@ -89,8 +89,10 @@ pub enum CertsCommand {
         /// Another DNS name the host is also dialled by (repeatable).
         #[arg(long)]
         dns: Vec<String>,
-        /// Which side of a connection the host may act as.
-        #[arg(long, value_enum, default_value_t = RoleArg::Both)]
+        /// Which side of a connection the host may act as. The default,
+        /// `client`, is an agent's; a manager needs `both` (it accepts
+        /// agents and dials nodes), a node `server`.
+        #[arg(long, value_enum, default_value_t = RoleArg::Client)]
         role: RoleArg,
         /// Days the certificate is valid.
         #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..))]

@@ -1,6 +1,6 @@
 //! What each subcommand asks of the daemon.
 
-use lb_control::api::Request;
+use lb_control::{api::Request, manager::config_file::NewService};
 
 use crate::cli::{CertsCommand, Command, ServerCommand, ServiceCommand};
 
@@ -31,14 +31,14 @@ impl From<ServiceCommand> for Request {
     fn from(command: ServiceCommand) -> Self {
         match command {
             ServiceCommand::List => Request::ServiceList,
-            ServiceCommand::Add(add) => Request::ServiceAdd {
+            ServiceCommand::Add(add) => Request::ServiceAdd(NewService {
                 name: add.name,
                 vip: add.vip,
                 port: add.port,
                 protocol: add.protocol.into(),
                 table_size: add.table_size,
                 application: add.application,
-            },
+            }),
             ServiceCommand::Remove { name } => Request::ServiceRemove { name },
         }
     }

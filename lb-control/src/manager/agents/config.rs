@@ -53,6 +53,12 @@ pub struct ManagerConfig {
     /// before 3 report intervals plus this have passed.
     #[serde(default = "default_agent_backoff")]
     pub agent_backoff_ms: u64,
+    /// Subnets the real servers' addresses are in: an agent's connection
+    /// settings may give an address there other than the one its stream
+    /// comes from (its IPv6 address when it connects over IPv4, say).
+    /// Empty: only the stream's own address is taken.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub server_subnets: Vec<ipnet::IpNet>,
 }
 
 /// `[[manager.node]]`: a balancer node on another host.
@@ -104,6 +110,7 @@ impl ManagerConfig {
             ack_timeout_ms: default_ack_timeout(),
             ack_retries: default_ack_retries(),
             agent_backoff_ms: default_agent_backoff(),
+            server_subnets: Vec::new(),
         }
     }
 

@@ -24,7 +24,10 @@ use tokio::{
 };
 use tracing::{info, warn};
 
-use super::db::{DbEvent, MonitorView, ServerDb};
+use super::{
+    db::{DbEvent, MonitorView, ServerDb, canonical},
+    events::{EventLog, NewEvent},
+};
 use crate::net::MessageReader;
 
 mod config;
@@ -85,6 +88,10 @@ pub struct ManagerStats {
     pub messages_rejected: u64,
     pub reports_accepted: u64,
     pub reports_stale: u64,
+    /// Settings answers refused: for a request their host was not asked,
+    /// or naming another host.
+    #[serde(default)]
+    pub settings_refused: u64,
     /// Discovery announcements verified and recorded.
     #[serde(default)]
     pub announcements_accepted: u64,
@@ -99,9 +106,13 @@ pub struct Manager {
     pub config: ManagerConfig,
     pub db: Mutex<ServerDb>,
     sessions: Mutex<HashMap<String, mpsc::Sender<Message>>>,
-    pending: Mutex<HashMap<u64, oneshot::Sender<Message>>>,
-    next_id: AtomicU64,
+    /// Settings requests waiting for their answer, by (host asked, id):
+    /// only that host's own stream can answer one.
+    pending: Mutex<HashMap<(String, u64), oneshot::Sender<Message>>>,
+    /// What the manager decided and saw, for `lbctl events`.
+    pub events: Arc<EventLog>,
     streams_accepted: AtomicU64,
+    settings_refused: AtomicU64,
     handshakes_refused: AtomicU64,
     messages_rejected: AtomicU64,
     reports_accepted: AtomicU64,
@@ -143,13 +154,15 @@ async fn write_stream<W: AsyncWrite + Unpin>(
 impl Manager {
     #[must_use]
     pub fn new(config: ManagerConfig) -> Arc<Self> {
+        let events = Arc::new(EventLog::open(Some(&config.state_dir)));
         Arc::new(Self {
             config,
             db: Mutex::new(ServerDb::new()),
             sessions: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(1),
+            events,
             streams_accepted: AtomicU64::new(0),
+            settings_refused: AtomicU64::new(0),
             handshakes_refused: AtomicU64::new(0),
             messages_rejected: AtomicU64::new(0),
             reports_accepted: AtomicU64::new(0),
@@ -166,9 +179,18 @@ impl Manager {
             messages_rejected: self.messages_rejected.load(Ordering::Relaxed),
             reports_accepted: self.reports_accepted.load(Ordering::Relaxed),
             reports_stale: self.reports_stale.load(Ordering::Relaxed),
+            settings_refused: self.settings_refused.load(Ordering::Relaxed),
             announcements_accepted: self.discovery.accepted(),
             announcements_rejected: self.discovery.rejected(),
         }
+    }
+
+    /// The address `host`'s agent stream comes from, if it has one.
+    pub async fn peer_of(&self, host: &str) -> Option<std::net::IpAddr> {
+        let db = self.db.lock().await;
+        db.get(host)
+            .and_then(|r| r.peer)
+            .map(|p| p.ip().to_canonical())
     }
 
     /// Every known server as the manager sees it.
@@ -269,13 +291,18 @@ impl Manager {
             .read_stream(read, peer, identity.as_ref(), &tx, &mut host)
             .await;
         if let Some(h) = &host {
+            // Only the current stream's end disconnects the server: a
+            // stream another one replaced ends without a say.
             let mut sessions = self.sessions.lock().await;
-            if sessions.get(h).is_some_and(|s| s.same_channel(&tx)) {
+            let current = sessions.get(h).is_some_and(|s| s.same_channel(&tx));
+            if current {
                 sessions.remove(h);
             }
             drop(sessions);
-            let events = self.db.lock().await.disconnected(h);
-            log_events(&events);
+            if current {
+                let events = self.db.lock().await.disconnected(h);
+                log_events(&events);
+            }
         }
         if let Err(e) = outcome {
             warn!(%peer, host = host.as_deref().unwrap_or("-"), error = %e, "agent stream closed");
@@ -348,11 +375,11 @@ impl Manager {
             let _ = tx.send(reject("name-mismatch", &e.to_string())).await;
             return Err(e.into());
         }
-        self.sessions
-            .lock()
-            .await
-            .insert(header.host.clone(), tx.clone());
-        Ok(header.host)
+        // The certificate's name, spelt one way (TLS compared it without
+        // case).
+        let host = canonical(&header.host);
+        self.sessions.lock().await.insert(host.clone(), tx.clone());
+        Ok(host)
     }
 
     async fn handle(
@@ -365,7 +392,7 @@ impl Manager {
     ) {
         match message {
             Message::Hello(hello) => {
-                if hello.host != host {
+                if !hello.host.eq_ignore_ascii_case(host) {
                     self.messages_rejected.fetch_add(1, Ordering::Relaxed);
                     let _ = tx
                         .send(reject(
@@ -383,7 +410,7 @@ impl Manager {
                 log_events(&events);
             }
             Message::Report(report) => {
-                if report.host != host {
+                if !report.host.eq_ignore_ascii_case(host) {
                     self.messages_rejected.fetch_add(1, Ordering::Relaxed);
                     return;
                 }
@@ -398,8 +425,12 @@ impl Manager {
                     }
                 }
             }
-            Message::ConnectionSettings(ref s) => self.answer(s.id, message.clone()).await,
-            Message::AuthSettings(ref s) => self.answer(s.id, message.clone()).await,
+            Message::ConnectionSettings(ref s) => {
+                self.answer(host, &s.host, s.id, message.clone()).await;
+            }
+            Message::AuthSettings(ref s) => {
+                self.answer(host, &s.host, s.id, message.clone()).await;
+            }
             Message::Error(e) => {
                 warn!(host, code = %e.code, text = %e.text, "agent reported an error");
             }
@@ -415,10 +446,33 @@ impl Manager {
         }
     }
 
-    async fn answer(&self, id: u64, message: Message) {
-        if let Some(waiter) = self.pending.lock().await.remove(&id) {
+    /// A settings answer on `host`'s stream, naming `named` and request
+    /// `id`: it goes to the request only if that request asked `host` and
+    /// the answer names `host`. Any other answer is refused, counted and
+    /// recorded as an event naming `host` (a host answering for another
+    /// would take its share of a VIP).
+    async fn answer(&self, host: &str, named: &str, id: u64, message: Message) {
+        let key = (host.to_owned(), id);
+        if named.eq_ignore_ascii_case(host)
+            && let Some(waiter) = self.pending.lock().await.remove(&key)
+        {
             let _ = waiter.send(message);
+            return;
         }
+        self.settings_refused.fetch_add(1, Ordering::Relaxed);
+        warn!(
+            server = host,
+            named, id, "settings answer refused: not for a request this host was asked"
+        );
+        self.events.record(
+            NewEvent::new(
+                "settings-refused",
+                format!(
+                    "`{host}` answered settings request {id} (naming `{named}`), which it was not asked; refused"
+                ),
+            )
+            .server(host),
+        );
     }
 
     /// Asks `host`'s agent for settings and waits for the answer. For auth
@@ -431,12 +485,14 @@ impl Manager {
         application: Option<String>,
         timeout: Duration,
     ) -> Result<Message, ManagerError> {
-        let Some(tx) = self.sessions.lock().await.get(host).cloned() else {
+        let canonical = canonical(host);
+        let Some(tx) = self.sessions.lock().await.get(&canonical).cloned() else {
             return Err(ManagerError::NotConnected(host.into()));
         };
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = request_id();
+        let key = (canonical, id);
         let (done, wait) = oneshot::channel();
-        self.pending.lock().await.insert(id, done);
+        self.pending.lock().await.insert(key.clone(), done);
         let request = SettingsRequest {
             seq: 0,
             id,
@@ -444,11 +500,11 @@ impl Manager {
             application,
         };
         if tx.send(request.into()).await.is_err() {
-            self.pending.lock().await.remove(&id);
+            self.pending.lock().await.remove(&key);
             return Err(ManagerError::NotConnected(host.into()));
         }
         let Ok(Ok(answer)) = tokio::time::timeout(timeout, wait).await else {
-            self.pending.lock().await.remove(&id);
+            self.pending.lock().await.remove(&key);
             return Err(ManagerError::Timeout {
                 host: host.into(),
                 kind,
@@ -490,6 +546,17 @@ fn reject(code: &str, text: &str) -> Message {
         rejected_seq: None,
     }
     .into()
+}
+
+/// An id for a settings request no agent can guess (answers are also
+/// matched to their host; an unpredictable id keeps a host from answering
+/// ahead of its own next request, too).
+fn request_id() -> u64 {
+    let mut bytes = [0u8; 8];
+    // The system's random source does not fail on Linux once booted; a
+    // zero id is still only accepted from the host asked.
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes);
+    u64::from_le_bytes(bytes)
 }
 
 pub(super) fn log_events(events: &[DbEvent]) {

@@ -7,6 +7,23 @@ use toml_edit::{Array, ArrayOfTables, DocumentMut, Item, Table, Value};
 
 use crate::config::{Protocol, ServerState};
 
+/// A service added at run time (`lbctl service add`): what its
+/// `[[service]]` table says.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NewService {
+    pub name: String,
+    pub vip: IpAddr,
+    pub port: u16,
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// Default: the file's default table size.
+    #[serde(default)]
+    pub table_size: Option<u32>,
+    /// The application agents host it under (default: the name).
+    #[serde(default)]
+    pub application: Option<String>,
+}
+
 /// Why an [`Edit`] cannot be applied to a document.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EditError {
@@ -53,15 +70,7 @@ pub enum Edit {
     /// Sets a server's pinned certificate `fingerprint`.
     SetFingerprint { server: String, fingerprint: String },
     /// Appends a `[[service]]` table.
-    AddService {
-        name: String,
-        vip: IpAddr,
-        port: u16,
-        protocol: Protocol,
-        table_size: Option<u32>,
-        /// The application agents host it under (default: the name).
-        application: Option<String>,
-    },
+    AddService(NewService),
     /// Removes a `[[service]]` table and the service from every server's
     /// `services`.
     RemoveService { name: String },
@@ -97,15 +106,12 @@ impl Edit {
                 server,
                 fingerprint,
             } => format!("server `{server}`: fingerprint = {fingerprint}"),
-            Edit::AddService {
-                name,
-                vip,
-                port,
-                protocol,
-                ..
-            } => format!(
-                "add service `{name}` ({vip} port {port} {})",
-                serde_name(*protocol)
+            Edit::AddService(s) => format!(
+                "add service `{}` ({} port {} {})",
+                s.name,
+                s.vip,
+                s.port,
+                serde_name(s.protocol)
             ),
             Edit::RemoveService { name } => format!("remove service `{name}`"),
         }
@@ -158,26 +164,11 @@ impl Edit {
                 "fingerprint",
                 Value::from(fingerprint.as_str()),
             ),
-            Edit::AddService {
-                name,
-                vip,
-                port,
-                protocol,
-                table_size,
-                application,
-            } => {
-                if find(tables(doc, "service")?, name).is_some() {
-                    return Err(EditError::DuplicateService(name.clone()));
+            Edit::AddService(service) => {
+                if find(tables(doc, "service")?, &service.name).is_some() {
+                    return Err(EditError::DuplicateService(service.name.clone()));
                 }
-                let t = service_table(
-                    name,
-                    *vip,
-                    *port,
-                    *protocol,
-                    *table_size,
-                    application.as_deref(),
-                );
-                append_table(doc, "service", t)
+                append_table(doc, "service", service_table(service))
             }
             Edit::RemoveService { name } => remove_service(doc, name),
         }
@@ -185,24 +176,20 @@ impl Edit {
 }
 
 /// The `[[service]]` table an `AddService` appends.
-fn service_table(
-    name: &str,
-    vip: IpAddr,
-    port: u16,
-    protocol: Protocol,
-    table_size: Option<u32>,
-    application: Option<&str>,
-) -> Table {
+fn service_table(service: &NewService) -> Table {
     let mut t = Table::new();
-    t.insert("name", Item::Value(Value::from(name)));
-    t.insert("vip", Item::Value(Value::from(vip.to_string())));
-    t.insert("port", Item::Value(Value::from(i64::from(port))));
-    t.insert("protocol", Item::Value(Value::from(serde_name(protocol))));
-    if let Some(size) = table_size {
+    t.insert("name", Item::Value(Value::from(service.name.as_str())));
+    t.insert("vip", Item::Value(Value::from(service.vip.to_string())));
+    t.insert("port", Item::Value(Value::from(i64::from(service.port))));
+    t.insert(
+        "protocol",
+        Item::Value(Value::from(serde_name(service.protocol))),
+    );
+    if let Some(size) = service.table_size {
         t.insert("table_size", Item::Value(Value::from(i64::from(size))));
     }
-    if let Some(app) = application {
-        t.insert("application", Item::Value(Value::from(app)));
+    if let Some(app) = &service.application {
+        t.insert("application", Item::Value(Value::from(app.as_str())));
     }
     t
 }

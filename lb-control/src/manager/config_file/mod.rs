@@ -25,7 +25,7 @@ use crate::{
     config::{Config, ConfigError},
 };
 
-pub use edit::{Edit, EditError};
+pub use edit::{Edit, EditError, NewService};
 
 /// Errors reading or updating the configuration file. Each says whether the
 /// file was left as it was.
@@ -53,7 +53,23 @@ pub enum ConfigFileError {
     /// The file changed under us in a way the edits cannot follow.
     #[error("{path}: conflict: {message}; file left unchanged")]
     Conflict { path: PathBuf, message: String },
+    /// Another process held the file's lock for longer than a change may
+    /// wait.
+    #[error(
+        "{path}: its lock {lock} was held by another process{} for over {waited:?}; file left unchanged",
+        holder.map(|p| format!(" (pid {p})")).unwrap_or_default()
+    )]
+    Locked {
+        path: PathBuf,
+        lock: PathBuf,
+        holder: Option<u32>,
+        waited: std::time::Duration,
+    },
 }
+
+/// How long a change waits for another process to release the file's
+/// lock (an editor following the protocol holds it for a write).
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The file's text and what it says.
 #[derive(Debug, Clone)]
@@ -92,6 +108,9 @@ pub struct Updated {
 #[derive(Debug)]
 pub struct ConfigFile {
     path: PathBuf,
+    /// How long [`ConfigFile::update`] and [`ConfigFile::restore`] wait
+    /// for the lock.
+    lock_wait: std::time::Duration,
     /// The last snapshot [`ConfigFile::read_cached`] parsed, with the
     /// file's identity then.
     cache: std::sync::Mutex<Option<(FileStamp, std::sync::Arc<Snapshot>)>>,
@@ -100,7 +119,10 @@ pub struct ConfigFile {
 /// A clone names the same file, with a cache of its own.
 impl Clone for ConfigFile {
     fn clone(&self) -> Self {
-        Self::new(self.path.clone())
+        Self {
+            lock_wait: self.lock_wait,
+            ..Self::new(self.path.clone())
+        }
     }
 }
 
@@ -118,8 +140,16 @@ impl ConfigFile {
     pub fn new(path: impl Into<PathBuf>) -> Self {
         Self {
             path: path.into(),
+            lock_wait: LOCK_WAIT,
             cache: std::sync::Mutex::new(None),
         }
+    }
+
+    /// This file with a lock wait of `wait` instead of [`LOCK_WAIT`].
+    #[must_use]
+    pub fn with_lock_wait(mut self, wait: std::time::Duration) -> Self {
+        self.lock_wait = wait;
+        self
     }
 
     /// [`ConfigFile::read`], parsed again only when the file changed (the
@@ -289,17 +319,43 @@ impl ConfigFile {
         self.path.with_file_name(format!(".{name}.lock"))
     }
 
-    /// Blocks until this `ConfigFile` (or any other writer following the
-    /// protocol) holds the lock; released when the returned file is dropped.
+    /// Waits (up to the lock wait) until this `ConfigFile` holds the lock
+    /// every writer following the protocol takes; released when the
+    /// returned file is dropped. The lock file is this user's alone (mode
+    /// 0600, whatever it was): no one else can hold the manager off by
+    /// locking it. Blocks the calling thread: call it off the runtime
+    /// (see `Controller::change`).
     fn lock(&self) -> Result<File, ConfigFileError> {
+        use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
         let path = self.lock_path();
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
             .open(&path)
             .map_err(self.io(&path))?;
-        file.lock().map_err(self.io(&path))?;
-        Ok(file)
+        // SAFETY: geteuid cannot fail.
+        let me = unsafe { libc::geteuid() };
+        std::os::unix::fs::fchown(&file, Some(me), None).map_err(self.io(&path))?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(self.io(&path))?;
+        let started = std::time::Instant::now();
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(file),
+                Err(std::fs::TryLockError::WouldBlock) => {}
+                Err(std::fs::TryLockError::Error(e)) => return Err(self.io(&path)(e)),
+            }
+            if started.elapsed() >= self.lock_wait {
+                return Err(ConfigFileError::Locked {
+                    path: self.path.clone(),
+                    holder: crate::locks::flock_holder(&file),
+                    lock: path,
+                    waited: self.lock_wait,
+                });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
 }

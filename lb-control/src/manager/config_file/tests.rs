@@ -219,14 +219,14 @@ fn add_server_appends_a_table() {
 fn add_and_remove_service() {
     let out = edited(
         TEXT,
-        &[Edit::AddService {
+        &[Edit::AddService(NewService {
             name: "dns".into(),
             vip: "10.0.0.53".parse().expect("ip"),
             port: 53,
             protocol: Protocol::Udp,
             table_size: Some(251),
             application: None,
-        }],
+        })],
     )
     .expect("edit");
     assert_eq!(
@@ -255,14 +255,14 @@ fn new_table_goes_after_sub_tables() {
     let text =
         "[[service]]\nname = \"web\"\n\n[service.scaling]\nmin = 1\n\n[[server]]\nname = \"s1\"\n";
     let mut doc: DocumentMut = text.parse().expect("toml");
-    Edit::AddService {
+    Edit::AddService(NewService {
         name: "api".into(),
         vip: "10.0.0.101".parse().expect("ip"),
         port: 443,
         protocol: Protocol::Tcp,
         table_size: None,
         application: Some("https".into()),
-    }
+    })
     .apply(&mut doc)
     .expect("edit");
     assert_eq!(
@@ -292,14 +292,14 @@ fn unknown_and_duplicate_names_are_errors() {
         "server `s1` already exists"
     );
     assert_eq!(
-        err(Edit::AddService {
+        err(Edit::AddService(NewService {
             name: "web".into(),
             vip: "10.0.0.1".parse().expect("ip"),
             port: 1,
             protocol: Protocol::Tcp,
             table_size: None,
             application: None,
-        }),
+        })),
         "service `web` already exists"
     );
     let inline = "server = []\n[node]\ninterfaces = [\"eth0\"]\n";
@@ -463,6 +463,54 @@ fn update_waits_for_the_lock() {
     drop(held);
     writer.join().expect("thread").expect("update");
     assert!(on_disk(&f).contains("state = \"down\""));
+}
+
+/// Another process holding the lock keeps a change out for the lock wait
+/// only: the change then fails and names the holder. The lock file is the
+/// manager's alone, even when someone made it world-writable first.
+#[test]
+fn a_lock_held_elsewhere_delays_a_change_by_a_bounded_wait() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let (_dir, f) = file(TEXT);
+    let f = f.with_lock_wait(Duration::from_millis(300));
+    let lock = f.lock_path();
+    std::fs::write(&lock, "").expect("lock file");
+    std::fs::set_permissions(&lock, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+    // `--no-fork`: the process spawned is the one holding the lock.
+    let mut holder = std::process::Command::new("flock")
+        .arg("--no-fork")
+        .arg(&lock)
+        .args(["sleep", "30"])
+        .spawn()
+        .expect("flock (util-linux)");
+    let held = std::time::Instant::now();
+    while crate::locks::flock_holder(&std::fs::File::open(&lock).expect("open")).is_none() {
+        assert!(
+            held.elapsed() < Duration::from_secs(5),
+            "flock never took the lock"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let base = f.read().expect("read");
+    let started = std::time::Instant::now();
+    let e = f
+        .update(&base, &[set_state("s1", ServerState::Down)])
+        .unwrap_err();
+    let waited = started.elapsed();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert!(matches!(e, ConfigFileError::Locked { .. }), "{e}");
+    assert!(
+        e.to_string().contains(&format!("(pid {})", holder.id())),
+        "{e}"
+    );
+    assert!(waited < Duration::from_secs(5), "waited {waited:?}");
+    assert_eq!(on_disk(&f), TEXT);
+    let mode = std::fs::metadata(&lock).expect("lock").permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "lock file mode {mode:o}");
+    // Once released, the change goes through.
+    f.update(&base, &[set_state("s1", ServerState::Down)])
+        .expect("update");
 }
 
 #[test]

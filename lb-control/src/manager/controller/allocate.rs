@@ -8,9 +8,13 @@ use std::{
 
 use lb_proto::{ConnectionSettings, Message, SettingsKind};
 
-use super::{Controller, ControllerError, Ops, state_name};
+use super::{
+    Controller, ControllerError, Ops,
+    settings::{Known, check_mac},
+    state_name,
+};
 use crate::{
-    config::{ServerConfig, ServerState},
+    config::{Config, ServerConfig, ServerState},
     manager::{config_file::Edit, events::NewEvent, failpoint},
 };
 
@@ -98,17 +102,18 @@ impl Controller {
         let settings = self
             .settings(service, server, svc.application().to_owned())
             .await?;
-        let address = match existing {
-            Some(s) => s.address,
-            None => *settings
-                .addresses
-                .iter()
-                .find(|a| a.is_ipv4() == vip.is_ipv4())
-                .ok_or_else(|| ControllerError::NoAddress {
-                    server: server.to_owned(),
-                    family: if vip.is_ipv4() { "IPv4" } else { "IPv6" },
-                    vip,
-                })?,
+        let refused = |source| ControllerError::BadSettings {
+            server: server.to_owned(),
+            source,
+        };
+        check_mac(settings.mac).map_err(refused)?;
+        let address = if let Some(s) = existing {
+            s.address
+        } else {
+            let peer = self.manager.peer_of(server).await;
+            self.known(&snapshot.config, server, peer)
+                .usable(&settings.addresses, vip)
+                .map_err(refused)?
         };
         let (services, edits) = allocation(existing, service, server, address, settings);
         self.change(ops, "allocate", &services, &edits).await
@@ -173,16 +178,41 @@ impl Controller {
         );
         Ok(Settings {
             addresses,
-            mac: mac.to_string(),
+            mac,
             fingerprint,
         })
+    }
+
+    /// What an address given by `server`'s agent (its stream from `peer`)
+    /// must not be, from the file `config` and the manager's settings.
+    fn known<'a>(&'a self, config: &'a Config, server: &str, peer: Option<IpAddr>) -> Known<'a> {
+        let nodes = std::iter::once(self.config.listen.ip())
+            .chain(self.config.nodes.iter().filter_map(|n| {
+                n.address
+                    .parse::<std::net::SocketAddr>()
+                    .ok()
+                    .map(|a| a.ip())
+            }))
+            .collect();
+        Known {
+            peer,
+            subnets: &self.config.server_subnets,
+            vips: config.service.iter().map(|s| s.vip).collect(),
+            nodes,
+            others: config
+                .server
+                .iter()
+                .filter(|s| s.name != server)
+                .map(|s| (s.address, s.name.as_str()))
+                .collect(),
+        }
     }
 }
 
 /// What an allocation takes from the agent's settings.
 struct Settings {
     addresses: Vec<IpAddr>,
-    mac: String,
+    mac: lb_proto::MacAddr,
     fingerprint: String,
 }
 
@@ -223,13 +253,13 @@ fn allocation(
             });
             edits.push(Edit::SetMac {
                 server: server.into(),
-                mac: settings.mac,
+                mac: settings.mac.to_string(),
             });
         }
         None => edits.push(Edit::AddServer {
             name: server.into(),
             address,
-            mac: Some(settings.mac),
+            mac: Some(settings.mac.to_string()),
             services: vec![service.into()],
             state: ServerState::Allocated,
             weight: None,

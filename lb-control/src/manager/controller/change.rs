@@ -40,7 +40,7 @@ impl Controller {
     ) -> Result<u64, ControllerError> {
         let base: Snapshot = self.file.read()?;
         failpoint::hit_at(action, "file");
-        let updated = self.file.update(&base, edits)?;
+        let updated = self.update_file(base, edits).await?;
         if updated.rebased {
             self.events.record(NewEvent::new(
                 "conflict",
@@ -108,6 +108,21 @@ impl Controller {
         }
     }
 
+    /// [`ConfigFile::update`](crate::manager::config_file::ConfigFile::update)
+    /// off the runtime: its lock may be held by another process for a while.
+    async fn update_file(
+        &self,
+        base: Snapshot,
+        edits: &[Edit],
+    ) -> Result<Updated, ControllerError> {
+        let (file, edits) = (self.file.clone(), edits.to_vec());
+        Ok(
+            tokio::task::spawn_blocking(move || file.update(&base, &edits))
+                .await
+                .map_err(ControllerError::Task)??,
+        )
+    }
+
     /// After a change failed on some node: the file back as it was, the
     /// previous state to every node under a new generation. Says how far
     /// both got.
@@ -118,8 +133,17 @@ impl Controller {
         services: &[String],
         sent: Instant,
     ) -> String {
-        let file = match self.file.restore(&updated.previous, &updated.snapshot) {
-            Ok(()) => "the file is back as it was".to_owned(),
+        let restored = {
+            let (file, previous, written) = (
+                self.file.clone(),
+                updated.previous.clone(),
+                updated.snapshot.clone(),
+            );
+            tokio::task::spawn_blocking(move || file.restore(&previous, &written)).await
+        };
+        let file = match restored {
+            Ok(Ok(())) => "the file is back as it was".to_owned(),
+            Ok(Err(e)) => format!("the file could not be restored: {e}"),
             Err(e) => format!("the file could not be restored: {e}"),
         };
         let previous = self.weights_for(ops, &updated.previous.config, services, sent);

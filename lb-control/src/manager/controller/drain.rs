@@ -130,7 +130,8 @@ impl Controller {
         }
         let mut statuses = Vec::new();
         for node in &self.nodes {
-            statuses.push((node.name().to_owned(), node.status(false, timeout).await));
+            let status = node.status(false, timeout).await.map(|s| s.backends);
+            statuses.push((node.name().to_owned(), status));
         }
         for (server, svc) in draining {
             self.end_drain_if_done(ops, server, svc, &statuses).await;
@@ -178,8 +179,9 @@ impl Controller {
             let timeout = Duration::from_millis(self.config.ack_timeout_ms);
             let mut flows = 0;
             for node in &self.nodes {
-                if let Ok(list) = node.status(true, timeout).await {
-                    flows += list
+                if let Ok(status) = node.status(true, timeout).await {
+                    flows += status
+                        .backends
                         .iter()
                         .filter(|b| &b.service == service && &b.server == name)
                         .filter_map(|b| b.flows)

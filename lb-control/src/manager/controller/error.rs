@@ -1,7 +1,7 @@
 //! What can stop a change of the controller, each error saying what the
 //! operator can do about it.
 
-use std::{net::IpAddr, path::PathBuf};
+use std::path::PathBuf;
 
 use crate::manager::{
     ManagerError, config_file::ConfigFileError, generation::GenerationError, node_link::LinkError,
@@ -11,6 +11,9 @@ use crate::manager::{
 /// rolled back).
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
+    /// A task run off the runtime (the file's update) did not finish.
+    #[error("a background task failed: {0}")]
+    Task(#[source] tokio::task::JoinError),
     /// The configuration file could not be read or updated.
     #[error(transparent)]
     File(#[from] ConfigFileError),
@@ -63,14 +66,12 @@ pub enum ControllerError {
     },
     #[error("{kind} settings: unexpected answer")]
     UnexpectedSettings { kind: &'static str },
-    #[error("server `{server}` has no {family} address for {vip}")]
-    NoAddress {
+    /// The agent's connection settings name what its host may not have.
+    #[error("server `{server}`: connection settings refused: {source}")]
+    BadSettings {
         server: String,
-        family: &'static str,
-        vip: IpAddr,
+        source: super::settings::SettingsRefusal,
     },
-    #[error("not a service addition")]
-    NotAnAddition,
     /// A change some node did not apply; it was rolled back.
     #[error(
         "nodes did not all apply generation {generation}: {}",

@@ -11,6 +11,7 @@ mod drain;
 mod error;
 mod observe;
 mod operator;
+pub mod settings;
 mod weights;
 
 use std::{
@@ -163,7 +164,7 @@ impl Controller {
                 nodes.push(NodeLink::Remote(Arc::new(remote)));
             }
         }
-        let events = Arc::new(EventLog::open(Some(&dir)));
+        let events = manager.events.clone();
         let started = Instant::now();
         Ok(Arc::new(Self {
             manager,
@@ -224,20 +225,33 @@ impl Controller {
             .iter()
             .map(|s| s.name.clone())
             .collect();
-        // Services a node still has that the file no longer names.
+        // Services a node still has that the file no longer names, and the
+        // newest generation any node applied: a manager that lost its state
+        // directory goes on after it (the nodes refuse older ones).
+        let mut newest = 0;
         for node in &self.nodes {
-            if let Ok(list) = node
+            if let Ok(status) = node
                 .status(false, Duration::from_millis(self.config.ack_timeout_ms))
                 .await
             {
-                for b in list {
+                newest = newest.max(status.manager_generation.unwrap_or(0));
+                for b in status.backends {
                     if !services.contains(&b.service) && !b.service.starts_with('#') {
                         services.push(b.service);
                     }
                 }
             }
         }
-        let generation = ops.generations.take_next()?;
+        let generation = if newest > ops.generations.current() {
+            warn!(
+                newest,
+                remembered = ops.generations.current(),
+                "a node applied a newer generation than this manager remembers (its state directory was lost?); going on after it"
+            );
+            ops.generations.advance_to(newest + 1)?
+        } else {
+            ops.generations.take_next()?
+        };
         let started = Instant::now();
         let weights = self.weights_for(&mut ops, &snapshot.config, &services, started);
         let result = self

@@ -13,7 +13,11 @@ use crate::{
     config::{Config, ServerConfig, ServerState, ServiceConfig},
     manager::db::{ServerDb, ServerRecord},
     manager::policy::PoolView,
-    manager::{config_file::Edit, events::NewEvent, weights::WEIGHT_SCALE},
+    manager::{
+        config_file::{Edit, NewService},
+        events::NewEvent,
+        weights::WEIGHT_SCALE,
+    },
 };
 
 /// What `lbctl pool` shows.
@@ -136,11 +140,9 @@ impl Controller {
     }
 
     /// `lbctl service add`.
-    pub async fn add_service(&self, edit: Edit) -> Result<u64, ControllerError> {
-        let Edit::AddService { name, .. } = &edit else {
-            return Err(ControllerError::NotAnAddition);
-        };
-        let name = name.clone();
+    pub async fn add_service(&self, service: NewService) -> Result<u64, ControllerError> {
+        let name = service.name.clone();
+        let edit = Edit::AddService(service);
         let mut ops = self.ops.lock().await;
         let t0 = Instant::now();
         let generation = self

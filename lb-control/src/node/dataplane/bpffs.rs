@@ -46,6 +46,43 @@ fn is_bpffs(path: &Path) -> bool {
     rc == 0 && st.f_type as i64 == BPF_FS_MAGIC
 }
 
+/// This process's hold on a pin directory: while it lives, no other
+/// `lb-control` starts on the same pins.
+#[derive(Debug)]
+pub struct InstanceLock {
+    _dir: std::fs::File,
+}
+
+/// Takes the pin directory `pin_dir` (created on bpffs if missing) for
+/// this process: an exclusive `flock` on the directory itself, released by
+/// the kernel when the process ends, so nothing is left behind.
+///
+/// # Errors
+/// Another process holds it ([`DataPlaneError::InUse`], naming its pid
+/// from `/proc/locks`), or the directory cannot be made or opened.
+pub fn lock_instance(pin_dir: &Path) -> Result<InstanceLock, DataPlaneError> {
+    use std::os::fd::AsRawFd as _;
+    ensure_bpffs()?;
+    let io = |source| DataPlaneError::Io {
+        path: pin_dir.to_owned(),
+        source,
+    };
+    std::fs::create_dir_all(pin_dir).map_err(io)?;
+    let dir = std::fs::File::open(pin_dir).map_err(io)?;
+    // SAFETY: a valid open descriptor.
+    if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(InstanceLock { _dir: dir });
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+        return Err(io(e));
+    }
+    Err(DataPlaneError::InUse {
+        dir: pin_dir.to_owned(),
+        pid: crate::locks::flock_holder(&dir),
+    })
+}
+
 /// The versioned pin directory of a config.
 #[must_use]
 pub fn pin_dir(config: &Config) -> PathBuf {

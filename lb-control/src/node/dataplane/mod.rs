@@ -35,7 +35,7 @@ use lb_common::{
 };
 
 use crate::config::{Config, Limits};
-pub use bpffs::{detach, ensure_bpffs, pin_dir};
+pub use bpffs::{InstanceLock, detach, ensure_bpffs, lock_instance, pin_dir};
 pub use flows::{FlowSets, FlowTable};
 use grace::GracePeriod;
 use maps::{FlowLayout, MapSizes};
@@ -91,6 +91,12 @@ pub enum DataPlaneError {
     Mmap(#[from] mmap::MmapError),
     #[error("{0}")]
     Grace(#[from] grace::GraceError),
+    #[error(
+        "another lb-control{} drives the pins in {}: stop it first (two would both write the maps)",
+        pid.map(|p| format!(" (pid {p})")).unwrap_or_default(),
+        dir.display()
+    )]
+    InUse { dir: PathBuf, pid: Option<u32> },
     #[error("io on {path}: {source}")]
     Io {
         path: PathBuf,
