@@ -23,7 +23,7 @@ use lb_common::{
     DEFAULT_FLOW_TABLE_SIZE, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_SERVICES, DEFAULT_MAX_TABLE_SIZE,
     DEFAULT_UDP_IDLE_SECS, FlowKey, MAX_TX_PORTS, NO_BACKEND, ServiceBucket, ServiceKey,
     ServiceState, ServiceValue, TABLE_LANES, TableCells, coarse_secs, flow_hash, flow_sets,
-    flow_stats, global, service_bucket_of, service_buckets, slot_base, table_stride,
+    flow_stats, global, guard, service_bucket_of, service_buckets, slot_base, table_stride,
 };
 use parse::{Parsed, parse_frame};
 
@@ -77,6 +77,9 @@ static GLOBAL_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(global::CO
 #[map]
 pub(crate) static FLOW_STATS: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(flow_stats::COUNT, 0);
+/// `lb_common::guard` counters (room for more than are in use).
+#[map]
+static GUARD_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(guard::CAPACITY, 0);
 
 #[xdp]
 pub fn xdp_lb(ctx: XdpContext) -> u32 {
