@@ -270,18 +270,18 @@ const _: () = assert!(global::COUNT == 13);
 /// spare index and never resizes a pinned map.
 pub mod guard {
     /// Bare SYNs that met an entry seen with other traffic within
-    /// `SYN_KEEP_SECS` whose backend is active: the
+    /// [`SYN_KEEP_SECS`](crate::SYN_KEEP_SECS) whose backend is active: the
     /// flow kept its server (a retransmission, or a forged SYN).
     pub const SYN_KEPT_FLOW: u32 = 0;
-    /// Bare SYNs that wrote over their 4-tuple's entry: idle past the
-    /// window, or its backend gone, draining or down.
+    /// Bare SYNs that met their 4-tuple's entry and re-hashed past it (and
+    /// wrote over it): idle past the window, or its backend gone, draining
+    /// or down.
     pub const SYN_REPLACED_FLOW: u32 = 1;
     /// ICMP "fragmentation needed" / "packet too big" about a flow the flow
     /// table does not hold (or whose server is gone): dropped.
     pub const ICMP_NO_FLOW: u32 = 2;
     /// IPv6 packets to a VIP whose extension headers do not end within
-    /// the program's bound (`IPV6_MAX_EXT_HEADERS`):
-    /// dropped.
+    /// the program's bound (`IPV6_MAX_EXT_HEADERS`): dropped.
     pub const IPV6_EXT_UNPARSED: u32 = 3;
     /// Counters in use.
     pub const COUNT: u32 = 4;

@@ -10,7 +10,8 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use aya::maps::Array;
 use lb_common::{
     BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_DRAINING, BACKEND_FLAG_LOCAL, FAMILY_V4, FAMILY_V6,
-    FlowKey, PROTO_TCP, PROTO_UDP, ServiceKey, ServiceState, flow_hash, global,
+    FlowKey, PROTO_TCP, PROTO_UDP, SYN_KEEP_SECS, ServiceKey, ServiceState, flow_hash, global,
+    guard,
 };
 use lb_control::node::dataplane::testbed::{
     CLIENT, CLIENT6, MAX_TABLE, NODE_MAC, SEED, TestBed, VIP, VIP6, XDP_DROP, XDP_PASS, XDP_TX,
@@ -530,4 +531,69 @@ fn entries_move_to_the_sets_a_new_seed_picks() {
     assert_eq!(reseeded.rehome(true), keys.len());
     assert_eq!(reseeded.rehome(true), 0, "nothing left away");
     assert_eq!(reseeded.count(), keys.len());
+}
+
+/// Issue 11, point 16: a bare SYN for a 4-tuple whose flow is carrying
+/// traffic keeps the flow's server, even when the table now picks another
+/// (forged SYNs cannot move a live connection); one idle past the window,
+/// or whose server is no longer active, takes the table's choice.
+#[test]
+fn a_syn_keeps_a_live_flow_and_replaces_a_stale_one() {
+    let Some(mut h) = harness() else { return };
+    let sport = 46000;
+    let key = v4_key(sport, 80, PROTO_TCP);
+    let first = expected_backend(&key, &[0, 1, 2]);
+    let other = (first + 1) % 3;
+    let syn = ipv4(CLIENT, VIP, PROTO_TCP, &[], 0, &tcp(sport, 80, SYN));
+    let ack = ipv4(CLIENT, VIP, PROTO_TCP, &[], 0, &tcp(sport, 80, ACK));
+    assert_eq!(h.run(&syn).1[..6], server_mac(first as u8));
+    assert_eq!(h.run(&ack).1[..6], server_mac(first as u8));
+
+    // The pool changes: the table now gives this 4-tuple to `other`.
+    h.add_service(0, ServiceKey::new(&VIP.octets(), 80, PROTO_TCP), &[other]);
+    let (action, out) = h.run(&syn);
+    assert_eq!(action, XDP_TX);
+    assert_eq!(
+        out[..6],
+        server_mac(first as u8),
+        "a SYN on a live flow must keep its server"
+    );
+    assert_eq!(h.guard_counter(guard::SYN_KEPT_FLOW), 1);
+    assert_eq!(h.guard_counter(guard::SYN_REPLACED_FLOW), 0);
+    assert_eq!(h.flow(&key).expect("entry").backend, first);
+    assert_eq!(h.run(&ack).1[..6], server_mac(first as u8), "still there");
+
+    // Idle past the window: the next SYN is a new connection.
+    let mut idle = h.flow(&key).expect("entry");
+    idle.last_seen = idle.last_seen.wrapping_sub(SYN_KEEP_SECS + 1);
+    assert!(h.flow_sets().insert(&key, &idle), "age the entry");
+    assert_eq!(
+        h.run(&syn).1[..6],
+        server_mac(other as u8),
+        "a SYN over a stale entry takes the table's choice"
+    );
+    assert_eq!(h.guard_counter(guard::SYN_REPLACED_FLOW), 1);
+    assert_eq!(h.guard_counter(guard::SYN_KEPT_FLOW), 1);
+    assert_eq!(h.flow(&key).expect("entry").backend, other);
+    assert_eq!(h.flow_sets().count(), 1, "rewritten in its own way");
+
+    // A live flow whose server is no longer active (draining here) is not
+    // kept either: a SYN never starts a connection on a draining server.
+    assert_eq!(h.run(&ack).1[..6], server_mac(other as u8));
+    h.add_service(0, ServiceKey::new(&VIP.octets(), 80, PROTO_TCP), &[first]);
+    h.set_backend(other, 0, BACKEND_DRAINING, 0);
+    assert_eq!(h.run(&syn).1[..6], server_mac(first as u8));
+    assert_eq!(h.guard_counter(guard::SYN_REPLACED_FLOW), 2);
+    assert_eq!(h.guard_counter(guard::SYN_KEPT_FLOW), 1);
+
+    // Repeated SYNs alone (no other traffic) never make an entry SYNs keep.
+    h.set_backend(other, 0, BACKEND_ACTIVE, 0);
+    let key2 = v4_key(46001, 80, PROTO_TCP);
+    let syn2 = ipv4(CLIENT, VIP, PROTO_TCP, &[], 0, &tcp(46001, 80, SYN));
+    assert_eq!(h.run(&syn2).1[..6], server_mac(first as u8));
+    h.add_service(0, ServiceKey::new(&VIP.octets(), 80, PROTO_TCP), &[other]);
+    assert_eq!(h.run(&syn2).1[..6], server_mac(other as u8));
+    assert_eq!(h.flow(&key2).expect("entry").backend, other);
+    assert_eq!(h.guard_counter(guard::SYN_KEPT_FLOW), 1);
+    assert_eq!(h.guard_counter(guard::SYN_REPLACED_FLOW), 3);
 }

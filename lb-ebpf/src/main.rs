@@ -17,13 +17,14 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, PerCpuArray},
     programs::XdpContext,
 };
-use flows::Lookup;
+use flows::{Lookup, Probe};
 use lb_common::{
     BACKEND_ACTIVE, BACKEND_DRAINING, BACKEND_FLAG_LOCAL, Backend, Counters,
     DEFAULT_FLOW_TABLE_SIZE, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_SERVICES, DEFAULT_MAX_TABLE_SIZE,
     DEFAULT_UDP_IDLE_SECS, FlowKey, MAX_TX_PORTS, NO_BACKEND, ServiceBucket, ServiceKey,
     ServiceState, ServiceValue, TABLE_LANES, TableCells, coarse_secs, flow_hash, flow_sets,
-    flow_stats, global, guard, service_bucket_of, service_buckets, slot_base, table_stride,
+    flow_stats, global, guard, service_bucket_of, service_buckets, slot_base, syn_entry_seen,
+    table_stride,
 };
 use parse::{Parsed, parse_frame};
 
@@ -103,6 +104,11 @@ pub(crate) fn read_global(value: &u32) -> u32 {
 #[inline(always)]
 fn count(index: u32) {
     bump(&GLOBAL_STATS, index);
+}
+
+#[inline(always)]
+fn count_guard(index: u32) {
+    bump(&GUARD_STATS, index);
 }
 
 #[inline(always)]
@@ -203,22 +209,31 @@ fn balance(
         unsafe { bpf_ktime_get_coarse_ns() },
     );
     let hash = flow_hash(key, read_global(&HASH_SEED));
-    // A bare SYN starts a connection: it always takes the current table's
-    // choice (never a draining server through a reused client port, never a
-    // stale entry).
-    let (found, place) = flows::lookup(key, hash, syn, now)?;
+    // A bare SYN starts a connection: it takes the current table's choice
+    // (never a draining server through a reused client port, never a
+    // stale entry) unless its 4-tuple's flow is live on an active server,
+    // which a forged SYN must not move.
+    let probe = if syn { Probe::Syn } else { Probe::Packet };
+    let (found, place) = flows::lookup(key, hash, probe, now)?;
     match found {
         Lookup::Hit {
             backend,
             incarnation,
         } => {
             if let Some(b) = BACKENDS.get(backend) {
-                let state_ok = b.state == BACKEND_ACTIVE || b.state == BACKEND_DRAINING;
+                let state_ok = b.state == BACKEND_ACTIVE || (!syn && b.state == BACKEND_DRAINING);
                 if state_ok && b.incarnation == incarnation {
+                    if syn {
+                        count_guard(guard::SYN_KEPT_FLOW);
+                    }
                     return forward(ctx, svc, backend, b, len, false, now);
                 }
             }
+            if syn {
+                count_guard(guard::SYN_REPLACED_FLOW);
+            }
         }
+        Lookup::Stale => count_guard(guard::SYN_REPLACED_FLOW),
         Lookup::Expired => count(global::UDP_EXPIRED),
         Lookup::Miss => {}
     }
@@ -236,7 +251,10 @@ fn balance(
         return drop_counted(global::NO_BACKEND);
     }
     if remember {
-        flows::remember(place, key, hash, index, b.incarnation, now);
+        // A SYN's entry waits for the flow's other packets to become one
+        // that SYNs keep (lb_common::SYN_KEEP_SECS).
+        let seen = if syn { syn_entry_seen(now) } else { now };
+        flows::remember(place, key, hash, (index, b.incarnation), seen, now);
     }
     forward(ctx, svc, index, b, len, remember, now)
 }
