@@ -597,3 +597,78 @@ fn a_syn_keeps_a_live_flow_and_replaces_a_stale_one() {
     assert_eq!(h.guard_counter(guard::SYN_KEPT_FLOW), 1);
     assert_eq!(h.guard_counter(guard::SYN_REPLACED_FLOW), 3);
 }
+
+/// An ICMP "fragmentation needed" quoting the reply of `client_port`'s flow.
+fn icmp4_too_big(client_port: u16) -> Vec<u8> {
+    let router = Ipv4Addr::new(10, 0, 0, 254);
+    let quoted = ipv4(VIP, CLIENT, PROTO_TCP, &[], 0, &tcp(80, client_port, ACK));
+    let mut icmp = vec![3, 4, 0, 0, 0, 0, 0x05, 0xdc];
+    icmp.extend_from_slice(&quoted[14..14 + 28]);
+    ipv4(router, VIP, 1, &[], 0, &icmp)
+}
+
+/// An ICMPv6 "packet too big" quoting the reply of `client_port`'s flow.
+fn icmp6_too_big(client_port: u16) -> Vec<u8> {
+    let quoted = ipv6(VIP6, CLIENT6, PROTO_TCP, &tcp(80, client_port, ACK));
+    let mut icmp = vec![2, 0, 0, 0, 0, 0, 0x05, 0x00];
+    icmp.extend_from_slice(&quoted[14..14 + 48]);
+    ipv6(
+        Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0xfe),
+        VIP6,
+        58,
+        &icmp,
+    )
+}
+
+/// Issue 11, point 17: an ICMP too-big is forwarded only along a flow the
+/// table holds, and never makes the flow (or its server) look recently used.
+#[test]
+fn icmp_too_big_needs_a_flow_and_leaves_its_time() {
+    let Some(mut h) = harness() else { return };
+    // No such flow: dropped and counted, no entry made.
+    for (what, frame, key) in [
+        ("v4", icmp4_too_big(47000), v4_key(47000, 80, PROTO_TCP)),
+        (
+            "v6",
+            icmp6_too_big(47000),
+            FlowKey::new(&CLIENT6.octets(), 47000, &VIP6.octets(), 80, PROTO_TCP),
+        ),
+    ] {
+        let (action, _) = h.run(&frame);
+        assert_eq!(action, XDP_DROP, "{what}: an ICMP error about no flow");
+        assert!(h.flow(&key).is_none(), "{what}: no entry for it");
+    }
+    assert_eq!(h.guard_counter(guard::ICMP_NO_FLOW), 2);
+    assert_eq!(h.counter(global::ICMP_FORWARDED), 0);
+
+    // A flow: forwarded to its server, its times untouched.
+    let key = v4_key(47001, 80, PROTO_TCP);
+    let server = expected_backend(&key, &[0, 1, 2]);
+    h.run(&ipv4(CLIENT, VIP, PROTO_TCP, &[], 0, &tcp(47001, 80, SYN)));
+    h.run(&ipv4(CLIENT, VIP, PROTO_TCP, &[], 0, &tcp(47001, 80, ACK)));
+    let mut entry = h.flow(&key).expect("entry");
+    entry.last_seen = entry.last_seen.wrapping_sub(10);
+    assert!(h.flow_sets().insert(&key, &entry), "age the entry");
+    let backend_seen = h.backend_last_seen(server).wrapping_sub(10);
+    h.set_backend_last_seen(server, backend_seen);
+    let (action, out) = h.run(&icmp4_too_big(47001));
+    assert_eq!(action, XDP_TX);
+    assert_eq!(out[..6], server_mac(server as u8));
+    assert_eq!(h.counter(global::ICMP_FORWARDED), 1);
+    assert_eq!(
+        h.flow(&key).expect("entry").last_seen,
+        entry.last_seen,
+        "an ICMP error must not refresh its flow"
+    );
+    assert_eq!(
+        h.backend_last_seen(server),
+        backend_seen,
+        "nor its server's last-seen time"
+    );
+
+    // The flow's server went down: the entry no longer holds, dropped.
+    h.set_backend(server, 0, BACKEND_DOWN, 0);
+    assert_eq!(h.run(&icmp4_too_big(47001)).0, XDP_DROP);
+    assert_eq!(h.guard_counter(guard::ICMP_NO_FLOW), 3);
+    assert_eq!(h.counter(global::ICMP_FORWARDED), 1);
+}

@@ -11,6 +11,9 @@ pub enum Probe {
     /// A bare SYN: an entry counts only if its flow was seen within
     /// `SYN_KEEP_SECS`, and the SYN does not refresh it.
     Syn,
+    /// An ICMP error about the flow (anyone can send one): a hit, never
+    /// refreshed.
+    Icmp,
 }
 
 /// What the flow table knows about a packet's flow.
@@ -105,7 +108,7 @@ mod sets {
             if key.proto == PROTO_UDP && now.wrapping_sub(last) > read_global(&UDP_IDLE_SECS) {
                 return Ok((Lookup::Expired, place));
             }
-            if last != now {
+            if last != now && probe == Probe::Packet {
                 write_volatile(seen, now);
             }
             Ok((

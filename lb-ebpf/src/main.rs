@@ -126,6 +126,13 @@ fn pass() -> Result<u32, ()> {
 }
 
 #[inline(always)]
+fn drop_guarded(index: u32) -> Result<u32, ()> {
+    count_guard(index);
+    count(global::DROP);
+    Ok(xdp_action::XDP_DROP)
+}
+
+#[inline(always)]
 fn drop_counted(index: u32) -> Result<u32, ()> {
     count(index);
     count(global::DROP);
@@ -154,15 +161,13 @@ fn try_xdp_lb(ctx: &XdpContext) -> Result<u32, ()> {
             let Some(svc) = service_of(&key) else {
                 return pass();
             };
-            balance(ctx, svc, &key, syn, len, true)
+            balance(ctx, svc, &key, syn, len)
         }
         Parsed::IcmpTooBig { key, len } => {
             let Some(svc) = service_of(&key) else {
                 return pass();
             };
-            count(global::ICMP_FORWARDED);
-            // Follow the flow the ICMP error is about, without creating state for it.
-            balance(ctx, svc, &key, false, len, false)
+            follow_icmp(ctx, svc, &key, len)
         }
     }
 }
@@ -192,22 +197,45 @@ fn service_of(key: &FlowKey) -> Option<u32> {
     }
 }
 
-/// Picks the flow's backend (flow table first, Maglev otherwise) and forwards.
+/// The coarse clock: second resolution is all the flow and backend
+/// last-seen times need, and it is cheaper than the precise one.
 #[inline(always)]
-fn balance(
-    ctx: &XdpContext,
-    svc: u32,
-    key: &FlowKey,
-    syn: bool,
-    len: u32,
-    remember: bool,
-) -> Result<u32, ()> {
-    // Coarse clock: second resolution is all the flow and backend
-    // last-seen times need, and it is cheaper than the precise one.
-    let now = coarse_secs(
+fn now_coarse() -> u32 {
+    coarse_secs(
         // SAFETY: helper with no preconditions.
         unsafe { bpf_ktime_get_coarse_ns() },
-    );
+    )
+}
+
+/// Sends an ICMP "fragmentation needed" / "packet too big" to the server of
+/// the flow it quotes, if the flow table holds that flow on a usable
+/// server; drops it otherwise. Anyone can forge one: it creates no state,
+/// never re-hashes, and leaves the flow's and the server's last-seen times
+/// alone (an ICMP error is no sign the connection is alive).
+#[inline(always)]
+fn follow_icmp(ctx: &XdpContext, svc: u32, key: &FlowKey, len: u32) -> Result<u32, ()> {
+    let now = now_coarse();
+    let hash = flow_hash(key, read_global(&HASH_SEED));
+    let (found, _) = flows::lookup(key, hash, Probe::Icmp, now)?;
+    if let Lookup::Hit {
+        backend,
+        incarnation,
+    } = found
+        && let Some(b) = BACKENDS.get(backend)
+    {
+        let state_ok = b.state == BACKEND_ACTIVE || b.state == BACKEND_DRAINING;
+        if state_ok && b.incarnation == incarnation {
+            count(global::ICMP_FORWARDED);
+            return forward(ctx, svc, backend, b, len, false, None);
+        }
+    }
+    drop_guarded(guard::ICMP_NO_FLOW)
+}
+
+/// Picks the flow's backend (flow table first, Maglev otherwise) and forwards.
+#[inline(always)]
+fn balance(ctx: &XdpContext, svc: u32, key: &FlowKey, syn: bool, len: u32) -> Result<u32, ()> {
+    let now = now_coarse();
     let hash = flow_hash(key, read_global(&HASH_SEED));
     // A bare SYN starts a connection: it takes the current table's choice
     // (never a draining server through a reused client port, never a
@@ -226,7 +254,7 @@ fn balance(
                     if syn {
                         count_guard(guard::SYN_KEPT_FLOW);
                     }
-                    return forward(ctx, svc, backend, b, len, false, now);
+                    return forward(ctx, svc, backend, b, len, false, Some(now));
                 }
             }
             if syn {
@@ -250,13 +278,11 @@ fn balance(
         // table flip only by the grace period the controller waits out.
         return drop_counted(global::NO_BACKEND);
     }
-    if remember {
-        // A SYN's entry waits for the flow's other packets to become one
-        // that SYNs keep (lb_common::SYN_KEEP_SECS).
-        let seen = if syn { syn_entry_seen(now) } else { now };
-        flows::remember(place, key, hash, (index, b.incarnation), seen, now);
-    }
-    forward(ctx, svc, index, b, len, remember, now)
+    // A SYN's entry waits for the flow's other packets to become one that
+    // SYNs keep (lb_common::SYN_KEEP_SECS).
+    let seen = if syn { syn_entry_seen(now) } else { now };
+    flows::remember(place, key, hash, (index, b.incarnation), seen, now);
+    forward(ctx, svc, index, b, len, true, Some(now))
 }
 
 /// Maglev lookup in the service's active table slot.
@@ -295,7 +321,8 @@ fn add(counters: Option<*mut Counters>, len: u32, new_flow: bool) {
 }
 
 /// Rewrites the Ethernet header for direct server return and sends the frame
-/// on its way (`XDP_TX`, `XDP_REDIRECT`, or `XDP_PASS` for a local server).
+/// on its way (`XDP_TX`, `XDP_REDIRECT`, or `XDP_PASS` for a local server);
+/// the backend counts as seen at `now` when that is given.
 #[inline(always)]
 fn forward(
     ctx: &XdpContext,
@@ -304,11 +331,13 @@ fn forward(
     b: &Backend,
     len: u32,
     new_flow: bool,
-    now: u32,
+    now: Option<u32>,
 ) -> Result<u32, ()> {
     add(SERVICE_STATS.get_ptr_mut(svc), len, new_flow);
     add(BACKEND_STATS.get_ptr_mut(index), len, new_flow);
-    if let Some(seen) = BACKEND_LAST_SEEN.get_ptr_mut(index) {
+    if let Some(now) = now
+        && let Some(seen) = BACKEND_LAST_SEEN.get_ptr_mut(index)
+    {
         // SAFETY: per-CPU value; written at most once per coarse second.
         unsafe {
             if *seen != now {
