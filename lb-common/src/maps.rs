@@ -281,7 +281,8 @@ pub mod guard {
     /// table does not hold (or whose server is gone): dropped.
     pub const ICMP_NO_FLOW: u32 = 2;
     /// IPv6 packets to a VIP whose extension headers do not end within
-    /// the program's bound (`IPV6_MAX_EXT_HEADERS`): dropped.
+    /// the program's bound
+    /// ([`IPV6_MAX_EXT_HEADERS`](crate::IPV6_MAX_EXT_HEADERS)): dropped.
     pub const IPV6_EXT_UNPARSED: u32 = 3;
     /// Counters in use.
     pub const COUNT: u32 = 4;
@@ -299,6 +300,12 @@ pub mod guard {
 
     const _: () = assert!(COUNT <= CAPACITY);
 }
+
+/// IPv6 extension headers (hop-by-hop, routing, destination options, an
+/// atomic fragment header) the program walks before the TCP or UDP header
+/// of a VIP packet; a packet to a VIP with more is dropped and counted
+/// ([`guard::IPV6_EXT_UNPARSED`]).
+pub const IPV6_MAX_EXT_HEADERS: u32 = 4;
 
 impl ServiceKey {
     /// Builds a key from an address given as 4 or 16 bytes.

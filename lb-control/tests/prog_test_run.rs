@@ -607,7 +607,7 @@ fn icmp4_too_big(client_port: u16) -> Vec<u8> {
     ipv4(router, VIP, 1, &[], 0, &icmp)
 }
 
-/// An ICMPv6 "packet too big" quoting the reply of `client_port`'s flow.
+/// An `ICMPv6` "packet too big" quoting the reply of `client_port`'s flow.
 fn icmp6_too_big(client_port: u16) -> Vec<u8> {
     let quoted = ipv6(VIP6, CLIENT6, PROTO_TCP, &tcp(80, client_port, ACK));
     let mut icmp = vec![2, 0, 0, 0, 0, 0, 0x05, 0x00];
@@ -671,4 +671,94 @@ fn icmp_too_big_needs_a_flow_and_leaves_its_time() {
     assert_eq!(h.run(&icmp4_too_big(47001)).0, XDP_DROP);
     assert_eq!(h.guard_counter(guard::ICMP_NO_FLOW), 3);
     assert_eq!(h.counter(global::ICMP_FORWARDED), 1);
+}
+
+/// An IPv6 extension header of 8 bytes (next header, length 0, a `PadN` option).
+fn ext(next: u8) -> Vec<u8> {
+    vec![next, 0, 1, 4, 0, 0, 0, 0]
+}
+
+/// `headers` (next-header numbers) chained in front of `l4` (protocol `proto`).
+fn chain(headers: &[u8], proto: u8, l4: &[u8]) -> (u8, Vec<u8>) {
+    let mut payload = Vec::new();
+    for (i, _) in headers.iter().enumerate() {
+        let next = headers.get(i + 1).copied().unwrap_or(proto);
+        if headers[i] == 44 {
+            // An atomic fragment: offset 0, no more fragments.
+            payload.extend_from_slice(&[next, 0, 0, 0, 0, 0, 0, 7]);
+        } else if headers[i] == 43 {
+            // A routing header with no segments left.
+            payload.extend_from_slice(&[next, 0, 4, 0, 0, 0, 0, 0]);
+        } else {
+            payload.extend_from_slice(&ext(next));
+        }
+    }
+    payload.extend_from_slice(l4);
+    (headers.first().copied().unwrap_or(proto), payload)
+}
+
+/// Issue 11, point 18: IPv6 packets to a VIP behind hop-by-hop, routing and
+/// destination-options headers are balanced; more headers than the program
+/// walks, or a non-first fragment, are dropped and counted; packets to other
+/// addresses pass as before.
+#[test]
+fn ipv6_extension_headers_are_walked_to_the_tcp_header() {
+    let Some(h) = harness() else { return };
+    let cases: [(&str, &[u8]); 4] = [
+        ("hop-by-hop", &[0]),
+        ("destination options", &[60]),
+        ("routing", &[43]),
+        ("four headers", &[0, 43, 60, 44]),
+    ];
+    for (i, (what, headers)) in cases.iter().enumerate() {
+        let sport = 48000 + i as u16;
+        let (next, payload) = chain(headers, PROTO_TCP, &tcp(sport, 80, SYN));
+        let frame = ipv6(CLIENT6, VIP6, next, &payload);
+        let (action, out) = h.run(&frame);
+        assert_eq!(action, XDP_TX, "{what}: a SYN to the VIP is balanced");
+        let mut want = frame.clone();
+        want[..6].copy_from_slice(&server_mac(4));
+        want[6..12].copy_from_slice(&NODE_MAC);
+        assert_eq!(out, want, "{what}: only the MACs change");
+        let key = FlowKey::new(&CLIENT6.octets(), sport, &VIP6.octets(), 80, PROTO_TCP);
+        assert!(h.flow(&key).is_some(), "{what}: flow recorded by its ports");
+    }
+
+    // Five headers: beyond the bound, dropped and counted.
+    let (next, payload) = chain(&[0, 60, 60, 60, 60], PROTO_TCP, &tcp(48100, 80, SYN));
+    let too_deep = ipv6(CLIENT6, VIP6, next, &payload);
+    assert_eq!(h.run(&too_deep).0, XDP_DROP, "five extension headers");
+    assert_eq!(h.guard_counter(guard::IPV6_EXT_UNPARSED), 1);
+    // A header whose length runs past the frame, onto the next header:
+    // dropped too, never passed.
+    let mut cut = ext(60);
+    cut[1] = 4;
+    assert_eq!(
+        h.run(&ipv6(CLIENT6, VIP6, 0, &cut)).0,
+        XDP_DROP,
+        "cut short"
+    );
+    assert_eq!(h.guard_counter(guard::IPV6_EXT_UNPARSED), 2);
+
+    // A non-first fragment behind a hop-by-hop header: no ports, dropped.
+    let mut payload = ext(44);
+    payload.extend_from_slice(&[PROTO_TCP, 0, 0x05, 0xc9, 0, 0, 0, 8]);
+    payload.extend_from_slice(&[0u8; 16]);
+    let fragments = h.counter(global::FRAGMENT);
+    assert_eq!(h.run(&ipv6(CLIENT6, VIP6, 0, &payload)).0, XDP_DROP);
+    assert_eq!(h.counter(global::FRAGMENT), fragments + 1);
+
+    // Not to a VIP: passed untouched, however many headers.
+    let host = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
+    let passes = h.counter(global::PASS);
+    for headers in [&[0u8][..], &[0, 60, 60, 60, 60, 60]] {
+        let (next, payload) = chain(headers, PROTO_TCP, &tcp(48200, 22, SYN));
+        let frame = ipv6(CLIENT6, host, next, &payload);
+        let (action, out) = h.run(&frame);
+        assert_eq!(action, XDP_PASS, "{} headers to the host", headers.len());
+        assert_eq!(out, frame, "untouched");
+    }
+    assert_eq!(h.counter(global::PASS), passes + 2);
+    assert_eq!(h.guard_counter(guard::IPV6_EXT_UNPARSED), 2);
+    assert_eq!(h.counter(global::DROP), 3);
 }

@@ -157,6 +157,13 @@ fn try_xdp_lb(ctx: &XdpContext) -> Result<u32, ()> {
                 pass()
             }
         }
+        Parsed::Unparsed(vip) => {
+            if VIPS.get_ptr(vip).is_some() {
+                drop_guarded(guard::IPV6_EXT_UNPARSED)
+            } else {
+                pass()
+            }
+        }
         Parsed::Flow { key, syn, len } => {
             let Some(svc) = service_of(&key) else {
                 return pass();
