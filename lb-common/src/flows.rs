@@ -26,6 +26,35 @@ pub const FLOW_WAYS: usize = 8;
 /// A tag that marks a free way.
 pub const FLOW_TAG_FREE: u32 = 0;
 
+/// Coarse seconds ([`crate::coarse_secs`], ≈1.07 s each) within which an
+/// entry's last non-SYN packet keeps it against a bare SYN of its 4-tuple:
+/// the SYN follows the entry to its server (if active, same incarnation)
+/// instead of re-hashing. A connection that is carrying traffic cannot be
+/// moved by forged SYNs; a client port reused after its connection went
+/// quiet (or a SYN retransmitted after a pool change) takes the table's
+/// current choice. An entry a SYN wrote is stored as last seen just past
+/// this window (its first other packet brings it to the present), so a SYN
+/// alone never makes an entry one that SYNs must keep.
+pub const SYN_KEEP_SECS: u32 = 4;
+
+/// Whether an entry last seen at `seen` is recent enough, at `now`, to be
+/// kept against a bare SYN ([`SYN_KEEP_SECS`]).
+#[inline(always)]
+#[must_use]
+pub const fn keeps_against_syn(seen: u32, now: u32) -> bool {
+    now.wrapping_sub(seen) <= SYN_KEEP_SECS
+}
+
+/// The last-seen time a bare SYN writes its new entry with: just past the
+/// [`SYN_KEEP_SECS`] window, so only the flow's other packets make it one
+/// that SYNs keep. (It also makes a set evict entries that never saw more
+/// than a SYN before established ones.)
+#[inline(always)]
+#[must_use]
+pub const fn syn_entry_seen(now: u32) -> u32 {
+    now.wrapping_sub(SYN_KEEP_SECS + 1)
+}
+
 /// One way of a set: the flow's key and where it goes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -210,6 +239,19 @@ mod tests {
         // Same key under a free tag: not a match.
         set.tags[3] = FLOW_TAG_FREE;
         assert_eq!(set.find(flow_tag(77), &key(1000)), None);
+    }
+
+    #[test]
+    fn a_syn_keeps_only_entries_seen_within_the_window() {
+        let now = 1000;
+        assert!(keeps_against_syn(now, now));
+        assert!(keeps_against_syn(now - SYN_KEEP_SECS, now));
+        assert!(!keeps_against_syn(now - SYN_KEEP_SECS - 1, now));
+        // An entry a SYN wrote is not kept by the next SYN, even at once.
+        assert!(!keeps_against_syn(syn_entry_seen(now), now));
+        // Clock wrap: ages are wrapping differences.
+        assert!(keeps_against_syn(u32::MAX, 2));
+        assert!(!keeps_against_syn(syn_entry_seen(1), 1));
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
 pub const MAP_BACKEND_LAST_SEEN: &str = "BACKEND_LAST_SEEN";
 pub const MAP_GLOBAL_STATS: &str = "GLOBAL_STATS";
 pub const MAP_FLOW_STATS: &str = "FLOW_STATS";
+pub const MAP_GUARD_STATS: &str = "GUARD_STATS";
 // Their kinds, sizes and flags are one table on the user side
 // (`lb-control`'s `node::dataplane::maps`), held to the built object by a test.
 
@@ -254,6 +255,57 @@ pub mod global {
         "udp_expired",
     ];
 }
+
+// `GLOBAL_STATS` is pinned with `global::COUNT` entries, and a pinned map
+// of another size refuses the start (`lb-control`'s adoption plan): a
+// counter added here would stop every node of an earlier release from
+// upgrading in place. New counters go to `GUARD_STATS` (or a map of their
+// own).
+const _: () = assert!(global::COUNT == 13);
+
+/// Indexes of `GUARD_STATS` (a per-CPU array of `u64`): what the program's
+/// checks against forged or unparsed traffic decided. A map apart from
+/// `GLOBAL_STATS`, with room to grow: it is pinned with [`guard::CAPACITY`]
+/// entries whatever [`guard::COUNT`] is, so a counter added later takes a
+/// spare index and never resizes a pinned map.
+pub mod guard {
+    /// Bare SYNs that met an entry seen with other traffic within
+    /// [`SYN_KEEP_SECS`](crate::SYN_KEEP_SECS) whose backend is active: the
+    /// flow kept its server (a retransmission, or a forged SYN).
+    pub const SYN_KEPT_FLOW: u32 = 0;
+    /// Bare SYNs that met their 4-tuple's entry and re-hashed past it (and
+    /// wrote over it): idle past the window, or its backend gone, draining
+    /// or down.
+    pub const SYN_REPLACED_FLOW: u32 = 1;
+    /// ICMP "fragmentation needed" / "packet too big" about a flow the flow
+    /// table does not hold (or whose server is gone): dropped.
+    pub const ICMP_NO_FLOW: u32 = 2;
+    /// IPv6 packets to a VIP whose extension headers do not end within
+    /// the program's bound
+    /// ([`IPV6_MAX_EXT_HEADERS`](crate::IPV6_MAX_EXT_HEADERS)): dropped.
+    pub const IPV6_EXT_UNPARSED: u32 = 3;
+    /// Counters in use.
+    pub const COUNT: u32 = 4;
+    /// Entries of the map: fixed, so adding a counter does not change its
+    /// pinned shape.
+    pub const CAPACITY: u32 = 32;
+
+    /// Names for display, by index.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "syn_kept_flow",
+        "syn_replaced_flow",
+        "icmp_no_flow",
+        "ipv6_ext_unparsed",
+    ];
+
+    const _: () = assert!(COUNT <= CAPACITY);
+}
+
+/// IPv6 extension headers (hop-by-hop, routing, destination options, an
+/// atomic fragment header) the program walks before the TCP or UDP header
+/// of a VIP packet; a packet to a VIP with more is dropped and counted
+/// ([`guard::IPV6_EXT_UNPARSED`]).
+pub const IPV6_MAX_EXT_HEADERS: u32 = 4;
 
 impl ServiceKey {
     /// Builds a key from an address given as 4 or 16 bytes.

@@ -10,7 +10,8 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use aya::maps::Array;
 use lb_common::{
     BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_DRAINING, BACKEND_FLAG_LOCAL, FAMILY_V4, FAMILY_V6,
-    FlowKey, PROTO_TCP, PROTO_UDP, ServiceKey, ServiceState, flow_hash, global,
+    FlowKey, PROTO_TCP, PROTO_UDP, SYN_KEEP_SECS, ServiceKey, ServiceState, flow_hash, global,
+    guard,
 };
 use lb_control::node::dataplane::testbed::{
     CLIENT, CLIENT6, MAX_TABLE, NODE_MAC, SEED, TestBed, VIP, VIP6, XDP_DROP, XDP_PASS, XDP_TX,
@@ -530,4 +531,234 @@ fn entries_move_to_the_sets_a_new_seed_picks() {
     assert_eq!(reseeded.rehome(true), keys.len());
     assert_eq!(reseeded.rehome(true), 0, "nothing left away");
     assert_eq!(reseeded.count(), keys.len());
+}
+
+/// Issue 11, point 16: a bare SYN for a 4-tuple whose flow is carrying
+/// traffic keeps the flow's server, even when the table now picks another
+/// (forged SYNs cannot move a live connection); one idle past the window,
+/// or whose server is no longer active, takes the table's choice.
+#[test]
+fn a_syn_keeps_a_live_flow_and_replaces_a_stale_one() {
+    let Some(mut h) = harness() else { return };
+    let sport = 46000;
+    let key = v4_key(sport, 80, PROTO_TCP);
+    let first = expected_backend(&key, &[0, 1, 2]);
+    let other = (first + 1) % 3;
+    let syn = ipv4(CLIENT, VIP, PROTO_TCP, &[], 0, &tcp(sport, 80, SYN));
+    let ack = ipv4(CLIENT, VIP, PROTO_TCP, &[], 0, &tcp(sport, 80, ACK));
+    assert_eq!(h.run(&syn).1[..6], server_mac(first as u8));
+    assert_eq!(h.run(&ack).1[..6], server_mac(first as u8));
+
+    // The pool changes: the table now gives this 4-tuple to `other`.
+    h.add_service(0, ServiceKey::new(&VIP.octets(), 80, PROTO_TCP), &[other]);
+    let (action, out) = h.run(&syn);
+    assert_eq!(action, XDP_TX);
+    assert_eq!(
+        out[..6],
+        server_mac(first as u8),
+        "a SYN on a live flow must keep its server"
+    );
+    assert_eq!(h.guard_counter(guard::SYN_KEPT_FLOW), 1);
+    assert_eq!(h.guard_counter(guard::SYN_REPLACED_FLOW), 0);
+    assert_eq!(h.flow(&key).expect("entry").backend, first);
+    assert_eq!(h.run(&ack).1[..6], server_mac(first as u8), "still there");
+
+    // Idle past the window: the next SYN is a new connection.
+    let mut idle = h.flow(&key).expect("entry");
+    idle.last_seen = idle.last_seen.wrapping_sub(SYN_KEEP_SECS + 1);
+    assert!(h.flow_sets().insert(&key, &idle), "age the entry");
+    assert_eq!(
+        h.run(&syn).1[..6],
+        server_mac(other as u8),
+        "a SYN over a stale entry takes the table's choice"
+    );
+    assert_eq!(h.guard_counter(guard::SYN_REPLACED_FLOW), 1);
+    assert_eq!(h.guard_counter(guard::SYN_KEPT_FLOW), 1);
+    assert_eq!(h.flow(&key).expect("entry").backend, other);
+    assert_eq!(h.flow_sets().count(), 1, "rewritten in its own way");
+
+    // A live flow whose server is no longer active (draining here) is not
+    // kept either: a SYN never starts a connection on a draining server.
+    assert_eq!(h.run(&ack).1[..6], server_mac(other as u8));
+    h.add_service(0, ServiceKey::new(&VIP.octets(), 80, PROTO_TCP), &[first]);
+    h.set_backend(other, 0, BACKEND_DRAINING, 0);
+    assert_eq!(h.run(&syn).1[..6], server_mac(first as u8));
+    assert_eq!(h.guard_counter(guard::SYN_REPLACED_FLOW), 2);
+    assert_eq!(h.guard_counter(guard::SYN_KEPT_FLOW), 1);
+
+    // Repeated SYNs alone (no other traffic) never make an entry SYNs keep.
+    h.set_backend(other, 0, BACKEND_ACTIVE, 0);
+    let key2 = v4_key(46001, 80, PROTO_TCP);
+    let syn2 = ipv4(CLIENT, VIP, PROTO_TCP, &[], 0, &tcp(46001, 80, SYN));
+    assert_eq!(h.run(&syn2).1[..6], server_mac(first as u8));
+    h.add_service(0, ServiceKey::new(&VIP.octets(), 80, PROTO_TCP), &[other]);
+    assert_eq!(h.run(&syn2).1[..6], server_mac(other as u8));
+    assert_eq!(h.flow(&key2).expect("entry").backend, other);
+    assert_eq!(h.guard_counter(guard::SYN_KEPT_FLOW), 1);
+    assert_eq!(h.guard_counter(guard::SYN_REPLACED_FLOW), 3);
+}
+
+/// An ICMP "fragmentation needed" quoting the reply of `client_port`'s flow.
+fn icmp4_too_big(client_port: u16) -> Vec<u8> {
+    let router = Ipv4Addr::new(10, 0, 0, 254);
+    let quoted = ipv4(VIP, CLIENT, PROTO_TCP, &[], 0, &tcp(80, client_port, ACK));
+    let mut icmp = vec![3, 4, 0, 0, 0, 0, 0x05, 0xdc];
+    icmp.extend_from_slice(&quoted[14..14 + 28]);
+    ipv4(router, VIP, 1, &[], 0, &icmp)
+}
+
+/// An `ICMPv6` "packet too big" quoting the reply of `client_port`'s flow.
+fn icmp6_too_big(client_port: u16) -> Vec<u8> {
+    let quoted = ipv6(VIP6, CLIENT6, PROTO_TCP, &tcp(80, client_port, ACK));
+    let mut icmp = vec![2, 0, 0, 0, 0, 0, 0x05, 0x00];
+    icmp.extend_from_slice(&quoted[14..14 + 48]);
+    ipv6(
+        Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0xfe),
+        VIP6,
+        58,
+        &icmp,
+    )
+}
+
+/// Issue 11, point 17: an ICMP too-big is forwarded only along a flow the
+/// table holds, and never makes the flow (or its server) look recently used.
+#[test]
+fn icmp_too_big_needs_a_flow_and_leaves_its_time() {
+    let Some(mut h) = harness() else { return };
+    // No such flow: dropped and counted, no entry made.
+    for (what, frame, key) in [
+        ("v4", icmp4_too_big(47000), v4_key(47000, 80, PROTO_TCP)),
+        (
+            "v6",
+            icmp6_too_big(47000),
+            FlowKey::new(&CLIENT6.octets(), 47000, &VIP6.octets(), 80, PROTO_TCP),
+        ),
+    ] {
+        let (action, _) = h.run(&frame);
+        assert_eq!(action, XDP_DROP, "{what}: an ICMP error about no flow");
+        assert!(h.flow(&key).is_none(), "{what}: no entry for it");
+    }
+    assert_eq!(h.guard_counter(guard::ICMP_NO_FLOW), 2);
+    assert_eq!(h.counter(global::ICMP_FORWARDED), 0);
+
+    // A flow: forwarded to its server, its times untouched.
+    let key = v4_key(47001, 80, PROTO_TCP);
+    let server = expected_backend(&key, &[0, 1, 2]);
+    h.run(&ipv4(CLIENT, VIP, PROTO_TCP, &[], 0, &tcp(47001, 80, SYN)));
+    h.run(&ipv4(CLIENT, VIP, PROTO_TCP, &[], 0, &tcp(47001, 80, ACK)));
+    let mut entry = h.flow(&key).expect("entry");
+    entry.last_seen = entry.last_seen.wrapping_sub(10);
+    assert!(h.flow_sets().insert(&key, &entry), "age the entry");
+    let backend_seen = h.backend_last_seen(server).wrapping_sub(10);
+    h.set_backend_last_seen(server, backend_seen);
+    let (action, out) = h.run(&icmp4_too_big(47001));
+    assert_eq!(action, XDP_TX);
+    assert_eq!(out[..6], server_mac(server as u8));
+    assert_eq!(h.counter(global::ICMP_FORWARDED), 1);
+    assert_eq!(
+        h.flow(&key).expect("entry").last_seen,
+        entry.last_seen,
+        "an ICMP error must not refresh its flow"
+    );
+    assert_eq!(
+        h.backend_last_seen(server),
+        backend_seen,
+        "nor its server's last-seen time"
+    );
+
+    // The flow's server went down: the entry no longer holds, dropped.
+    h.set_backend(server, 0, BACKEND_DOWN, 0);
+    assert_eq!(h.run(&icmp4_too_big(47001)).0, XDP_DROP);
+    assert_eq!(h.guard_counter(guard::ICMP_NO_FLOW), 3);
+    assert_eq!(h.counter(global::ICMP_FORWARDED), 1);
+}
+
+/// An IPv6 extension header of 8 bytes (next header, length 0, a `PadN` option).
+fn ext(next: u8) -> Vec<u8> {
+    vec![next, 0, 1, 4, 0, 0, 0, 0]
+}
+
+/// `headers` (next-header numbers) chained in front of `l4` (protocol `proto`).
+fn chain(headers: &[u8], proto: u8, l4: &[u8]) -> (u8, Vec<u8>) {
+    let mut payload = Vec::new();
+    for (i, _) in headers.iter().enumerate() {
+        let next = headers.get(i + 1).copied().unwrap_or(proto);
+        if headers[i] == 44 {
+            // An atomic fragment: offset 0, no more fragments.
+            payload.extend_from_slice(&[next, 0, 0, 0, 0, 0, 0, 7]);
+        } else if headers[i] == 43 {
+            // A routing header with no segments left.
+            payload.extend_from_slice(&[next, 0, 4, 0, 0, 0, 0, 0]);
+        } else {
+            payload.extend_from_slice(&ext(next));
+        }
+    }
+    payload.extend_from_slice(l4);
+    (headers.first().copied().unwrap_or(proto), payload)
+}
+
+/// Issue 11, point 18: IPv6 packets to a VIP behind hop-by-hop, routing and
+/// destination-options headers are balanced; more headers than the program
+/// walks, or a non-first fragment, are dropped and counted; packets to other
+/// addresses pass as before.
+#[test]
+fn ipv6_extension_headers_are_walked_to_the_tcp_header() {
+    let Some(h) = harness() else { return };
+    let cases: [(&str, &[u8]); 4] = [
+        ("hop-by-hop", &[0]),
+        ("destination options", &[60]),
+        ("routing", &[43]),
+        ("four headers", &[0, 43, 60, 44]),
+    ];
+    for (i, (what, headers)) in cases.iter().enumerate() {
+        let sport = 48000 + i as u16;
+        let (next, payload) = chain(headers, PROTO_TCP, &tcp(sport, 80, SYN));
+        let frame = ipv6(CLIENT6, VIP6, next, &payload);
+        let (action, out) = h.run(&frame);
+        assert_eq!(action, XDP_TX, "{what}: a SYN to the VIP is balanced");
+        let mut want = frame.clone();
+        want[..6].copy_from_slice(&server_mac(4));
+        want[6..12].copy_from_slice(&NODE_MAC);
+        assert_eq!(out, want, "{what}: only the MACs change");
+        let key = FlowKey::new(&CLIENT6.octets(), sport, &VIP6.octets(), 80, PROTO_TCP);
+        assert!(h.flow(&key).is_some(), "{what}: flow recorded by its ports");
+    }
+
+    // Five headers: beyond the bound, dropped and counted.
+    let (next, payload) = chain(&[0, 60, 60, 60, 60], PROTO_TCP, &tcp(48100, 80, SYN));
+    let too_deep = ipv6(CLIENT6, VIP6, next, &payload);
+    assert_eq!(h.run(&too_deep).0, XDP_DROP, "five extension headers");
+    assert_eq!(h.guard_counter(guard::IPV6_EXT_UNPARSED), 1);
+    // A header whose length runs past the frame, onto the next header:
+    // dropped too, never passed.
+    let mut cut = ext(60);
+    cut[1] = 4;
+    assert_eq!(
+        h.run(&ipv6(CLIENT6, VIP6, 0, &cut)).0,
+        XDP_DROP,
+        "cut short"
+    );
+    assert_eq!(h.guard_counter(guard::IPV6_EXT_UNPARSED), 2);
+
+    // A non-first fragment behind a hop-by-hop header: no ports, dropped.
+    let mut payload = ext(44);
+    payload.extend_from_slice(&[PROTO_TCP, 0, 0x05, 0xc9, 0, 0, 0, 8]);
+    payload.extend_from_slice(&[0u8; 16]);
+    let fragments = h.counter(global::FRAGMENT);
+    assert_eq!(h.run(&ipv6(CLIENT6, VIP6, 0, &payload)).0, XDP_DROP);
+    assert_eq!(h.counter(global::FRAGMENT), fragments + 1);
+
+    // Not to a VIP: passed untouched, however many headers.
+    let host = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
+    let passes = h.counter(global::PASS);
+    for headers in [&[0u8][..], &[0, 60, 60, 60, 60, 60]] {
+        let (next, payload) = chain(headers, PROTO_TCP, &tcp(48200, 22, SYN));
+        let frame = ipv6(CLIENT6, host, next, &payload);
+        let (action, out) = h.run(&frame);
+        assert_eq!(action, XDP_PASS, "{} headers to the host", headers.len());
+        assert_eq!(out, frame, "untouched");
+    }
+    assert_eq!(h.counter(global::PASS), passes + 2);
+    assert_eq!(h.guard_counter(guard::IPV6_EXT_UNPARSED), 2);
+    assert_eq!(h.counter(global::DROP), 3);
 }

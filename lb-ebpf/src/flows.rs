@@ -3,6 +3,19 @@
 //! release's kernel LRU hash with `FlowEntryV0` values, kept only so the
 //! upgrade test has a real older build to migrate from.
 
+/// What a packet asks of the flow table.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    /// A packet of the flow: a hit refreshes the entry's last-seen time.
+    Packet,
+    /// A bare SYN: an entry counts only if its flow was seen within
+    /// `SYN_KEEP_SECS`, and the SYN does not refresh it.
+    Syn,
+    /// An ICMP error about the flow (anyone can send one): a hit, never
+    /// refreshed.
+    Icmp,
+}
+
 /// What the flow table knows about a packet's flow.
 pub enum Lookup {
     /// An entry: the backend and incarnation it was written with.
@@ -12,6 +25,12 @@ pub enum Lookup {
     },
     /// A UDP entry past its idle timeout.
     Expired,
+    /// A bare SYN's entry, idle past `SYN_KEEP_SECS`.
+    #[cfg_attr(
+        feature = "legacy-flow-entry",
+        expect(dead_code, reason = "the first release's table re-hashes every SYN")
+    )]
+    Stale,
     Miss,
 }
 
@@ -23,9 +42,10 @@ mod sets {
     use lb_common::{
         DEFAULT_FLOW_TABLE_SIZE, FLOW_TAG_FREE, FLOW_WAYS, FlowKey, FlowSet, PROTO_UDP,
         flow_backend, flow_set_index, flow_sets, flow_stats, flow_tag, flow_target,
+        keeps_against_syn,
     };
 
-    use super::Lookup;
+    use super::{Lookup, Probe};
     use crate::{FLOW_SETS, FLOW_STATS, UDP_IDLE_SECS, bump, read_global};
 
     /// One table shared by all CPUs: a flow's packets may arrive on any CPU.
@@ -45,7 +65,7 @@ mod sets {
     const NO_WAY: usize = FLOW_WAYS;
 
     #[inline(always)]
-    pub fn lookup(key: &FlowKey, hash: u32, syn: bool, now: u32) -> Result<(Lookup, Place), ()> {
+    pub fn lookup(key: &FlowKey, hash: u32, probe: Probe, now: u32) -> Result<(Lookup, Place), ()> {
         let index = flow_set_index(hash, read_global(&FLOW_SETS));
         // The index is masked to the table: a failed lookup is a loader bug.
         let set = FLOWS.get_ptr_mut(index).ok_or(())?;
@@ -54,9 +74,9 @@ mod sets {
         let tag = flow_tag(hash);
         let way = unsafe { (*set).find(tag, key) }.unwrap_or(NO_WAY);
         let place = Place { set, way };
-        // A SYN still finds its way so that it overwrites rather than
-        // duplicates an entry of a reused client port.
-        if way == NO_WAY || syn {
+        // A SYN the entry does not keep still knows its way, so that it
+        // overwrites rather than duplicates the entry of a reused port.
+        if way == NO_WAY {
             return Ok((Lookup::Miss, place));
         }
         let w = way & (FLOW_WAYS - 1);
@@ -71,10 +91,24 @@ mod sets {
             };
             let seen = addr_of_mut!((*set).seen[w]);
             let last = read_volatile(seen);
+            if probe == Probe::Syn {
+                // Only the flow's other packets keep an entry against a
+                // SYN, and a SYN never makes it look recent.
+                if !keeps_against_syn(last, now) {
+                    return Ok((Lookup::Stale, place));
+                }
+                return Ok((
+                    Lookup::Hit {
+                        backend,
+                        incarnation,
+                    },
+                    place,
+                ));
+            }
             if key.proto == PROTO_UDP && now.wrapping_sub(last) > read_global(&UDP_IDLE_SECS) {
                 return Ok((Lookup::Expired, place));
             }
-            if last != now {
+            if last != now && probe == Probe::Packet {
                 write_volatile(seen, now);
             }
             Ok((
@@ -87,15 +121,16 @@ mod sets {
         }
     }
 
-    /// Writes the flow's entry: over its old one, else in a free way, else
-    /// over the set's least recently seen flow.
+    /// Writes the flow's entry, last seen at `seen`: over its old one, else
+    /// in a free way, else over the set's least recently seen flow (as of
+    /// `now`).
     #[inline(always)]
     pub fn remember(
         Place { set, way }: Place,
         key: &FlowKey,
         hash: u32,
-        backend: u32,
-        incarnation: u32,
+        (backend, incarnation): (u32, u32),
+        seen: u32,
         now: u32,
     ) {
         // SAFETY: a live map value; the tag is cleared before the slot is
@@ -125,7 +160,7 @@ mod sets {
                 addr_of_mut!((*slot).target),
                 flow_target(flow_tag(hash), backend, incarnation),
             );
-            write_volatile(addr_of_mut!((*set).seen[w]), now);
+            write_volatile(addr_of_mut!((*set).seen[w]), seen);
             write_volatile(tag, flow_tag(hash));
         }
     }
@@ -139,7 +174,7 @@ mod lru {
     use aya_ebpf::{macros::map, maps::LruHashMap};
     use lb_common::{DEFAULT_FLOW_TABLE_SIZE, FlowEntryV0, FlowKey};
 
-    use super::Lookup;
+    use super::{Lookup, Probe};
 
     #[map]
     static FLOWS: LruHashMap<FlowKey, FlowEntryV0> =
@@ -148,8 +183,14 @@ mod lru {
     pub struct Place;
 
     #[inline(always)]
-    pub fn lookup(key: &FlowKey, _hash: u32, syn: bool, _now: u32) -> Result<(Lookup, Place), ()> {
-        if syn {
+    pub fn lookup(
+        key: &FlowKey,
+        _hash: u32,
+        probe: Probe,
+        _now: u32,
+    ) -> Result<(Lookup, Place), ()> {
+        // The first release: a SYN always re-hashes.
+        if probe == Probe::Syn {
             return Ok((Lookup::Miss, Place));
         }
         // SAFETY: a live map value of plain data.
@@ -170,8 +211,8 @@ mod lru {
         _place: Place,
         key: &FlowKey,
         _hash: u32,
-        backend: u32,
-        incarnation: u32,
+        (backend, incarnation): (u32, u32),
+        _seen: u32,
         _now: u32,
     ) {
         // A full LRU evicts its oldest entry; a failed insert only costs

@@ -17,13 +17,14 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, PerCpuArray},
     programs::XdpContext,
 };
-use flows::Lookup;
+use flows::{Lookup, Probe};
 use lb_common::{
     BACKEND_ACTIVE, BACKEND_DRAINING, BACKEND_FLAG_LOCAL, Backend, Counters,
     DEFAULT_FLOW_TABLE_SIZE, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_SERVICES, DEFAULT_MAX_TABLE_SIZE,
     DEFAULT_UDP_IDLE_SECS, FlowKey, MAX_TX_PORTS, NO_BACKEND, ServiceBucket, ServiceKey,
     ServiceState, ServiceValue, TABLE_LANES, TableCells, coarse_secs, flow_hash, flow_sets,
-    flow_stats, global, service_bucket_of, service_buckets, slot_base, table_stride,
+    flow_stats, global, guard, service_bucket_of, service_buckets, slot_base, syn_entry_seen,
+    table_stride,
 };
 use parse::{Parsed, parse_frame};
 
@@ -77,6 +78,9 @@ static GLOBAL_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(global::CO
 #[map]
 pub(crate) static FLOW_STATS: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(flow_stats::COUNT, 0);
+/// `lb_common::guard` counters (room for more than are in use).
+#[map]
+static GUARD_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(guard::CAPACITY, 0);
 
 #[xdp]
 pub fn xdp_lb(ctx: XdpContext) -> u32 {
@@ -103,6 +107,11 @@ fn count(index: u32) {
 }
 
 #[inline(always)]
+fn count_guard(index: u32) {
+    bump(&GUARD_STATS, index);
+}
+
+#[inline(always)]
 pub(crate) fn bump(map: &PerCpuArray<u64>, index: u32) {
     if let Some(c) = map.get_ptr_mut(index) {
         // SAFETY: per-CPU value, only this CPU writes it.
@@ -114,6 +123,13 @@ pub(crate) fn bump(map: &PerCpuArray<u64>, index: u32) {
 fn pass() -> Result<u32, ()> {
     count(global::PASS);
     Ok(xdp_action::XDP_PASS)
+}
+
+#[inline(always)]
+fn drop_guarded(index: u32) -> Result<u32, ()> {
+    count_guard(index);
+    count(global::DROP);
+    Ok(xdp_action::XDP_DROP)
 }
 
 #[inline(always)]
@@ -141,19 +157,24 @@ fn try_xdp_lb(ctx: &XdpContext) -> Result<u32, ()> {
                 pass()
             }
         }
+        Parsed::Unparsed(vip) => {
+            if VIPS.get_ptr(vip).is_some() {
+                drop_guarded(guard::IPV6_EXT_UNPARSED)
+            } else {
+                pass()
+            }
+        }
         Parsed::Flow { key, syn, len } => {
             let Some(svc) = service_of(&key) else {
                 return pass();
             };
-            balance(ctx, svc, &key, syn, len, true)
+            balance(ctx, svc, &key, syn, len)
         }
         Parsed::IcmpTooBig { key, len } => {
             let Some(svc) = service_of(&key) else {
                 return pass();
             };
-            count(global::ICMP_FORWARDED);
-            // Follow the flow the ICMP error is about, without creating state for it.
-            balance(ctx, svc, &key, false, len, false)
+            follow_icmp(ctx, svc, &key, len)
         }
     }
 }
@@ -183,39 +204,71 @@ fn service_of(key: &FlowKey) -> Option<u32> {
     }
 }
 
-/// Picks the flow's backend (flow table first, Maglev otherwise) and forwards.
+/// The coarse clock: second resolution is all the flow and backend
+/// last-seen times need, and it is cheaper than the precise one.
 #[inline(always)]
-fn balance(
-    ctx: &XdpContext,
-    svc: u32,
-    key: &FlowKey,
-    syn: bool,
-    len: u32,
-    remember: bool,
-) -> Result<u32, ()> {
-    // Coarse clock: second resolution is all the flow and backend
-    // last-seen times need, and it is cheaper than the precise one.
-    let now = coarse_secs(
+fn now_coarse() -> u32 {
+    coarse_secs(
         // SAFETY: helper with no preconditions.
         unsafe { bpf_ktime_get_coarse_ns() },
-    );
+    )
+}
+
+/// Sends an ICMP "fragmentation needed" / "packet too big" to the server of
+/// the flow it quotes, if the flow table holds that flow on a usable
+/// server; drops it otherwise. Anyone can forge one: it creates no state,
+/// never re-hashes, and leaves the flow's and the server's last-seen times
+/// alone (an ICMP error is no sign the connection is alive).
+#[inline(always)]
+fn follow_icmp(ctx: &XdpContext, svc: u32, key: &FlowKey, len: u32) -> Result<u32, ()> {
+    let now = now_coarse();
     let hash = flow_hash(key, read_global(&HASH_SEED));
-    // A bare SYN starts a connection: it always takes the current table's
-    // choice (never a draining server through a reused client port, never a
-    // stale entry).
-    let (found, place) = flows::lookup(key, hash, syn, now)?;
+    let (found, _) = flows::lookup(key, hash, Probe::Icmp, now)?;
+    if let Lookup::Hit {
+        backend,
+        incarnation,
+    } = found
+        && let Some(b) = BACKENDS.get(backend)
+    {
+        let state_ok = b.state == BACKEND_ACTIVE || b.state == BACKEND_DRAINING;
+        if state_ok && b.incarnation == incarnation {
+            count(global::ICMP_FORWARDED);
+            return forward(ctx, svc, backend, b, len, false, None);
+        }
+    }
+    drop_guarded(guard::ICMP_NO_FLOW)
+}
+
+/// Picks the flow's backend (flow table first, Maglev otherwise) and forwards.
+#[inline(always)]
+fn balance(ctx: &XdpContext, svc: u32, key: &FlowKey, syn: bool, len: u32) -> Result<u32, ()> {
+    let now = now_coarse();
+    let hash = flow_hash(key, read_global(&HASH_SEED));
+    // A bare SYN starts a connection: it takes the current table's choice
+    // (never a draining server through a reused client port, never a
+    // stale entry) unless its 4-tuple's flow is live on an active server,
+    // which a forged SYN must not move.
+    let probe = if syn { Probe::Syn } else { Probe::Packet };
+    let (found, place) = flows::lookup(key, hash, probe, now)?;
     match found {
         Lookup::Hit {
             backend,
             incarnation,
         } => {
             if let Some(b) = BACKENDS.get(backend) {
-                let state_ok = b.state == BACKEND_ACTIVE || b.state == BACKEND_DRAINING;
+                let state_ok = b.state == BACKEND_ACTIVE || (!syn && b.state == BACKEND_DRAINING);
                 if state_ok && b.incarnation == incarnation {
-                    return forward(ctx, svc, backend, b, len, false, now);
+                    if syn {
+                        count_guard(guard::SYN_KEPT_FLOW);
+                    }
+                    return forward(ctx, svc, backend, b, len, false, Some(now));
                 }
             }
+            if syn {
+                count_guard(guard::SYN_REPLACED_FLOW);
+            }
         }
+        Lookup::Stale => count_guard(guard::SYN_REPLACED_FLOW),
         Lookup::Expired => count(global::UDP_EXPIRED),
         Lookup::Miss => {}
     }
@@ -232,10 +285,11 @@ fn balance(
         // table flip only by the grace period the controller waits out.
         return drop_counted(global::NO_BACKEND);
     }
-    if remember {
-        flows::remember(place, key, hash, index, b.incarnation, now);
-    }
-    forward(ctx, svc, index, b, len, remember, now)
+    // A SYN's entry waits for the flow's other packets to become one that
+    // SYNs keep (lb_common::SYN_KEEP_SECS).
+    let seen = if syn { syn_entry_seen(now) } else { now };
+    flows::remember(place, key, hash, (index, b.incarnation), seen, now);
+    forward(ctx, svc, index, b, len, true, Some(now))
 }
 
 /// Maglev lookup in the service's active table slot.
@@ -274,7 +328,8 @@ fn add(counters: Option<*mut Counters>, len: u32, new_flow: bool) {
 }
 
 /// Rewrites the Ethernet header for direct server return and sends the frame
-/// on its way (`XDP_TX`, `XDP_REDIRECT`, or `XDP_PASS` for a local server).
+/// on its way (`XDP_TX`, `XDP_REDIRECT`, or `XDP_PASS` for a local server);
+/// the backend counts as seen at `now` when that is given.
 #[inline(always)]
 fn forward(
     ctx: &XdpContext,
@@ -283,11 +338,13 @@ fn forward(
     b: &Backend,
     len: u32,
     new_flow: bool,
-    now: u32,
+    now: Option<u32>,
 ) -> Result<u32, ()> {
     add(SERVICE_STATS.get_ptr_mut(svc), len, new_flow);
     add(BACKEND_STATS.get_ptr_mut(index), len, new_flow);
-    if let Some(seen) = BACKEND_LAST_SEEN.get_ptr_mut(index) {
+    if let Some(now) = now
+        && let Some(seen) = BACKEND_LAST_SEEN.get_ptr_mut(index)
+    {
         // SAFETY: per-CPU value; written at most once per coarse second.
         unsafe {
             if *seen != now {

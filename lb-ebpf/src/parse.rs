@@ -3,7 +3,8 @@
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    FAMILY_V4, FAMILY_V6, FlowKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, ServiceKey,
+    FAMILY_V4, FAMILY_V6, FlowKey, IPV6_MAX_EXT_HEADERS, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP,
+    PROTO_UDP, ServiceKey,
 };
 
 const ETH_LEN: usize = 14;
@@ -12,7 +13,12 @@ const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 const IPV6_LEN: usize = 40;
+const NEXT_HOP_BY_HOP: u8 = 0;
+const NEXT_ROUTING: u8 = 43;
 const NEXT_FRAGMENT: u8 = 44;
+const NEXT_DEST_OPTIONS: u8 = 60;
+/// Fragment header: offset (13 bits) and the more-fragments flag.
+const IPV6_FRAG_OFFSET_MORE: u16 = 0xfff9;
 const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
 const ICMP_DEST_UNREACH: u8 = 3;
@@ -30,6 +36,10 @@ pub enum Parsed {
     /// An IP fragment; carries the destination address (port 0, proto 0)
     /// to check against the VIP set.
     Fragment(ServiceKey),
+    /// IPv6 extension headers that do not end (or are cut short) within
+    /// `IPV6_MAX_EXT_HEADERS`; carries the destination address like
+    /// [`Parsed::Fragment`].
+    Unparsed(ServiceKey),
     /// A TCP or UDP packet; `syn` is a bare SYN (new connection attempt).
     Flow {
         key: FlowKey,
@@ -155,12 +165,42 @@ fn parse_ipv6(ctx: &XdpContext, len: u32) -> Parsed {
     if ip.version_flow[0] >> 4 != 6 {
         return Parsed::Malformed;
     }
-    let l4 = ETH_LEN + IPV6_LEN;
-    match ip.next {
-        PROTO_TCP | PROTO_UDP => l4_flow(ctx, l4, ip.next, ip.src, ip.dst, FAMILY_V6, len),
+    let mut next = ip.next;
+    let mut l4 = ETH_LEN + IPV6_LEN;
+    // Extension headers, a bounded number (the verifier sees each step).
+    for _ in 0..IPV6_MAX_EXT_HEADERS {
+        match next {
+            NEXT_HOP_BY_HOP | NEXT_ROUTING | NEXT_DEST_OPTIONS => {
+                // Next header, then the length in 8-byte units past the first 8.
+                let Some(head) = read::<[u8; 2]>(ctx, l4) else {
+                    return Parsed::Unparsed(vip_key(ip.dst, FAMILY_V6));
+                };
+                next = head[0];
+                l4 += (head[1] as usize + 1) * 8;
+            }
+            NEXT_FRAGMENT => {
+                let Some(head) = read::<[u8; 4]>(ctx, l4) else {
+                    return Parsed::Unparsed(vip_key(ip.dst, FAMILY_V6));
+                };
+                // An offset (no L4 header here) or more to come: no
+                // reliable ports. An atomic fragment is a whole packet.
+                if u16::from_be_bytes([head[2], head[3]]) & IPV6_FRAG_OFFSET_MORE != 0 {
+                    return Parsed::Fragment(vip_key(ip.dst, FAMILY_V6));
+                }
+                next = head[0];
+                l4 += 8;
+            }
+            _ => break,
+        }
+    }
+    match next {
+        PROTO_TCP | PROTO_UDP => l4_flow(ctx, l4, next, ip.src, ip.dst, FAMILY_V6, len),
         PROTO_ICMPV6 => icmp6_too_big(ctx, l4, len),
-        NEXT_FRAGMENT => Parsed::Fragment(vip_key(ip.dst, FAMILY_V6)),
-        // Other extension headers: not balanced, left to the stack.
+        // Still in extension headers: past the bound.
+        NEXT_HOP_BY_HOP | NEXT_ROUTING | NEXT_DEST_OPTIONS | NEXT_FRAGMENT => {
+            Parsed::Unparsed(vip_key(ip.dst, FAMILY_V6))
+        }
+        // Other protocols: not balanced, left to the stack.
         _ => Parsed::Pass,
     }
 }

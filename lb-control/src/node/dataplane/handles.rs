@@ -35,10 +35,8 @@ pub fn take_all(mut ebpf: Ebpf, opened: Opened) -> Result<DataPlane, DataPlaneEr
         Some(table) => FlowTable::Sets(table),
         None => FlowTable::Legacy(HashMap::try_from(flows_map).map_err(map_err(maps::FLOWS.name))?),
     };
-    let flow_stats = match ebpf.take_map(maps::FLOW_STATS.name) {
-        Some(map) => Some(PerCpuArray::try_from(map).map_err(map_err(maps::FLOW_STATS.name))?),
-        None => None,
-    };
+    let flow_stats = optional_counters(&mut ebpf, &maps::FLOW_STATS)?;
+    let guard_stats = optional_counters(&mut ebpf, &maps::GUARD_STATS)?;
     let service_state = mapped(&mut ebpf, &maps::SERVICE_STATE, &opened.sizes)?;
     let tables = mapped(&mut ebpf, &maps::TABLES, &opened.sizes)?;
     Ok(DataPlane {
@@ -52,6 +50,7 @@ pub fn take_all(mut ebpf: Ebpf, opened: Opened) -> Result<DataPlane, DataPlaneEr
         backend_last_seen: typed(&mut ebpf, &maps::BACKEND_LAST_SEEN, PerCpuArray::try_from)?,
         global_stats: typed(&mut ebpf, &maps::GLOBAL_STATS, PerCpuArray::try_from)?,
         flow_stats,
+        guard_stats,
         service_state,
         tables,
         service_buckets: opened.service_buckets,
@@ -63,6 +62,16 @@ pub fn take_all(mut ebpf: Ebpf, opened: Opened) -> Result<DataPlane, DataPlaneEr
         program_id: opened.program_id,
         grace: super::grace::GracePeriod::new()?,
     })
+}
+
+/// A counter map builds from before it existed do not declare.
+fn optional_counters(
+    ebpf: &mut Ebpf,
+    spec: &MapSpec,
+) -> Result<Option<PerCpuArray<MapData, u64>>, DataPlaneError> {
+    ebpf.take_map(spec.name)
+        .map(|map| PerCpuArray::try_from(map).map_err(map_err(spec.name)))
+        .transpose()
 }
 
 /// The service index, mapped (still held by `ebpf`).

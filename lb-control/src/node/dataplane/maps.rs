@@ -11,10 +11,10 @@ use std::mem::size_of;
 use aya::maps::MapType;
 use lb_common::{
     Backend, Counters, FlowEntryV0, FlowKey, FlowSet, MAP_BACKEND_LAST_SEEN, MAP_BACKEND_STATS,
-    MAP_BACKENDS, MAP_FLOW_STATS, MAP_FLOWS, MAP_GLOBAL_STATS, MAP_SERVICE_BUCKETS,
-    MAP_SERVICE_STATE, MAP_SERVICE_STATS, MAP_SERVICES, MAP_TABLES, MAP_TX_PORTS, MAP_VIPS,
-    MAX_TX_PORTS, ServiceBucket, ServiceKey, ServiceState, ServiceValue, TableCells, flow_sets,
-    flow_stats, global, service_buckets, table_stride,
+    MAP_BACKENDS, MAP_FLOW_STATS, MAP_FLOWS, MAP_GLOBAL_STATS, MAP_GUARD_STATS,
+    MAP_SERVICE_BUCKETS, MAP_SERVICE_STATE, MAP_SERVICE_STATS, MAP_SERVICES, MAP_TABLES,
+    MAP_TX_PORTS, MAP_VIPS, MAX_TX_PORTS, ServiceBucket, ServiceKey, ServiceState, ServiceValue,
+    TableCells, flow_sets, flow_stats, global, guard, service_buckets, table_stride,
 };
 
 use crate::config::Limits;
@@ -141,9 +141,21 @@ pub const FLOW_STATS: MapSpec = MapSpec {
         0,
     )
 };
+/// Counters of the program's checks against forged and unparsed traffic;
+/// sized by [`guard::CAPACITY`], not by the counters in use, so that a new
+/// one keeps the pinned shape.
+pub const GUARD_STATS: MapSpec = MapSpec {
+    optional: true,
+    ..spec::<u32, u64>(
+        MAP_GUARD_STATS,
+        MapType::PerCpuArray,
+        Entries::Fixed(guard::CAPACITY),
+        0,
+    )
+};
 
 /// Every map of this release's program, in the order they are pinned.
-pub const MAP_SPECS: [MapSpec; 13] = [
+pub const MAP_SPECS: [MapSpec; 14] = [
     SERVICES,
     SERVICE_BUCKETS,
     SERVICE_STATE,
@@ -157,6 +169,7 @@ pub const MAP_SPECS: [MapSpec; 13] = [
     BACKEND_LAST_SEEN,
     GLOBAL_STATS,
     FLOW_STATS,
+    GUARD_STATS,
 ];
 
 /// The flow table's layout in a program build (the program decides it; the
@@ -195,7 +208,7 @@ impl FlowLayout {
 
 /// Every map of a build with this flow-table layout.
 #[must_use]
-pub fn specs(layout: FlowLayout) -> [MapSpec; 13] {
+pub fn specs(layout: FlowLayout) -> [MapSpec; 14] {
     MAP_SPECS.map(|spec| {
         if spec.name == MAP_FLOWS {
             layout.flows()

@@ -31,7 +31,7 @@ use aya::{
 };
 use lb_common::{
     Backend, Counters, ServiceBucket, ServiceKey, ServiceState, ServiceValue, TableCells,
-    flow_stats, global,
+    flow_stats, global, guard,
 };
 
 use crate::config::{Config, Limits};
@@ -139,6 +139,9 @@ pub struct DataPlane {
     pub global_stats: PerCpuArray<MapData, u64>,
     /// Flow-table counters (absent from builds before it existed).
     pub flow_stats: Option<PerCpuArray<MapData, u64>>,
+    /// Counters of the program's checks against forged and unparsed
+    /// traffic (absent from builds before it existed).
+    pub guard_stats: Option<PerCpuArray<MapData, u64>>,
     pub service_state: MmapArray<ServiceState>,
     /// The program's fast service index; follows `services` through
     /// [`DataPlane::publish_services`].
@@ -244,6 +247,9 @@ impl DataPlane {
             out.extend(
                 (0..flow_stats::COUNT).map(|i| (flow_stats::NAMES[i as usize], sum(flow_stats, i))),
             );
+        }
+        if let Some(guard_stats) = &self.guard_stats {
+            out.extend((0..guard::COUNT).map(|i| (guard::NAMES[i as usize], sum(guard_stats, i))));
         }
         out
     }

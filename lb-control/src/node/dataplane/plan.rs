@@ -143,7 +143,8 @@ mod tests {
     use crate::{
         config::Limits,
         node::dataplane::maps::{
-            FlowLayout, LEGACY_FLOWS, MAP_SPECS, SERVICE_STATE, TX_PORTS, VIPS, specs,
+            FlowLayout, GLOBAL_STATS, GUARD_STATS, LEGACY_FLOWS, MAP_SPECS, SERVICE_STATE,
+            TX_PORTS, VIPS, specs,
         },
     };
 
@@ -270,6 +271,34 @@ mod tests {
         let flows = pins.maps.iter_mut().find(|(n, _)| *n == MAP_FLOWS).unwrap();
         flows.1.kind = Some(MapType::Hash);
         assert_eq!(decide_now(&pins).unwrap_err().name, MAP_FLOWS);
+    }
+
+    /// The pins of the release before `GUARD_STATS`: its counter maps had
+    /// 13 (`GLOBAL_STATS`) and 1 (`FLOW_STATS`) entries. A counter added to
+    /// either would refuse this upgrade, and no end-to-end test would see
+    /// it: the legacy object is built from this tree's `lb-common`.
+    #[test]
+    fn the_previous_releases_pins_are_replaced_in_place() {
+        let mut pins = running(Some(7), &[true]);
+        pins.maps.retain(|(n, _)| *n != GUARD_STATS.name);
+        for (name, have) in &pins.maps {
+            match *name {
+                lb_common::MAP_GLOBAL_STATS => assert_eq!(have.entries, 13),
+                lb_common::MAP_FLOW_STATS => assert_eq!(have.entries, 1),
+                _ => {}
+            }
+        }
+        let plan = decide_now(&pins).expect("the previous release's maps fit");
+        assert_eq!(plan.adoption, Adoption::Replaced);
+        assert_eq!(plan.migrate_flows, None);
+        // A resized counter map is refused (why new counters need room).
+        let mut grown = pins.clone();
+        for (name, have) in &mut grown.maps {
+            if *name == GLOBAL_STATS.name {
+                have.entries += 1;
+            }
+        }
+        assert_eq!(decide_now(&grown).unwrap_err().name, GLOBAL_STATS.name);
     }
 
     #[test]

@@ -251,6 +251,15 @@ impl TestBed {
         stats.get(&index, 0).expect("counter").iter().sum()
     }
 
+    /// A `GUARD_STATS` counter (`lb_common::guard`) summed over CPUs.
+    #[must_use]
+    pub fn guard_counter(&self, index: u32) -> u64 {
+        let stats: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.ebpf.map("GUARD_STATS").expect("GUARD_STATS"))
+                .expect("GUARD_STATS");
+        stats.get(&index, 0).expect("counter").iter().sum()
+    }
+
     #[must_use]
     pub fn flow(&self, key: &FlowKey) -> Option<FlowEntry> {
         self.flow_sets().get(key)
@@ -283,6 +292,26 @@ impl TestBed {
         };
         let sets = data.info().expect("FLOWS info").max_entries();
         (data.fd().as_fd(), sets)
+    }
+
+    /// Coarse second a backend last forwarded a packet (max over CPUs).
+    #[must_use]
+    pub fn backend_last_seen(&self, index: u32) -> u32 {
+        let seen: PerCpuArray<_, u32> =
+            PerCpuArray::try_from(self.ebpf.map("BACKEND_LAST_SEEN").expect("LAST_SEEN"))
+                .expect("LAST_SEEN");
+        let values = seen.get(&index, 0).expect("last seen");
+        values.iter().copied().max().unwrap_or(0)
+    }
+
+    /// Sets a backend's last-seen second on every CPU.
+    pub fn set_backend_last_seen(&mut self, index: u32, second: u32) {
+        let mut seen: PerCpuArray<_, u32> =
+            PerCpuArray::try_from(self.ebpf.map_mut("BACKEND_LAST_SEEN").expect("LAST_SEEN"))
+                .expect("LAST_SEEN");
+        let cpus = aya::util::nr_cpus().expect("number of CPUs");
+        let values = aya::maps::PerCpuValues::try_from(vec![second; cpus]).expect("per CPU");
+        seen.set(index, values, 0).expect("last seen");
     }
 
     #[must_use]
