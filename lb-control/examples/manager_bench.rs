@@ -188,6 +188,8 @@ fn serve(dir: PathBuf, listen: SocketAddr, threads: usize) -> Result<()> {
             "name": MANAGER,
             "tls_dir": dir,
             "report_interval_ms": 200,
+            // Every agent of the bench comes from loopback.
+            "max_connections_per_source": 100_000,
         }))
         .context("manager configuration")?;
         config.validate().map_err(anyhow::Error::msg)?;

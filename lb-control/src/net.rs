@@ -1,7 +1,12 @@
 //! Listening sockets shared by the node's and the manager's TCP listeners,
 //! and the reading of the message streams they accept.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
 
 use lb_proto::{Decoder, Message, ProtoError};
 use tokio::{
@@ -10,22 +15,126 @@ use tokio::{
 };
 use tracing::warn;
 
+/// How long a peer has for its TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a peer has, after its handshake, for its stream header and
+/// first message.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Idle time before TCP keepalive probes, their interval and count, and
+/// the user timeout: a peer gone without a word is found in under a minute.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(20);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_PROBES: u32 = 4;
+const USER_TIMEOUT: Duration = Duration::from_secs(40);
+/// Pause after an accept error (out of file descriptors: connections end
+/// meanwhile).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// At most one log line a period for refused connections.
+const REFUSAL_LOG_PERIOD: Duration = Duration::from_secs(10);
+
+/// How many connections a listener holds at once.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// In all.
+    pub total: usize,
+    /// From one source address.
+    pub per_source: usize,
+}
+
+/// Connections open per source, and in all; a [`Slot`] is one of them.
+#[derive(Debug, Default)]
+struct Open {
+    total: usize,
+    by_source: HashMap<IpAddr, usize>,
+}
+
+/// One accepted connection's place in its listener's counts, given back
+/// when it is dropped.
+#[derive(Debug)]
+pub struct Slot {
+    open: Arc<Mutex<Open>>,
+    source: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        open.total = open.total.saturating_sub(1);
+        if let Some(n) = open.by_source.get_mut(&self.source) {
+            *n -= 1;
+            if *n == 0 {
+                open.by_source.remove(&self.source);
+            }
+        }
+    }
+}
+
+/// A slot for a connection from `source`, if the limits leave one.
+fn take_slot(open: &Arc<Mutex<Open>>, limits: ConnectionLimits, source: IpAddr) -> Option<Slot> {
+    let mut o = open.lock().unwrap_or_else(PoisonError::into_inner);
+    let from = o.by_source.get(&source).copied().unwrap_or(0);
+    if o.total >= limits.total || from >= limits.per_source {
+        return None;
+    }
+    o.total += 1;
+    *o.by_source.entry(source).or_default() += 1;
+    Some(Slot {
+        open: open.clone(),
+        source,
+    })
+}
+
+/// TCP keepalive and a user timeout, so a peer that vanished is noticed.
+fn keep_alive(tcp: &TcpStream) {
+    let sock = socket2::SockRef::from(tcp);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_PROBES);
+    let _ = sock.set_tcp_keepalive(&keepalive);
+    let _ = sock.set_tcp_user_timeout(Some(USER_TIMEOUT));
+    let _ = tcp.set_nodelay(true);
+}
+
 /// Accepts connections on `listener` forever, each handled by its own task
-/// (an accept error is logged and retried after a short pause).
-pub fn spawn_accept_loop<F, Fut>(listener: TcpListener, handle: F)
-where
-    F: Fn(TcpStream, SocketAddr) -> Fut + Send + 'static,
+/// holding its [`Slot`]: a connection over `limits` is closed at once, an
+/// accept error (out of file descriptors) is logged once and retried after
+/// a pause, so the loop never ends. Accepted sockets get TCP keepalive.
+pub fn spawn_accept_loop<F, Fut>(
+    name: &'static str,
+    listener: TcpListener,
+    limits: ConnectionLimits,
+    handle: F,
+) where
+    F: Fn(TcpStream, SocketAddr, Slot) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     tokio::spawn(async move {
+        let open = Arc::new(Mutex::new(Open::default()));
+        let mut failing = false;
+        let mut refused = 0u64;
+        let mut refusal_logged: Option<Instant> = None;
         loop {
             match listener.accept().await {
                 Ok((tcp, peer)) => {
-                    tokio::spawn(handle(tcp, peer));
+                    failing = false;
+                    let Some(slot) = take_slot(&open, limits, peer.ip().to_canonical()) else {
+                        refused += 1;
+                        if refusal_logged.is_none_or(|t| t.elapsed() >= REFUSAL_LOG_PERIOD) {
+                            warn!(listener = name, %peer, refused, total = limits.total, per_source = limits.per_source, "connection over the limit closed");
+                            refusal_logged = Some(Instant::now());
+                        }
+                        continue;
+                    };
+                    keep_alive(&tcp);
+                    tokio::spawn(handle(tcp, peer, slot));
                 }
                 Err(e) => {
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    if !failing {
+                        warn!(listener = name, error = %e, "accept failed; retrying");
+                        failing = true;
+                    }
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
                 }
             }
         }

@@ -9,7 +9,11 @@ use anyhow::{Context as _, Result};
 use lb_agent::sources::{CgroupHandle, create_v1_cgroup};
 use lb_proto::tls::{Pki, Role, SanEntry, Validity};
 
-use crate::{balancer::workspace_bin, lab::LabProcess, topo::Lab};
+use crate::{
+    balancer::{LAB_SEED, workspace_bin},
+    lab::LabProcess,
+    topo::Lab,
+};
 
 /// Port the manager listens for agents on, in every lab config.
 pub const MANAGER_PORT: u16 = 7443;
@@ -194,4 +198,21 @@ pub fn manager_config(lab: &Lab, pki: &Path, s: &ScaledService<'_>) -> String {
         );
     }
     c
+}
+
+/// The port remote nodes listen on for their manager in the labs.
+pub const NODE_PORT: u16 = 7301;
+
+/// A remote node `node2` (`lab.node2`): no services of its own, everything
+/// from the manager over mutual TLS on [`NODE_PORT`].
+pub fn remote_node_config(lab: &Lab, pki: &Path) -> Result<String> {
+    let n2 = lab.node2.as_ref().context("no node2")?;
+    Ok(format!(
+        "[node]\ninterfaces = [\"eth0\"]\npin_dir = \"{{pin_dir}}\"\nsocket = \"{{socket}}\"\nhash_seed = {LAB_SEED}\n\
+         state_dir = \"{{state_dir}}\"\n\n\
+         [node.control]\nlisten = \"{}:{NODE_PORT}\"\nname = \"node2\"\ntls_dir = \"{}\"\nmanagers = [\"manager\"]\n\n\
+         [limits]\nmax_services = 4\nmax_backends = 16\nflow_table_size = 4096\n",
+        n2.eth0.v4,
+        pki.display()
+    ))
 }

@@ -8,7 +8,7 @@ use anyhow::{Context as _, Result};
 use lb_proto::tls::{Role, SanEntry};
 use lb_tests::{
     HoldSession, Lab, LabProcess,
-    balancer::{Balancer, LAB_SEED, attach_peer_pass, wait_until, workspace_bin},
+    balancer::{Balancer, attach_peer_pass, wait_until, workspace_bin},
     fleet::{self, Fleet, ScaledService},
     require_root,
     scaling::{
@@ -23,7 +23,7 @@ const CLIENT: &str = env!("CARGO_BIN_EXE_lab-client");
 const PORT: u16 = 80;
 /// A second service's port (added at run time).
 const ALT_PORT: u16 = 81;
-const NODE_PORT: u16 = 7301;
+use lb_tests::fleet::NODE_PORT;
 const INTERVAL_MS: u64 = 200;
 /// CPU each connection costs its server: at 0.2 CPU a server carries 50
 /// connections a second.
@@ -60,15 +60,7 @@ fn manager_config(lab: &Lab, pki: &Path) -> String {
 
 /// The remote node: no services of its own, everything from the manager.
 fn node2_config(lab: &Lab, pki: &Path) -> Result<String> {
-    let n2 = lab.node2.as_ref().context("no node2")?;
-    Ok(format!(
-        "[node]\ninterfaces = [\"eth0\"]\npin_dir = \"{{pin_dir}}\"\nsocket = \"{{socket}}\"\nhash_seed = {LAB_SEED}\n\
-         state_dir = \"{{state_dir}}\"\n\n\
-         [node.control]\nlisten = \"{}:{NODE_PORT}\"\nname = \"node2\"\ntls_dir = \"{}\"\nmanagers = [\"manager\"]\n\n\
-         [limits]\nmax_services = 4\nmax_backends = 16\nflow_table_size = 4096\n",
-        n2.eth0.v4,
-        pki.display()
-    ))
+    fleet::remote_node_config(lab, pki)
 }
 
 fn build() -> Result<(Lab, Fleet)> {

@@ -15,10 +15,13 @@ use tokio::{
     io::{AsyncRead, AsyncWrite, AsyncWriteExt as _},
     net::TcpListener,
 };
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::reconfigure::Reconfigurer;
-use crate::{config::NodeControlConfig, net::MessageReader};
+use crate::{
+    config::NodeControlConfig,
+    net::{ConnectionLimits, HANDSHAKE_TIMEOUT, MessageReader},
+};
 
 /// Why the node cannot listen for managers.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +66,13 @@ pub fn node_stream_limits() -> Limits {
 /// Bytes read from a stream at a time.
 pub(crate) const READ_CHUNK: usize = 64 * 1024;
 
+/// Connections the listener holds: a few managers, each with a stream or
+/// two; anything beyond is closed at once.
+const MANAGER_CONNECTIONS: ConnectionLimits = ConnectionLimits {
+    total: 64,
+    per_source: 8,
+};
+
 /// Starts the node's listener for remote managers (`[node.control]`);
 /// returns the bound address.
 pub async fn serve(
@@ -87,27 +97,38 @@ pub async fn serve(
     })?;
     info!(addr = %bound, "node listening for managers");
     let config = config.clone();
-    crate::net::spawn_accept_loop(listener, move |tcp, peer| {
-        let _ = tcp.set_nodelay(true);
-        let agent = agent.clone();
-        let tls_config = tls_config.clone();
-        let config = config.clone();
-        async move {
-            match tls::accept(tls_config, tcp).await {
-                Ok((stream, id)) => {
-                    if !config.managers.contains(&id.name) {
-                        warn!(%peer, name = %id.name, allowed = ?config.managers, "manager refused: its certificate name is not in node.control.managers");
-                        return;
+    crate::net::spawn_accept_loop(
+        "node control",
+        listener,
+        MANAGER_CONNECTIONS,
+        move |tcp, peer, slot| {
+            let agent = agent.clone();
+            let tls_config = tls_config.clone();
+            let config = config.clone();
+            async move {
+                let _slot = slot;
+                let Ok(handshake) =
+                    tokio::time::timeout(HANDSHAKE_TIMEOUT, tls::accept(tls_config, tcp)).await
+                else {
+                    debug!(%peer, "TLS handshake not finished in time; closed");
+                    return;
+                };
+                match handshake {
+                    Ok((stream, id)) => {
+                        if !config.managers.contains(&id.name) {
+                            warn!(%peer, name = %id.name, allowed = ?config.managers, "manager refused: its certificate name is not in node.control.managers");
+                            return;
+                        }
+                        info!(%peer, manager = %id.name, "manager connected");
+                        if let Err(e) = session(&agent, &config.name, stream, &id.name).await {
+                            warn!(%peer, manager = %id.name, error = %e, "manager stream closed");
+                        }
                     }
-                    info!(%peer, manager = %id.name, "manager connected");
-                    if let Err(e) = session(&agent, &config.name, stream, &id.name).await {
-                        warn!(%peer, manager = %id.name, error = %e, "manager stream closed");
-                    }
+                    Err(e) => warn!(%peer, error = %e, "manager refused at the TLS handshake"),
                 }
-                Err(e) => warn!(%peer, error = %e, "manager refused at the TLS handshake"),
             }
-        }
-    });
+        },
+    );
     Ok(bound)
 }
 

@@ -9,7 +9,13 @@
 //! * `udp --target VIP:PORT --count N`: N datagrams from distinct sockets;
 //!   prints a `BurstReport` JSON line.
 //!
-//! Every wait is bounded; `hold` exits by itself after `--max-secs`.
+//! * `flood --target ADDR:PORT --idle N --stalled M`: N TCP connections
+//!   that send nothing and M that start a TLS handshake and stall; prints
+//!   `{"opened":..,"failed":..}`, then obeys stdin: `check` (prints
+//!   `{"open":..,"closed":..}`: how many the peer closed), `quit` (or EOF).
+//!
+//! Every wait is bounded; `hold` and `flood` exit by themselves after
+//! `--max-secs`.
 //! With explicit source ports connections close with RST by default, so the
 //! same ports can be used again at once (no TIME_WAIT).
 
@@ -96,6 +102,18 @@ enum Cmd {
         concurrency: usize,
         #[arg(long, default_value_t = 3000)]
         timeout_ms: u64,
+    },
+    /// Idle and stalled connections against a listener, held from stdin.
+    Flood {
+        #[arg(long)]
+        target: SocketAddr,
+        #[arg(long, default_value_t = 0)]
+        idle: usize,
+        #[arg(long, default_value_t = 0)]
+        stalled: usize,
+        /// Exit (status 2) after this long whatever happens.
+        #[arg(long, default_value_t = 120)]
+        max_secs: u64,
     },
     /// UDP request/response from distinct source sockets.
     Udp {
@@ -442,6 +460,67 @@ fn hold(target: SocketAddr, count: usize, start: u16, timeout: Duration, how: Cl
     Ok(())
 }
 
+/// The start of a TLS ClientHello: a handshake record of 512 bytes, of
+/// which only these few are ever sent.
+const STALLED_HELLO: [u8; 9] = [0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc];
+
+/// Raises this process's open-file limit to its hard limit.
+fn raise_fd_limit() {
+    // SAFETY: zeroed is a valid rlimit; getrlimit fills it, setrlimit
+    // reads it.
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit);
+        }
+    }
+}
+
+/// Whether the peer closed `stream` (end of file or reset); reads and
+/// drops whatever it sent.
+fn closed_by_peer(stream: &mut TcpStream) -> bool {
+    let _ = stream.set_nonblocking(true);
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
+fn flood(target: SocketAddr, idle: usize, stalled: usize) -> Result<()> {
+    raise_fd_limit();
+    let mut held = Vec::with_capacity(idle + stalled);
+    let mut failed = 0usize;
+    for i in 0..idle + stalled {
+        match connect(target, None, Duration::from_secs(2)) {
+            Ok(mut s) => {
+                if i >= idle {
+                    let _ = s.write_all(&STALLED_HELLO);
+                }
+                held.push(s);
+            }
+            Err(_) => failed += 1,
+        }
+    }
+    print_json(&serde_json::json!({ "opened": held.len(), "failed": failed }))?;
+    for line in std::io::stdin().lock().lines() {
+        match line?.trim() {
+            "check" => {
+                let closed = held.iter_mut().map(closed_by_peer).filter(|c| *c).count();
+                print_json(&serde_json::json!({ "open": held.len() - closed, "closed": closed }))?;
+            }
+            "quit" => break,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
@@ -494,6 +573,19 @@ fn main() -> Result<()> {
                 Duration::from_millis(timeout_ms),
                 close,
             )
+        }
+        Cmd::Flood {
+            target,
+            idle,
+            stalled,
+            max_secs,
+        } => {
+            thread::spawn(move || {
+                thread::sleep(Duration::from_secs(max_secs));
+                eprintln!("lab-client flood: --max-secs {max_secs} reached, exiting");
+                std::process::exit(2);
+            });
+            flood(target, idle, stalled)
         }
         Cmd::Udp {
             target,

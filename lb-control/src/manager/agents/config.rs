@@ -59,6 +59,20 @@ pub struct ManagerConfig {
     /// Empty: only the stream's own address is taken.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub server_subnets: Vec<ipnet::IpNet>,
+    /// Most agent connections held at once; one more is closed at once.
+    #[serde(default = "default_max_agent_connections")]
+    pub max_agent_connections: usize,
+    /// Most agent connections from one source address (a host has one
+    /// stream; a few more while it reconnects).
+    #[serde(default = "default_max_per_source")]
+    pub max_connections_per_source: usize,
+}
+
+fn default_max_agent_connections() -> usize {
+    16_384
+}
+fn default_max_per_source() -> usize {
+    16
 }
 
 /// `[[manager.node]]`: a balancer node on another host.
@@ -111,6 +125,8 @@ impl ManagerConfig {
             ack_retries: default_ack_retries(),
             agent_backoff_ms: default_agent_backoff(),
             server_subnets: Vec::new(),
+            max_agent_connections: default_max_agent_connections(),
+            max_connections_per_source: default_max_per_source(),
         }
     }
 

@@ -22,13 +22,13 @@ use tokio::{
     net::{TcpListener, TcpStream},
     sync::{Mutex, mpsc, oneshot},
 };
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{
     db::{DbEvent, MonitorView, ServerDb, canonical},
     events::{EventLog, NewEvent},
 };
-use crate::net::MessageReader;
+use crate::net::{ConnectionLimits, HANDSHAKE_TIMEOUT, HELLO_TIMEOUT, MessageReader};
 
 mod config;
 
@@ -43,6 +43,8 @@ enum StreamError {
     Proto(#[from] ProtoError),
     #[error("message before the stream header")]
     NoHeader,
+    #[error("no stream header and hello within {0:?}")]
+    NoHello(Duration),
     #[error("role {0} is not an agent")]
     NotAgent(Role),
     #[error(transparent)]
@@ -230,10 +232,17 @@ impl Manager {
         }
         let sweeper = self.clone();
         tokio::spawn(async move { sweeper.sweep_loop().await });
-        crate::net::spawn_accept_loop(listener, move |tcp, peer| {
+        let limits = ConnectionLimits {
+            total: self.config.max_agent_connections,
+            per_source: self.config.max_connections_per_source,
+        };
+        crate::net::spawn_accept_loop("agents", listener, limits, move |tcp, peer, slot| {
             let me = self.clone();
             let tls = tls.clone();
-            async move { me.connection(tcp, peer, tls).await }
+            async move {
+                let _slot = slot;
+                me.connection(tcp, peer, tls).await;
+            }
         });
         Ok(bound)
     }
@@ -258,17 +267,22 @@ impl Manager {
         peer: SocketAddr,
         tls: Option<Arc<rustls::ServerConfig>>,
     ) {
-        let _ = tcp.set_nodelay(true);
         match tls {
-            Some(config) => match tls::accept(config, tcp).await {
-                Ok((stream, identity)) => {
-                    self.session(stream, peer, Some(identity)).await;
+            Some(config) => {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls::accept(config, tcp)).await {
+                    Ok(Ok((stream, identity))) => {
+                        self.session(stream, peer, Some(identity)).await;
+                    }
+                    Ok(Err(e)) => {
+                        self.handshakes_refused.fetch_add(1, Ordering::Relaxed);
+                        warn!(%peer, error = %e, "agent refused at the TLS handshake");
+                    }
+                    Err(_) => {
+                        self.handshakes_refused.fetch_add(1, Ordering::Relaxed);
+                        debug!(%peer, "TLS handshake not finished in time; closed");
+                    }
                 }
-                Err(e) => {
-                    self.handshakes_refused.fetch_add(1, Ordering::Relaxed);
-                    warn!(%peer, error = %e, "agent refused at the TLS handshake");
-                }
-            },
+            }
             None => self.session(tcp, peer, None).await,
         }
     }
@@ -326,7 +340,18 @@ impl Manager {
             .unwrap_or_default();
         let mut messages = MessageReader::new(read, Decoder::new(), READ_CHUNK);
         let mut guard = SequenceGuard::new();
-        while let Some(next) = messages.next().await.map_err(StreamError::Read)? {
+        loop {
+            // Until its header and first message, a stream has a deadline.
+            let next = if host.is_none() {
+                tokio::time::timeout(HELLO_TIMEOUT, messages.next())
+                    .await
+                    .map_err(|_| StreamError::NoHello(HELLO_TIMEOUT))?
+            } else {
+                messages.next().await
+            };
+            let Some(next) = next.map_err(StreamError::Read)? else {
+                break;
+            };
             let message = match next {
                 Ok(m) => m,
                 Err(e) => {
