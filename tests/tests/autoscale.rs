@@ -909,3 +909,56 @@ fn failed_node_rolls_back_and_crashes_leave_a_whole_file() -> Result<()> {
     );
     Ok(())
 }
+
+/// The manager generation a balancer's `lbctl status` reports.
+fn manager_generation(bal: &Balancer) -> Option<u64> {
+    bal.lbctl(&["status"]).ok()?["manager_generation"].as_u64()
+}
+
+/// A manager that lost its state directory (its generation counter with
+/// it) learns from the nodes' status the newest generation they applied
+/// and goes on after it: node2 takes its changes again (before, it refused
+/// every generation from 1 on as older than the one it had).
+#[test]
+fn a_manager_that_lost_its_state_goes_on_after_the_nodes() -> Result<()> {
+    if !require_root("a_manager_that_lost_its_state_goes_on_after_the_nodes") {
+        return Ok(());
+    }
+    let (lab, fleet) = build()?;
+    let lab = &lab;
+    let pki = fleet.pki_dir();
+    let node2_host = lab.node2.as_ref().context("node2")?;
+    let node2 = Balancer::start_on(lab, node2_host, &node2_config(lab, pki)?)?;
+    let mut bal = Balancer::start(lab, &manager_config(lab, pki))?;
+    assert!(
+        wait_until(Duration::from_secs(20), || manager_generation(&node2)
+            .is_some()),
+        "node2 never got a generation: events {:?}",
+        events(&bal)
+    );
+    // Push node2 well past what a fresh counter would start with.
+    for _ in 0..3 {
+        bal.lbctl(&["config", "reload"])?;
+    }
+    let applied = manager_generation(&node2).context("node2 generation")?;
+    assert!(applied >= 4, "node2 at generation {applied}");
+    bal.kill9()?;
+    std::fs::remove_dir_all(bal.state_dir())?;
+    bal.launch()?;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            manager_generation(&node2).is_some_and(|g| g > applied)
+        }),
+        "node2 took no generation after {applied}: events {:?}",
+        events(&bal)
+    );
+    let now = manager_generation(&bal).context("manager generation")?;
+    assert!(
+        now > applied,
+        "the manager went back to {now} (node2 had {applied})"
+    );
+    // And the next change goes through too.
+    bal.lbctl(&["config", "reload"])?;
+    assert!(manager_generation(&node2).is_some_and(|g| g > now));
+    Ok(())
+}

@@ -6,10 +6,11 @@
 //! the first number found there is the figure.
 
 use std::{
+    fs::File,
     io::Read,
+    os::fd::{AsRawFd, OwnedFd},
     path::PathBuf,
     process::{Child, Stdio},
-    sync::mpsc,
     time::{Duration, Instant},
 };
 
@@ -150,37 +151,49 @@ fn run(argv: &[String], timeout: Duration) -> Result<f64, CommandError> {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        // Its own process group, so a timeout kills what it started too.
+        // Its own process group, so what it started goes with it.
         .process_group(0)
         .spawn()
         .map_err(|source| CommandError::Spawn {
             program: program.clone(),
             source,
         })?;
-    let stdout = drain(child.stdout.take());
-    let stderr = drain(child.stderr.take());
+    let result = finish(&mut child, argv, timeout, deadline);
+    // Every way out: the group is killed while its leader is not yet reaped
+    // (so its id cannot be reused), then the leader is reaped.
+    kill_group(&mut child);
+    result
+}
+
+/// Reads the command's output and waits for it, both until `deadline`.
+/// The pipes are closed when this returns: a process that left the group
+/// (`setsid`) and still holds them blocks no one.
+fn finish(
+    child: &mut Child,
+    argv: &[String],
+    timeout: Duration,
+    deadline: Instant,
+) -> Result<f64, CommandError> {
     let timed_out = || CommandError::Timeout {
         argv: argv.to_vec(),
         timeout,
     };
-
     // Output ends when every process holding the pipe has exited, which may
     // be after the command itself (a background child); both count against
     // the timeout.
-    let Ok(output) = stdout.recv_timeout(deadline.saturating_duration_since(Instant::now())) else {
-        kill_group(&mut child);
+    let pipes = [
+        child.stdout.take().map(|p| File::from(OwnedFd::from(p))),
+        child.stderr.take().map(|p| File::from(OwnedFd::from(p))),
+    ];
+    let Some([output, stderr]) = read_pipes(pipes, deadline) else {
         return Err(timed_out());
     };
     let status = loop {
-        match child.try_wait() {
+        match exited(child) {
             Ok(Some(status)) => break status,
-            Ok(None) if Instant::now() >= deadline => {
-                kill_group(&mut child);
-                return Err(timed_out());
-            }
+            Ok(None) if Instant::now() >= deadline => return Err(timed_out()),
             Ok(None) => std::thread::sleep(Duration::from_millis(5)),
             Err(source) => {
-                kill_group(&mut child);
                 return Err(CommandError::Wait {
                     argv: argv.to_vec(),
                     source,
@@ -189,9 +202,6 @@ fn run(argv: &[String], timeout: Duration) -> Result<f64, CommandError> {
         }
     };
     if !status.success() {
-        let stderr = stderr
-            .recv_timeout(Duration::from_millis(100))
-            .unwrap_or_default();
         return Err(CommandError::Failed {
             argv: argv.to_vec(),
             status,
@@ -205,28 +215,102 @@ fn run(argv: &[String], timeout: Duration) -> Result<f64, CommandError> {
     })
 }
 
-/// Reads a pipe to its end on a thread of its own, keeping the first
-/// [`OUTPUT_LIMIT`] bytes; the receiver gets them at end of file.
-fn drain(pipe: Option<impl Read + Send + 'static>) -> mpsc::Receiver<Vec<u8>> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut kept = Vec::new();
-        if let Some(mut pipe) = pipe {
-            let mut buf = [0u8; 4096];
-            loop {
-                match pipe.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        let room = OUTPUT_LIMIT.saturating_sub(kept.len());
-                        kept.extend_from_slice(&buf[..n.min(room)]);
-                    }
-                }
+/// Reads both pipes to their end on this thread (`poll`), keeping the
+/// first [`OUTPUT_LIMIT`] bytes of each; `None` if `deadline` comes first.
+/// The pipes are dropped (closed) either way.
+fn read_pipes(pipes: [Option<File>; 2], deadline: Instant) -> Option<[Vec<u8>; 2]> {
+    let mut pipes = pipes;
+    let mut kept = [Vec::new(), Vec::new()];
+    for pipe in pipes.iter().flatten() {
+        // SAFETY: fcntl on a descriptor this pipe owns.
+        unsafe {
+            let fd = pipe.as_raw_fd();
+            libc::fcntl(
+                fd,
+                libc::F_SETFL,
+                libc::fcntl(fd, libc::F_GETFL) | libc::O_NONBLOCK,
+            );
+        }
+    }
+    while pipes.iter().any(Option::is_some) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        let mut fds: Vec<libc::pollfd> = pipes
+            .iter()
+            .map(|p| libc::pollfd {
+                fd: p.as_ref().map_or(-1, AsRawFd::as_raw_fd),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        let ms = libc::c_int::try_from(left.as_millis().max(1)).unwrap_or(libc::c_int::MAX);
+        // SAFETY: `fds` is a valid array of its length; negative fds are
+        // ignored by poll.
+        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        for (i, fd) in fds.iter().enumerate() {
+            if fd.revents == 0 {
+                continue;
+            }
+            if let Some(pipe) = pipes[i].as_mut()
+                && drained(pipe, &mut kept[i])
+            {
+                pipes[i] = None;
             }
         }
-        // The receiver may have given up already.
-        let _ = tx.send(kept);
-    });
-    rx
+    }
+    Some(kept)
+}
+
+/// Reads what `pipe` has now into `kept` (up to [`OUTPUT_LIMIT`], the rest
+/// dropped); true at its end.
+fn drained(pipe: &mut impl Read, kept: &mut Vec<u8>) -> bool {
+    let mut buf = [0u8; 4096];
+    loop {
+        match pipe.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(n) => {
+                let room = OUTPUT_LIMIT.saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return true,
+        }
+    }
+}
+
+/// The command's exit status once it has exited, without reaping it (so
+/// its process group id stays its own until [`kill_group`]).
+fn exited(child: &Child) -> std::io::Result<Option<std::process::ExitStatus>> {
+    use std::os::unix::process::ExitStatusExt as _;
+    let pid = libc::id_t::from(child.id());
+    // SAFETY: zeroed is a valid siginfo_t; waitid fills it.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid out pointer; WNOWAIT leaves the child waitable.
+    let rc = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            pid,
+            &raw mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the fields waitid filled for a child that changed state.
+    let (found, code, status) = unsafe { (info.si_pid(), info.si_code, info.si_status()) };
+    if found == 0 {
+        return Ok(None);
+    }
+    let raw = if code == libc::CLD_EXITED {
+        (status & 0xff) << 8
+    } else {
+        status & 0x7f
+    };
+    Ok(Some(std::process::ExitStatus::from_raw(raw)))
 }
 
 /// Kills the command's process group and reaps the command.
@@ -308,6 +392,95 @@ mod tests {
 
     fn sh(script: &str) -> CommandSource {
         CommandSource::Command(vec!["sh".into(), "-c".into(), script.into()])
+    }
+
+    /// The pipe a process writes its stdout to (`pipe:[inode]`).
+    fn stdout_pipe(pid: &str) -> String {
+        std::fs::read_link(format!("/proc/{pid}/fd/1"))
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    }
+
+    fn read_pid(path: &std::path::Path) -> String {
+        let start = Instant::now();
+        loop {
+            if let Ok(pid) = std::fs::read_to_string(path)
+                && !pid.trim().is_empty()
+            {
+                return pid.trim().to_owned();
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "no pid in {}",
+                path.display()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// A grandchild that left the command's group (`setsid`) and holds
+    /// its stdout: the read gives up at the timeout and this process keeps
+    /// no end of that pipe (before, a reader thread blocked on it until the
+    /// grandchild exited).
+    #[test]
+    fn a_child_that_left_the_group_holds_nothing_up() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pidfile = dir.path().join("pid");
+        let script = format!(
+            "setsid sleep 30 & echo $! > {}; echo 0.5",
+            pidfile.display()
+        );
+        let start = Instant::now();
+        let err = sh(&script)
+            .read_with_timeout(Duration::from_millis(300))
+            .expect_err("the pipe never ends");
+        assert!(matches!(err, CommandError::Timeout { .. }), "{err}");
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            start.elapsed()
+        );
+        let pid = read_pid(&pidfile);
+        let pipe = stdout_pipe(&pid);
+        assert!(pipe.starts_with("pipe:"), "{pipe}");
+        let ours: Vec<String> = std::fs::read_dir("/proc/self/fd")
+            .expect("fds")
+            .flatten()
+            .filter_map(|e| std::fs::read_link(e.path()).ok())
+            .map(|p| p.display().to_string())
+            .collect();
+        // The escaped sleeper is this test's to end, by its id.
+        let _ = std::process::Command::new("kill").arg(&pid).status();
+        assert!(!ours.contains(&pipe), "this process still holds {pipe}");
+    }
+
+    /// A command that succeeds takes its background processes with it.
+    #[test]
+    fn a_command_that_succeeds_leaves_nothing_running() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pidfile = dir.path().join("pid");
+        let script = format!(
+            "sleep 30 >/dev/null 2>&1 & echo $! > {}; echo 0.5",
+            pidfile.display()
+        );
+        assert_eq!(sh(&script).read().expect("read"), 0.5);
+        let pid = read_pid(&pidfile);
+        let start = Instant::now();
+        let gone = loop {
+            let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // Gone, or a zombie waiting for init to reap it.
+            if state.is_empty() || state.split_whitespace().nth(2) == Some("Z") {
+                break true;
+            }
+            if start.elapsed() > Duration::from_secs(3) {
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        if !gone {
+            let _ = std::process::Command::new("kill").arg(&pid).status();
+        }
+        assert!(gone, "the command's background sleep {pid} outlived it");
     }
 
     #[test]
