@@ -177,6 +177,8 @@ async fn start(config: Config, config_path: PathBuf) -> Result<Daemon, RunError>
         .clone()
         .map(lb_control::manager::Manager::new);
     if let Some(m) = &manager {
+        // Before the first agent connects: every hello must match its pin.
+        m.set_pins(lb_control::manager::controller::pins(&config));
         m.clone().start().await?;
     }
     let node = open_node(&config, config_path).await?;

@@ -463,6 +463,67 @@ async fn one_host_one_record_and_only_the_current_stream_counts() {
     );
 }
 
+/// A host whose certificate is not the one the file pins for it is
+/// refused at its hello (counted, an event, the stream closed) and its
+/// fingerprint kept for `lbctl server repin`; pinned to that certificate,
+/// it is taken.
+#[tokio::test]
+async fn a_certificate_other_than_the_pinned_one_is_refused() {
+    let s = setup().await;
+    let real = s
+        .pki
+        .load_identity("s1")
+        .expect("id")
+        .fingerprint()
+        .expect("fp")
+        .replace(':', "")
+        .to_lowercase();
+    let other = "ab".repeat(32);
+    s.manager.set_pins([("s1", other.as_str())]);
+    let mut a = Agent::open(dial(&s.pki, "s1", s.addr).await.expect("dial"), "s1").await;
+    a.send(hello("s1")).await.expect("hello");
+    let mut refusal = None;
+    while let Some(m) = a.recv(Duration::from_secs(5)).await {
+        if let Message::Error(e) = m {
+            refusal = Some(e);
+        }
+    }
+    let refusal = refusal.expect("no refusal before the stream ended");
+    assert_eq!(refusal.code, "fingerprint-mismatch", "{refusal:?}");
+    assert!(
+        refusal.text.contains("lbctl server repin s1"),
+        "{refusal:?}"
+    );
+    assert!(
+        s.manager.views().await.is_empty(),
+        "the refused hello was recorded"
+    );
+    assert_eq!(s.manager.stats().identities_refused, 1);
+    assert_eq!(
+        s.manager.refused_identity("S1").as_deref(),
+        Some(real.as_str())
+    );
+    let events = s.manager.events.since(0);
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == "identity-refused" && e.server.as_deref() == Some("s1")),
+        "{events:?}"
+    );
+    s.manager.set_pins([("s1", real.as_str())]);
+    let mut a = Agent::open(dial(&s.pki, "s1", s.addr).await.expect("dial"), "s1").await;
+    a.send(hello("s1")).await.expect("hello");
+    assert!(
+        wait_for(Duration::from_secs(5), async || s
+            .manager
+            .views()
+            .await
+            .len()
+            == 1)
+        .await
+    );
+}
+
 #[tokio::test]
 async fn untrusted_certificates_are_refused() {
     let s = setup().await;

@@ -240,3 +240,64 @@ fn status_reload_and_events_agree_on_the_generation() -> Result<()> {
     );
     Ok(())
 }
+
+/// A server whose certificate is not the one the file pins (reissued, or
+/// someone else's) is refused at every hello until an operator re-pins it:
+/// `lbctl server repin` writes the certificate it presented into the file,
+/// and its agent's next stream is taken.
+#[test]
+fn a_server_is_refused_until_its_new_certificate_is_pinned() -> Result<()> {
+    if !require_root("a_server_is_refused_until_its_new_certificate_is_pinned") {
+        return Ok(());
+    }
+    let (lab, fleet, bal) = build()?;
+    let text = std::fs::read_to_string(&bal.config_path)?;
+    let pinned = "ab".repeat(32);
+    let text = text.replacen(
+        "name = \"s2\"\n",
+        &format!("name = \"s2\"\nfingerprint = \"{pinned}\"\n"),
+        1,
+    );
+    std::fs::write(&bal.config_path, &text)?;
+    bal.lbctl(&["config", "reload"])?;
+    // Not pinned yet: nothing to re-pin.
+    let err = bal
+        .lbctl(&["server", "repin", "s2"])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("nothing to re-pin"), "{err}");
+    let _agent = fleet.start_agent(&lab, 1, PORT, INTERVAL_MS)?;
+    let refused = wait_until(Duration::from_secs(20), || {
+        bal.lbctl(&["events"]).is_ok_and(|v| {
+            v["events"].as_array().is_some_and(|e| {
+                e.iter()
+                    .any(|e| e["kind"] == "identity-refused" && e["server"] == "s2")
+            })
+        })
+    });
+    assert!(refused, "s2's hello was not refused: {:?}", pool_rows(&bal));
+    assert!(
+        pool_rows(&bal)?
+            .iter()
+            .any(|(s, _, monitor)| s == "s2" && monitor == "never connected"),
+        "{:?}",
+        pool_rows(&bal)
+    );
+    let done = bal.lbctl(&["server", "repin", "s2"])?;
+    let message = done["message"].as_str().unwrap_or_default().to_owned();
+    let text = std::fs::read_to_string(&bal.config_path)?;
+    assert!(!text.contains(&pinned), "the old pin stayed: {text}");
+    assert!(message.contains("pinned to certificate"), "{done}");
+    let monitored = wait_until(Duration::from_secs(30), || {
+        pool_rows(&bal).is_ok_and(|rows| {
+            rows.iter()
+                .any(|(s, _, monitor)| s == "s2" && monitor == "monitored")
+        })
+    });
+    assert!(
+        monitored,
+        "s2 not taken after the re-pin: {:?}",
+        pool_rows(&bal)
+    );
+    Ok(())
+}

@@ -96,6 +96,13 @@ impl Daemon {
                 c.drain(&server).await?;
                 done(0, format!("server `{server}` draining"))
             }
+            Request::ServerRepin { server } => {
+                let fingerprint = c.repin(&server).await?;
+                done(
+                    0,
+                    format!("server `{server}` pinned to certificate {fingerprint}"),
+                )
+            }
             Request::ServerDeallocate { server } => {
                 c.deallocate(&server).await?;
                 done(0, format!("server `{server}` back in the free pool"))

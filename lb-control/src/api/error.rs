@@ -49,9 +49,9 @@ impl RequestError {
 fn controller_kind(e: &ControllerError) -> ErrorKind {
     match e {
         ControllerError::File(f) => file_kind(f),
-        ControllerError::UnknownServer(_) | ControllerError::UnknownService(_) => {
-            ErrorKind::NotFound
-        }
+        ControllerError::UnknownServer(_)
+        | ControllerError::UnknownService(_)
+        | ControllerError::NothingToRepin(_) => ErrorKind::NotFound,
         ControllerError::AlreadyFree(_) | ControllerError::AlreadyMember { .. } => {
             ErrorKind::Conflict
         }

@@ -48,6 +48,10 @@ pub enum Request {
     ServerDeallocate {
         server: String,
     },
+    /// Pin the certificate a server presented last against its pin.
+    ServerRepin {
+        server: String,
+    },
     /// Add a service at run time.
     ServiceAdd(NewService),
     /// Remove a service at run time.

@@ -232,6 +232,9 @@ impl Manager {
                         fingerprint = %signed.identity.fingerprint_sha256,
                         "announcement accepted"
                     );
+                    if !self.pinned_identity(&host, &signed.identity.fingerprint_sha256) {
+                        continue;
+                    }
                     let events = self.db.lock().await.announced(
                         signed.announce.hello(),
                         &signed.identity.fingerprint_sha256,

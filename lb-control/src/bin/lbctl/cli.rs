@@ -179,6 +179,10 @@ pub enum ServerCommand {
     Drain { name: String },
     /// Back to the free pool now, without waiting for its connections.
     Deallocate { name: String },
+    /// Pin the certificate the server presented last, after its hellos were
+    /// refused as not the pinned one (a reissued certificate); recorded in
+    /// the file.
+    Repin { name: String },
 }
 
 #[derive(Subcommand)]

@@ -54,6 +54,7 @@ impl From<ServerCommand> for Request {
             },
             ServerCommand::Drain { name } => Request::ServerDrain { server: name },
             ServerCommand::Deallocate { name } => Request::ServerDeallocate { server: name },
+            ServerCommand::Repin { name } => Request::ServerRepin { server: name },
         }
     }
 }

@@ -45,6 +45,8 @@ enum StreamError {
     NoHeader,
     #[error("no stream header and hello within {0:?}")]
     NoHello(Duration),
+    #[error("`{0}` presented a certificate other than the one pinned for it")]
+    NotPinned(String),
     #[error("role {0} is not an agent")]
     NotAgent(Role),
     #[error(transparent)]
@@ -94,6 +96,10 @@ pub struct ManagerStats {
     /// or naming another host.
     #[serde(default)]
     pub settings_refused: u64,
+    /// Hellos and announcements refused: their certificate is not the one
+    /// the file pins for the host.
+    #[serde(default)]
+    pub identities_refused: u64,
     /// Discovery announcements verified and recorded.
     #[serde(default)]
     pub announcements_accepted: u64,
@@ -113,6 +119,13 @@ pub struct Manager {
     pending: Mutex<HashMap<(String, u64), oneshot::Sender<Message>>>,
     /// What the manager decided and saw, for `lbctl events`.
     pub events: Arc<EventLog>,
+    /// The certificate fingerprint the file pins for each host (lowercase
+    /// hex), as the controller last read it.
+    pins: std::sync::Mutex<HashMap<String, String>>,
+    /// The fingerprint each host last presented that did not match its
+    /// pin: what `lbctl server repin` records.
+    refused_identities: std::sync::Mutex<HashMap<String, String>>,
+    identities_refused: AtomicU64,
     streams_accepted: AtomicU64,
     settings_refused: AtomicU64,
     handshakes_refused: AtomicU64,
@@ -163,6 +176,9 @@ impl Manager {
             sessions: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
             events,
+            pins: std::sync::Mutex::new(HashMap::new()),
+            refused_identities: std::sync::Mutex::new(HashMap::new()),
+            identities_refused: AtomicU64::new(0),
             streams_accepted: AtomicU64::new(0),
             settings_refused: AtomicU64::new(0),
             handshakes_refused: AtomicU64::new(0),
@@ -182,9 +198,80 @@ impl Manager {
             reports_accepted: self.reports_accepted.load(Ordering::Relaxed),
             reports_stale: self.reports_stale.load(Ordering::Relaxed),
             settings_refused: self.settings_refused.load(Ordering::Relaxed),
+            identities_refused: self.identities_refused.load(Ordering::Relaxed),
             announcements_accepted: self.discovery.accepted(),
             announcements_rejected: self.discovery.rejected(),
         }
+    }
+
+    /// Replaces the pinned fingerprints (host name, fingerprint as the
+    /// file writes it) with `pins`; the controller calls it on each read of
+    /// the file.
+    pub fn set_pins<'a>(&self, pins: impl IntoIterator<Item = (&'a str, &'a str)>) {
+        let pins = pins
+            .into_iter()
+            .map(|(h, f)| (canonical(h), normal_fingerprint(f)))
+            .collect();
+        *self
+            .pins
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = pins;
+    }
+
+    /// Whether `fingerprint` may speak for `host`: it is the one pinned,
+    /// or nothing is. A refusal is counted, recorded as an event, and the
+    /// fingerprint kept for `lbctl server repin`.
+    pub fn pinned_identity(&self, host: &str, fingerprint: &str) -> bool {
+        let host = canonical(host);
+        let pinned = self
+            .pins
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&host)
+            .cloned();
+        let presented = normal_fingerprint(fingerprint);
+        match pinned {
+            Some(pin) if pin != presented => {
+                self.identities_refused.fetch_add(1, Ordering::Relaxed);
+                let first = self
+                    .refused_identities
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(host.clone(), presented.clone())
+                    .is_none_or(|f| f != presented);
+                if first {
+                    warn!(server = %host, pinned = %pin, presented = %presented, "certificate other than the pinned one refused");
+                    self.events.record(
+                        NewEvent::new(
+                            "identity-refused",
+                            format!(
+                                "certificate {presented} is not the one pinned ({pin}); `lbctl server repin {host}` pins it"
+                            ),
+                        )
+                        .server(&host),
+                    );
+                }
+                false
+            }
+            _ => true,
+        }
+    }
+
+    /// The fingerprint `host` last presented against its pin, if any.
+    pub fn refused_identity(&self, host: &str) -> Option<String> {
+        self.refused_identities
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&canonical(host))
+            .cloned()
+    }
+
+    /// Forgets `host`'s refused fingerprint (it was re-pinned).
+    pub fn forget_refused_identity(&self, host: &str) {
+        self.refused_identities
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&canonical(host));
     }
 
     /// The address `host`'s agent stream comes from, if it has one.
@@ -373,7 +460,7 @@ impl Manager {
                 warn!(host = %h, error = %stale, "replayed or stale message ignored");
                 continue;
             }
-            self.handle(h, peer, &fingerprint, message, tx).await;
+            self.handle(h, peer, &fingerprint, message, tx).await?;
         }
         Ok(())
     }
@@ -414,9 +501,16 @@ impl Manager {
         fingerprint: &str,
         message: Message,
         tx: &mpsc::Sender<Message>,
-    ) {
+    ) -> Result<(), StreamError> {
         match message {
             Message::Hello(hello) => {
+                if !self.pinned_identity(host, fingerprint) {
+                    let text = format!(
+                        "the certificate presented for `{host}` is not the one pinned for it; an operator re-pins it with `lbctl server repin {host}`"
+                    );
+                    let _ = tx.try_send(reject("fingerprint-mismatch", &text));
+                    return Err(StreamError::NotPinned(host.to_owned()));
+                }
                 if !hello.host.eq_ignore_ascii_case(host) {
                     self.messages_rejected.fetch_add(1, Ordering::Relaxed);
                     let _ = tx
@@ -425,7 +519,7 @@ impl Manager {
                             &format!("hello from `{}` on the stream of `{host}`", hello.host),
                         ))
                         .await;
-                    return;
+                    return Ok(());
                 }
                 let events =
                     self.db
@@ -437,7 +531,7 @@ impl Manager {
             Message::Report(report) => {
                 if !report.host.eq_ignore_ascii_case(host) {
                     self.messages_rejected.fetch_add(1, Ordering::Relaxed);
-                    return;
+                    return Ok(());
                 }
                 match self.db.lock().await.report(report, Instant::now()) {
                     Ok(events) => {
@@ -469,6 +563,7 @@ impl Manager {
                     .await;
             }
         }
+        Ok(())
     }
 
     /// A settings answer on `host`'s stream, naming `named` and request
@@ -571,6 +666,14 @@ fn reject(code: &str, text: &str) -> Message {
         rejected_seq: None,
     }
     .into()
+}
+
+/// A fingerprint as compared: lowercase hex without separators.
+fn normal_fingerprint(f: &str) -> String {
+    f.chars()
+        .filter(|c| *c != ':')
+        .map(|c| c.to_ascii_lowercase())
+        .collect()
 }
 
 /// An id for a settings request no agent can guess (answers are also

@@ -110,7 +110,7 @@ impl Controller {
 
     /// [`ConfigFile::update`](crate::manager::config_file::ConfigFile::update)
     /// off the runtime: its lock may be held by another process for a while.
-    async fn update_file(
+    pub(super) async fn update_file(
         &self,
         base: Snapshot,
         edits: &[Edit],

@@ -11,6 +11,10 @@ use crate::manager::{
 /// rolled back).
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
+    #[error(
+        "server `{0}` presented no certificate other than the one pinned for it: nothing to re-pin"
+    )]
+    NothingToRepin(String),
     /// A task run off the runtime (the file's update) did not finish.
     #[error("a background task failed: {0}")]
     Task(#[source] tokio::task::JoinError),

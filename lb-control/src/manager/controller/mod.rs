@@ -284,11 +284,18 @@ impl Controller {
         }
     }
 
+    /// Hands the manager the fingerprints `config` pins, which every
+    /// hello and announcement must match.
+    fn publish_pins(&self, config: &crate::config::Config) {
+        self.manager.set_pins(pins(config));
+    }
+
     /// One evaluation of every service.
     pub async fn tick(&self) {
         let mut ops = self.ops.lock().await;
         let snapshot = match self.file.read_cached() {
             Ok(s) => {
+                self.publish_pins(&s.config);
                 if ops.file_error.take().is_some() {
                     self.events.record(NewEvent::new(
                         "notice",
@@ -427,4 +434,12 @@ impl Controller {
             Err(e) => warn!(error = %e, "cannot encode controller state"),
         }
     }
+}
+
+/// The (server, fingerprint) pairs `config` pins.
+pub fn pins(config: &crate::config::Config) -> impl Iterator<Item = (&str, &str)> {
+    config
+        .server
+        .iter()
+        .filter_map(|s| Some((s.name.as_str(), s.fingerprint.as_deref()?)))
 }

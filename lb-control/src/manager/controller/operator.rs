@@ -139,6 +139,36 @@ impl Controller {
         .await
     }
 
+    /// `lbctl server repin`: pins the certificate `server` presented last
+    /// against its pin (its hellos were refused since), recorded in the
+    /// file. Returns the fingerprint now pinned.
+    pub async fn repin(&self, server: &str) -> Result<String, ControllerError> {
+        let fingerprint = self
+            .manager
+            .refused_identity(server)
+            .ok_or_else(|| ControllerError::NothingToRepin(server.to_owned()))?;
+        let _ops = self.ops.lock().await;
+        let base = self.file.read()?;
+        if !base.config.server.iter().any(|s| s.name == server) {
+            return Err(ControllerError::UnknownServer(server.to_owned()));
+        }
+        let edit = Edit::SetFingerprint {
+            server: server.to_owned(),
+            fingerprint: fingerprint.clone(),
+        };
+        let updated = self.update_file(base, std::slice::from_ref(&edit)).await?;
+        self.publish_pins(&updated.snapshot.config);
+        self.manager.forget_refused_identity(server);
+        self.events.record(
+            NewEvent::new(
+                "repinned",
+                format!("operator: certificate {fingerprint} pinned"),
+            )
+            .server(server),
+        );
+        Ok(fingerprint)
+    }
+
     /// `lbctl service add`.
     pub async fn add_service(&self, service: NewService) -> Result<u64, ControllerError> {
         let name = service.name.clone();
