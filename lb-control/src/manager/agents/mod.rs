@@ -13,7 +13,7 @@ use std::{
 
 use lb_proto::{
     Decoder, Encoder, ErrorMessage, Message, ProtoError, Role, SequenceGuard, SettingsKind,
-    SettingsRequest, StreamHeader,
+    StreamHeader,
     tls::{self, Pki},
 };
 use serde::{Deserialize, Serialize};
@@ -26,11 +26,13 @@ use tracing::{debug, info, warn};
 
 use super::{
     db::{DbEvent, MonitorView, ServerDb, canonical},
-    events::{EventLog, NewEvent},
+    events::EventLog,
 };
 use crate::net::{ConnectionLimits, HANDSHAKE_TIMEOUT, HELLO_TIMEOUT, MessageReader};
 
 mod config;
+mod pins;
+mod settings;
 
 pub use config::{ManagerConfig, ManagerConfigError, RemoteNodeConfig};
 
@@ -202,76 +204,6 @@ impl Manager {
             announcements_accepted: self.discovery.accepted(),
             announcements_rejected: self.discovery.rejected(),
         }
-    }
-
-    /// Replaces the pinned fingerprints (host name, fingerprint as the
-    /// file writes it) with `pins`; the controller calls it on each read of
-    /// the file.
-    pub fn set_pins<'a>(&self, pins: impl IntoIterator<Item = (&'a str, &'a str)>) {
-        let pins = pins
-            .into_iter()
-            .map(|(h, f)| (canonical(h), normal_fingerprint(f)))
-            .collect();
-        *self
-            .pins
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = pins;
-    }
-
-    /// Whether `fingerprint` may speak for `host`: it is the one pinned,
-    /// or nothing is. A refusal is counted, recorded as an event, and the
-    /// fingerprint kept for `lbctl server repin`.
-    pub fn pinned_identity(&self, host: &str, fingerprint: &str) -> bool {
-        let host = canonical(host);
-        let pinned = self
-            .pins
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(&host)
-            .cloned();
-        let presented = normal_fingerprint(fingerprint);
-        match pinned {
-            Some(pin) if pin != presented => {
-                self.identities_refused.fetch_add(1, Ordering::Relaxed);
-                let first = self
-                    .refused_identities
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .insert(host.clone(), presented.clone())
-                    .is_none_or(|f| f != presented);
-                if first {
-                    warn!(server = %host, pinned = %pin, presented = %presented, "certificate other than the pinned one refused");
-                    self.events.record(
-                        NewEvent::new(
-                            "identity-refused",
-                            format!(
-                                "certificate {presented} is not the one pinned ({pin}); `lbctl server repin {host}` pins it"
-                            ),
-                        )
-                        .server(&host),
-                    );
-                }
-                false
-            }
-            _ => true,
-        }
-    }
-
-    /// The fingerprint `host` last presented against its pin, if any.
-    pub fn refused_identity(&self, host: &str) -> Option<String> {
-        self.refused_identities
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(&canonical(host))
-            .cloned()
-    }
-
-    /// Forgets `host`'s refused fingerprint (it was re-pinned).
-    pub fn forget_refused_identity(&self, host: &str) {
-        self.refused_identities
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&canonical(host));
     }
 
     /// The address `host`'s agent stream comes from, if it has one.
@@ -566,91 +498,6 @@ impl Manager {
         Ok(())
     }
 
-    /// A settings answer on `host`'s stream, naming `named` and request
-    /// `id`: it goes to the request only if that request asked `host` and
-    /// the answer names `host`. Any other answer is refused, counted and
-    /// recorded as an event naming `host` (a host answering for another
-    /// would take its share of a VIP).
-    async fn answer(&self, host: &str, named: &str, id: u64, message: Message) {
-        let key = (host.to_owned(), id);
-        if named.eq_ignore_ascii_case(host)
-            && let Some(waiter) = self.pending.lock().await.remove(&key)
-        {
-            let _ = waiter.send(message);
-            return;
-        }
-        self.settings_refused.fetch_add(1, Ordering::Relaxed);
-        warn!(
-            server = host,
-            named, id, "settings answer refused: not for a request this host was asked"
-        );
-        self.events.record(
-            NewEvent::new(
-                "settings-refused",
-                format!(
-                    "`{host}` answered settings request {id} (naming `{named}`), which it was not asked; refused"
-                ),
-            )
-            .server(host),
-        );
-    }
-
-    /// Asks `host`'s agent for settings and waits for the answer. For auth
-    /// settings, the fingerprint the agent claims must be the one its
-    /// stream presented (so it can be pinned).
-    pub async fn request_settings(
-        &self,
-        host: &str,
-        kind: SettingsKind,
-        application: Option<String>,
-        timeout: Duration,
-    ) -> Result<Message, ManagerError> {
-        let canonical = canonical(host);
-        let Some(tx) = self.sessions.lock().await.get(&canonical).cloned() else {
-            return Err(ManagerError::NotConnected(host.into()));
-        };
-        let id = request_id();
-        let key = (canonical, id);
-        let (done, wait) = oneshot::channel();
-        self.pending.lock().await.insert(key.clone(), done);
-        let request = SettingsRequest {
-            seq: 0,
-            id,
-            kind,
-            application,
-        };
-        if tx.send(request.into()).await.is_err() {
-            self.pending.lock().await.remove(&key);
-            return Err(ManagerError::NotConnected(host.into()));
-        }
-        let Ok(Ok(answer)) = tokio::time::timeout(timeout, wait).await else {
-            self.pending.lock().await.remove(&key);
-            return Err(ManagerError::Timeout {
-                host: host.into(),
-                kind,
-                waited: timeout,
-            });
-        };
-        if let Message::AuthSettings(a) = &answer {
-            let presented = self
-                .db
-                .lock()
-                .await
-                .get(host)
-                .map(|r| r.fingerprint.clone())
-                .unwrap_or_default();
-            let claimed = a.server_fingerprint.to_string();
-            if !presented.is_empty() && !claimed.eq_ignore_ascii_case(&presented) {
-                return Err(ManagerError::FingerprintMismatch {
-                    host: host.into(),
-                    claimed,
-                    presented,
-                });
-            }
-        }
-        Ok(answer)
-    }
-
     /// Time since the manager started (failure verdicts wait for a grace
     /// period after a start).
     pub fn uptime(&self) -> Duration {
@@ -666,25 +513,6 @@ fn reject(code: &str, text: &str) -> Message {
         rejected_seq: None,
     }
     .into()
-}
-
-/// A fingerprint as compared: lowercase hex without separators.
-fn normal_fingerprint(f: &str) -> String {
-    f.chars()
-        .filter(|c| *c != ':')
-        .map(|c| c.to_ascii_lowercase())
-        .collect()
-}
-
-/// An id for a settings request no agent can guess (answers are also
-/// matched to their host; an unpredictable id keeps a host from answering
-/// ahead of its own next request, too).
-fn request_id() -> u64 {
-    let mut bytes = [0u8; 8];
-    // The system's random source does not fail on Linux once booted; a
-    // zero id is still only accepted from the host asked.
-    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes);
-    u64::from_le_bytes(bytes)
 }
 
 pub(super) fn log_events(events: &[DbEvent]) {

@@ -1,0 +1,86 @@
+//! The certificates the file pins: every hello and announcement must come
+//! with the one pinned for its host, until an operator re-pins it.
+
+use std::sync::{PoisonError, atomic::Ordering};
+
+use tracing::warn;
+
+use super::Manager;
+use crate::manager::{db::canonical, events::NewEvent};
+
+impl Manager {
+    /// Replaces the pinned fingerprints (host name, fingerprint as the
+    /// file writes it) with `pins`; the controller calls it on each read of
+    /// the file.
+    pub fn set_pins<'a>(&self, pins: impl IntoIterator<Item = (&'a str, &'a str)>) {
+        let pins = pins
+            .into_iter()
+            .map(|(h, f)| (canonical(h), normal_fingerprint(f)))
+            .collect();
+        *self.pins.lock().unwrap_or_else(PoisonError::into_inner) = pins;
+    }
+
+    /// Whether `fingerprint` may speak for `host`: it is the one pinned,
+    /// or nothing is. A refusal is counted, recorded as an event, and the
+    /// fingerprint kept for `lbctl server repin`.
+    pub fn pinned_identity(&self, host: &str, fingerprint: &str) -> bool {
+        let host = canonical(host);
+        let pinned = self
+            .pins
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&host)
+            .cloned();
+        let presented = normal_fingerprint(fingerprint);
+        match pinned {
+            Some(pin) if pin != presented => {
+                self.identities_refused.fetch_add(1, Ordering::Relaxed);
+                let first = self
+                    .refused_identities
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(host.clone(), presented.clone())
+                    .is_none_or(|f| f != presented);
+                if first {
+                    warn!(server = %host, pinned = %pin, presented = %presented, "certificate other than the pinned one refused");
+                    self.events.record(
+                        NewEvent::new(
+                            "identity-refused",
+                            format!(
+                                "certificate {presented} is not the one pinned ({pin}); `lbctl server repin {host}` pins it"
+                            ),
+                        )
+                        .server(&host),
+                    );
+                }
+                false
+            }
+            _ => true,
+        }
+    }
+
+    /// The fingerprint `host` last presented against its pin, if any.
+    pub fn refused_identity(&self, host: &str) -> Option<String> {
+        self.refused_identities
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&canonical(host))
+            .cloned()
+    }
+
+    /// Forgets `host`'s refused fingerprint (it was re-pinned).
+    pub fn forget_refused_identity(&self, host: &str) {
+        self.refused_identities
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&canonical(host));
+    }
+}
+
+/// A fingerprint as compared: lowercase hex without separators.
+fn normal_fingerprint(f: &str) -> String {
+    f.chars()
+        .filter(|c| *c != ':')
+        .map(|c| c.to_ascii_lowercase())
+        .collect()
+}
