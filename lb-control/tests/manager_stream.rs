@@ -524,6 +524,97 @@ async fn a_certificate_other_than_the_pinned_one_is_refused() {
     );
 }
 
+/// [`dial`] from a socket with a receive buffer of a few KiB: an agent
+/// that stops reading fills the path quickly.
+async fn dial_small_buffer(pki: &Pki, host: &str, addr: SocketAddr) -> Stream {
+    let ca = pki.load_ca_cert().expect("ca");
+    let id = pki.load_identity(host).expect("identity");
+    let config = tls::client_config(&ca, &id).expect("client config");
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("rcvbuf");
+    let tcp = socket.connect(addr).await.expect("connect");
+    let (stream, _) = tls::connect(config, "manager", tcp).await.expect("tls");
+    stream
+}
+
+/// An agent that stops reading (and provokes a reply to every message it
+/// sends) is dropped as soon as its queue is full: a settings request to it
+/// fails at once instead of waiting forever, and other agents are served.
+#[tokio::test]
+async fn an_agent_that_stops_reading_is_dropped() {
+    let s = setup().await;
+    let mut good = Agent::open(dial(&s.pki, "s2", s.addr).await.expect("dial"), "s2").await;
+    good.send(hello("s2")).await.expect("hello");
+    let mut stalled = Agent::open(dial_small_buffer(&s.pki, "s1", s.addr).await, "s1").await;
+    stalled.send(hello("s1")).await.expect("hello");
+    assert!(
+        wait_for(Duration::from_secs(5), async || s
+            .manager
+            .views()
+            .await
+            .len()
+            == 2)
+        .await
+    );
+    // Each of these earns an error reply the agent never reads.
+    let flood = tokio::spawn(async move {
+        let unexpected: Message = lb_proto::StatusRequest {
+            seq: 0,
+            id: 1,
+            count_flows: false,
+        }
+        .into();
+        for _ in 0..20_000 {
+            let send = stalled.send(unexpected.clone());
+            if !matches!(
+                tokio::time::timeout(Duration::from_secs(5), send).await,
+                Ok(Ok(()))
+            ) {
+                break;
+            }
+        }
+        stalled
+    });
+    let dropped = wait_for(Duration::from_secs(20), async || {
+        s.manager
+            .views()
+            .await
+            .iter()
+            .any(|v| v.host == "s1" && !v.connected)
+    })
+    .await;
+    assert!(dropped, "the stalled agent's session was never dropped");
+    let started = Instant::now();
+    let asked = tokio::time::timeout(
+        Duration::from_secs(10),
+        s.manager
+            .request_settings("s1", SettingsKind::Connection, None, Duration::from_secs(5)),
+    )
+    .await
+    .expect("a settings request to a stalled agent must not hang");
+    assert!(asked.is_err(), "a stalled agent answered: {asked:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    // The other agent is served.
+    let manager = s.manager.clone();
+    let ask = tokio::spawn(async move {
+        manager
+            .request_settings("s2", SettingsKind::Connection, None, Duration::from_secs(5))
+            .await
+    });
+    let Some(Message::SettingsRequest(req)) = good.recv(Duration::from_secs(5)).await else {
+        panic!("s2 got no settings request");
+    };
+    good.send(connection_settings("s2", req.id, [2, 0, 0, 0, 0, 0x12]))
+        .await
+        .expect("answer");
+    assert!(ask.await.expect("join").is_ok());
+    drop(flood.await);
+}
+
 #[tokio::test]
 async fn untrusted_certificates_are_refused() {
     let s = setup().await;

@@ -49,6 +49,10 @@ enum StreamError {
     NoHello(Duration),
     #[error("`{0}` presented a certificate other than the one pinned for it")]
     NotPinned(String),
+    #[error(
+        "the agent stopped reading: its messages were not taken within {WRITE_TIMEOUT:?} or {SEND_QUEUE} queued"
+    )]
+    Stalled,
     #[error("role {0} is not an agent")]
     NotAgent(Role),
     #[error(transparent)]
@@ -67,6 +71,8 @@ pub enum ManagerError {
     },
     #[error("server `{0}` has no agent stream")]
     NotConnected(String),
+    #[error("server `{0}`'s agent does not read its stream; the stream was dropped")]
+    Stalled(String),
     #[error("server `{host}` did not answer the {kind:?} settings request within {waited:?}")]
     Timeout {
         host: String,
@@ -115,7 +121,7 @@ pub struct ManagerStats {
 pub struct Manager {
     pub config: ManagerConfig,
     pub db: Mutex<ServerDb>,
-    sessions: Mutex<HashMap<String, mpsc::Sender<Message>>>,
+    sessions: Mutex<HashMap<String, SessionTx>>,
     /// Settings requests waiting for their answer, by (host asked, id):
     /// only that host's own stream can answer one.
     pending: Mutex<HashMap<(String, u64), oneshot::Sender<Message>>>,
@@ -140,6 +146,45 @@ pub struct Manager {
 
 /// Bytes read from a stream at a time.
 const READ_CHUNK: usize = 16 * 1024;
+/// Messages queued for one agent's writer; a session with this many
+/// unsent pushes back, and is dropped.
+const SEND_QUEUE: usize = 64;
+/// How long one write to an agent may take before its session is dropped
+/// (an agent that stopped reading).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The sending side of one agent session: messages are queued without
+/// waiting; a session whose queue is full (its agent stopped reading) or
+/// whose writer gave up is ended, never waited for.
+#[derive(Debug, Clone)]
+pub(super) struct SessionTx {
+    tx: mpsc::Sender<Message>,
+    /// Told when the session must end: its reader stops at once.
+    stalled: Arc<tokio::sync::Notify>,
+}
+
+/// Why a message was not queued for an agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum PushError {
+    /// The agent does not read: its session is being ended.
+    Stalled,
+    /// The session has ended.
+    Closed,
+}
+
+impl SessionTx {
+    /// Queues `message`; a full queue ends the session.
+    pub(super) fn push(&self, message: Message) -> Result<(), PushError> {
+        match self.tx.try_send(message) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.stalled.notify_one();
+                Err(PushError::Stalled)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(PushError::Closed),
+        }
+    }
+}
 
 /// The manager's side of an agent stream: its header, then each message
 /// queued on `rx`, then the end of stream.
@@ -147,24 +192,44 @@ async fn write_stream<W: AsyncWrite + Unpin>(
     name: String,
     mut write: W,
     mut rx: mpsc::Receiver<Message>,
+    stalled: Arc<tokio::sync::Notify>,
+) {
+    write_messages(name, &mut write, &mut rx).await;
+    // However it ended (the queue closed, a write failed or timed out),
+    // the session ends with it.
+    stalled.notify_one();
+}
+
+/// Each write bounded by [`WRITE_TIMEOUT`].
+async fn write_bounded<W: AsyncWrite + Unpin>(write: &mut W, bytes: &[u8]) -> bool {
+    matches!(
+        tokio::time::timeout(WRITE_TIMEOUT, write.write_all(bytes)).await,
+        Ok(Ok(()))
+    )
+}
+
+async fn write_messages<W: AsyncWrite + Unpin>(
+    name: String,
+    write: &mut W,
+    rx: &mut mpsc::Receiver<Message>,
 ) {
     let mut enc = Encoder::new(Vec::new(), 1);
     if enc.start(&StreamHeader::new(Role::Manager, name)).is_err() {
         return;
     }
-    if write.write_all(&enc.take()).await.is_err() {
+    if !write_bounded(write, &enc.take()).await {
         return;
     }
     while let Some(mut m) = rx.recv().await {
         if enc.encode(&mut m).is_err() {
             continue;
         }
-        if write.write_all(&enc.take()).await.is_err() {
+        if !write_bounded(write, &enc.take()).await {
             return;
         }
     }
     let _ = enc.finish();
-    let _ = write.write_all(&enc.take()).await;
+    let _ = write_bounded(write, &enc.take()).await;
     let _ = write.shutdown().await;
 }
 
@@ -317,8 +382,15 @@ impl Manager {
     {
         self.streams_accepted.fetch_add(1, Ordering::Relaxed);
         let (read, write) = tokio::io::split(stream);
-        let (tx, rx) = mpsc::channel::<Message>(64);
-        let writer = tokio::spawn(write_stream(self.config.name.clone(), write, rx));
+        let (tx, rx) = mpsc::channel::<Message>(SEND_QUEUE);
+        let stalled = Arc::new(tokio::sync::Notify::new());
+        let writer = tokio::spawn(write_stream(
+            self.config.name.clone(),
+            write,
+            rx,
+            stalled.clone(),
+        ));
+        let tx = SessionTx { tx, stalled };
         let mut host: Option<String> = None;
         let outcome = self
             .read_stream(read, peer, identity.as_ref(), &tx, &mut host)
@@ -327,7 +399,7 @@ impl Manager {
             // Only the current stream's end disconnects the server: a
             // stream another one replaced ends without a say.
             let mut sessions = self.sessions.lock().await;
-            let current = sessions.get(h).is_some_and(|s| s.same_channel(&tx));
+            let current = sessions.get(h).is_some_and(|s| s.tx.same_channel(&tx.tx));
             if current {
                 sessions.remove(h);
             }
@@ -351,7 +423,7 @@ impl Manager {
         read: R,
         peer: SocketAddr,
         identity: Option<&tls::PeerIdentity>,
-        tx: &mpsc::Sender<Message>,
+        tx: &SessionTx,
         host: &mut Option<String>,
     ) -> Result<(), StreamError> {
         let fingerprint = identity
@@ -360,13 +432,18 @@ impl Manager {
         let mut messages = MessageReader::new(read, Decoder::new(), READ_CHUNK);
         let mut guard = SequenceGuard::new();
         loop {
-            // Until its header and first message, a stream has a deadline.
-            let next = if host.is_none() {
-                tokio::time::timeout(HELLO_TIMEOUT, messages.next())
-                    .await
-                    .map_err(|_| StreamError::NoHello(HELLO_TIMEOUT))?
+            // Until its header and first message, a stream has a deadline;
+            // a session that stopped taking messages ends at once.
+            let deadline = if host.is_none() {
+                HELLO_TIMEOUT
             } else {
-                messages.next().await
+                Duration::MAX
+            };
+            let next = tokio::select! {
+                next = tokio::time::timeout(deadline, messages.next()) => {
+                    next.map_err(|_| StreamError::NoHello(HELLO_TIMEOUT))?
+                }
+                () = tx.stalled.notified() => return Err(StreamError::Stalled),
             };
             let Some(next) = next.map_err(StreamError::Read)? else {
                 break;
@@ -376,7 +453,7 @@ impl Manager {
                 Err(e) => {
                     self.messages_rejected.fetch_add(1, Ordering::Relaxed);
                     warn!(%peer, host = host.as_deref().unwrap_or("-"), error = %e, "message rejected");
-                    let _ = tx.send(ErrorMessage::from_error(&e).into()).await;
+                    let _ = tx.push(ErrorMessage::from_error(&e).into());
                     if e.is_fatal() {
                         return Err(e.into());
                     }
@@ -404,7 +481,7 @@ impl Manager {
         &self,
         decoder: &Decoder,
         identity: Option<&tls::PeerIdentity>,
-        tx: &mpsc::Sender<Message>,
+        tx: &SessionTx,
     ) -> Result<String, StreamError> {
         let Some(header) = decoder.header().cloned() else {
             return Err(StreamError::NoHeader);
@@ -416,7 +493,7 @@ impl Manager {
             && let Err(e) = tls::check_peer_name(id, &header.host)
         {
             self.messages_rejected.fetch_add(1, Ordering::Relaxed);
-            let _ = tx.send(reject("name-mismatch", &e.to_string())).await;
+            let _ = tx.push(reject("name-mismatch", &e.to_string()));
             return Err(e.into());
         }
         // The certificate's name, spelt one way (TLS compared it without
@@ -432,7 +509,7 @@ impl Manager {
         peer: SocketAddr,
         fingerprint: &str,
         message: Message,
-        tx: &mpsc::Sender<Message>,
+        tx: &SessionTx,
     ) -> Result<(), StreamError> {
         match message {
             Message::Hello(hello) => {
@@ -440,17 +517,15 @@ impl Manager {
                     let text = format!(
                         "the certificate presented for `{host}` is not the one pinned for it; an operator re-pins it with `lbctl server repin {host}`"
                     );
-                    let _ = tx.try_send(reject("fingerprint-mismatch", &text));
+                    let _ = tx.push(reject("fingerprint-mismatch", &text));
                     return Err(StreamError::NotPinned(host.to_owned()));
                 }
                 if !hello.host.eq_ignore_ascii_case(host) {
                     self.messages_rejected.fetch_add(1, Ordering::Relaxed);
-                    let _ = tx
-                        .send(reject(
-                            "name-mismatch",
-                            &format!("hello from `{}` on the stream of `{host}`", hello.host),
-                        ))
-                        .await;
+                    let _ = tx.push(reject(
+                        "name-mismatch",
+                        &format!("hello from `{}` on the stream of `{host}`", hello.host),
+                    ));
                     return Ok(());
                 }
                 let events =
@@ -487,12 +562,10 @@ impl Manager {
             }
             other => {
                 self.messages_rejected.fetch_add(1, Ordering::Relaxed);
-                let _ = tx
-                    .send(reject(
-                        "unexpected",
-                        &format!("`{}` is not for the manager", other.name()),
-                    ))
-                    .await;
+                let _ = tx.push(reject(
+                    "unexpected",
+                    &format!("`{}` is not for the manager", other.name()),
+                ));
             }
         }
         Ok(())

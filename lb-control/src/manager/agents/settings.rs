@@ -7,7 +7,7 @@ use lb_proto::{Message, SettingsKind, SettingsRequest};
 use tokio::sync::oneshot;
 use tracing::warn;
 
-use super::{Manager, ManagerError};
+use super::{Manager, ManagerError, PushError};
 use crate::manager::{db::canonical, events::NewEvent};
 
 impl Manager {
@@ -64,9 +64,14 @@ impl Manager {
             kind,
             application,
         };
-        if tx.send(request.into()).await.is_err() {
+        // Queued without waiting: an agent that stopped reading is dropped,
+        // and the caller moves on.
+        if let Err(e) = tx.push(request.into()) {
             self.pending.lock().await.remove(&key);
-            return Err(ManagerError::NotConnected(host.into()));
+            return Err(match e {
+                PushError::Stalled => ManagerError::Stalled(host.into()),
+                PushError::Closed => ManagerError::NotConnected(host.into()),
+            });
         }
         let Ok(Ok(answer)) = tokio::time::timeout(timeout, wait).await else {
             self.pending.lock().await.remove(&key);
