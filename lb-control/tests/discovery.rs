@@ -15,6 +15,8 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+mod common;
+
 use lb_control::manager::{Manager, ManagerConfig, db::Monitor, discovery::DiscoveryConfig};
 use lb_proto::{
     Application, Encoder, Hello, Message, Protocol, Role, StreamHeader,
@@ -58,6 +60,7 @@ async fn setup() -> Setup {
             listen: "127.0.0.1:0".parse().expect("addr"),
             group: None,
             interface: None,
+            rate_per_source: 50,
         }),
         ..ManagerConfig::new("127.0.0.1:0".parse().expect("addr"), "manager")
     });
@@ -298,6 +301,7 @@ async fn discovery_without_a_ca_is_refused() {
             listen: "127.0.0.1:0".parse().expect("addr"),
             group: None,
             interface: None,
+            rate_per_source: 50,
         }),
         ..ManagerConfig::new("127.0.0.1:0".parse().expect("addr"), "manager")
     };
@@ -308,4 +312,121 @@ async fn discovery_without_a_ca_is_refused() {
         .await
         .expect_err("cannot verify announcements");
     assert!(err.to_string().contains("tls_dir"), "{err}");
+}
+
+/// 20,000 forged announcements a second for 10 s (genuine certificates,
+/// signatures over other bytes: the costliest kind), from 10 source
+/// addresses: each source is cut to its rate before anything is parsed,
+/// what passes is verified off the runtime thread, and the real
+/// announcements of another source are all taken and an agent stream's
+/// reports all ingested meanwhile.
+#[tokio::test]
+async fn a_flood_of_forged_announcements_stops_no_real_one() {
+    const FLOOD_SECS: u64 = 10;
+    const FLOOD_RATE: u64 = 20_000;
+    let s = setup().await;
+    let web1 = s.pki.load_identity("web-1").expect("identity");
+    let web2 = s.pki.load_identity("web-2").expect("identity");
+    // web-2's agent stream, reporting throughout.
+    let ca = s.pki.load_ca_cert().expect("ca");
+    let config = tls::client_config(&ca, &web2).expect("client config");
+    let tcp = TcpStream::connect(s.stream_addr).await.expect("connect");
+    let (mut stream, _) = tls::connect(config, "manager", tcp)
+        .await
+        .expect("handshake");
+    let mut encoder = Encoder::new(Vec::new(), 1);
+    encoder
+        .start(&StreamHeader::new(Role::Agent, "web-2"))
+        .expect("header");
+    encoder
+        .encode(&mut Message::from(hello("web-2", false)))
+        .expect("hello");
+    stream.write_all(&encoder.take()).await.expect("write");
+    stream.flush().await.expect("flush");
+
+    let genuine = AnnounceSigner::new(&web1)
+        .expect("signer")
+        .sign(&Announce::from_hello(&hello("web-1", true)), unix_ms())
+        .expect("signed");
+    let forged = String::from_utf8(genuine)
+        .expect("utf-8")
+        .replace("cores=\"2.5\"", "cores=\"64\"")
+        .into_bytes();
+    let target = s.discovery;
+    let flood = std::thread::spawn(move || {
+        let sockets: Vec<std::net::UdpSocket> = (10..20)
+            .map(|i| std::net::UdpSocket::bind(format!("127.0.0.{i}:0")).expect("bind"))
+            .collect();
+        let started = std::time::Instant::now();
+        let mut sent = 0u64;
+        let mut next = sockets.iter().cycle();
+        while started.elapsed() < Duration::from_secs(FLOOD_SECS) {
+            let due = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX) * FLOOD_RATE
+                / 1000;
+            while sent < due {
+                if let Some(socket) = next.next() {
+                    let _ = socket.send_to(&forged, target);
+                }
+                sent += 1;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        sent
+    });
+
+    // Meanwhile: web-1's real announcements from its own address, and
+    // web-2's reports.
+    let real = UdpSocket::bind("127.0.0.2:0").await.expect("bind");
+    let before = s.manager.stats();
+    let mut announced = 0u64;
+    let mut reported = 0u64;
+    let started = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    while started.elapsed() < Duration::from_secs(FLOOD_SECS) {
+        tick.tick().await;
+        let mut report = common::report("web-2", unix_ms(), 0.3);
+        encoder.encode(&mut report).expect("report");
+        stream.write_all(&encoder.take()).await.expect("write");
+        stream.flush().await.expect("flush");
+        reported += 1;
+        // From 2 s on, past the flood's first burst (each source's bucket
+        // starts full), an announcement every 500 ms.
+        if reported > 20 && reported.is_multiple_of(5) {
+            let datagram = AnnounceSigner::new(&web1)
+                .expect("signer")
+                .sign(&Announce::from_hello(&hello("web-1", true)), unix_ms())
+                .expect("signed");
+            real.send_to(&datagram, target).await.expect("send");
+            announced += 1;
+        }
+    }
+    let sent = flood.join().expect("flood");
+    assert!(
+        sent >= FLOOD_RATE * FLOOD_SECS * 9 / 10,
+        "the flood sent only {sent}"
+    );
+    let manager = s.manager.clone();
+    eventually("every real announcement and report taken", || {
+        let manager = manager.clone();
+        async move {
+            let now = manager.stats();
+            now.announcements_accepted >= before.announcements_accepted + announced
+                && now.reports_accepted >= before.reports_accepted + reported
+        }
+    })
+    .await;
+    let stats = s.manager.stats();
+    let forged_seen = stats
+        .announcements_rejected
+        .get("bad-signature")
+        .copied()
+        .unwrap_or(0);
+    println!(
+        "flood: {sent} sent, {forged_seen} verified and refused, {} rate-limited, {} overloaded; {announced} real announcements and {reported} reports all taken",
+        stats.announcements_rate_limited, stats.announcements_overloaded
+    );
+    assert!(
+        forged_seen > 0 && stats.announcements_rate_limited > 0,
+        "{stats:?}"
+    );
 }

@@ -10,11 +10,12 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+mod common;
+
+use common::report;
 use lb_control::manager::{Manager, ManagerConfig, db::Monitor};
 use lb_proto::{
-    Application, ApplicationStatus, Cpu, Decoder, Encoder, Health, HealthState, Hello, Load,
-    Memory, Message, Protocol, Report, Role, SettingsKind, StreamHeader, Utilization,
-    UtilizationSource,
+    Application, Decoder, Encoder, Hello, Message, Protocol, Role, SettingsKind, StreamHeader,
     tls::{self, Pki, Role as CertRole, Validity},
 };
 use rustls::pki_types::pem::PemObject as _;
@@ -100,48 +101,6 @@ fn hello(host: &str) -> Message {
             protocol: Protocol::Tcp,
             ports: vec![80],
             probe: "tcp connect".into(),
-        }],
-    }
-    .into()
-}
-
-fn report(host: &str, time_ms: u64, value: f64) -> Message {
-    Report {
-        seq: 0,
-        host: host.into(),
-        time_ms,
-        interval_ms: 100,
-        utilization: Utilization {
-            value,
-            source: UtilizationSource::CgroupCpu,
-        },
-        cpu: Cpu {
-            host: 0.1,
-            cgroup: Some(value),
-        },
-        load: Load {
-            one: 0.1,
-            five: 0.1,
-            fifteen: 0.1,
-        },
-        memory: Memory {
-            total_bytes: 100,
-            available_bytes: 50,
-        },
-        nics: vec![],
-        applications: vec![ApplicationStatus {
-            name: "web".into(),
-            established: 1,
-            vip_established: 1,
-            health: Health {
-                state: HealthState::Up,
-                rise: 2,
-                fall: 3,
-                ok_streak: 3,
-                fail_streak: 0,
-                detail: None,
-            },
-            readiness: vec![],
         }],
     }
     .into()

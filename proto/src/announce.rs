@@ -55,6 +55,10 @@ pub const DEFAULT_WINDOW: Duration = Duration::from_secs(30);
 /// covers a couple of thousand agents; when it is full, announcements are
 /// refused (`replay-cache-full`) until entries age out, never let through.
 pub const DEFAULT_REPLAY_CAPACITY: usize = 16_384;
+/// How many of those one host may hold: an agent announcing every second
+/// (the shortest interval) within a ±30 s window holds about 61, so a host
+/// that holds more is flooding, and cannot crowd the others out.
+pub const DEFAULT_REPLAY_PER_HOST: usize = 128;
 /// Random bytes in a nonce (written as twice as many hex digits).
 pub const NONCE_BYTES: usize = 16;
 /// Most applications one announcement may list.

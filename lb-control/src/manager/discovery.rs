@@ -55,6 +55,15 @@ pub struct DiscoveryConfig {
     /// kernel's choice, by the routing table).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interface: Option<Ipv4Addr>,
+    /// Datagrams a second taken from one source address (bursts of four
+    /// times as many); the rest are dropped unread. An agent announces
+    /// every second at most.
+    #[serde(default = "default_rate_per_source")]
+    pub rate_per_source: u32,
+}
+
+fn default_rate_per_source() -> u32 {
+    50
 }
 
 impl DiscoveryConfig {
@@ -145,12 +154,25 @@ pub(super) struct DiscoveryState {
     bound: OnceLock<SocketAddr>,
     accepted: AtomicU64,
     rejected: [AtomicU64; Rejected::REASONS.len()],
+    /// Dropped unread: over their source's rate.
+    rate_limited: AtomicU64,
+    /// Dropped unread: the verifier's queue was full.
+    overloaded: AtomicU64,
 }
 
 impl DiscoveryState {
     /// Announcements accepted.
     pub(super) fn accepted(&self) -> u64 {
         self.accepted.load(Ordering::Relaxed)
+    }
+
+    /// Datagrams dropped unread: over their source's rate, and with the
+    /// verifier's queue full.
+    pub(super) fn dropped(&self) -> (u64, u64) {
+        (
+            self.rate_limited.load(Ordering::Relaxed),
+            self.overloaded.load(Ordering::Relaxed),
+        )
     }
 
     /// Datagrams refused, by reason (every reason, zeros included).
@@ -178,7 +200,7 @@ impl Manager {
     ) -> Result<SocketAddr, DiscoveryError> {
         let dir = self.config.tls_dir.as_ref().ok_or(DiscoveryError::NoCa)?;
         let ca = Pki::new(dir).load_ca_cert().map_err(DiscoveryError::Ca)?;
-        let verifier = AnnounceVerifier::new(&ca).map_err(DiscoveryError::Ca)?;
+        let mut verifier = AnnounceVerifier::new(&ca).map_err(DiscoveryError::Ca)?;
         let addr = config.listen;
         let bind = |source| DiscoveryError::Bind { addr, source };
         let socket = UdpSocket::bind(addr).await.map_err(bind)?;
@@ -199,18 +221,31 @@ impl Manager {
             group = config.group.map(|g| g.to_string()).unwrap_or_default(),
             "manager listening for discovery announcements"
         );
+        let (queue, datagrams) = std::sync::mpsc::sync_channel(VERIFY_QUEUE);
         let me = self.clone();
-        tokio::spawn(async move { me.discovery_loop(socket, verifier).await });
+        // Signatures and chains are checked off the runtime, whose one
+        // thread also carries every agent stream.
+        std::thread::Builder::new()
+            .name("discovery".into())
+            .spawn(move || me.verify_loop(&mut verifier, &datagrams))
+            .map_err(bind)?;
+        let me = self.clone();
+        let rate = config.rate_per_source;
+        tokio::spawn(async move { me.receive_loop(socket, queue, rate).await });
         Ok(bound)
     }
 
-    /// Receives, verifies and records announcements until the task is
-    /// dropped.
-    async fn discovery_loop(self: Arc<Self>, socket: UdpSocket, mut verifier: AnnounceVerifier) {
+    /// Receives datagrams until the task is dropped: each source within
+    /// its rate, queued for the verifier while its queue has room.
+    async fn receive_loop(
+        self: Arc<Self>,
+        socket: UdpSocket,
+        queue: std::sync::mpsc::SyncSender<(Vec<u8>, SocketAddr)>,
+        rate: u32,
+    ) {
         // One byte more than allowed, so an oversized datagram shows as one.
         let mut buf = vec![0u8; MAX_DATAGRAM_BYTES + 1];
-        let mut last_logged: [Option<Instant>; Rejected::REASONS.len()] = Default::default();
-        let mut suppressed = [0u64; Rejected::REASONS.len()];
+        let mut sources = SourceRates::new(rate);
         loop {
             let (n, from) = match socket.recv_from(&mut buf).await {
                 Ok(x) => x,
@@ -220,8 +255,34 @@ impl Manager {
                     continue;
                 }
             };
-            let datagram = buf.get(..n).unwrap_or_default();
-            match verifier.verify(datagram, unix_ms()) {
+            if !sources.admit(from.ip(), Instant::now()) {
+                self.discovery.rate_limited.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let datagram = buf.get(..n).unwrap_or_default().to_vec();
+            match queue.try_send((datagram, from)) {
+                Ok(()) => {}
+                Err(std::sync::mpsc::TrySendError::Full(_)) => {
+                    self.discovery.overloaded.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
+                    warn!("discovery verifier stopped; announcements are no longer taken");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Verifies and records queued datagrams until the queue is closed (on
+    /// its own thread).
+    fn verify_loop(
+        &self,
+        verifier: &mut AnnounceVerifier,
+        datagrams: &std::sync::mpsc::Receiver<(Vec<u8>, SocketAddr)>,
+    ) {
+        let mut log = RejectionLog::default();
+        while let Ok((datagram, from)) = datagrams.recv() {
+            match verifier.verify(&datagram, unix_ms()) {
                 Ok(signed) => {
                     self.discovery.accepted.fetch_add(1, Ordering::Relaxed);
                     let host = signed.announce.host.clone();
@@ -235,7 +296,7 @@ impl Manager {
                     if !self.pinned_identity(&host, &signed.identity.fingerprint_sha256) {
                         continue;
                     }
-                    let events = self.db.lock().await.announced(
+                    let events = self.db.blocking_lock().announced(
                         signed.announce.hello(),
                         &signed.identity.fingerprint_sha256,
                         Instant::now(),
@@ -243,33 +304,89 @@ impl Manager {
                     log_events(&events);
                 }
                 Err(rejected) => {
-                    let index = rejected.index();
-                    if let Some(counter) = self.discovery.rejected.get(index) {
+                    if let Some(counter) = self.discovery.rejected.get(rejected.index()) {
                         counter.fetch_add(1, Ordering::Relaxed);
                     }
-                    let now = Instant::now();
-                    let (Some(last), Some(skipped)) =
-                        (last_logged.get_mut(index), suppressed.get_mut(index))
-                    else {
-                        continue;
-                    };
-                    if last.is_some_and(|t| now.duration_since(t) < REJECTION_LOG_PERIOD) {
-                        *skipped += 1;
-                        continue;
-                    }
-                    warn!(
-                        %from,
-                        bytes = n,
-                        reason = rejected.reason(),
-                        error = %rejected,
-                        suppressed = *skipped,
-                        "announcement rejected"
-                    );
-                    *last = Some(now);
-                    *skipped = 0;
+                    log.said(&rejected, from, datagram.len());
                 }
             }
         }
+    }
+}
+
+/// Datagrams waiting for the verifier; more are dropped unread (counted).
+const VERIFY_QUEUE: usize = 1024;
+/// Sources remembered by the rate limit; past this, the quiet ones are
+/// forgotten.
+const MAX_SOURCES: usize = 65_536;
+
+/// A token bucket per source address.
+#[derive(Debug)]
+struct SourceRates {
+    rate: f64,
+    burst: f64,
+    buckets: std::collections::HashMap<IpAddr, (f64, Instant)>,
+}
+
+impl SourceRates {
+    fn new(rate: u32) -> Self {
+        Self {
+            rate: f64::from(rate),
+            burst: f64::from(rate) * 4.0,
+            buckets: std::collections::HashMap::new(),
+        }
+    }
+
+    /// Whether one more datagram from `source` is within its rate.
+    fn admit(&mut self, source: IpAddr, now: Instant) -> bool {
+        if self.buckets.len() >= MAX_SOURCES {
+            let burst = self.burst;
+            self.buckets.retain(|_, (tokens, _)| *tokens < burst);
+        }
+        let (rate, burst) = (self.rate, self.burst);
+        let (tokens, at) = self.buckets.entry(source).or_insert((burst, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * rate).min(burst);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Each refusal reason logged at most once a [`REJECTION_LOG_PERIOD`],
+/// with how many were not.
+#[derive(Debug, Default)]
+struct RejectionLog {
+    last: [Option<Instant>; Rejected::REASONS.len()],
+    suppressed: [u64; Rejected::REASONS.len()],
+}
+
+impl RejectionLog {
+    fn said(&mut self, rejected: &Rejected, from: SocketAddr, bytes: usize) {
+        let index = rejected.index();
+        let now = Instant::now();
+        let (Some(last), Some(skipped)) =
+            (self.last.get_mut(index), self.suppressed.get_mut(index))
+        else {
+            return;
+        };
+        if last.is_some_and(|t| now.duration_since(t) < REJECTION_LOG_PERIOD) {
+            *skipped += 1;
+            return;
+        }
+        warn!(
+            %from,
+            bytes,
+            reason = rejected.reason(),
+            error = %rejected,
+            suppressed = *skipped,
+            "announcement rejected"
+        );
+        *last = Some(now);
+        *skipped = 0;
     }
 }
 
@@ -323,6 +440,23 @@ mod tests {
             assert!(err.contains(says), "{err}");
         }
         assert!(config("listen = \"0.0.0.0:7445\"\ngorup = \"239.255.0.45\"").is_err());
+    }
+
+    #[test]
+    fn each_source_is_held_to_its_rate() {
+        let mut rates = SourceRates::new(10);
+        let t0 = Instant::now();
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let admitted = (0..100).filter(|_| rates.admit(a, t0)).count();
+        assert_eq!(admitted, 40, "a burst of four times the rate");
+        assert!(rates.admit(b, t0), "another source has its own bucket");
+        assert!(!rates.admit(a, t0));
+        assert!(
+            rates.admit(a, t0 + Duration::from_millis(100)),
+            "refilled at the rate"
+        );
+        assert!(!rates.admit(a, t0 + Duration::from_millis(100)));
     }
 
     #[test]

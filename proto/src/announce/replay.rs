@@ -9,6 +9,10 @@ use super::Rejected;
 #[derive(Debug)]
 pub(super) struct ReplayCache {
     capacity: usize,
+    /// Most entries one host may hold: its share.
+    per_host: usize,
+    /// Entries per host.
+    held: HashMap<String, usize>,
     /// `(lowercase host, nonce)` → the Unix ms after which it may go.
     seen: HashMap<(String, String), u64>,
     /// The same entries, oldest expiry first.
@@ -19,6 +23,8 @@ impl ReplayCache {
     pub(super) fn new(capacity: usize) -> Self {
         Self {
             capacity,
+            per_host: super::DEFAULT_REPLAY_PER_HOST.min(capacity),
+            held: HashMap::new(),
             seen: HashMap::new(),
             by_expiry: BTreeSet::new(),
         }
@@ -36,6 +42,12 @@ impl ReplayCache {
                 break;
             }
             if let Some((_, host, nonce)) = self.by_expiry.pop_first() {
+                if let Some(n) = self.held.get_mut(&host) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.held.remove(&host);
+                    }
+                }
                 self.seen.remove(&(host, nonce));
             }
         }
@@ -58,6 +70,14 @@ impl ReplayCache {
             });
         }
         let host = host.to_ascii_lowercase();
+        let held = self.held.entry(host.clone()).or_default();
+        if *held >= self.per_host {
+            return Err(Rejected::HostQuota {
+                host,
+                quota: self.per_host,
+            });
+        }
+        *held += 1;
         self.seen
             .insert((host.clone(), nonce.to_owned()), expires_ms);
         self.by_expiry.insert((expires_ms, host, nonce.to_owned()));

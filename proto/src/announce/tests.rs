@@ -250,6 +250,26 @@ fn replay_cache_is_bounded_and_fails_closed() {
     assert_eq!(v.remembered(), 1);
 }
 
+/// One host cannot take more than its share of the replay cache: its
+/// announcements past the share are refused, another host's still go in.
+#[test]
+fn a_host_floods_only_its_share_of_the_replay_cache() {
+    let p = project();
+    let web2 = issue(&p.ca, "web-2", Role::Client, &[], Validity::from_now(DAY)).expect("web-2");
+    let mut v = AnnounceVerifier::with_limits(&p.ca.cert_pem, Duration::from_secs(30), 1000)
+        .expect("verifier");
+    for i in 0..DEFAULT_REPLAY_PER_HOST as u64 {
+        v.verify(&signed(&p.web1, NOW_MS + i), NOW_MS)
+            .expect("within the share");
+    }
+    let over = signed(&p.web1, NOW_MS + 500);
+    let err = v.verify(&over, NOW_MS).expect_err("past the share");
+    assert_eq!(err.reason(), "host-quota", "{err}");
+    v.verify(&signed(&web2, NOW_MS), NOW_MS)
+        .expect("another host");
+    assert_eq!(v.remembered(), DEFAULT_REPLAY_PER_HOST + 1);
+}
+
 #[test]
 fn oversized_datagrams_are_dropped() {
     let p = project();

@@ -58,6 +58,17 @@ pub enum Rejected {
         /// Its capacity.
         capacity: usize,
     },
+    /// The host already has its share of the replay cache: more
+    /// announcements within the window than an agent sends.
+    #[error(
+        "{host} already has {quota} announcements within the window, its share of the replay cache; this one is refused"
+    )]
+    HostQuota {
+        /// The announced (and certified) host.
+        host: String,
+        /// Its share.
+        quota: usize,
+    },
     /// The certificate does not chain to the project CA, has expired or may
     /// not authenticate a client.
     #[error("certificate refused: {0}")]
@@ -78,7 +89,7 @@ pub enum Rejected {
 
 impl Rejected {
     /// Every [`reason`](Self::reason), in a fixed order (for counters).
-    pub const REASONS: [&'static str; 8] = [
+    pub const REASONS: [&'static str; 9] = [
         "oversized",
         "malformed",
         "stale",
@@ -87,6 +98,7 @@ impl Rejected {
         "untrusted-certificate",
         "name-mismatch",
         "bad-signature",
+        "host-quota",
     ];
 
     /// The position of [`reason`](Self::reason) in [`REASONS`](Self::REASONS).
@@ -101,6 +113,7 @@ impl Rejected {
             Self::Certificate(_) => 5,
             Self::NameMismatch { .. } => 6,
             Self::BadSignature => 7,
+            Self::HostQuota { .. } => 8,
         }
     }
 
@@ -128,7 +141,16 @@ pub struct AnnounceVerifier {
     certificates: ClientCertChecker,
     window_ms: u64,
     replay: ReplayCache,
+    /// Certificates that chained to the CA, by SHA-256 of their DER, with
+    /// when they were checked: a flood of announcements signed (or claimed
+    /// to be) by one certificate costs one chain check a [`CERT_CACHE_TTL_MS`].
+    checked: std::collections::HashMap<[u8; 32], (PeerIdentity, u64)>,
 }
+
+/// How long a certificate's chain check is reused.
+const CERT_CACHE_TTL_MS: u64 = 60_000;
+/// Most certificates remembered (then the memory starts afresh).
+const CERT_CACHE_SIZE: usize = 4096;
 
 impl AnnounceVerifier {
     /// Trusts the CA certificates in `ca_pem`, with [`DEFAULT_WINDOW`] and
@@ -156,7 +178,30 @@ impl AnnounceVerifier {
             certificates: ClientCertChecker::new(ca_pem)?,
             window_ms: u64::try_from(window.as_millis()).unwrap_or(u64::MAX),
             replay: ReplayCache::new(replay_capacity),
+            checked: std::collections::HashMap::new(),
         })
+    }
+
+    /// The identity of a certificate that chains to the CA: checked once a
+    /// [`CERT_CACHE_TTL_MS`], remembered meanwhile.
+    fn check_certificate(&mut self, der: &[u8], now_ms: u64) -> Result<PeerIdentity, Rejected> {
+        let digest = ring::digest::digest(&ring::digest::SHA256, der);
+        let mut key = [0u8; 32];
+        key.copy_from_slice(digest.as_ref());
+        if let Some((identity, at)) = self.checked.get(&key)
+            && now_ms.saturating_sub(*at) < CERT_CACHE_TTL_MS
+        {
+            return Ok(identity.clone());
+        }
+        let identity = self
+            .certificates
+            .check(der)
+            .map_err(Rejected::Certificate)?;
+        if self.checked.len() >= CERT_CACHE_SIZE {
+            self.checked.clear();
+        }
+        self.checked.insert(key, (identity.clone(), now_ms));
+        Ok(identity)
     }
 
     /// The `(host, nonce)` pairs remembered now.
@@ -225,10 +270,7 @@ impl AnnounceVerifier {
         }
         let der =
             single_cert(&auth.cert).map_err(|e| Rejected::Malformed(format!("<cert>: {e}")))?;
-        let identity = self
-            .certificates
-            .check(der.as_ref())
-            .map_err(Rejected::Certificate)?;
+        let identity = self.check_certificate(der.as_ref(), now_ms)?;
         if !identity.name.eq_ignore_ascii_case(&announce.host) {
             return Err(Rejected::NameMismatch {
                 host: announce.host,

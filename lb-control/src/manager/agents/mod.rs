@@ -115,6 +115,13 @@ pub struct ManagerStats {
     /// `bad-signature`, ...: `lb_proto::announce::Rejected::REASONS`).
     #[serde(default)]
     pub announcements_rejected: BTreeMap<String, u64>,
+    /// Discovery datagrams dropped unread: over their source's rate
+    /// (`[manager.discovery] rate_per_source`).
+    #[serde(default)]
+    pub announcements_rate_limited: u64,
+    /// Discovery datagrams dropped unread: the verifier was behind.
+    #[serde(default)]
+    pub announcements_overloaded: u64,
 }
 
 /// The manager: server database, live agent sessions, pending requests.
@@ -268,6 +275,8 @@ impl Manager {
             identities_refused: self.identities_refused.load(Ordering::Relaxed),
             announcements_accepted: self.discovery.accepted(),
             announcements_rejected: self.discovery.rejected(),
+            announcements_rate_limited: self.discovery.dropped().0,
+            announcements_overloaded: self.discovery.dropped().1,
         }
     }
 
