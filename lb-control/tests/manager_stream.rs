@@ -574,6 +574,67 @@ async fn an_agent_that_stops_reading_is_dropped() {
     drop(flood.await);
 }
 
+/// A fingerprint put on the deny list ends the sessions of the agents
+/// that presented it and refuses them from then on; the others go on;
+/// off the list, the certificate is taken again.
+#[tokio::test]
+async fn a_denied_certificate_is_cut_off_at_once() {
+    let s = setup().await;
+    let fp = s
+        .pki
+        .load_identity("s1")
+        .expect("id")
+        .fingerprint()
+        .expect("fp");
+    let mut a = Agent::open(dial(&s.pki, "s1", s.addr).await.expect("dial"), "s1").await;
+    a.send(hello("s1")).await.expect("hello");
+    let mut b = Agent::open(dial(&s.pki, "s2", s.addr).await.expect("dial"), "s2").await;
+    b.send(hello("s2")).await.expect("hello");
+    let connected = async |host: &str| {
+        s.manager
+            .views()
+            .await
+            .iter()
+            .any(|v| v.host == host && v.connected)
+    };
+    assert!(
+        wait_for(Duration::from_secs(5), async || connected("s1").await
+            && connected("s2").await)
+        .await
+    );
+    s.manager.set_denied(std::slice::from_ref(&fp)).await;
+    // s1's stream ends (its reader stopped), s2's does not.
+    while a.recv(Duration::from_secs(5)).await.is_some() {}
+    assert!(wait_for(Duration::from_secs(5), async || !connected("s1").await).await);
+    assert!(connected("s2").await, "s2 was cut off too");
+    // Its next stream is refused at the hello.
+    let mut again = Agent::open(dial(&s.pki, "s1", s.addr).await.expect("dial"), "s1").await;
+    again.send(hello("s1")).await.expect("hello");
+    let mut refusal = None;
+    while let Some(m) = again.recv(Duration::from_secs(5)).await {
+        if let Message::Error(e) = m {
+            refusal = Some(e);
+        }
+    }
+    assert_eq!(
+        refusal.map(|e| e.code).as_deref(),
+        Some("certificate-denied")
+    );
+    assert!(!connected("s1").await);
+    let events = s.manager.events.since(0);
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == "identity-denied" && e.server.as_deref() == Some("s1")),
+        "{events:?}"
+    );
+    // Off the list: taken again.
+    s.manager.set_denied(&[]).await;
+    let mut back = Agent::open(dial(&s.pki, "s1", s.addr).await.expect("dial"), "s1").await;
+    back.send(hello("s1")).await.expect("hello");
+    assert!(wait_for(Duration::from_secs(5), async || connected("s1").await).await);
+}
+
 #[tokio::test]
 async fn untrusted_certificates_are_refused() {
     let s = setup().await;

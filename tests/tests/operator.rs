@@ -301,3 +301,54 @@ fn a_server_is_refused_until_its_new_certificate_is_pinned() -> Result<()> {
     );
     Ok(())
 }
+
+/// Adding a certificate's fingerprint to `[manager] denied_fingerprints`
+/// in the file cuts its agent off without a restart: the stream ends and
+/// every new one is refused.
+#[test]
+fn a_certificate_denied_in_the_file_is_cut_off_without_a_restart() -> Result<()> {
+    if !require_root("a_certificate_denied_in_the_file_is_cut_off_without_a_restart") {
+        return Ok(());
+    }
+    let (lab, fleet, bal) = build()?;
+    let _agent = fleet.start_agent(&lab, 1, PORT, INTERVAL_MS)?;
+    let monitor_of = |bal: &Balancer| {
+        pool_rows(bal)
+            .ok()
+            .and_then(|rows| rows.into_iter().find(|r| r.0 == "s2").map(|r| r.2))
+            .unwrap_or_default()
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || monitor_of(&bal) == "monitored"),
+        "s2's agent never reported: {:?}",
+        pool_rows(&bal)
+    );
+    let fp = lb_proto::tls::Pki::new(fleet.pki_dir())
+        .load_identity("s2")?
+        .fingerprint()?;
+    let text = std::fs::read_to_string(&bal.config_path)?;
+    let text = text.replacen(
+        "[manager]\n",
+        &format!("[manager]\ndenied_fingerprints = [\"{fp}\"]\n"),
+        1,
+    );
+    std::fs::write(&bal.config_path, &text)?;
+    let denied = wait_until(Duration::from_secs(20), || {
+        bal.lbctl(&["events"]).is_ok_and(|v| {
+            v["events"].as_array().is_some_and(|e| {
+                e.iter()
+                    .any(|e| e["kind"] == "identity-denied" && e["server"] == "s2")
+            })
+        })
+    });
+    assert!(denied, "s2 was not cut off: {:?}", pool_rows(&bal));
+    // Its agent reconnects and is refused each time: never monitored again.
+    assert!(
+        wait_until(Duration::from_secs(20), || monitor_of(&bal) != "monitored"),
+        "s2 still monitored: {:?}",
+        pool_rows(&bal)
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_ne!(monitor_of(&bal), "monitored", "{:?}", pool_rows(&bal));
+    Ok(())
+}

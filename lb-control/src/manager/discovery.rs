@@ -293,6 +293,10 @@ impl Manager {
                         fingerprint = %signed.identity.fingerprint_sha256,
                         "announcement accepted"
                     );
+                    if self.denied(&signed.identity.fingerprint_sha256) {
+                        self.refuse_denied(&host, &signed.identity.fingerprint_sha256);
+                        continue;
+                    }
                     if !self.pinned_identity(&host, &signed.identity.fingerprint_sha256) {
                         continue;
                     }

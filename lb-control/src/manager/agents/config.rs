@@ -66,6 +66,12 @@ pub struct ManagerConfig {
     /// stream; a few more while it reconnects).
     #[serde(default = "default_max_per_source")]
     pub max_connections_per_source: usize,
+    /// Certificate fingerprints (SHA-256, hex, `:` allowed) no agent may
+    /// use: a stolen or retired certificate. Read again with the file, so
+    /// adding one ends its sessions and refuses its hellos and
+    /// announcements without a restart.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub denied_fingerprints: Vec<String>,
 }
 
 fn default_max_agent_connections() -> usize {
@@ -127,6 +133,7 @@ impl ManagerConfig {
             server_subnets: Vec::new(),
             max_agent_connections: default_max_agent_connections(),
             max_connections_per_source: default_max_per_source(),
+            denied_fingerprints: Vec::new(),
         }
     }
 
@@ -152,6 +159,12 @@ impl ManagerConfig {
         }
         if self.ack_timeout_ms == 0 {
             return Err(ManagerConfigError::ZeroAckTimeout);
+        }
+        if let Some(f) = self.denied_fingerprints.iter().find(|f| {
+            let hex: Vec<char> = f.chars().filter(|c| *c != ':').collect();
+            hex.len() != 64 || !hex.iter().all(char::is_ascii_hexdigit)
+        }) {
+            return Err(ManagerConfigError::Fingerprint(f.clone()));
         }
         Ok(())
     }
@@ -186,4 +199,26 @@ pub enum ManagerConfigError {
     NodeTwice(String),
     #[error("manager.ack_timeout_ms must be > 0")]
     ZeroAckTimeout,
+    #[error(
+        "manager.denied_fingerprints: {0:?} is not a SHA-256 fingerprint (64 hex digits, `:` allowed), as `lbctl certs issue` prints it"
+    )]
+    Fingerprint(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn denied_fingerprints_must_be_sha256() {
+        let mut c = ManagerConfig {
+            insecure_plaintext: true,
+            ..ManagerConfig::new("127.0.0.1:7443".parse().unwrap(), "manager")
+        };
+        c.denied_fingerprints = vec!["ab".repeat(32), "AB:".repeat(31) + "AB"];
+        c.validate().unwrap();
+        c.denied_fingerprints.push("abc".into());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("\"abc\" is not a SHA-256 fingerprint"), "{e}");
+    }
 }

@@ -12,18 +12,18 @@ use std::{
 };
 
 use lb_proto::{
-    Decoder, Encoder, ErrorMessage, Message, ProtoError, Role, SequenceGuard, SettingsKind,
-    StreamHeader,
+    Decoder, ErrorMessage, Message, ProtoError, Role, SequenceGuard, SettingsKind,
     tls::{self, Pki},
 };
 use serde::{Deserialize, Serialize};
 use tokio::{
-    io::{AsyncRead, AsyncWrite, AsyncWriteExt as _},
+    io::{AsyncRead, AsyncWrite},
     net::{TcpListener, TcpStream},
     sync::{Mutex, mpsc, oneshot},
 };
 use tracing::{debug, info, warn};
 
+use self::session::{PushError, SEND_QUEUE, SessionTx, WRITE_TIMEOUT, write_stream};
 use super::{
     db::{DbEvent, MonitorView, ServerDb, canonical},
     events::EventLog,
@@ -32,6 +32,7 @@ use crate::net::{ConnectionLimits, HANDSHAKE_TIMEOUT, HELLO_TIMEOUT, MessageRead
 
 mod config;
 mod pins;
+mod session;
 mod settings;
 
 pub use config::{ManagerConfig, ManagerConfigError, RemoteNodeConfig};
@@ -49,6 +50,8 @@ enum StreamError {
     NoHello(Duration),
     #[error("`{0}` presented a certificate other than the one pinned for it")]
     NotPinned(String),
+    #[error("the agent's certificate is on the deny list")]
+    Denied,
     #[error(
         "the agent stopped reading: its messages were not taken within {WRITE_TIMEOUT:?} or {SEND_QUEUE} queued"
     )]
@@ -141,6 +144,9 @@ pub struct Manager {
     /// pin: what `lbctl server repin` records.
     refused_identities: std::sync::Mutex<HashMap<String, String>>,
     identities_refused: AtomicU64,
+    /// Fingerprints no agent may use (`[manager] denied_fingerprints`), as
+    /// the controller last read them.
+    denied: std::sync::Mutex<std::collections::HashSet<String>>,
     streams_accepted: AtomicU64,
     settings_refused: AtomicU64,
     handshakes_refused: AtomicU64,
@@ -153,93 +159,6 @@ pub struct Manager {
 
 /// Bytes read from a stream at a time.
 const READ_CHUNK: usize = 16 * 1024;
-/// Messages queued for one agent's writer; a session with this many
-/// unsent pushes back, and is dropped.
-const SEND_QUEUE: usize = 64;
-/// How long one write to an agent may take before its session is dropped
-/// (an agent that stopped reading).
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The sending side of one agent session: messages are queued without
-/// waiting; a session whose queue is full (its agent stopped reading) or
-/// whose writer gave up is ended, never waited for.
-#[derive(Debug, Clone)]
-pub(super) struct SessionTx {
-    tx: mpsc::Sender<Message>,
-    /// Told when the session must end: its reader stops at once.
-    stalled: Arc<tokio::sync::Notify>,
-}
-
-/// Why a message was not queued for an agent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum PushError {
-    /// The agent does not read: its session is being ended.
-    Stalled,
-    /// The session has ended.
-    Closed,
-}
-
-impl SessionTx {
-    /// Queues `message`; a full queue ends the session.
-    pub(super) fn push(&self, message: Message) -> Result<(), PushError> {
-        match self.tx.try_send(message) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.stalled.notify_one();
-                Err(PushError::Stalled)
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(PushError::Closed),
-        }
-    }
-}
-
-/// The manager's side of an agent stream: its header, then each message
-/// queued on `rx`, then the end of stream.
-async fn write_stream<W: AsyncWrite + Unpin>(
-    name: String,
-    mut write: W,
-    mut rx: mpsc::Receiver<Message>,
-    stalled: Arc<tokio::sync::Notify>,
-) {
-    write_messages(name, &mut write, &mut rx).await;
-    // However it ended (the queue closed, a write failed or timed out),
-    // the session ends with it.
-    stalled.notify_one();
-}
-
-/// Each write bounded by [`WRITE_TIMEOUT`].
-async fn write_bounded<W: AsyncWrite + Unpin>(write: &mut W, bytes: &[u8]) -> bool {
-    matches!(
-        tokio::time::timeout(WRITE_TIMEOUT, write.write_all(bytes)).await,
-        Ok(Ok(()))
-    )
-}
-
-async fn write_messages<W: AsyncWrite + Unpin>(
-    name: String,
-    write: &mut W,
-    rx: &mut mpsc::Receiver<Message>,
-) {
-    let mut enc = Encoder::new(Vec::new(), 1);
-    if enc.start(&StreamHeader::new(Role::Manager, name)).is_err() {
-        return;
-    }
-    if !write_bounded(write, &enc.take()).await {
-        return;
-    }
-    while let Some(mut m) = rx.recv().await {
-        if enc.encode(&mut m).is_err() {
-            continue;
-        }
-        if !write_bounded(write, &enc.take()).await {
-            return;
-        }
-    }
-    let _ = enc.finish();
-    let _ = write_bounded(write, &enc.take()).await;
-    let _ = write.shutdown().await;
-}
-
 impl Manager {
     #[must_use]
     pub fn new(config: ManagerConfig) -> Arc<Self> {
@@ -253,6 +172,7 @@ impl Manager {
             pins: std::sync::Mutex::new(HashMap::new()),
             refused_identities: std::sync::Mutex::new(HashMap::new()),
             identities_refused: AtomicU64::new(0),
+            denied: std::sync::Mutex::new(std::collections::HashSet::new()),
             streams_accepted: AtomicU64::new(0),
             settings_refused: AtomicU64::new(0),
             handshakes_refused: AtomicU64::new(0),
@@ -399,7 +319,14 @@ impl Manager {
             rx,
             stalled.clone(),
         ));
-        let tx = SessionTx { tx, stalled };
+        let tx = SessionTx {
+            tx,
+            stalled,
+            fingerprint: identity
+                .as_ref()
+                .map(|i| pins::normal_fingerprint(&i.fingerprint_sha256))
+                .unwrap_or_default(),
+        };
         let mut host: Option<String> = None;
         let outcome = self
             .read_stream(read, peer, identity.as_ref(), &tx, &mut host)
@@ -452,7 +379,13 @@ impl Manager {
                 next = tokio::time::timeout(deadline, messages.next()) => {
                     next.map_err(|_| StreamError::NoHello(HELLO_TIMEOUT))?
                 }
-                () = tx.stalled.notified() => return Err(StreamError::Stalled),
+                () = tx.stalled.notified() => {
+                    return Err(if self.denied(&tx.fingerprint) {
+                        StreamError::Denied
+                    } else {
+                        StreamError::Stalled
+                    });
+                }
             };
             let Some(next) = next.map_err(StreamError::Read)? else {
                 break;
@@ -522,6 +455,12 @@ impl Manager {
     ) -> Result<(), StreamError> {
         match message {
             Message::Hello(hello) => {
+                if self.denied(fingerprint) {
+                    self.refuse_denied(host, fingerprint);
+                    let text = "this certificate is on the manager's deny list (manager.denied_fingerprints)";
+                    let _ = tx.push(reject("certificate-denied", text));
+                    return Err(StreamError::Denied);
+                }
                 if !self.pinned_identity(host, fingerprint) {
                     let text = format!(
                         "the certificate presented for `{host}` is not the one pinned for it; an operator re-pins it with `lbctl server repin {host}`"

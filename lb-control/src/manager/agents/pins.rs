@@ -1,5 +1,8 @@
-//! The certificates the file pins: every hello and announcement must come
-//! with the one pinned for its host, until an operator re-pins it.
+//! The certificates the file pins, and those it denies: every hello and
+//! announcement must come with the one pinned for its host (until an
+//! operator re-pins it), and with none on the deny list
+//! (`[manager] denied_fingerprints`, which takes effect at the controller's
+//! next read of the file: no restart).
 
 use std::sync::{PoisonError, atomic::Ordering};
 
@@ -18,6 +21,53 @@ impl Manager {
             .map(|(h, f)| (canonical(h), normal_fingerprint(f)))
             .collect();
         *self.pins.lock().unwrap_or_else(PoisonError::into_inner) = pins;
+    }
+
+    /// Replaces the deny list with `denied` (fingerprints as the file
+    /// writes them) and ends every session whose agent presented one.
+    pub async fn set_denied(&self, denied: &[String]) {
+        let denied: std::collections::HashSet<String> =
+            denied.iter().map(|f| normal_fingerprint(f)).collect();
+        let changed = {
+            let mut current = self.denied.lock().unwrap_or_else(PoisonError::into_inner);
+            let changed = *current != denied;
+            *current = denied;
+            changed
+        };
+        if !changed {
+            return;
+        }
+        for (host, session) in self.sessions.lock().await.iter() {
+            if self.denied(&session.fingerprint) {
+                self.refuse_denied(host, &session.fingerprint);
+                session.end();
+            }
+        }
+    }
+
+    /// Whether `fingerprint` is on the deny list.
+    pub fn denied(&self, fingerprint: &str) -> bool {
+        let fingerprint = normal_fingerprint(fingerprint);
+        self.denied
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(&fingerprint)
+    }
+
+    /// Counts and records a refusal of a denied certificate.
+    pub(in crate::manager) fn refuse_denied(&self, host: &str, fingerprint: &str) {
+        self.identities_refused.fetch_add(1, Ordering::Relaxed);
+        warn!(server = %host, %fingerprint, "certificate on the deny list refused");
+        self.events.record(
+            NewEvent::new(
+                "identity-denied",
+                format!(
+                    "certificate {} is on the deny list (manager.denied_fingerprints)",
+                    normal_fingerprint(fingerprint)
+                ),
+            )
+            .server(&canonical(host)),
+        );
     }
 
     /// Whether `fingerprint` may speak for `host`: it is the one pinned,
@@ -78,7 +128,7 @@ impl Manager {
 }
 
 /// A fingerprint as compared: lowercase hex without separators.
-fn normal_fingerprint(f: &str) -> String {
+pub(super) fn normal_fingerprint(f: &str) -> String {
     f.chars()
         .filter(|c| *c != ':')
         .map(|c| c.to_ascii_lowercase())

@@ -285,9 +285,14 @@ impl Controller {
     }
 
     /// Hands the manager the fingerprints `config` pins, which every
-    /// hello and announcement must match.
-    fn publish_pins(&self, config: &crate::config::Config) {
+    /// hello and announcement must match, and those it denies.
+    async fn publish_pins(&self, config: &crate::config::Config) {
         self.manager.set_pins(pins(config));
+        let denied = config
+            .manager
+            .as_ref()
+            .map_or(&[][..], |m| m.denied_fingerprints.as_slice());
+        self.manager.set_denied(denied).await;
     }
 
     /// One evaluation of every service.
@@ -295,7 +300,7 @@ impl Controller {
         let mut ops = self.ops.lock().await;
         let snapshot = match self.file.read_cached() {
             Ok(s) => {
-                self.publish_pins(&s.config);
+                self.publish_pins(&s.config).await;
                 if ops.file_error.take().is_some() {
                     self.events.record(NewEvent::new(
                         "notice",

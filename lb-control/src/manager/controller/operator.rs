@@ -157,7 +157,7 @@ impl Controller {
             fingerprint: fingerprint.clone(),
         };
         let updated = self.update_file(base, std::slice::from_ref(&edit)).await?;
-        self.publish_pins(&updated.snapshot.config);
+        self.publish_pins(&updated.snapshot.config).await;
         self.manager.forget_refused_identity(server);
         self.events.record(
             NewEvent::new(
