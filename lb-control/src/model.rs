@@ -320,7 +320,7 @@ impl NodeModel {
                         Ok(ServerSpec {
                             name: s.name.clone(),
                             address: s.address,
-                            mac: s.mac.as_deref().map(|m| parse_mac_of(s, m)).transpose()?,
+                            mac: mac_of(s)?,
                             weight: s.weight,
                             state,
                             local: s.local,
@@ -442,11 +442,20 @@ impl NodeModel {
     }
 }
 
-fn parse_mac_of(server: &config::ServerConfig, mac: &str) -> Result<Mac, ModelError> {
-    mac.parse().map_err(|source| ModelError::Mac {
-        server: server.name.clone(),
-        source,
-    })
+/// The MAC a file's server gives, parsed (`None` when it gives none).
+///
+/// # Errors
+/// [`ModelError::Mac`] when it does not parse.
+pub fn mac_of(server: &config::ServerConfig) -> Result<Option<Mac>, ModelError> {
+    server
+        .mac
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .map_err(|source| ModelError::Mac {
+            server: server.name.clone(),
+            source,
+        })
 }
 
 #[cfg(test)]

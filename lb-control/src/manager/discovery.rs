@@ -293,11 +293,10 @@ impl Manager {
                         fingerprint = %signed.identity.fingerprint_sha256,
                         "announcement accepted"
                     );
-                    if self.denied(&signed.identity.fingerprint_sha256) {
-                        self.refuse_denied(&host, &signed.identity.fingerprint_sha256);
-                        continue;
-                    }
-                    if !self.pinned_identity(&host, &signed.identity.fingerprint_sha256) {
+                    if self
+                        .identity(&host, &signed.identity.fingerprint_sha256)
+                        .is_err()
+                    {
                         continue;
                     }
                     let events = self.db.blocking_lock().announced(

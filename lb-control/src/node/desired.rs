@@ -59,15 +59,7 @@ impl Desired {
                     address: s.address,
                     state: s.state,
                     weight: s.weight,
-                    mac: s
-                        .mac
-                        .as_deref()
-                        .map(str::parse)
-                        .transpose()
-                        .map_err(|source| ModelError::Mac {
-                            server: s.name.clone(),
-                            source,
-                        })?,
+                    mac: crate::model::mac_of(s)?,
                     local: s.local,
                 })
             })

@@ -370,15 +370,18 @@ impl Manager {
         loop {
             // Until its header and first message, a stream has a deadline;
             // a session that stopped taking messages ends at once.
-            let deadline = if host.is_none() {
-                HELLO_TIMEOUT
-            } else {
-                Duration::MAX
+            let waiting_hello = host.is_none();
+            let read = async {
+                if waiting_hello {
+                    tokio::time::timeout(HELLO_TIMEOUT, messages.next())
+                        .await
+                        .map_err(|_| StreamError::NoHello(HELLO_TIMEOUT))
+                } else {
+                    Ok(messages.next().await)
+                }
             };
             let next = tokio::select! {
-                next = tokio::time::timeout(deadline, messages.next()) => {
-                    next.map_err(|_| StreamError::NoHello(HELLO_TIMEOUT))?
-                }
+                next = read => next?,
                 () = tx.stalled.notified() => {
                     return Err(if self.denied(&tx.fingerprint) {
                         StreamError::Denied
@@ -455,18 +458,20 @@ impl Manager {
     ) -> Result<(), StreamError> {
         match message {
             Message::Hello(hello) => {
-                if self.denied(fingerprint) {
-                    self.refuse_denied(host, fingerprint);
-                    let text = "this certificate is on the manager's deny list (manager.denied_fingerprints)";
-                    let _ = tx.push(reject("certificate-denied", text));
-                    return Err(StreamError::Denied);
-                }
-                if !self.pinned_identity(host, fingerprint) {
-                    let text = format!(
-                        "the certificate presented for `{host}` is not the one pinned for it; an operator re-pins it with `lbctl server repin {host}`"
-                    );
-                    let _ = tx.push(reject("fingerprint-mismatch", &text));
-                    return Err(StreamError::NotPinned(host.to_owned()));
+                match self.identity(host, fingerprint) {
+                    Ok(()) => {}
+                    Err(pins::Refused::Denied) => {
+                        let text = "this certificate is on the manager's deny list (manager.denied_fingerprints)";
+                        let _ = tx.push(reject("certificate-denied", text));
+                        return Err(StreamError::Denied);
+                    }
+                    Err(pins::Refused::NotPinned) => {
+                        let text = format!(
+                            "the certificate presented for `{host}` is not the one pinned for it; an operator re-pins it with `lbctl server repin {host}`"
+                        );
+                        let _ = tx.push(reject("fingerprint-mismatch", &text));
+                        return Err(StreamError::NotPinned(host.to_owned()));
+                    }
                 }
                 if !hello.host.eq_ignore_ascii_case(host) {
                     self.messages_rejected.fetch_add(1, Ordering::Relaxed);

@@ -11,6 +11,15 @@ use tracing::warn;
 use super::Manager;
 use crate::manager::{db::canonical, events::NewEvent};
 
+/// Why a certificate may not speak for a host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(in crate::manager) enum Refused {
+    /// It is on the deny list.
+    Denied,
+    /// The file pins another one for the host.
+    NotPinned,
+}
+
 impl Manager {
     /// Replaces the pinned fingerprints (host name, fingerprint as the
     /// file writes it) with `pins`; the controller calls it on each read of
@@ -54,8 +63,26 @@ impl Manager {
             .contains(&fingerprint)
     }
 
+    /// Whether the certificate `fingerprint` may speak for `host`: not
+    /// denied, and the one pinned (if any). A refusal is counted and
+    /// recorded (see [`Manager::pinned_identity`]).
+    pub(in crate::manager) fn identity(
+        &self,
+        host: &str,
+        fingerprint: &str,
+    ) -> Result<(), Refused> {
+        if self.denied(fingerprint) {
+            self.refuse_denied(host, fingerprint);
+            return Err(Refused::Denied);
+        }
+        if !self.pinned_identity(host, fingerprint) {
+            return Err(Refused::NotPinned);
+        }
+        Ok(())
+    }
+
     /// Counts and records a refusal of a denied certificate.
-    pub(in crate::manager) fn refuse_denied(&self, host: &str, fingerprint: &str) {
+    fn refuse_denied(&self, host: &str, fingerprint: &str) {
         self.identities_refused.fetch_add(1, Ordering::Relaxed);
         warn!(server = %host, %fingerprint, "certificate on the deny list refused");
         self.events.record(
