@@ -247,6 +247,7 @@ impl Session<'_> {
         // After a stall, one report, not a burst of stale ones.
         ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
         let mut buf = vec![0u8; 16 * 1024];
+        let stalls = stalls_reads();
         loop {
             tokio::select! {
                 _ = self.shutdown.changed() => {
@@ -276,7 +277,7 @@ impl Session<'_> {
                         Err(error) => tracing::warn!(%error, "no report this interval"),
                     }
                 }
-                read = stream.io.read(&mut buf) => {
+                read = stream.io.read(&mut buf), if !(stalls && reader.header_checked) => {
                     let n = read?;
                     if n == 0 {
                         return Err(SessionError::Closed);
@@ -454,6 +455,21 @@ impl ManagerReader<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// Test support: `LB_AGENT_TEST_STALL=reads` makes the agent stop reading
+/// its stream once the manager's header is checked, as an agent whose
+/// reader hung would (it goes on reporting). Builds without the
+/// `test-support` feature have no such switch.
+fn stalls_reads() -> bool {
+    #[cfg(feature = "test-support")]
+    {
+        std::env::var("LB_AGENT_TEST_STALL").is_ok_and(|v| v == "reads")
+    }
+    #[cfg(not(feature = "test-support"))]
+    {
+        false
     }
 }
 

@@ -124,15 +124,30 @@ impl Fleet {
 
     /// Starts `lb-agent` for server `i` with the given config text.
     pub fn start_agent_with(&self, lab: &Lab, i: usize, config: &str) -> Result<LabProcess> {
+        self.start_agent_env(lab, i, config, &[])
+    }
+
+    /// [`Fleet::start_agent_with`] with extra environment (`NAME=value`),
+    /// e.g. the agent's test switches.
+    pub fn start_agent_env(
+        &self,
+        lab: &Lab,
+        i: usize,
+        config: &str,
+        env: &[&str],
+    ) -> Result<LabProcess> {
         let host = &lab.servers[i];
         let path = self.pki_dir().join(format!("{}-agent.toml", host.name));
         std::fs::write(&path, config)?;
         let bin = workspace_bin("lb-agent")?;
-        host.ns.spawn(&[
+        let mut cmd = vec!["env"];
+        cmd.extend_from_slice(env);
+        cmd.extend([
             bin.to_str().unwrap_or("lb-agent"),
             "--config",
             path.to_str().unwrap_or_default(),
-        ])
+        ]);
+        host.ns.spawn(&cmd)
     }
 }
 

@@ -14,19 +14,52 @@ use super::{
     state_name,
 };
 use crate::{
-    config::{Config, ServerConfig, ServerState},
+    config::{Config, ServerConfig, ServerState, ServiceConfig},
     manager::{config_file::Edit, events::NewEvent, failpoint},
 };
 
+/// Who asked for an allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Asked {
+    /// The policy, for a candidate it saw free: taken only if it still is.
+    Policy,
+    /// `lbctl server allocate`: a free server, or one that serves other
+    /// services and joins this one too.
+    Operator,
+}
+
+/// How long a free server whose agent did not give usable settings is
+/// left out of the policy's candidates: the next candidate is taken at
+/// once, and this one is tried again only after this long (an operator
+/// may name it before).
+pub(super) const CANDIDATE_HOLD: Duration = Duration::from_secs(30);
+
+impl ControllerError {
+    /// The candidate's own failure (its agent did not answer, or answered
+    /// what cannot be used), not the change's: another candidate may do.
+    fn is_candidates(&self) -> bool {
+        matches!(
+            self,
+            Self::Settings { .. } | Self::UnexpectedSettings { .. } | Self::BadSettings { .. }
+        )
+    }
+}
+
 impl Controller {
-    /// Allocation, steps 2–5: settings over the agent stream, the file,
-    /// the nodes.
-    pub(super) async fn allocate_locked(
+    /// Allocation: the server's settings over its agent stream with no
+    /// lock held (an agent that does not answer delays this allocation
+    /// alone, never the loop or another verb), then under `ops` the
+    /// checks again, the file and the nodes.
+    ///
+    /// A candidate whose settings failed is held out of the policy's
+    /// choice for [`CANDIDATE_HOLD`] and the cooldown does not start: the
+    /// next evaluation takes the next candidate.
+    pub(super) async fn allocate_server(
         &self,
-        ops: &mut Ops,
         service: &str,
         server: &str,
         reason: &str,
+        asked: Asked,
     ) -> Result<(), ControllerError> {
         let t0 = Instant::now();
         self.events.record(
@@ -34,12 +67,28 @@ impl Controller {
                 .service(service)
                 .server(server),
         );
-        let result = self.allocate_steps(ops, service, server).await;
+        let (result, mut ops) = match self.settings_for(service, server, asked).await {
+            Ok(settings) => {
+                let mut ops = self.ops.lock().await;
+                let result = self
+                    .allocate_steps(&mut ops, service, server, settings, asked)
+                    .await;
+                (result, ops)
+            }
+            Err(e) => (Err(e), self.ops.lock().await),
+        };
+        let held = matches!(&result, Err(e) if e.is_candidates());
+        if held {
+            ops.observed.held.insert(server.to_owned(), Instant::now());
+            self.publish(&ops);
+        } else if let Some(p) = ops.policies.get_mut(service) {
+            // A failed change counts as a change too: the cooldown keeps
+            // the next one from following at once.
+            p.record_change(Instant::now());
+        }
+        drop(ops);
         match result {
             Ok(generation) => {
-                if let Some(p) = ops.policies.get_mut(service) {
-                    p.record_change(Instant::now());
-                }
                 self.events.record(
                     NewEvent::new(
                         "allocated",
@@ -56,13 +105,16 @@ impl Controller {
                 Ok(())
             }
             Err(e) => {
-                // A failed attempt counts as a change: the cooldown keeps
-                // the next one from following at once.
-                if let Some(p) = ops.policies.get_mut(service) {
-                    p.record_change(Instant::now());
-                }
+                let message = if held {
+                    format!(
+                        "{e}; the policy takes the next candidate and leaves this one for {} s",
+                        CANDIDATE_HOLD.as_secs()
+                    )
+                } else {
+                    e.to_string()
+                };
                 self.events.record(
-                    NewEvent::new("allocation-failed", e.to_string())
+                    NewEvent::new("allocation-failed", message)
                         .service(service)
                         .server(server)
                         .took(t0.elapsed()),
@@ -72,36 +124,70 @@ impl Controller {
         }
     }
 
+    /// Whether `server` may join `service` as `config` has them, asked by
+    /// `asked`; the service and the server's entry, if it has one.
+    fn allocation_target<'c>(
+        config: &'c Config,
+        service: &str,
+        server: &str,
+        asked: Asked,
+    ) -> Result<(&'c ServiceConfig, Option<&'c ServerConfig>), ControllerError> {
+        let svc = config
+            .service
+            .iter()
+            .find(|s| s.name == service)
+            .ok_or_else(|| ControllerError::UnknownService(service.to_owned()))?;
+        let existing = config.server.iter().find(|s| s.name == server);
+        // A server in another pool joins this one only when an operator
+        // says so; the policy saw it free.
+        if let Some(s) = existing
+            && s.state != ServerState::Free
+            && (s.serves(service) || asked == Asked::Policy)
+        {
+            let held_by = if s.serves(service) {
+                service
+            } else {
+                s.services.first().map_or("(none)", String::as_str)
+            };
+            return Err(ControllerError::AlreadyMember {
+                server: server.to_owned(),
+                service: held_by.to_owned(),
+                state: state_name(s.state),
+            });
+        }
+        Ok((svc, existing))
+    }
+
+    /// The settings of `server` for `service`, once the file says it may
+    /// join (read again under the lock after: the file may change while
+    /// the agent answers).
+    async fn settings_for(
+        &self,
+        service: &str,
+        server: &str,
+        asked: Asked,
+    ) -> Result<Settings, ControllerError> {
+        let app = {
+            let snapshot = self.file.read()?;
+            let (svc, _) = Self::allocation_target(&snapshot.config, service, server, asked)?;
+            svc.application().to_owned()
+        };
+        failpoint::hit("allocate.settings");
+        self.settings(service, server, app).await
+    }
+
+    /// Allocation under `ops`: the settings checked against the file as
+    /// it is now, then the change.
     async fn allocate_steps(
         &self,
         ops: &mut Ops,
         service: &str,
         server: &str,
+        settings: Settings,
+        asked: Asked,
     ) -> Result<u64, ControllerError> {
         let snapshot = self.file.read()?;
-        let svc = snapshot
-            .config
-            .service
-            .iter()
-            .find(|s| s.name == service)
-            .ok_or_else(|| ControllerError::UnknownService(service.to_owned()))?;
-        let vip = svc.vip;
-        let existing: Option<&ServerConfig> =
-            snapshot.config.server.iter().find(|s| s.name == server);
-        if let Some(s) = existing
-            && s.state != ServerState::Free
-            && s.serves(service)
-        {
-            return Err(ControllerError::AlreadyMember {
-                server: server.to_owned(),
-                service: service.to_owned(),
-                state: state_name(s.state),
-            });
-        }
-        failpoint::hit("allocate.settings");
-        let settings = self
-            .settings(service, server, svc.application().to_owned())
-            .await?;
+        let (svc, existing) = Self::allocation_target(&snapshot.config, service, server, asked)?;
         let refused = |source| ControllerError::BadSettings {
             server: server.to_owned(),
             source,
@@ -112,7 +198,7 @@ impl Controller {
         } else {
             let peer = self.manager.peer_of(server).await;
             self.known(&snapshot.config, server, peer)
-                .usable(&settings.addresses, vip)
+                .usable(&settings.addresses, svc.vip)
                 .map_err(refused)?
         };
         let (services, edits) = allocation(existing, service, server, address, settings);

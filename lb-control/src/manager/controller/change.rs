@@ -60,7 +60,7 @@ impl Controller {
         failpoint::hit_at(action, "nodes");
         let sent = Instant::now();
         let weights = self.weights_for(ops, &updated.snapshot.config, services, sent);
-        match self
+        let result = match self
             .push(
                 action,
                 &updated.snapshot.config,
@@ -105,7 +105,9 @@ impl Controller {
                     failures,
                 })
             }
-        }
+        };
+        self.publish(ops);
+        result
     }
 
     /// [`ConfigFile::update`](crate::manager::config_file::ConfigFile::update)

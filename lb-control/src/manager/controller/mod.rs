@@ -27,7 +27,7 @@ use tokio::sync::Mutex;
 use tracing::warn;
 
 use super::{
-    config_file::{ConfigFile, Edit},
+    config_file::{ConfigFile, Edit, Snapshot},
     events::{EventLog, NewEvent},
     generation::Generations,
     policy::{Decision, PolicyState},
@@ -39,6 +39,7 @@ use crate::{
     node::reconfigure::Reconfigurer,
 };
 
+use allocate::Asked;
 pub use error::{ControllerError, NodeFailure};
 use observe::Band;
 pub use operator::{PoolMember, PoolReport, Pools};
@@ -75,20 +76,48 @@ pub fn persisted_weights(state_dir: &std::path::Path) -> ServiceWeightMap {
         .unwrap_or_default()
 }
 
+/// What the loop has seen of the servers, which the policy's view and
+/// `lbctl pool` are made of.
+#[derive(Debug, Clone, Default)]
+struct Observed {
+    /// Server → (state seen, since when).
+    since: BTreeMap<String, (ServerState, Instant)>,
+    /// Per (service, server): utilization smoothed over the reports.
+    smoothed: BTreeMap<(String, String), f64>,
+    /// Free servers whose agent gave no usable settings, and when: not
+    /// offered to the policy for [`allocate::CANDIDATE_HOLD`].
+    held: BTreeMap<String, Instant>,
+}
+
+/// The loop's state as `lbctl pool` reads it, copied out after each
+/// evaluation and each change: a reader never waits for `ops`, which a
+/// change holds while the nodes apply it, and never sees a change the
+/// nodes have not acked yet.
+#[derive(Debug, Default)]
+struct Published {
+    /// The file as it stood then (`None` before the first evaluation).
+    file: Option<Arc<Snapshot>>,
+    observed: Observed,
+    generation: u64,
+    /// Service → server → weight in force (hundredths).
+    service_weights: ServiceWeightMap,
+}
+
+/// The loop's state. One change at a time holds it, from the file to the
+/// nodes' acks (each node's answer bounded by `ack_timeout_ms`); nothing
+/// holds it while waiting for an agent.
 struct Ops {
     generations: Generations,
     policies: BTreeMap<String, PolicyState>,
     /// Per service: factors, smoothed utilization, what was published.
     weights: BTreeMap<String, ServiceWeights>,
     persisted: Persisted,
-    /// Server → (state seen, since when).
-    since: BTreeMap<String, (ServerState, Instant)>,
+    observed: Observed,
     /// The first evaluation is done: a server seen for the first time
     /// after it entered just now, not before the manager started.
     watching: bool,
     /// Per (service, server): the band last reported, and since when.
     bands: BTreeMap<(String, String), (Band, Instant)>,
-    smoothed: BTreeMap<(String, String), f64>,
     /// The last report time already judged for threshold crossings, per
     /// (service, server).
     judged: BTreeMap<(String, String), Instant>,
@@ -106,6 +135,7 @@ pub struct Controller {
     state_path: PathBuf,
     started: Instant,
     ops: Mutex<Ops>,
+    published: std::sync::Mutex<Arc<Published>>,
     /// The manager's own probes, per (service, server), counted like the
     /// agents' (rise 2, fall 3).
     probes: std::sync::Mutex<BTreeMap<(String, String), lb_proto::HealthTracker>>,
@@ -175,15 +205,19 @@ impl Controller {
             state_path,
             started,
             probes: std::sync::Mutex::new(BTreeMap::new()),
+            published: std::sync::Mutex::new(Arc::new(Published {
+                generation: generations.current(),
+                service_weights: persisted.service_weights.clone(),
+                ..Published::default()
+            })),
             ops: Mutex::new(Ops {
                 generations,
                 policies: BTreeMap::new(),
                 weights: BTreeMap::new(),
                 persisted,
-                since: BTreeMap::new(),
+                observed: Observed::default(),
                 watching: false,
                 bands: BTreeMap::new(),
-                smoothed: BTreeMap::new(),
                 judged: BTreeMap::new(),
                 file_error: None,
             }),
@@ -257,9 +291,12 @@ impl Controller {
         let result = self
             .push("sync", &snapshot.config, &services, generation, &weights)
             .await;
+        if result.is_ok() {
+            self.sent_weights(&mut ops, weights, started);
+        }
+        self.publish(&ops);
         match result {
             Ok(_) => {
-                self.sent_weights(&mut ops, weights, started);
                 self.events.record(
                     NewEvent::new(
                         "synced",
@@ -295,8 +332,27 @@ impl Controller {
         self.manager.set_denied(denied).await;
     }
 
-    /// One evaluation of every service.
+    /// One evaluation of every service. Allocations are carried out after
+    /// the rest, each asking its agent for settings with `ops` released.
     pub async fn tick(&self) {
+        let allocations = self.evaluate().await;
+        for (service, candidate, reason) in allocations {
+            if let Err(e) = self
+                .allocate_server(&service, &candidate, &reason, Asked::Policy)
+                .await
+            {
+                warn!(service, error = %e, "allocation not carried out");
+            }
+        }
+        let mut ops = self.ops.lock().await;
+        self.weights(&mut ops).await;
+        self.publish(&ops);
+    }
+
+    /// The evaluation under `ops`: states, crossings, drains, the policy's
+    /// decisions, all carried out but the allocations, which it returns
+    /// as (service, candidate, reason).
+    async fn evaluate(&self) -> Vec<(String, String, String)> {
         let mut ops = self.ops.lock().await;
         let snapshot = match self.file.read_cached() {
             Ok(s) => {
@@ -320,7 +376,7 @@ impl Controller {
                     ));
                     ops.file_error = Some(text);
                 }
-                return;
+                return Vec::new();
             }
         };
         let now = Instant::now();
@@ -330,7 +386,9 @@ impl Controller {
         let mut decisions = Vec::new();
         for svc in &snapshot.config.service {
             let name = svc.name.clone();
-            let view = self.pool_view(&ops, &snapshot.config, svc).await;
+            let view = self
+                .pool_view(&ops.observed, &snapshot.config, svc, now)
+                .await;
             let started = self.started;
             let state = ops
                 .policies
@@ -346,18 +404,48 @@ impl Controller {
                 decisions.push((name.clone(), d));
             }
         }
+        let mut allocations = Vec::new();
         for (service, decision) in decisions {
-            self.execute(&mut ops, &service, decision).await;
+            match decision {
+                Decision::Allocate { candidate, reason } => {
+                    allocations.push((service, candidate, reason));
+                }
+                other => self.execute(&mut ops, &service, other).await,
+            }
         }
-        self.weights(&mut ops).await;
+        self.publish(&ops);
+        allocations
+    }
+
+    /// Copies what `lbctl pool` reads out of `ops`.
+    fn publish(&self, ops: &Ops) {
+        let mut slot = self
+            .published
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // An unreadable file keeps the last one read (`lbctl pool` says
+        // the error).
+        let file = self.file.read_cached().ok().or_else(|| slot.file.clone());
+        *slot = Arc::new(Published {
+            file,
+            observed: ops.observed.clone(),
+            generation: ops.generations.current(),
+            service_weights: ops.persisted.service_weights.clone(),
+        });
+    }
+
+    /// What the last evaluation or change published.
+    fn published(&self) -> Arc<Published> {
+        self.published
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     async fn execute(&self, ops: &mut Ops, service: &str, decision: Decision) {
         let result = match decision {
-            Decision::Allocate { candidate, reason } => {
-                self.allocate_locked(ops, service, &candidate, &reason)
-                    .await
-            }
+            // Carried out by `tick` with `ops` released.
+            Decision::Allocate { .. } => Ok(()),
             Decision::Drain { server, reason } => {
                 self.drain_locked(ops, service, &server, &reason).await
             }

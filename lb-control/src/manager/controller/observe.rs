@@ -10,10 +10,10 @@ use std::{
 
 use lb_proto::{HealthState, HealthTracker, ProbeOutcome};
 
-use super::{Controller, Ops};
+use super::{Controller, Observed, Ops, allocate::CANDIDATE_HOLD};
 use crate::{
     config::{Config, ServerState, ServiceConfig},
-    manager::db::Monitor,
+    manager::db::{Monitor, ServerDb},
     manager::{
         events::NewEvent,
         policy::{Candidate, Member, MemberState, PoolView, judge_health},
@@ -43,14 +43,27 @@ const PROBE_FALL: u32 = 3;
 /// default, long enough for a saturated server, whatever the interval.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
+impl Observed {
+    /// Whether `server` is held out of the candidates at `now`.
+    pub(super) fn is_held(&self, server: &str, now: Instant) -> bool {
+        self.held
+            .get(server)
+            .is_some_and(|at| now.saturating_duration_since(*at) < CANDIDATE_HOLD)
+    }
+}
+
 impl Controller {
     pub(super) fn track_states(&self, ops: &mut Ops, config: &Config, now: Instant) {
         // What the first evaluation finds was there before the manager
         // started; a server that shows up later entered just now.
         let first_seen = if ops.watching { now } else { self.started };
         ops.watching = true;
+        ops.observed
+            .held
+            .retain(|_, at| now.saturating_duration_since(*at) < CANDIDATE_HOLD);
         for s in &config.server {
             let entry = ops
+                .observed
                 .since
                 .entry(s.name.clone())
                 .or_insert((s.state, first_seen));
@@ -63,18 +76,15 @@ impl Controller {
     /// The policy's view of one service.
     pub(super) async fn pool_view(
         &self,
-        ops: &Ops,
+        observed: &Observed,
         config: &Config,
         svc: &ServiceConfig,
+        now: Instant,
     ) -> PoolView {
         let name = &svc.name;
         let app = svc.application();
         let db = self.manager.db.lock().await;
         let mut view = PoolView::default();
-        let mut in_config = BTreeSet::new();
-        for s in &config.server {
-            in_config.insert(s.name.clone());
-        }
         for s in config.members(name) {
             let state = match s.state {
                 ServerState::Allocated => MemberState::Allocated,
@@ -92,7 +102,10 @@ impl Controller {
             // the latest figure or the smoothed one (the crossings'),
             // whichever is higher, so one dip of a saturated server's sample
             // does not turn its late answers into a failure.
-            let smoothed = ops.smoothed.get(&(name.clone(), server.clone())).copied();
+            let smoothed = observed
+                .smoothed
+                .get(&(name.clone(), server.clone()))
+                .copied();
             let busy = match (utilization, smoothed) {
                 (Some(u), Some(s)) => Some(u.max(s)),
                 (u, s) => u.or(s),
@@ -109,35 +122,10 @@ impl Controller {
                 ),
                 utilization,
                 capacity: record.map_or(1.0, |r| r.hello.cores).max(0.01),
-                since: ops.since.get(server).map_or(self.started, |x| x.1),
+                since: observed.since.get(server).map_or(self.started, |x| x.1),
             });
         }
-        let free_in_config: BTreeSet<&str> = config
-            .server
-            .iter()
-            .filter(|s| s.state == ServerState::Free)
-            .map(|s| s.name.as_str())
-            .collect();
-        for record in db.iter() {
-            let hosts = record.hello.applications.iter().any(|a| a.name == app);
-            let free = free_in_config.contains(record.host.as_str())
-                || (!in_config.contains(&record.host) && record.hello.spare);
-            if !hosts || !free {
-                continue;
-            }
-            let report = record.last_report.as_ref();
-            let status = report.and_then(|r| r.applications.iter().find(|a| a.name == app));
-            let ready = status.is_some_and(|a| {
-                a.readiness.iter().any(|x| x.vip == svc.vip && x.ready)
-                    && a.health.state == HealthState::Up
-            });
-            view.free.push(Candidate {
-                name: record.host.clone(),
-                utilization: report.map(|r| r.utilization.value),
-                capacity: record.hello.cores.max(0.01),
-                functional: record.monitor == Monitor::Monitored && ready,
-            });
-        }
+        view.free = free_candidates(&db, observed, config, svc, now);
         view
     }
 
@@ -237,7 +225,7 @@ impl Controller {
                 // other move needs the smoothed figure past the level by
                 // CROSSING_HYSTERESIS, so noise is not a stream of events.
                 let fresh = ops.judged.get(&key) != Some(&at);
-                let smooth = ops.smoothed.entry(key.clone()).or_insert(u);
+                let smooth = ops.observed.smoothed.entry(key.clone()).or_insert(u);
                 if fresh {
                     *smooth += CROSSING_ALPHA * (u - *smooth);
                 }
@@ -294,6 +282,49 @@ impl Controller {
             );
         }
     }
+}
+
+/// The free servers of `svc`'s pool: those the file lists free, and spares
+/// the file does not name, whose agents host its application.
+fn free_candidates(
+    db: &ServerDb,
+    observed: &Observed,
+    config: &Config,
+    svc: &ServiceConfig,
+    now: Instant,
+) -> Vec<Candidate> {
+    let app = svc.application();
+    let in_config: BTreeSet<&str> = config.server.iter().map(|s| s.name.as_str()).collect();
+    let free_in_config: BTreeSet<&str> = config
+        .server
+        .iter()
+        .filter(|s| s.state == ServerState::Free)
+        .map(|s| s.name.as_str())
+        .collect();
+    let mut free = Vec::new();
+    for record in db.iter() {
+        let hosts = record.hello.applications.iter().any(|a| a.name == app);
+        let is_free = free_in_config.contains(record.host.as_str())
+            || (!in_config.contains(record.host.as_str()) && record.hello.spare);
+        if !hosts || !is_free {
+            continue;
+        }
+        let report = record.last_report.as_ref();
+        let status = report.and_then(|r| r.applications.iter().find(|a| a.name == app));
+        let ready = status.is_some_and(|a| {
+            a.readiness.iter().any(|x| x.vip == svc.vip && x.ready)
+                && a.health.state == HealthState::Up
+        });
+        free.push(Candidate {
+            name: record.host.clone(),
+            utilization: report.map(|r| r.utilization.value),
+            capacity: record.hello.cores.max(0.01),
+            functional: record.monitor == Monitor::Monitored
+                && ready
+                && !observed.is_held(&record.host, now),
+        });
+    }
+    free
 }
 
 /// What the manager probes: each member of each service with a

@@ -8,7 +8,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::{Controller, ControllerError, Ops, state_name};
+use super::{Controller, ControllerError, Published, allocate::Asked, state_name};
 use crate::{
     config::{Config, ServerConfig, ServerState, ServiceConfig},
     manager::db::{ServerDb, ServerRecord},
@@ -35,6 +35,9 @@ const FREE: &str = "free";
 /// A free server the policy leaves alone: its agent is not connected and
 /// monitored, or its application is not up and ready.
 const FREE_NOT_FUNCTIONAL: &str = "free (not functional)";
+/// A free server the policy leaves alone for a while: its agent gave no
+/// usable settings for an allocation.
+const FREE_HELD: &str = "free (held: no usable settings)";
 /// The monitor column of a server whose agent has not said hello since the
 /// manager started.
 const NEVER_CONNECTED: &str = "never connected";
@@ -106,12 +109,11 @@ impl Controller {
             Some(s) => s.to_owned(),
             None => self.service_for(server).await?,
         };
-        let mut ops = self.ops.lock().await;
-        self.allocate_locked(
-            &mut ops,
+        self.allocate_server(
             &service,
             server,
             "operator: lbctl server allocate",
+            Asked::Operator,
         )
         .await
     }
@@ -296,18 +298,26 @@ impl Controller {
     /// servers of the file no pool lists. Every server of the file shows,
     /// whether or not its agent ever connected.
     pub async fn pool(&self) -> Result<Pools, ControllerError> {
-        let snapshot = self.file.read()?;
-        let ops = self.ops.lock().await;
+        // The file's error, if it has one now; then the file and the
+        // loop's state as the last evaluation or change left them. Never
+        // `ops`: a change may hold it while the nodes apply it.
+        let current = self.file.read_cached()?;
+        let published = self.published();
+        let snapshot = published.file.clone().unwrap_or(current);
+        let now = Instant::now();
         let mut out = Vec::new();
         let mut listed = BTreeSet::new();
         for svc in &snapshot.config.service {
-            let view = self.pool_view(&ops, &snapshot.config, svc).await;
+            let view = self
+                .pool_view(&published.observed, &snapshot.config, svc, now)
+                .await;
             let db = self.manager.db.lock().await;
             let rows = Rows {
                 db: &db,
-                ops: &ops,
+                published: &published,
                 config: &snapshot.config,
                 svc,
+                now,
             };
             let report = rows.report(&view);
             listed.extend(
@@ -350,9 +360,10 @@ impl Controller {
 /// weights in force, the file.
 struct Rows<'a> {
     db: &'a ServerDb,
-    ops: &'a Ops,
+    published: &'a Published,
     config: &'a Config,
     svc: &'a ServiceConfig,
+    now: Instant,
 }
 
 impl Rows<'_> {
@@ -380,6 +391,8 @@ impl Rows<'_> {
             .map(|c| {
                 let state = if c.functional {
                     FREE
+                } else if self.published.observed.is_held(&c.name, self.now) {
+                    FREE_HELD
                 } else {
                     FREE_NOT_FUNCTIONAL
                 };
@@ -403,7 +416,7 @@ impl Rows<'_> {
         PoolReport {
             service: svc.name.clone(),
             application: svc.application().to_owned(),
-            generation: self.ops.generations.current(),
+            generation: self.published.generation,
             members,
             free,
         }
@@ -445,8 +458,7 @@ impl Rows<'_> {
             utilization,
             capacity,
             weight: self
-                .ops
-                .persisted
+                .published
                 .service_weights
                 .get(&svc.name)
                 .and_then(|w| w.get(name))

@@ -51,7 +51,7 @@ impl Controller {
                     .filter(|r| r.monitor == Monitor::Monitored);
                 // Entered while the manager watched: since its state last
                 // changed; allocated in this very change: now.
-                let entered = match ops.since.get(name) {
+                let entered = match ops.observed.since.get(name) {
                     Some((ServerState::Allocated, since)) => {
                         (*since > self.started).then_some(*since)
                     }
