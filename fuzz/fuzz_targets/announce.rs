@@ -31,8 +31,14 @@ fn fixture() -> &'static Fixture {
     FIXTURE.get_or_init(|| {
         let day = std::time::Duration::from_secs(86_400);
         let ca = create_ca("fuzz CA", day * 3650).expect("ca");
-        let web1 = issue(&ca, "web-1", Role::Client, &[], Validity::from_now(day * 3650))
-            .expect("web-1");
+        let web1 = issue(
+            &ca,
+            "web-1",
+            Role::Client,
+            &[],
+            Validity::from_now(day * 3650),
+        )
+        .expect("web-1");
         let template = Announce {
             version: ANNOUNCE_VERSION,
             host: "web-1".into(),

@@ -12,4 +12,4 @@ pub use client::{ClientError, call};
 pub use daemon::{Daemon, NodeRole};
 pub use error::RequestError;
 pub use protocol::{ErrorKind, Reloaded, Request, Response, Stats, Status};
-pub use server::{Limits, MAX_REQUEST, MAX_SESSIONS, serve};
+pub use server::{Decoded, Limits, Line, MAX_REQUEST, MAX_SESSIONS, decode, read_line, serve};

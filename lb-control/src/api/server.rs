@@ -89,18 +89,22 @@ async fn refuse(stream: UnixStream, kind: ErrorKind, message: String) -> std::io
 
 /// One request line of a session.
 #[derive(Debug, PartialEq, Eq)]
-enum Line {
+pub enum Line {
     /// The request's text (without its newline).
     Request(Vec<u8>),
-    /// A line longer than [`MAX_REQUEST`]: read to its end and dropped
-    /// whole.
+    /// A line longer than the limit: read to its end and dropped whole.
     TooLong,
     /// The client closed the session.
     End,
 }
 
-/// The next line of `read`, at most [`MAX_REQUEST`] bytes of it kept.
-async fn read_line<R: AsyncBufRead + Unpin>(read: &mut R) -> std::io::Result<Line> {
+/// The next line of `read`, at most `max` bytes of it kept (a longer line
+/// is read to its newline and dropped: its tail is never taken for a
+/// request of its own).
+///
+/// # Errors
+/// Reading failed.
+pub async fn read_line<R: AsyncBufRead + Unpin>(read: &mut R, max: usize) -> std::io::Result<Line> {
     let mut line = Vec::new();
     let mut too_long = false;
     loop {
@@ -116,7 +120,7 @@ async fn read_line<R: AsyncBufRead + Unpin>(read: &mut R) -> std::io::Result<Lin
             Some(i) => (i, true),
             None => (buf.len(), false),
         };
-        if !too_long && line.len() + take > MAX_REQUEST {
+        if !too_long && line.len() + take > max {
             too_long = true;
             line = Vec::new();
         }
@@ -130,6 +134,41 @@ async fn read_line<R: AsyncBufRead + Unpin>(read: &mut R) -> std::io::Result<Lin
             } else {
                 Line::Request(line)
             });
+        }
+    }
+}
+
+/// What a session does with one request line.
+#[derive(Debug)]
+pub enum Decoded {
+    /// Carry it out and answer.
+    Run(Request),
+    /// `events --follow`: the events after this id, then each new one.
+    Follow(u64),
+    /// Answer this error; nothing is done.
+    Refuse(Response),
+}
+
+/// Judges one request line from a peer of `role`: a request of this
+/// version that the role may send, or the error to answer.
+#[must_use]
+pub fn decode(text: &[u8], role: Role) -> Decoded {
+    match serde_json::from_slice::<Request>(text.trim_ascii()) {
+        Ok(r) if role != Role::Admin && !reads_only(&r) => Decoded::Refuse(Response::error(
+            ErrorKind::Forbidden,
+            "this request changes the balancer: only root and the members of node.admin_group may send it",
+        )),
+        Ok(Request::Events {
+            after,
+            follow: true,
+        }) => Decoded::Follow(after),
+        Ok(request) => Decoded::Run(request),
+        Err(e) => {
+            warn!(error = %e, "bad control request");
+            Decoded::Refuse(Response::error(
+                ErrorKind::BadRequest,
+                format_args!("bad request: {e}"),
+            ))
         }
     }
 }
@@ -148,37 +187,25 @@ async fn session(daemon: &Daemon, limits: &Limits, stream: UnixStream) -> std::i
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read);
     loop {
-        let Ok(line) = tokio::time::timeout(limits.idle, read_line(&mut lines)).await else {
+        let Ok(line) = tokio::time::timeout(limits.idle, read_line(&mut lines, MAX_REQUEST)).await
+        else {
             debug!("control session idle; closed");
             return Ok(());
         };
-        let text = match line? {
+        let response = match line? {
             Line::End => return Ok(()),
             Line::TooLong => {
                 warn!("control request over {MAX_REQUEST} bytes refused");
-                let r = Response::error(
+                Response::error(
                     ErrorKind::BadRequest,
                     format_args!("request longer than {MAX_REQUEST} bytes; nothing done"),
-                );
-                respond(&mut write, &r).await?;
-                continue;
+                )
             }
-            Line::Request(text) => text,
-        };
-        let response = match serde_json::from_slice::<Request>(text.trim_ascii()) {
-            Ok(r) if role != Role::Admin && !reads_only(&r) => Response::error(
-                ErrorKind::Forbidden,
-                "this request changes the balancer: only root and the members of node.admin_group may send it",
-            ),
-            Ok(Request::Events {
-                after,
-                follow: true,
-            }) => return follow_events(daemon, after, &mut write).await,
-            Ok(request) => daemon.handle(request).await,
-            Err(e) => {
-                warn!(error = %e, "bad control request");
-                Response::error(ErrorKind::BadRequest, format_args!("bad request: {e}"))
-            }
+            Line::Request(text) => match decode(&text, role) {
+                Decoded::Run(request) => daemon.handle(request).await,
+                Decoded::Follow(after) => return follow_events(daemon, after, &mut write).await,
+                Decoded::Refuse(response) => response,
+            },
         };
         respond(&mut write, &response).await?;
     }
@@ -244,20 +271,23 @@ mod tests {
         let mut text = vec![b' '; MAX_REQUEST + 10];
         text.extend_from_slice(b"{\"request\":\"reload\"}\n{\"request\":\"status\"}\nlast");
         let mut read = BufReader::with_capacity(1000, &text[..]);
-        assert_eq!(read_line(&mut read).await.unwrap(), Line::TooLong);
         assert_eq!(
-            read_line(&mut read).await.unwrap(),
+            read_line(&mut read, MAX_REQUEST).await.unwrap(),
+            Line::TooLong
+        );
+        assert_eq!(
+            read_line(&mut read, MAX_REQUEST).await.unwrap(),
             Line::Request(b"{\"request\":\"status\"}".to_vec())
         );
         assert_eq!(
-            read_line(&mut read).await.unwrap(),
+            read_line(&mut read, MAX_REQUEST).await.unwrap(),
             Line::Request(b"last".to_vec())
         );
-        assert_eq!(read_line(&mut read).await.unwrap(), Line::End);
+        assert_eq!(read_line(&mut read, MAX_REQUEST).await.unwrap(), Line::End);
         let exact = [vec![b'x'; MAX_REQUEST], b"\n".to_vec()].concat();
         let mut read = BufReader::with_capacity(1000, &exact[..]);
         assert_eq!(
-            read_line(&mut read).await.unwrap(),
+            read_line(&mut read, MAX_REQUEST).await.unwrap(),
             Line::Request(vec![b'x'; MAX_REQUEST])
         );
     }
