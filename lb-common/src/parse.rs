@@ -2,11 +2,12 @@
 //! verdict per frame ([`Parsed`]). Nothing here writes the packet.
 //!
 //! The XDP program parses its context's packet; the host parses byte slices
-//! with the very same code. Both are a [`Frame`]: the addresses of the first
-//! byte and of one past the last. Every read goes through [`ptr_at`], whose
-//! check is written as `start + offset + size > end` on purpose: that is the
-//! form the verifier follows to admit the packet access after it. The
-//! helpers are `#[inline(always)]` so the verifier sees one function.
+//! with the very same code (`parse/tests.rs`). Both are a [`Frame`]: the
+//! addresses of the first byte and of one past the last. Every read goes
+//! through [`ptr_at`], whose check is written as `start + offset + size >
+//! end` on purpose: that is the form the verifier follows to admit the
+//! packet access after it. The helpers are `#[inline(always)]` so the
+//! verifier sees one function.
 
 use crate::{
     FAMILY_V4, FAMILY_V6, FlowKey, IPV6_MAX_EXT_HEADERS, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP,
@@ -357,3 +358,6 @@ fn icmp6_too_big(frame: &(impl Frame + ?Sized), l4: usize, len: u32) -> Parsed {
         len,
     }
 }
+
+#[cfg(test)]
+mod tests;
