@@ -2,7 +2,8 @@
 //! verdict per frame ([`Parsed`]). Nothing here writes the packet.
 //!
 //! The XDP program parses its context's packet; the host parses byte slices
-//! with the very same code (`parse/tests.rs`). Both are a [`Frame`]: the
+//! with the very same code (`parse/tests.rs`, and the `frames` fuzz target,
+//! which holds it to a reference parser). Both are a [`Frame`]: the
 //! addresses of the first byte and of one past the last. Every read goes
 //! through [`ptr_at`], whose check is written as `start + offset + size >
 //! end` on purpose: that is the form the verifier follows to admit the
