@@ -16,6 +16,7 @@
 pub mod flows;
 pub mod hash;
 pub mod maps;
+pub mod parse;
 pub mod services;
 
 #[cfg(feature = "user")]

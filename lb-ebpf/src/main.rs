@@ -7,7 +7,7 @@
 #![no_main]
 
 mod flows;
-mod parse;
+mod packet;
 mod runtime;
 
 use aya_ebpf::{
@@ -18,6 +18,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use flows::{Lookup, Probe};
+use lb_common::parse::{Parsed, parse_frame, ptr_at};
 use lb_common::{
     BACKEND_ACTIVE, BACKEND_DRAINING, BACKEND_FLAG_LOCAL, Backend, Counters,
     DEFAULT_FLOW_TABLE_SIZE, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_SERVICES, DEFAULT_MAX_TABLE_SIZE,
@@ -26,7 +27,7 @@ use lb_common::{
     flow_stats, global, guard, service_bucket_of, service_buckets, slot_base, syn_entry_seen,
     table_stride,
 };
-use parse::{Parsed, parse_frame};
+use packet::Packet;
 
 // Load-time constants (set by the loader with `EbpfLoader::set_global`).
 #[unsafe(no_mangle)]
@@ -140,7 +141,7 @@ fn drop_counted(index: u32) -> Result<u32, ()> {
 }
 
 fn try_xdp_lb(ctx: &XdpContext) -> Result<u32, ()> {
-    match parse_frame(ctx) {
+    match parse_frame(&Packet(ctx)) {
         Parsed::Pass => pass(),
         Parsed::Vlan => {
             count(global::VLAN);
@@ -356,7 +357,7 @@ fn forward(
         count(global::LOCAL);
         return Ok(xdp_action::XDP_PASS);
     }
-    let eth = parse::ptr_at::<[u8; 12]>(ctx, 0).ok_or(())?;
+    let eth = ptr_at::<[u8; 12]>(&Packet(ctx), 0).ok_or(())?;
     // SAFETY: bounds checked by `ptr_at`.
     unsafe {
         let mut macs = [0u8; 12];

@@ -1,11 +1,44 @@
-//! Header parsing: one bounds-checked `ptr_at`, small helpers, and a verdict
-//! per frame. Nothing here writes the packet.
+//! Header parsing: one bounds-checked [`ptr_at`], small helpers, and a
+//! verdict per frame ([`Parsed`]). Nothing here writes the packet.
+//!
+//! The XDP program parses its context's packet; the host parses byte slices
+//! with the very same code (`parse/tests.rs`, and the `frames` fuzz target,
+//! which holds it to a reference parser). Both are a [`Frame`]: the
+//! addresses of the first byte and of one past the last. Every read goes
+//! through [`ptr_at`], whose check is written as `start + offset + size >
+//! end` on purpose: that is the form the verifier follows to admit the
+//! packet access after it. The helpers are `#[inline(always)]` so the
+//! verifier sees one function.
 
-use aya_ebpf::programs::XdpContext;
-use lb_common::{
+use crate::{
     FAMILY_V4, FAMILY_V6, FlowKey, IPV6_MAX_EXT_HEADERS, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP,
     PROTO_UDP, ServiceKey,
 };
+
+/// A frame as the parser sees it: the address of its first byte and of one
+/// past its last.
+///
+/// # Safety
+///
+/// `data()..data_end()` must be readable memory for as long as the value is
+/// borrowed: the parser reads anything in that range without further checks.
+pub unsafe trait Frame {
+    fn data(&self) -> usize;
+    fn data_end(&self) -> usize;
+}
+
+// SAFETY: a slice's bytes are readable while it is borrowed.
+unsafe impl Frame for [u8] {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        self.as_ptr() as usize
+    }
+
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        self.as_ptr() as usize + self.len()
+    }
+}
 
 const ETH_LEN: usize = 14;
 const ETH_P_IPV4: u16 = 0x0800;
@@ -27,9 +60,11 @@ const ICMPV6_PACKET_TOO_BIG: u8 = 2;
 const ICMP_HEADER_LEN: usize = 8;
 
 /// What the program should do with a frame, as far as headers tell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Parsed {
     /// Not VIP material (ARP, other ethertypes, other protocols): pass.
     Pass,
+    /// An 802.1Q or 802.1ad tag: not looked into (counted, passed).
     Vlan,
     /// Truncated or inconsistent headers.
     Malformed,
@@ -41,24 +76,20 @@ pub enum Parsed {
     /// [`Parsed::Fragment`].
     Unparsed(ServiceKey),
     /// A TCP or UDP packet; `syn` is a bare SYN (new connection attempt).
-    Flow {
-        key: FlowKey,
-        syn: bool,
-        len: u32,
-    },
-    /// ICMP "fragmentation needed" / ICMPv6 "packet too big" about a packet
-    /// a server sent from a VIP; `key` is the client → VIP flow it concerns.
-    IcmpTooBig {
-        key: FlowKey,
-        len: u32,
-    },
+    Flow { key: FlowKey, syn: bool, len: u32 },
+    /// ICMP "fragmentation needed" (IPv4) or "packet too big" (IPv6) about
+    /// a packet a server sent from a VIP; `key` is the client → VIP flow it
+    /// concerns.
+    IcmpTooBig { key: FlowKey, len: u32 },
 }
 
 /// Pointer to a `T` at `offset` into the frame, if the frame holds it all.
+/// Only the XDP program writes through it (its packet is writable; a
+/// slice is not).
 #[inline(always)]
-pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
-    let start = ctx.data();
-    let end = ctx.data_end();
+pub fn ptr_at<T>(frame: &(impl Frame + ?Sized), offset: usize) -> Option<*mut T> {
+    let start = frame.data();
+    let end = frame.data_end();
     if start + offset + core::mem::size_of::<T>() > end {
         return None;
     }
@@ -66,9 +97,10 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
 }
 
 #[inline(always)]
-fn read<T: Copy>(ctx: &XdpContext, offset: usize) -> Option<T> {
-    // SAFETY: bounds checked by `ptr_at`; T is plain bytes (unaligned read).
-    ptr_at::<T>(ctx, offset).map(|p| unsafe { core::ptr::read_unaligned(p) })
+fn read<T: Copy>(frame: &(impl Frame + ?Sized), offset: usize) -> Option<T> {
+    // SAFETY: bounds checked by `ptr_at` against a readable range (`Frame`);
+    // T is plain bytes (unaligned read).
+    ptr_at::<T>(frame, offset).map(|p| unsafe { core::ptr::read_unaligned(p) })
 }
 
 #[repr(C)]
@@ -115,22 +147,24 @@ fn widen4(a: [u8; 4]) -> [u8; 16] {
     out
 }
 
-pub fn parse_frame(ctx: &XdpContext) -> Parsed {
-    let Some(ethertype) = read::<[u8; 2]>(ctx, 12) else {
+/// The verdict on one frame.
+#[must_use]
+pub fn parse_frame(frame: &(impl Frame + ?Sized)) -> Parsed {
+    let Some(ethertype) = read::<[u8; 2]>(frame, 12) else {
         return Parsed::Malformed;
     };
-    let frame_len = (ctx.data_end() - ctx.data()) as u32;
+    let frame_len = (frame.data_end() - frame.data()) as u32;
     match u16::from_be_bytes(ethertype) {
-        ETH_P_IPV4 => parse_ipv4(ctx, frame_len),
-        ETH_P_IPV6 => parse_ipv6(ctx, frame_len),
+        ETH_P_IPV4 => parse_ipv4(frame, frame_len),
+        ETH_P_IPV6 => parse_ipv6(frame, frame_len),
         ETH_P_8021Q | ETH_P_8021AD => Parsed::Vlan,
         _ => Parsed::Pass,
     }
 }
 
 #[inline(always)]
-fn parse_ipv4(ctx: &XdpContext, len: u32) -> Parsed {
-    let Some(ip) = read::<Ipv4Header>(ctx, ETH_LEN) else {
+fn parse_ipv4(frame: &(impl Frame + ?Sized), len: u32) -> Parsed {
+    let Some(ip) = read::<Ipv4Header>(frame, ETH_LEN) else {
         return Parsed::Malformed;
     };
     let ihl = (ip.version_ihl & 0x0f) as usize;
@@ -144,7 +178,7 @@ fn parse_ipv4(ctx: &XdpContext, len: u32) -> Parsed {
     }
     match ip.proto {
         PROTO_TCP | PROTO_UDP => l4_flow(
-            ctx,
+            frame,
             l4,
             ip.proto,
             widen4(ip.src),
@@ -152,14 +186,14 @@ fn parse_ipv4(ctx: &XdpContext, len: u32) -> Parsed {
             FAMILY_V4,
             len,
         ),
-        PROTO_ICMP => icmp4_too_big(ctx, l4, len),
+        PROTO_ICMP => icmp4_too_big(frame, l4, len),
         _ => Parsed::Pass,
     }
 }
 
 #[inline(always)]
-fn parse_ipv6(ctx: &XdpContext, len: u32) -> Parsed {
-    let Some(ip) = read::<Ipv6Header>(ctx, ETH_LEN) else {
+fn parse_ipv6(frame: &(impl Frame + ?Sized), len: u32) -> Parsed {
+    let Some(ip) = read::<Ipv6Header>(frame, ETH_LEN) else {
         return Parsed::Malformed;
     };
     if ip.version_flow[0] >> 4 != 6 {
@@ -172,14 +206,14 @@ fn parse_ipv6(ctx: &XdpContext, len: u32) -> Parsed {
         match next {
             NEXT_HOP_BY_HOP | NEXT_ROUTING | NEXT_DEST_OPTIONS => {
                 // Next header, then the length in 8-byte units past the first 8.
-                let Some(head) = read::<[u8; 2]>(ctx, l4) else {
+                let Some(head) = read::<[u8; 2]>(frame, l4) else {
                     return Parsed::Unparsed(vip_key(ip.dst, FAMILY_V6));
                 };
                 next = head[0];
                 l4 += (head[1] as usize + 1) * 8;
             }
             NEXT_FRAGMENT => {
-                let Some(head) = read::<[u8; 4]>(ctx, l4) else {
+                let Some(head) = read::<[u8; 4]>(frame, l4) else {
                     return Parsed::Unparsed(vip_key(ip.dst, FAMILY_V6));
                 };
                 // An offset (no L4 header here) or more to come: no
@@ -194,8 +228,8 @@ fn parse_ipv6(ctx: &XdpContext, len: u32) -> Parsed {
         }
     }
     match next {
-        PROTO_TCP | PROTO_UDP => l4_flow(ctx, l4, next, ip.src, ip.dst, FAMILY_V6, len),
-        PROTO_ICMPV6 => icmp6_too_big(ctx, l4, len),
+        PROTO_TCP | PROTO_UDP => l4_flow(frame, l4, next, ip.src, ip.dst, FAMILY_V6, len),
+        PROTO_ICMPV6 => icmp6_too_big(frame, l4, len),
         // Still in extension headers: past the bound.
         NEXT_HOP_BY_HOP | NEXT_ROUTING | NEXT_DEST_OPTIONS | NEXT_FRAGMENT => {
             Parsed::Unparsed(vip_key(ip.dst, FAMILY_V6))
@@ -217,7 +251,7 @@ fn vip_key(addr: [u8; 16], family: u8) -> ServiceKey {
 
 #[inline(always)]
 fn l4_flow(
-    ctx: &XdpContext,
+    frame: &(impl Frame + ?Sized),
     l4: usize,
     proto: u8,
     src: [u8; 16],
@@ -225,18 +259,18 @@ fn l4_flow(
     family: u8,
     len: u32,
 ) -> Parsed {
-    let Some(ports) = read::<Ports>(ctx, l4) else {
+    let Some(ports) = read::<Ports>(frame, l4) else {
         return Parsed::Malformed;
     };
     let syn = if proto == PROTO_TCP {
         // Flags byte is at offset 13 of the TCP header.
-        let Some(flags) = read::<u8>(ctx, l4 + 13) else {
+        let Some(flags) = read::<u8>(frame, l4 + 13) else {
             return Parsed::Malformed;
         };
         flags & (TCP_SYN | TCP_ACK) == TCP_SYN
     } else {
         // A UDP header is 8 bytes; refuse shorter ones.
-        if read::<[u8; 8]>(ctx, l4).is_none() {
+        if read::<[u8; 8]>(frame, l4).is_none() {
             return Parsed::Malformed;
         }
         false
@@ -278,22 +312,22 @@ fn quoted_flow(
 }
 
 #[inline(always)]
-fn icmp4_too_big(ctx: &XdpContext, l4: usize, len: u32) -> Parsed {
-    let Some(head) = read::<[u8; 2]>(ctx, l4) else {
+fn icmp4_too_big(frame: &(impl Frame + ?Sized), l4: usize, len: u32) -> Parsed {
+    let Some(head) = read::<[u8; 2]>(frame, l4) else {
         return Parsed::Malformed;
     };
     if head[0] != ICMP_DEST_UNREACH || head[1] != ICMP_FRAG_NEEDED {
         return Parsed::Pass;
     }
     let inner = l4 + ICMP_HEADER_LEN;
-    let Some(ip) = read::<Ipv4Header>(ctx, inner) else {
+    let Some(ip) = read::<Ipv4Header>(frame, inner) else {
         return Parsed::Malformed;
     };
     let ihl = (ip.version_ihl & 0x0f) as usize;
     if ihl < 5 || (ip.proto != PROTO_TCP && ip.proto != PROTO_UDP) {
         return Parsed::Pass;
     }
-    let Some(ports) = read::<Ports>(ctx, inner + ihl * 4) else {
+    let Some(ports) = read::<Ports>(frame, inner + ihl * 4) else {
         return Parsed::Malformed;
     };
     Parsed::IcmpTooBig {
@@ -303,21 +337,21 @@ fn icmp4_too_big(ctx: &XdpContext, l4: usize, len: u32) -> Parsed {
 }
 
 #[inline(always)]
-fn icmp6_too_big(ctx: &XdpContext, l4: usize, len: u32) -> Parsed {
-    let Some(head) = read::<[u8; 2]>(ctx, l4) else {
+fn icmp6_too_big(frame: &(impl Frame + ?Sized), l4: usize, len: u32) -> Parsed {
+    let Some(head) = read::<[u8; 2]>(frame, l4) else {
         return Parsed::Malformed;
     };
     if head[0] != ICMPV6_PACKET_TOO_BIG {
         return Parsed::Pass;
     }
     let inner = l4 + ICMP_HEADER_LEN;
-    let Some(ip) = read::<Ipv6Header>(ctx, inner) else {
+    let Some(ip) = read::<Ipv6Header>(frame, inner) else {
         return Parsed::Malformed;
     };
     if ip.next != PROTO_TCP && ip.next != PROTO_UDP {
         return Parsed::Pass;
     }
-    let Some(ports) = read::<Ports>(ctx, inner + IPV6_LEN) else {
+    let Some(ports) = read::<Ports>(frame, inner + IPV6_LEN) else {
         return Parsed::Malformed;
     };
     Parsed::IcmpTooBig {
@@ -325,3 +359,6 @@ fn icmp6_too_big(ctx: &XdpContext, l4: usize, len: u32) -> Parsed {
         len,
     }
 }
+
+#[cfg(test)]
+mod tests;
