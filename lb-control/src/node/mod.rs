@@ -13,10 +13,10 @@
 pub mod dataplane;
 pub mod desired;
 mod execute;
-mod ledger;
+pub mod ledger;
 pub mod listener;
 pub mod nexthop;
-mod plan;
+pub mod plan;
 pub mod reconfigure;
 mod recover;
 mod view;

@@ -433,6 +433,7 @@ fn rank(code: u32) -> Option<ServerState> {
 }
 
 /// (address bytes, family) of a backend record.
+#[must_use]
 pub fn addr_bytes(addr: IpAddr) -> ([u8; 16], u32) {
     let mut out = [0u8; 16];
     match addr {
