@@ -2,7 +2,8 @@
 //! goes on reporting, so it stays the best candidate) holds up nothing. The
 //! allocation that picked it gives up within the ack timeout and the policy
 //! takes the next candidate; meanwhile `lbctl pool`, `drain`, `deallocate`
-//! and `allocate` answer at once.
+//! and `allocate` answer at once. And a stream whose peer vanished without
+//! a word is ended by the manager's keepalive.
 
 use std::time::{Duration, Instant};
 
@@ -150,5 +151,55 @@ fn a_stalled_agent_holds_up_neither_the_policy_nor_the_operator() -> Result<()> 
         .count();
     assert_eq!(tries, 1, "s3 was tried again at once: {:?}", events(&bal));
     drop(agents);
+    Ok(())
+}
+
+/// Whether the manager holds a stream from `server`'s agent.
+fn connected(bal: &Balancer, server: &str) -> Option<bool> {
+    let v = bal.lbctl(&["server", "list"]).ok()?;
+    v["monitors"]
+        .as_array()?
+        .iter()
+        .find(|m| m["host"] == server)
+        .and_then(|m| m["connected"].as_bool())
+}
+
+/// An agent whose path goes silent (its link down: no FIN, no reset ever
+/// reaches the manager) is noticed by the keepalive on the manager's end
+/// of the stream, and its session ended, within the keepalive's idle time
+/// and probes (20 s + 4 × 5 s).
+#[test]
+fn a_stream_whose_peer_vanished_is_ended() -> Result<()> {
+    if !require_root("a_stream_whose_peer_vanished_is_ended") {
+        return Ok(());
+    }
+    let mut lab = Lab::builder().servers(1).build()?;
+    lab.start_servers(SERVER, &[PORT], &[])?;
+    attach_peer_pass(&mut lab)?;
+    let fleet = Fleet::new(&mut lab)?;
+    let config = fleet::manager_config(
+        &lab,
+        fleet.pki_dir(),
+        &ScaledService::local(PORT, INTERVAL_MS, "enabled = false", 1),
+    );
+    let bal = Balancer::start(&lab, &config)?;
+    let _agent = fleet.start_agent(&lab, 0, PORT, INTERVAL_MS)?;
+    assert!(
+        wait_until(Duration::from_secs(20), || connected(&bal, "s1")
+            == Some(true)),
+        "s1 never connected: {:?}",
+        bal.lbctl(&["server", "list"])
+    );
+    lab.servers[0]
+        .ns
+        .exec(&["ip", "link", "set", "eth0", "down"])?;
+    let ended = wait_until(Duration::from_secs(70), || {
+        connected(&bal, "s1") == Some(false)
+    });
+    assert!(
+        ended,
+        "the manager still holds the stream of an agent that vanished: {:?}",
+        bal.lbctl(&["server", "list"])
+    );
     Ok(())
 }
