@@ -168,10 +168,19 @@ fn hot_server_gets_help_and_idle_one_goes_back() -> Result<()> {
         allocated["generation"].as_u64().is_some(),
         "allocation without a generation: {allocated}"
     );
+    // The rise that started the allocation: the last rising crossing of s1
+    // before it (a start-up "fell" crossing may come first).
+    let allocating_id = ev
+        .iter()
+        .find(|e| e["kind"] == "allocating" && e["server"] == added.as_str())
+        .and_then(|e| e["id"].as_u64())
+        .context("no allocating event")?;
     let crossed = ev
         .iter()
-        .find(|e| e["kind"] == "crossed" && e["server"] == "s1")
-        .context("no crossing event")?;
+        .filter(|e| e["id"].as_u64().is_some_and(|id| id < allocating_id))
+        .filter(|e| e["kind"] == "crossed" && e["server"] == "s1")
+        .rfind(|e| e["reason"].as_str().is_some_and(|r| r.contains("rose")))
+        .context("no rising crossing before the allocation")?;
     // Every step of the allocation is an event, in order.
     let steps: Vec<&str> = ev
         .iter()
