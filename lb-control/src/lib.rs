@@ -34,6 +34,7 @@ pub mod atomic_file;
 pub mod config;
 pub mod locks;
 pub mod manager;
+pub mod metrics;
 pub mod model;
 pub mod net;
 pub mod node;

@@ -102,6 +102,8 @@ enum RunError {
     Controller(#[from] ControllerError),
     #[error(transparent)]
     Socket(#[from] lb_control::api::access::AccessError),
+    #[error(transparent)]
+    Metrics(#[from] lb_control::metrics::MetricsError),
     #[error("{0}")]
     Signal(#[source] std::io::Error),
 }
@@ -156,7 +158,11 @@ fn run(config_path: PathBuf) -> Result<(), RunError> {
             access: api::access::Access::of(&config.node)?,
             idle: Duration::from_secs(config.node.control_idle_timeout.into()),
         };
+        let metrics = config.metrics.clone();
         let daemon = Arc::new(start(config, config_path).await?);
+        if let Some(m) = &metrics {
+            lb_control::metrics::serve(daemon.clone(), m).await?;
+        }
         let listener = limits.access.bind(&socket)?;
         tokio::spawn(api::serve(daemon.clone(), listener, limits));
         serve_signals(&daemon, &socket).await?;

@@ -229,8 +229,48 @@ fn build_ebpf() -> Result<()> {
 /// build made (without them).
 const TEST_FEATURES: &str = "lb-control/failpoints,lb-control/test-support";
 
+/// Debian packages the end-to-end tests use beyond the toolchain, each
+/// with a command that succeeds once it is there.
+const TEST_PACKAGES: &[(&str, &[&str])] = &[(
+    // The metrics test parses a scrape with the OpenMetrics parser.
+    "python3-prometheus-client",
+    &[
+        "/usr/bin/python3",
+        "-c",
+        "import prometheus_client.openmetrics.parser",
+    ],
+)];
+
+/// Installs the missing [`TEST_PACKAGES`] (as root, with apt-get).
+fn ensure_test_packages() -> Result<()> {
+    let missing: Vec<&str> = TEST_PACKAGES
+        .iter()
+        .filter(|(_, check)| !have(check[0], &check[1..]))
+        .map(|(package, _)| *package)
+        .collect();
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+    if missing.is_empty() || !root || !have("apt-get", &["--version"]) {
+        if !missing.is_empty() {
+            eprintln!(
+                "xtask: the tests need {} (apt-get install)",
+                missing.join(" ")
+            );
+        }
+        return Ok(());
+    }
+    eprintln!("xtask: installing {}", missing.join(" "));
+    run(Command::new("apt-get").arg("update"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "--no-install-recommends"])
+        .args(&missing))
+}
+
 fn test(extra: &[String]) -> Result<()> {
     build_ebpf()?;
+    ensure_test_packages()?;
     // Every binary the end-to-end tests start (lb-control, lbctl, lab tools).
     cargo(&[
         "build",

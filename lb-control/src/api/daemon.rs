@@ -203,6 +203,7 @@ fn restart_only_changed(new: &Config, running: &Config) -> bool {
         || new.node.admin_group != running.node.admin_group
         || new.node.control_idle_timeout != running.node.control_idle_timeout
         || new.node.hash_seed != running.node.hash_seed
+        || new.metrics != running.metrics
         || new.limits.max_services != running.limits.max_services
         || new.limits.max_backends != running.limits.max_backends
         || new.limits.max_table_size != running.limits.max_table_size

@@ -45,6 +45,9 @@ pub struct Config {
     /// The manager role (agent streams); absent: this process is a node only.
     #[serde(default)]
     pub manager: Option<crate::manager::ManagerConfig>,
+    /// `[metrics]`: the HTTP metrics endpoint; absent: none.
+    #[serde(default)]
+    pub metrics: Option<crate::metrics::MetricsConfig>,
 }
 
 /// `[node]`

@@ -226,6 +226,8 @@ impl Controller {
         loop {
             let failure = match node.reconfigure(message.clone(), timeout).await {
                 Ok(ack) if ack.status == lb_proto::AckStatus::Ok => {
+                    self.latency
+                        .observe(node.name(), started.elapsed().as_secs_f64());
                     return Ok(format!(
                         "{} {} ms",
                         node.name(),

@@ -136,6 +136,8 @@ pub struct Controller {
     started: Instant,
     ops: Mutex<Ops>,
     published: std::sync::Mutex<Arc<Published>>,
+    /// How long each node took to apply a change (for the metrics).
+    latency: crate::metrics::ReconfigureLatency,
     /// The manager's own probes, per (service, server), counted like the
     /// agents' (rise 2, fall 3).
     probes: std::sync::Mutex<BTreeMap<(String, String), lb_proto::HealthTracker>>,
@@ -205,6 +207,7 @@ impl Controller {
             state_path,
             started,
             probes: std::sync::Mutex::new(BTreeMap::new()),
+            latency: crate::metrics::ReconfigureLatency::default(),
             published: std::sync::Mutex::new(Arc::new(Published {
                 generation: generations.current(),
                 service_weights: persisted.service_weights.clone(),
@@ -228,6 +231,12 @@ impl Controller {
     #[must_use]
     pub fn manager(&self) -> &Arc<Manager> {
         &self.manager
+    }
+
+    /// How long each node took to apply the changes it acked.
+    #[must_use]
+    pub fn reconfigure_latency(&self) -> &crate::metrics::ReconfigureLatency {
+        &self.latency
     }
 
     /// The agents' longest reconnect backoff (their 10 s cap plus jitter):

@@ -1,0 +1,222 @@
+//! End-to-end: the metrics endpoint of a node that runs the manager,
+//! scraped over HTTP from the lab's client and parsed by a real
+//! `OpenMetrics` parser (Python's `prometheus_client`, the Debian package);
+//! its counters move with the traffic the test sends.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use anyhow::{Context as _, Result, bail};
+use lb_tests::{
+    Lab,
+    balancer::{Balancer, attach_peer_pass, burst_to_vip, wait_until},
+    fleet::{self, Fleet, ScaledService},
+    require_root,
+    scaling::member,
+};
+use serde::Deserialize;
+
+const SERVER: &str = env!("CARGO_BIN_EXE_lab-server");
+const PORT: u16 = 80;
+const INTERVAL_MS: u64 = 200;
+const METRICS_PORT: u16 = 9641;
+const CONNECTIONS: usize = 60;
+/// The system's Python, which the Debian package is for (not one a
+/// version manager may put first on the path).
+const PYTHON: &str = "/usr/bin/python3";
+
+/// Fetches a URL and parses it with the strict `OpenMetrics` parser;
+/// prints the content type and every sample as JSON, or the HTTP status
+/// of an error.
+const SCRAPER: &str = r#"
+import json, sys, urllib.error, urllib.request
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+try:
+    with urllib.request.urlopen(sys.argv[1], timeout=5) as r:
+        ctype = r.headers.get("Content-Type")
+        text = r.read().decode()
+except urllib.error.HTTPError as e:
+    print(json.dumps({"status": e.code, "content_type": "", "samples": []}))
+    sys.exit(0)
+samples = []
+for family in text_string_to_metric_families(text):
+    for s in family.samples:
+        samples.append({"family": family.name, "type": family.type,
+                        "name": s.name, "labels": s.labels, "value": s.value})
+print(json.dumps({"status": 200, "content_type": ctype, "samples": samples}))
+"#;
+
+#[derive(Debug, Deserialize)]
+struct Scrape {
+    status: u16,
+    content_type: String,
+    samples: Vec<Sample>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Sample {
+    family: String,
+    #[serde(rename = "type")]
+    kind: String,
+    name: String,
+    labels: BTreeMap<String, String>,
+    value: f64,
+}
+
+impl Scrape {
+    /// The value of sample `name` with exactly these labels among others.
+    fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        self.samples
+            .iter()
+            .find(|s| {
+                s.name == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+            })
+            .map(|s| s.value)
+    }
+
+    fn need(&self, name: &str, labels: &[(&str, &str)]) -> Result<f64> {
+        self.value(name, labels)
+            .with_context(|| format!("no sample {name}{labels:?} in the scrape"))
+    }
+
+    fn kind_of(&self, family: &str) -> Option<&str> {
+        self.samples
+            .iter()
+            .find(|s| s.family == family)
+            .map(|s| s.kind.as_str())
+    }
+}
+
+fn scrape(lab: &Lab, path: &str) -> Result<Scrape> {
+    let url = format!("http://{}:{METRICS_PORT}{path}", lab.node.eth0.v4);
+    let out = lab
+        .client
+        .ns
+        .exec(&[PYTHON, "-c", SCRAPER, &url])
+        .context(PYTHON)?;
+    if !out.status.success() {
+        bail!(
+            "scraping {url} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    serde_json::from_slice(&out.stdout).context("scraper output")
+}
+
+#[test]
+fn a_scrape_parses_and_its_counters_follow_the_traffic() -> Result<()> {
+    if !require_root("a_scrape_parses_and_its_counters_follow_the_traffic") {
+        return Ok(());
+    }
+    let mut lab = Lab::builder().servers(2).build()?;
+    lab.start_servers(SERVER, &[PORT], &[])?;
+    attach_peer_pass(&mut lab)?;
+    let fleet = Fleet::new(&mut lab)?;
+    let mut config = fleet::manager_config(
+        &lab,
+        fleet.pki_dir(),
+        &ScaledService::local(PORT, INTERVAL_MS, "enabled = false", 1),
+    );
+    config += &format!(
+        "[metrics]\nlisten = \"{}:{METRICS_PORT}\"\n",
+        lab.node.eth0.v4
+    );
+    let bal = Balancer::start(&lab, &config)?;
+    let _agents = [
+        fleet.start_agent(&lab, 0, PORT, INTERVAL_MS)?,
+        fleet.start_agent(&lab, 1, PORT, INTERVAL_MS)?,
+    ];
+    let monitored = wait_until(Duration::from_secs(20), || {
+        ["s1", "s2"]
+            .iter()
+            .all(|s| member(&bal, s).is_some_and(|m| m["monitor"] == "monitored"))
+    });
+    assert!(
+        monitored,
+        "agents never reported: {:?}",
+        bal.lbctl(&["pool"])
+    );
+
+    let before = scrape(&lab, "/metrics")?;
+    assert_eq!(before.status, 200);
+    assert!(
+        before
+            .content_type
+            .starts_with("application/openmetrics-text"),
+        "{}",
+        before.content_type
+    );
+    for (family, kind) in [
+        ("lb_service_packets", "counter"),
+        ("lb_backend_new_flows", "counter"),
+        ("lb_xdp_verdicts", "counter"),
+        ("lb_flow_table_entries", "gauge"),
+        ("lb_xdp_program", "info"),
+        ("lb_server_utilization", "gauge"),
+        ("lb_reconfigure_duration_seconds", "histogram"),
+        ("lb_manager_events", "counter"),
+    ] {
+        assert_eq!(before.kind_of(family), Some(kind), "{family}");
+    }
+    let web = [("service", "web")];
+    let s1 = [("service", "web"), ("server", "s1")];
+
+    let burst = burst_to_vip(&lab, PORT, CONNECTIONS)?;
+    assert_eq!(burst.failed, 0, "{:?}", burst.errors);
+    let after = scrape(&lab, "/metrics")?;
+    let moved = |name: &str, labels: &[(&str, &str)]| -> Result<f64> {
+        Ok(after.need(name, labels)? - before.value(name, labels).unwrap_or(0.0))
+    };
+    let n = CONNECTIONS as f64;
+    // Each connection: SYN, ACK, the request, FIN and ACKs from the client.
+    assert!(moved("lb_service_packets_total", &web)? >= 3.0 * n);
+    assert!(moved("lb_service_forwarded_bytes_total", &web)? >= 60.0 * 3.0 * n);
+    assert!(moved("lb_service_new_flows_total", &web)? >= n);
+    assert!(moved("lb_backend_new_flows_total", &s1)? >= n);
+    assert!(moved("lb_backend_packets_total", &s1)? >= 3.0 * n);
+    let forwarded = moved("lb_xdp_verdicts_total", &[("verdict", "tx")])?
+        + moved("lb_xdp_verdicts_total", &[("verdict", "redirect")])?;
+    assert!(forwarded >= 3.0 * n, "forwarded {forwarded}");
+    assert!(after.need("lb_flow_table_entries", &[])? >= 1.0);
+    assert_eq!(after.need("lb_backend_weight", &s1)?, 1.0);
+    assert_eq!(
+        after.need(
+            "lb_backend_state",
+            &[("service", "web"), ("server", "s1"), ("state", "active")]
+        )?,
+        1.0
+    );
+
+    // The manager's side.
+    assert_eq!(after.need("lb_server_connected", &[("server", "s1")])?, 1.0);
+    assert_eq!(
+        after.need(
+            "lb_server_monitor",
+            &[("server", "s2"), ("state", "monitored")]
+        )?,
+        1.0
+    );
+    assert!(after.need("lb_server_reports_total", &[("server", "s1")])? >= 1.0);
+    assert_eq!(
+        after.need(
+            "lb_pool_servers",
+            &[("service", "web"), ("state", "allocated")]
+        )?,
+        1.0
+    );
+    assert_eq!(after.need("lb_pool_free_servers", &web)?, 1.0);
+    assert!(after.need("lb_manager_events_total", &[("kind", "synced")])? >= 1.0);
+    assert!(
+        after.need(
+            "lb_reconfigure_duration_seconds_count",
+            &[("node", "local")]
+        )? >= 1.0
+    );
+    assert!(after.need("lb_agent_reports_total", &[])? >= 2.0);
+
+    // Nothing else is served.
+    assert_eq!(scrape(&lab, "/")?.status, 404);
+    Ok(())
+}
