@@ -3,7 +3,7 @@
 //! `OpenMetrics` parser (Python's `prometheus_client`, the Debian package);
 //! its counters move with the traffic the test sends.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{collections::BTreeMap, io::Read as _, net::TcpStream, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
 use lb_tests::{
@@ -20,6 +20,9 @@ const PORT: u16 = 80;
 const INTERVAL_MS: u64 = 200;
 const METRICS_PORT: u16 = 9641;
 const CONNECTIONS: usize = 60;
+/// Idle connections the slow-loris test opens: more than one source may
+/// hold.
+const IDLE: usize = 20;
 /// The system's Python, which the Debian package is for (not one a
 /// version manager may put first on the path).
 const PYTHON: &str = "/usr/bin/python3";
@@ -105,11 +108,9 @@ fn scrape(lab: &Lab, path: &str) -> Result<Scrape> {
     serde_json::from_slice(&out.stdout).context("scraper output")
 }
 
-#[test]
-fn a_scrape_parses_and_its_counters_follow_the_traffic() -> Result<()> {
-    if !require_root("a_scrape_parses_and_its_counters_follow_the_traffic") {
-        return Ok(());
-    }
+/// A lab node that runs the manager with its metrics endpoint on its
+/// address; s1 allocated, s2 free, no agent started yet.
+fn start() -> Result<(Lab, Fleet, Balancer)> {
     let mut lab = Lab::builder().servers(2).build()?;
     lab.start_servers(SERVER, &[PORT], &[])?;
     attach_peer_pass(&mut lab)?;
@@ -124,6 +125,15 @@ fn a_scrape_parses_and_its_counters_follow_the_traffic() -> Result<()> {
         lab.node.eth0.v4
     );
     let bal = Balancer::start(&lab, &config)?;
+    Ok((lab, fleet, bal))
+}
+
+#[test]
+fn a_scrape_parses_and_its_counters_follow_the_traffic() -> Result<()> {
+    if !require_root("a_scrape_parses_and_its_counters_follow_the_traffic") {
+        return Ok(());
+    }
+    let (lab, fleet, bal) = start()?;
     let _agents = [
         fleet.start_agent(&lab, 0, PORT, INTERVAL_MS)?,
         fleet.start_agent(&lab, 1, PORT, INTERVAL_MS)?,
@@ -218,5 +228,53 @@ fn a_scrape_parses_and_its_counters_follow_the_traffic() -> Result<()> {
 
     // Nothing else is served.
     assert_eq!(scrape(&lab, "/")?.status, 404);
+    Ok(())
+}
+
+/// Whether the server closed `stream` (end of stream or reset) within
+/// `wait`.
+fn closed_within(stream: &mut TcpStream, wait: Duration) -> bool {
+    let _ = stream.set_read_timeout(Some(wait));
+    let mut byte = [0u8; 1];
+    match stream.read(&mut byte) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
+}
+
+/// Idle connections to the endpoint (a slow-loris client) are capped per
+/// source and closed once a request's head is overdue; a scrape works
+/// after them.
+#[test]
+fn the_metrics_endpoint_holds_no_idle_connections() -> Result<()> {
+    if !require_root("the_metrics_endpoint_holds_no_idle_connections") {
+        return Ok(());
+    }
+    let (lab, _fleet, _bal) = start()?;
+    let target = std::net::SocketAddr::from((lab.node.eth0.v4, METRICS_PORT));
+    let mut idle: Vec<TcpStream> = lab.client.ns.run(|| {
+        (0..IDLE)
+            .map(|_| TcpStream::connect_timeout(&target, Duration::from_secs(2)).context("connect"))
+            .collect()
+    })?;
+    let at_once = idle
+        .iter_mut()
+        .filter_map(|s| closed_within(s, Duration::from_millis(500)).then_some(()))
+        .count();
+    let per_source = lb_control::metrics::LIMITS.per_source;
+    // Those over the cap closed at once; the rest held until their head
+    // is overdue.
+    assert_eq!(at_once, IDLE - per_source, "closed at once");
+    let head = lb_control::metrics::HEAD_TIMEOUT;
+    let held_on = idle
+        .iter_mut()
+        .filter_map(|s| (!closed_within(s, head * 2)).then_some(()))
+        .count();
+    assert_eq!(held_on, 0, "idle connections outlived the head timeout");
+    assert_eq!(scrape(&lab, "/metrics")?.status, 200);
     Ok(())
 }
