@@ -50,6 +50,13 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Write man pages for lb-control and each of its subcommands into DIR
+    /// (`cargo xtask man` runs it).
+    #[command(hide = true)]
+    Man {
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 /// The weights in force a manager last published (hundredths, by service
@@ -104,6 +111,11 @@ enum RunError {
     Socket(#[from] lb_control::api::access::AccessError),
     #[error(transparent)]
     Metrics(#[from] lb_control::metrics::MetricsError),
+    #[error("cannot write man pages into {}: {source}", dir.display())]
+    Man {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Signal(#[source] std::io::Error),
 }
@@ -120,6 +132,9 @@ fn main() -> ExitCode {
             .map_err(RunError::from)
             .and_then(|c| Ok(dataplane::detach(&c)?)),
         Command::Run { config } => run(config),
+        Command::Man { dir } => std::fs::create_dir_all(&dir)
+            .and_then(|()| clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), &dir))
+            .map_err(|source| RunError::Man { dir, source }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

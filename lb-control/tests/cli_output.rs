@@ -190,3 +190,72 @@ fn check_says_each_error_once() {
         assert!(all.starts_with("error: "), "{all}");
     }
 }
+
+/// `lbctl completions SHELL` and the man pages come from the clap
+/// definitions: every subcommand is in them.
+#[test]
+fn completions_and_man_pages_name_every_subcommand() {
+    let lbctl = env!("CARGO_BIN_EXE_lbctl");
+    for (shell, marker) in [
+        ("bash", "complete -F _lbctl"),
+        ("zsh", "#compdef lbctl"),
+        ("fish", "complete -c lbctl"),
+    ] {
+        let out = Command::new(lbctl)
+            .args(["completions", shell])
+            .output()
+            .expect("run lbctl");
+        assert!(out.status.success(), "{shell}: {out:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(marker), "{shell}: no {marker:?}");
+        for verb in ["allocate", "drain", "deallocate", "repin", "reload", "pool"] {
+            assert!(text.contains(verb), "{shell}: no {verb}");
+        }
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    for (bin, pages) in [
+        (
+            lbctl,
+            &["lbctl.1", "lbctl-server-drain.1", "lbctl-completions.1"][..],
+        ),
+        (
+            env!("CARGO_BIN_EXE_lb-control"),
+            &["lb-control.1", "lb-control-run.1"][..],
+        ),
+    ] {
+        let status = Command::new(bin)
+            .args(["man", "--dir"])
+            .arg(tmp.path())
+            .status()
+            .expect("run");
+        assert!(status.success(), "{bin}: {status:?}");
+        for page in pages {
+            let text = std::fs::read_to_string(tmp.path().join(page)).expect(page);
+            assert!(text.starts_with(".ie") || text.contains(".TH"), "{page}");
+        }
+    }
+    // The hidden `man` verb has no page of its own.
+    assert!(!tmp.path().join("lbctl-man.1").exists());
+}
+
+/// Exit codes: 2 for a usage error, 3 when no daemon answers at the
+/// socket (the daemon's own refusals, 1, are in the lab's operator test).
+#[test]
+fn exit_codes_tell_usage_from_an_unreachable_daemon() {
+    let lbctl = env!("CARGO_BIN_EXE_lbctl");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(lbctl)
+        .args(["no-such-verb"])
+        .output()
+        .expect("run lbctl");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let out = Command::new(lbctl)
+        .arg("--socket")
+        .arg(tmp.path().join("none.sock"))
+        .arg("status")
+        .output()
+        .expect("run lbctl");
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is lb-control running?"), "{stderr}");
+}

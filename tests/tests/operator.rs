@@ -80,6 +80,15 @@ fn pool_lists_servers_whose_agent_never_connected() -> Result<()> {
         let expected = if server == "s1" { "allocated" } else { "free" };
         assert!(state.starts_with(expected), "{server} {state}: {rows:?}");
     }
+    // A refusal by the daemon is exit code 1, with its reason.
+    let out = std::process::Command::new(lb_tests::balancer::workspace_bin("lbctl")?)
+        .arg("--socket")
+        .arg(&bal.socket)
+        .args(["server", "drain", "nosuch"])
+        .output()?;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no server `nosuch`"), "{stderr}");
     let text = bal.lbctl_text(&["pool"])?;
     for server in ["s1", "s2", "s3"] {
         assert!(

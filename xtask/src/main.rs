@@ -34,6 +34,9 @@ enum Task {
         #[arg(long)]
         manager: bool,
     },
+    /// Man pages for `lbctl` and `lb-control` (every subcommand), from
+    /// their clap definitions, into `target/man`.
+    Man,
 }
 
 fn main() -> Result<()> {
@@ -52,6 +55,7 @@ fn main() -> Result<()> {
                 "lab-demo",
             ])
         }
+        Task::Man => man(),
         Task::Bench { manager } => {
             build_ebpf()?;
             let examples: &[&str] = if manager {
@@ -89,6 +93,26 @@ fn main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `cargo xtask man`: each binary writes its own pages.
+fn man() -> Result<()> {
+    build_ebpf()?;
+    cargo(&["build", "--package", "lb-control", "--bins"])?;
+    let root = root()?;
+    let dir = root.join("target/man");
+    for bin in ["lbctl", "lb-control"] {
+        run(Command::new(root.join("target/debug").join(bin))
+            .arg("man")
+            .arg("--dir")
+            .arg(&dir))?;
+    }
+    eprintln!(
+        "xtask: man pages in {} (man -l {}/lbctl.1)",
+        dir.display(),
+        dir.display()
+    );
+    Ok(())
 }
 
 /// The workspace root.

@@ -56,6 +56,20 @@ pub enum Command {
         #[command(subcommand)]
         command: CertsCommand,
     },
+    /// Print a shell completion script: `lbctl completions bash >
+    /// /etc/bash_completion.d/lbctl` (zsh: into a directory of `$fpath` as
+    /// `_lbctl`; fish: `~/.config/fish/completions/lbctl.fish`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages for lbctl and each of its subcommands into DIR
+    /// (`cargo xtask man` runs it).
+    #[command(hide = true)]
+    Man {
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]

@@ -1,7 +1,9 @@
-//! Why a command failed: `main` prints it after `error: ` and exits with 1.
+//! Why a command failed: `main` prints it after `error: ` and exits with
+//! its [`Error::exit_code`].
 
 use std::{io, path::PathBuf};
 
+use lb_control::api::ClientError;
 use lb_proto::tls::TlsError;
 
 /// A failed command; its text is what the operator reads.
@@ -12,8 +14,8 @@ pub enum Error {
     Runtime(io::Error),
     /// The request did not get an answer from the control socket (its text
     /// says why: no daemon, a bad response).
-    #[error("{0}")]
-    Call(Box<dyn std::error::Error + Send + Sync>),
+    #[error(transparent)]
+    Call(ClientError),
     /// The daemon answered with an error.
     #[error("{0}")]
     Daemon(String),
@@ -29,12 +31,22 @@ pub enum Error {
     /// A certificate not made.
     #[error(transparent)]
     Certs(#[from] TlsError),
+    /// Man pages not written.
+    #[error("cannot write man pages into {}: {source}", dir.display())]
+    Man { dir: PathBuf, source: io::Error },
 }
 
+/// No daemon answered at the socket (`lbctl`'s exit code 3).
+pub const UNREACHABLE: u8 = 3;
+
 impl Error {
-    /// What `api::call` returned instead of a response: its text today,
-    /// any error type it may return instead.
-    pub fn call(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
-        Self::Call(error.into())
+    /// The exit code: [`UNREACHABLE`] when no daemon could be reached at
+    /// the socket, 1 for everything else (the daemon said no, a file not
+    /// written, ...).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Call(ClientError::Connect { .. }) | Self::Connect { .. } => UNREACHABLE,
+            _ => 1,
+        }
     }
 }

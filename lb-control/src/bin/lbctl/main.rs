@@ -11,17 +11,19 @@ mod table;
 
 use std::{path::Path, process::ExitCode};
 
-use clap::Parser as _;
+use clap::{CommandFactory as _, Parser as _};
 use lb_control::api::{Request, Response, call};
 
 use crate::{cli::Cli, error::Error, output::out, request::Action};
 
+/// Exit codes: 0 done, 1 the daemon (or the command) said no, 2 a usage
+/// error (clap's), 3 no daemon answered at the socket.
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(e.exit_code())
         }
     }
 }
@@ -31,6 +33,13 @@ fn run(cli: Cli) -> Result<(), Error> {
     match Action::from(cli.command) {
         Action::Daemon(request) => ask(&cli.socket, &request, cli.json),
         Action::Certs(command) => certs::run(command, cli.json),
+        Action::Completions(shell) => {
+            clap_complete::generate(shell, &mut Cli::command(), "lbctl", &mut std::io::stdout());
+            Ok(())
+        }
+        Action::Man(dir) => std::fs::create_dir_all(&dir)
+            .and_then(|()| clap_mangen::generate_to(Cli::command(), &dir))
+            .map_err(|source| Error::Man { dir, source }),
     }
 }
 
@@ -50,7 +59,7 @@ fn ask(socket: &Path, request: &Request, json: bool) -> Result<(), Error> {
     }
     let response = runtime
         .block_on(call(socket, request))
-        .map_err(Error::call)?;
+        .map_err(Error::Call)?;
     print(&response, json)
 }
 

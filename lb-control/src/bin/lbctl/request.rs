@@ -4,11 +4,13 @@ use lb_control::{api::Request, manager::config_file::NewService};
 
 use crate::cli::{CertsCommand, Command, ServerCommand, ServiceCommand};
 
-/// What a command line asks for: a request to the daemon, or certificate
-/// files (no daemon, no socket).
+/// What a command line asks for: a request to the daemon, or something
+/// done here without one (certificate files, completions, man pages).
 pub enum Action {
     Daemon(Request),
     Certs(CertsCommand),
+    Completions(clap_complete::Shell),
+    Man(std::path::PathBuf),
 }
 
 impl From<Command> for Action {
@@ -23,6 +25,8 @@ impl From<Command> for Action {
             Command::Config { .. } => Request::Reload,
             // Certificates are files: no daemon, no socket.
             Command::Certs { command } => return Self::Certs(command),
+            Command::Completions { shell } => return Self::Completions(shell),
+            Command::Man { dir } => return Self::Man(dir),
         })
     }
 }
