@@ -28,6 +28,9 @@ struct Cli {
     /// The configuration file to run with.
     #[arg(long, value_name = "FILE", required = true)]
     config: Option<PathBuf>,
+    /// How the log on stderr is written.
+    #[arg(long, value_enum, global = true, default_value_t = lb_proto::logging::Format::Text)]
+    log_format: lb_proto::logging::Format,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -75,8 +78,9 @@ enum MainError {
 }
 
 fn main() -> ExitCode {
-    lb_proto::logging::init();
     let cli = Cli::parse();
+    let format = cli.log_format;
+    lb_proto::logging::init(format);
     let result = match (cli.command, cli.config) {
         (Some(Command::Check { config }), _) => check(&config),
         (None, Some(config)) => run(&config),
@@ -85,7 +89,12 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            // A log collector reads JSON lines only.
+            if format == lb_proto::logging::Format::Json {
+                tracing::error!("{e}");
+            } else {
+                eprintln!("error: {e}");
+            }
             ExitCode::FAILURE
         }
     }

@@ -14,16 +14,16 @@ fn plaintext_config(extra: &str) -> String {
     )
 }
 
-/// `lb-agent` with its log in a pipe (stderr not a terminal): plain text,
-/// no colour codes.
-#[test]
-fn logs_without_colour_into_a_pipe() {
+/// The lines `lb-agent --config FILE ARGS` writes to stderr until its
+/// start line (at most 10 s), and whether it came.
+fn start_log(args: &[&str]) -> (Vec<String>, bool) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let config = tmp.path().join("agent.toml");
     std::fs::write(&config, plaintext_config("")).expect("write config");
     let mut child = Command::new(env!("CARGO_BIN_EXE_lb-agent"))
         .arg("--config")
         .arg(&config)
+        .args(args)
         .env_remove("NO_COLOR")
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
@@ -57,9 +57,36 @@ fn logs_without_colour_into_a_pipe() {
     // Only our own child, by its handle.
     let _ = child.kill();
     let _ = child.wait();
+    (log, started)
+}
+
+/// `lb-agent` with its log in a pipe (stderr not a terminal): plain text,
+/// no colour codes.
+#[test]
+fn logs_without_colour_into_a_pipe() {
+    let (log, started) = start_log(&[]);
     let log = log.join("\n");
     assert!(started, "no start line in the log:\n{log}");
     assert!(!log.contains('\x1b'), "colour codes in a log pipe: {log:?}");
+}
+
+/// `--log-format json`: every line a JSON object, the event's fields
+/// beside its message.
+#[test]
+fn logs_json_lines_when_asked() {
+    let (log, started) = start_log(&["--log-format", "json"]);
+    assert!(started, "no start line in the log: {log:?}");
+    for line in &log {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            v["level"].is_string() && v["timestamp"].is_string(),
+            "{line}"
+        );
+    }
+    let start: serde_json::Value = serde_json::from_str(log.last().expect("a line")).expect("json");
+    assert_eq!(start["fields"]["message"], "lb-agent started");
+    assert_eq!(start["fields"]["host"], "cli-test");
 }
 
 fn check(config: &str) -> std::process::Output {

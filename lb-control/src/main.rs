@@ -29,6 +29,9 @@ use tracing::{error, info, warn};
 #[derive(Parser)]
 #[command(name = "lb-control", version, about = "XDP load balancer node")]
 struct Cli {
+    /// How the log on stderr is written.
+    #[arg(long, value_enum, global = true, default_value_t = lb_proto::logging::Format::Text)]
+    log_format: lb_proto::logging::Format,
     #[command(subcommand)]
     command: Command,
 }
@@ -121,8 +124,8 @@ enum RunError {
 }
 
 fn main() -> ExitCode {
-    lb_proto::logging::init();
     let cli = Cli::parse();
+    lb_proto::logging::init(cli.log_format);
     // `run` is the daemon: its stderr is its log, so its last error is a log
     // line. `check` and `detach` are commands: one plain `error:` line.
     let daemon = matches!(cli.command, Command::Run { .. });

@@ -259,3 +259,31 @@ fn exit_codes_tell_usage_from_an_unreachable_daemon() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("is lb-control running?"), "{stderr}");
 }
+
+/// `lb-control --log-format json`: every line of its log a JSON object,
+/// its last error among them (not a plain `error:` line).
+#[test]
+fn lb_control_logs_json_lines_when_asked() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let missing = tmp.path().join("missing.toml");
+    let out = Command::new(env!("CARGO_BIN_EXE_lb-control"))
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(&missing)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run lb-control");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let last = lines.last().expect("a log line");
+    assert_eq!(last["level"], "ERROR", "{stderr}");
+    assert!(
+        last["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("missing.toml")),
+        "{stderr}"
+    );
+}
