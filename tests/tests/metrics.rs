@@ -228,7 +228,41 @@ fn a_scrape_parses_and_its_counters_follow_the_traffic() -> Result<()> {
 
     // Nothing else is served.
     assert_eq!(scrape(&lab, "/")?.status, 404);
+
+    // The Grafana dashboard asks only for what a scrape has.
+    for name in dashboard_metrics()? {
+        assert!(
+            after.samples.iter().any(|s| s.name == name),
+            "the dashboard uses {name}, which no scrape has"
+        );
+    }
     Ok(())
+}
+
+/// Every `lb_*` metric the dashboard's queries name.
+fn dashboard_metrics() -> Result<std::collections::BTreeSet<String>> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/grafana/xdplb-dashboard.json"
+    );
+    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path)?)?;
+    let mut names = std::collections::BTreeSet::new();
+    for panel in dashboard["panels"].as_array().context("panels")? {
+        for target in panel["targets"].as_array().context("targets")? {
+            let expr = target["expr"].as_str().context("expr")?;
+            let mut rest = expr;
+            while let Some(at) = rest.find("lb_") {
+                let tail = &rest[at..];
+                let end = tail
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(tail.len());
+                names.insert(tail[..end].to_owned());
+                rest = &tail[end..];
+            }
+        }
+    }
+    assert!(names.len() >= 10, "{names:?}");
+    Ok(names)
 }
 
 /// Whether the server closed `stream` (end of stream or reset) within
