@@ -178,3 +178,13 @@ fn check_fails_on_a_cgroup_that_does_not_exist() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The example file in deploy/examples loads (its cgroup is an example:
+/// `lb-agent check` on a server also resolves it there).
+#[test]
+fn the_example_file_loads() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/examples/agent.toml");
+    let config = lb_agent::config::AgentConfig::load(std::path::Path::new(example))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.host, "web-1");
+}

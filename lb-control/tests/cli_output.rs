@@ -287,3 +287,26 @@ fn lb_control_logs_json_lines_when_asked() {
         "{stderr}"
     );
 }
+
+/// The example file in deploy/examples is one `lb-control check` accepts.
+#[test]
+fn the_example_file_is_valid() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/examples/lb.toml");
+    let out = Command::new(env!("CARGO_BIN_EXE_lb-control"))
+        .args(["check", "--config", example])
+        .output()
+        .expect("run lb-control check");
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.trim_end().ends_with(": ok"), "{stdout}");
+    let text = std::fs::read_to_string(example).expect("example");
+    for table in [
+        "[node]",
+        "[limits]",
+        "[manager]",
+        "[metrics]",
+        "[service.scaling]",
+    ] {
+        assert!(text.contains(table), "{table} missing from the example");
+    }
+}

@@ -57,6 +57,10 @@ pub struct Balancer {
     /// The file-mode creation mask `lb-control` starts under (the test
     /// process's when `None`).
     umask: Option<libc::mode_t>,
+    /// The only capabilities `lb-control` may have (`setpriv`'s
+    /// `--bounding-set` list, e.g. `+bpf,+net_admin`); all of root's when
+    /// `None`.
+    pub capabilities: Option<String>,
 }
 
 impl Balancer {
@@ -70,14 +74,21 @@ impl Balancer {
 
     /// [`Balancer::start`] on another node host (`lab.node2`).
     pub fn start_on(lab: &Lab, host: &crate::topo::Host, config: &str) -> Result<Self> {
-        Self::start_with(lab, host, config, None)
+        Self::start_with(lab, host, config, None, None)
     }
 
     /// [`Balancer::start`] with `lb-control` under file-mode creation mask
     /// `umask` (e.g. 0: everything it creates would be world-writable if
     /// it relied on the mask).
     pub fn start_under_umask(lab: &Lab, config: &str, umask: libc::mode_t) -> Result<Self> {
-        Self::start_with(lab, &lab.node, config, Some(umask))
+        Self::start_with(lab, &lab.node, config, Some(umask), None)
+    }
+
+    /// [`Balancer::start`] with only the capabilities `caps` (a `setpriv
+    /// --bounding-set` list such as `+bpf,+net_admin`), as a systemd unit's
+    /// `CapabilityBoundingSet` leaves it.
+    pub fn start_with_capabilities(lab: &Lab, config: &str, caps: &str) -> Result<Self> {
+        Self::start_with(lab, &lab.node, config, None, Some(caps.to_owned()))
     }
 
     fn start_with(
@@ -85,6 +96,7 @@ impl Balancer {
         host: &crate::topo::Host,
         config: &str,
         umask: Option<libc::mode_t>,
+        capabilities: Option<String>,
     ) -> Result<Self> {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let tag = format!("lbt{}-{}-{n}", std::process::id(), lab.id);
@@ -100,6 +112,7 @@ impl Balancer {
             work,
             ns: host.ns.name().to_string(),
             umask,
+            capabilities,
         };
         b.write_config(config)?;
         b.launch()?;
@@ -132,8 +145,14 @@ impl Balancer {
         let bin = workspace_bin("lb-control")?;
         let mut cmd = std::process::Command::new("nsenter");
         cmd.arg(format!("--net=/var/run/netns/{}", self.ns))
-            .arg("--")
-            .arg(bin)
+            .arg("--");
+        if let Some(caps) = &self.capabilities {
+            cmd.arg("setpriv")
+                .arg(format!("--bounding-set=-all,{caps}"))
+                .arg("--inh-caps=-all")
+                .arg("--");
+        }
+        cmd.arg(bin)
             .args(["run", "--config"])
             .arg(&self.config_path);
         for (k, v) in env {

@@ -27,6 +27,16 @@ const OTHER_GID: u32 = 1;
 /// Two servers (s1 allocated), no agents, a manager with no scaling; the
 /// socket's group is `nogroup`, sessions idle out after 2 s.
 fn build(umask: Option<libc::mode_t>) -> Result<(Lab, Fleet, Balancer)> {
+    let (lab, fleet, config) = lab_and_config()?;
+    let bal = match umask {
+        Some(mask) => Balancer::start_under_umask(&lab, &config, mask)?,
+        None => Balancer::start(&lab, &config)?,
+    };
+    Ok((lab, fleet, bal))
+}
+
+/// [`build`]'s lab and the daemon's file, not started.
+fn lab_and_config() -> Result<(Lab, Fleet, String)> {
     let mut lab = Lab::builder().servers(2).build()?;
     lab.start_servers(SERVER, &[PORT], &[])?;
     attach_peer_pass(&mut lab)?;
@@ -48,11 +58,7 @@ fn build(umask: Option<libc::mode_t>) -> Result<(Lab, Fleet, Balancer)> {
         "[node]\ncontrol_group = \"nogroup\"\ncontrol_idle_timeout = 2\n",
         1,
     );
-    let bal = match umask {
-        Some(mask) => Balancer::start_under_umask(&lab, &config, mask)?,
-        None => Balancer::start(&lab, &config)?,
-    };
-    Ok((lab, fleet, bal))
+    Ok((lab, fleet, config))
 }
 
 /// `lbctl --json ARGS` as `nobody` with primary group `gid` and
@@ -219,5 +225,69 @@ fn a_second_instance_on_the_same_pins_refuses_to_start() -> Result<()> {
     );
     let status = bal.lbctl(&["status"])?;
     assert!(status["program_id"].as_u64().is_some(), "{status}");
+    Ok(())
+}
+
+/// The capabilities `deploy/systemd/lb-control.service` leaves the daemon
+/// (`CapabilityBoundingSet`), as a `setpriv --bounding-set` list.
+fn unit_capabilities() -> Result<String> {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/systemd/lb-control.service"
+    ))?;
+    let line = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .context("no CapabilityBoundingSet in the unit")?;
+    Ok(line
+        .split_whitespace()
+        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+        .collect::<Vec<_>>()
+        .join(","))
+}
+
+/// The effective capabilities of process `pid`, as the kernel's bit mask.
+fn effective_capabilities(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .context("no CapEff")?;
+    Ok(u64::from_str_radix(hex.trim(), 16)?)
+}
+
+/// `lb-control` with only the systemd unit's capabilities (root's user
+/// id, no CAP_SYS_ADMIN, no CAP_DAC_OVERRIDE): it loads and attaches the
+/// program, gives the control socket to its group, answers `lbctl` and
+/// forwards connections to the VIP.
+#[test]
+fn the_daemon_runs_with_only_the_units_capabilities() -> Result<()> {
+    if !require_root("the_daemon_runs_with_only_the_units_capabilities") {
+        return Ok(());
+    }
+    let caps = unit_capabilities()?;
+    let (lab, _fleet, config) = lab_and_config()?;
+    let bal = Balancer::start_with_capabilities(&lab, &config, &caps)?;
+    let pid = bal.process.as_ref().context("process")?.pid();
+    // nsenter and setpriv exec into lb-control: the same process.
+    let effective = effective_capabilities(pid)?;
+    const CAP_DAC_OVERRIDE: u64 = 1;
+    const CAP_SYS_ADMIN: u64 = 21;
+    for cap in [CAP_DAC_OVERRIDE, CAP_SYS_ADMIN] {
+        assert_eq!(
+            effective & (1 << cap),
+            0,
+            "capability {cap} kept: {effective:#x} ({caps})"
+        );
+    }
+    let status = bal.lbctl(&["status"])?;
+    assert!(
+        status["program_id"].as_u64().is_some_and(|id| id > 0),
+        "{status}"
+    );
+    let meta = std::fs::metadata(&bal.socket)?;
+    assert_eq!(meta.gid(), NOBODY, "the socket's group");
+    let burst = lb_tests::balancer::burst_to_vip(&lab, PORT, 20)?;
+    assert_eq!(burst.ok, 20, "{:?}", burst.errors);
     Ok(())
 }
