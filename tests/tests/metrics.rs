@@ -164,6 +164,7 @@ fn a_scrape_parses_and_its_counters_follow_the_traffic() -> Result<()> {
         ("lb_xdp_verdicts", "counter"),
         ("lb_flow_table_entries", "gauge"),
         ("lb_xdp_program", "info"),
+        ("lb_xdp_mode", "gauge"),
         ("lb_server_utilization", "gauge"),
         ("lb_reconfigure_duration_seconds", "histogram"),
         ("lb_manager_events", "counter"),
@@ -190,6 +191,11 @@ fn a_scrape_parses_and_its_counters_follow_the_traffic() -> Result<()> {
         + moved("lb_xdp_verdicts_total", &[("verdict", "redirect")])?;
     assert!(forwarded >= 3.0 * n, "forwarded {forwarded}");
     assert!(after.need("lb_flow_table_entries", &[])? >= 1.0);
+    // veth runs XDP natively.
+    assert_eq!(
+        after.need("lb_xdp_mode", &[("interface", "eth0"), ("mode", "driver")])?,
+        1.0
+    );
     assert_eq!(after.need("lb_backend_weight", &s1)?, 1.0);
     assert_eq!(
         after.need(

@@ -124,10 +124,12 @@ async fn answer<B>(daemon: &Daemon, request: &Request<B>) -> Response<Full<Bytes
 /// Every metric of `daemon` now, as `OpenMetrics` text.
 pub async fn render(daemon: &Daemon) -> String {
     let mut registry = Registry::with_prefix("lb");
-    {
+    let resolver = {
         let node = daemon.node.node.lock().await;
         node::register(&mut registry, &node);
-    }
+        node.resolver()
+    };
+    node::register_modes(&mut registry, &resolver.xdp_modes().await);
     if let Some(controller) = &daemon.manager {
         manager::register(&mut registry, controller).await;
     }

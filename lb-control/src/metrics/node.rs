@@ -28,6 +28,12 @@ struct BackendStateLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModeLabel {
+    interface: String,
+    mode: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VerdictLabel {
     verdict: String,
 }
@@ -210,6 +216,26 @@ fn register_program(registry: &mut Registry, node: &Node) {
             "program_id".to_owned(),
             node.dp.program_id.to_string(),
         )]),
+    );
+}
+
+/// How XDP runs on each interface (`driver`, `skb`, ...), as the kernel
+/// says now: `skb` where `driver` was wanted is a driver without native
+/// XDP, and costs speed.
+pub(super) fn register_modes(registry: &mut Registry, modes: &[(String, &'static str)]) {
+    let family = Family::<ModeLabel, Gauge>::default();
+    for (interface, mode) in modes {
+        family
+            .get_or_create(&ModeLabel {
+                interface: interface.clone(),
+                mode: (*mode).to_owned(),
+            })
+            .set(1);
+    }
+    registry.register(
+        "xdp_mode",
+        "1 for the mode XDP runs in on the interface: driver, skb (generic), hw, multi, none",
+        family,
     );
 }
 

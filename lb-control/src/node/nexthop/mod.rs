@@ -34,7 +34,7 @@ use std::{
 use futures::TryStreamExt;
 use netlink_packet_route::{
     address::{AddressAttribute, AddressMessage},
-    link::{LinkAttribute, LinkLayerType, LinkMessage},
+    link::{LinkAttribute, LinkLayerType, LinkMessage, LinkXdp, XdpAttached},
     neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState},
 };
 use rtnetlink::IpVersion;
@@ -323,8 +323,56 @@ impl Resolver {
             .collect())
     }
 
+    /// How the kernel runs XDP on each node interface now (`driver`,
+    /// `skb`, `hw`, `multi`; `none` when nothing is attached), as
+    /// `ip link` reports it; an interface that cannot be read is left out.
+    pub async fn xdp_modes(&self) -> Vec<(String, &'static str)> {
+        let mut out = Vec::with_capacity(self.names.len());
+        for name in &self.names {
+            let Ok(link) = self.link_message(name).await else {
+                continue;
+            };
+            let mode = link
+                .attributes
+                .iter()
+                .filter_map(|a| match a {
+                    LinkAttribute::Xdp(xdp) => Some(xdp),
+                    _ => None,
+                })
+                .flatten()
+                .find_map(|x| match x {
+                    LinkXdp::Attached(a) => Some(xdp_mode_name(*a)),
+                    _ => None,
+                })
+                .unwrap_or("none");
+            out.push((name.clone(), mode));
+        }
+        out
+    }
+
     /// Index and MAC of the interface `name`.
     async fn link(&self, name: &str) -> Result<(u32, [u8; 6]), NextHopError> {
+        let link = self.link_message(name).await?;
+        if link.header.link_layer_type != LinkLayerType::Ether {
+            return Err(NextHopError::NotEthernet {
+                ifname: name.to_owned(),
+            });
+        }
+        let mac = link
+            .attributes
+            .iter()
+            .find_map(|a| match a {
+                LinkAttribute::Address(bytes) => <[u8; 6]>::try_from(bytes.as_slice()).ok(),
+                _ => None,
+            })
+            .ok_or_else(|| NextHopError::NotEthernet {
+                ifname: name.to_owned(),
+            })?;
+        Ok((link.header.index, mac))
+    }
+
+    /// The kernel's description of the interface `name`.
+    async fn link_message(&self, name: &str) -> Result<LinkMessage, NextHopError> {
         if name.is_empty() || name.len() > MAX_IFNAME_LEN {
             return Err(NextHopError::UnknownInterface(name.to_owned()));
         }
@@ -344,25 +392,10 @@ impl Resolver {
                 }
                 e => NextHopError::Netlink(format!("reading interface {name}: {e}")),
             })?;
-        let Some(link) = links.first() else {
-            return Err(NextHopError::UnknownInterface(name.to_owned()));
-        };
-        if link.header.link_layer_type != LinkLayerType::Ether {
-            return Err(NextHopError::NotEthernet {
-                ifname: name.to_owned(),
-            });
-        }
-        let mac = link
-            .attributes
-            .iter()
-            .find_map(|a| match a {
-                LinkAttribute::Address(bytes) => <[u8; 6]>::try_from(bytes.as_slice()).ok(),
-                _ => None,
-            })
-            .ok_or_else(|| NextHopError::NotEthernet {
-                ifname: name.to_owned(),
-            })?;
-        Ok((link.header.index, mac))
+        links
+            .into_iter()
+            .next()
+            .ok_or_else(|| NextHopError::UnknownInterface(name.to_owned()))
     }
 
     /// The MAC of `addr` on `ifindex`, if the neighbour table has a valid
@@ -513,6 +546,18 @@ fn bind_to_device(socket: &UdpSocket, ifname: &str) -> io::Result<()> {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
+    }
+}
+
+/// The name `ip link` gives an XDP attachment.
+fn xdp_mode_name(attached: XdpAttached) -> &'static str {
+    match attached {
+        XdpAttached::None => "none",
+        XdpAttached::Driver => "driver",
+        XdpAttached::SocketBuffer => "skb",
+        XdpAttached::Hardware => "hw",
+        XdpAttached::Multiple => "multi",
+        _ => "unknown",
     }
 }
 

@@ -72,6 +72,14 @@ pub struct NextHops {
     snapshot: watch::Receiver<Arc<Snapshot>>,
 }
 
+impl NextHops {
+    /// The resolver the cache reads the kernel with.
+    #[must_use]
+    pub fn resolver(&self) -> Arc<Resolver> {
+        self.resolver.clone()
+    }
+}
+
 /// How one server's next hop was found, or why not.
 enum Lookup {
     Configured(NextHop),
