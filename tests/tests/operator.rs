@@ -361,3 +361,117 @@ fn a_certificate_denied_in_the_file_is_cut_off_without_a_restart() -> Result<()>
     assert_ne!(monitor_of(&bal), "monitored", "{:?}", pool_rows(&bal));
     Ok(())
 }
+
+/// A tmux session of its own, killed (with what runs in it) when dropped.
+struct Tmux(String);
+
+impl Tmux {
+    /// Starts `command` in a detached 80×24 session.
+    fn start(command: &str) -> Result<Self> {
+        let name = format!("lbt-top-{}", std::process::id());
+        let status = std::process::Command::new("tmux")
+            .args([
+                "new-session",
+                "-d",
+                "-s",
+                &name,
+                "-x",
+                "80",
+                "-y",
+                "24",
+                command,
+            ])
+            .status()
+            .context("tmux (apt-get install tmux)")?;
+        anyhow::ensure!(status.success(), "tmux new-session: {status}");
+        Ok(Self(name))
+    }
+
+    fn screen(&self) -> String {
+        std::process::Command::new("tmux")
+            .args(["capture-pane", "-p", "-t", &self.0])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+
+    fn keys(&self, keys: &str) -> Result<()> {
+        std::process::Command::new("tmux")
+            .args(["send-keys", "-t", &self.0, keys])
+            .status()?;
+        Ok(())
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("tmux")
+            .args(["kill-session", "-t", &self.0])
+            .status();
+    }
+}
+
+/// The real `lbctl top` in an 80×24 terminal: it shows the pool live,
+/// switches nothing on a one-service node, pauses, quits on `q` (the shell
+/// after it says exit 0), and, run again, closes saying so when the daemon
+/// goes away (exit 3).
+#[test]
+fn lbctl_top_shows_the_pool_and_ends_cleanly() -> Result<()> {
+    if !require_root("lbctl_top_shows_the_pool_and_ends_cleanly") {
+        return Ok(());
+    }
+    let (lab, fleet, mut bal) = build()?;
+    let _agent = fleet.start_agent(&lab, 0, PORT, 200)?;
+    let lbctl = lb_tests::balancer::workspace_bin("lbctl")?;
+    let command = format!(
+        "{} --socket {} top --interval-ms 200; echo \"top exited $?\"; sleep 60",
+        lbctl.display(),
+        bal.socket.display()
+    );
+    let tmux = Tmux::start(&command)?;
+    let shown = wait_until(Duration::from_secs(20), || {
+        let s = tmux.screen();
+        s.contains("lbctl top")
+            && s.contains("s1")
+            && s.contains("free pool")
+            && s.contains("q quit")
+    });
+    assert!(shown, "lbctl top never drew the pool:\n{}", tmux.screen());
+    tmux.keys("p")?;
+    assert!(
+        wait_until(Duration::from_secs(5), || tmux
+            .screen()
+            .contains("[paused]")),
+        "{}",
+        tmux.screen()
+    );
+    tmux.keys("q")?;
+    assert!(
+        wait_until(Duration::from_secs(5), || tmux
+            .screen()
+            .contains("top exited 0")),
+        "q did not end it:\n{}",
+        tmux.screen()
+    );
+    drop(tmux);
+
+    let tmux = Tmux::start(&command)?;
+    assert!(
+        wait_until(Duration::from_secs(20), || tmux
+            .screen()
+            .contains("free pool")),
+        "{}",
+        tmux.screen()
+    );
+    bal.kill9()?;
+    let said = wait_until(Duration::from_secs(10), || {
+        let s = tmux.screen();
+        s.contains("the daemon went away") && s.contains("top exited 3")
+    });
+    assert!(
+        said,
+        "lbctl top did not say the daemon went away:\n{}",
+        tmux.screen()
+    );
+    Ok(())
+}

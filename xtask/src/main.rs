@@ -255,15 +255,19 @@ const TEST_FEATURES: &str = "lb-control/failpoints,lb-control/test-support";
 
 /// Debian packages the end-to-end tests use beyond the toolchain, each
 /// with a command that succeeds once it is there.
-const TEST_PACKAGES: &[(&str, &[&str])] = &[(
-    // The metrics test parses a scrape with the OpenMetrics parser.
-    "python3-prometheus-client",
-    &[
-        "/usr/bin/python3",
-        "-c",
-        "import prometheus_client.openmetrics.parser",
-    ],
-)];
+const TEST_PACKAGES: &[(&str, &[&str])] = &[
+    // The live view's test drives the real `lbctl top` in a terminal.
+    ("tmux", &["tmux", "-V"]),
+    (
+        // The metrics test parses a scrape with the OpenMetrics parser.
+        "python3-prometheus-client",
+        &[
+            "/usr/bin/python3",
+            "-c",
+            "import prometheus_client.openmetrics.parser",
+        ],
+    ),
+];
 
 /// Installs the missing [`TEST_PACKAGES`] (as root, with apt-get).
 fn ensure_test_packages() -> Result<()> {

@@ -46,6 +46,16 @@ pub enum Command {
     },
     /// Counters.
     Stats,
+    /// A live view of each service: members, utilization, weights, new
+    /// flows/s and packets/s, the free pool, the latest events (q quits).
+    Top {
+        /// The service shown first.
+        #[arg(long)]
+        service: Option<String>,
+        /// Milliseconds between two polls of the daemon.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..=60_000))]
+        interval_ms: u64,
+    },
     /// Configuration.
     Config {
         #[command(subcommand)]

@@ -31,6 +31,12 @@ pub enum Error {
     /// A certificate not made.
     #[error(transparent)]
     Certs(#[from] TlsError),
+    /// `lbctl top`: the daemon stopped answering.
+    #[error("the daemon went away: {0}")]
+    Gone(ClientError),
+    /// `lbctl top`: the terminal could not be drawn or read.
+    #[error("terminal: {0}")]
+    Terminal(io::Error),
     /// Man pages not written.
     #[error("cannot write man pages into {}: {source}", dir.display())]
     Man { dir: PathBuf, source: io::Error },
@@ -45,7 +51,9 @@ impl Error {
     /// written, ...).
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::Call(ClientError::Connect { .. }) | Self::Connect { .. } => UNREACHABLE,
+            Self::Call(ClientError::Connect { .. }) | Self::Connect { .. } | Self::Gone(_) => {
+                UNREACHABLE
+            }
             _ => 1,
         }
     }

@@ -8,6 +8,7 @@ mod events;
 mod output;
 mod request;
 mod table;
+mod top;
 
 use std::{path::Path, process::ExitCode};
 
@@ -37,6 +38,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             clap_complete::generate(shell, &mut Cli::command(), "lbctl", &mut std::io::stdout());
             Ok(())
         }
+        Action::Top { service, interval } => top::run(&cli.socket, service.as_deref(), interval),
         Action::Man(dir) => std::fs::create_dir_all(&dir)
             .and_then(|()| clap_mangen::generate_to(Cli::command(), &dir))
             .map_err(|source| Error::Man { dir, source }),

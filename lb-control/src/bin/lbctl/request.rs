@@ -11,6 +11,11 @@ pub enum Action {
     Certs(CertsCommand),
     Completions(clap_complete::Shell),
     Man(std::path::PathBuf),
+    /// `lbctl top`: many requests, a live view.
+    Top {
+        service: Option<String>,
+        interval: std::time::Duration,
+    },
 }
 
 impl From<Command> for Action {
@@ -27,6 +32,15 @@ impl From<Command> for Action {
             Command::Certs { command } => return Self::Certs(command),
             Command::Completions { shell } => return Self::Completions(shell),
             Command::Man { dir } => return Self::Man(dir),
+            Command::Top {
+                service,
+                interval_ms,
+            } => {
+                return Self::Top {
+                    service,
+                    interval: std::time::Duration::from_millis(interval_ms),
+                };
+            }
         })
     }
 }
