@@ -475,3 +475,160 @@ fn lbctl_top_shows_the_pool_and_ends_cleanly() -> Result<()> {
     );
     Ok(())
 }
+
+/// `lbctl ARGS` (no `--json`): exit code and stderr.
+fn lbctl_failure(bal: &Balancer, args: &[&str]) -> Result<(Option<i32>, String)> {
+    let out = std::process::Command::new(lb_tests::balancer::workspace_bin("lbctl")?)
+        .arg("--socket")
+        .arg(&bal.socket)
+        .args(args)
+        .output()?;
+    Ok((
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// Every verb against a real daemon, with `--json`: each answer in the
+/// shape docs/cli.md documents; and the common mistakes, each with exit
+/// code 1 and a message that says what to fix.
+#[test]
+fn every_verb_answers_in_its_documented_shape() -> Result<()> {
+    if !require_root("every_verb_answers_in_its_documented_shape") {
+        return Ok(());
+    }
+    let (lab, fleet, bal) = build()?;
+    let _agents = [
+        fleet.start_agent(&lab, 0, PORT, 200)?,
+        fleet.start_agent(&lab, 1, PORT, 200)?,
+    ];
+    let monitored = wait_until(Duration::from_secs(20), || {
+        pool_rows(&bal).is_ok_and(|rows| {
+            rows.iter()
+                .any(|(s, _, monitor)| s == "s2" && monitor == "monitored")
+        })
+    });
+    assert!(monitored, "{:?}", pool_rows(&bal));
+    // (arguments, the response's tag, fields it must have)
+    let checks: [(&[&str], &str, &[&str]); 13] = [
+        (
+            &["status"],
+            "status",
+            &[
+                "program_id",
+                "adoption",
+                "table_generation",
+                "manager_generation",
+                "pin_dir",
+                "interfaces",
+            ],
+        ),
+        (&["service", "list"], "services", &["services"]),
+        (&["server", "list"], "servers", &["servers", "monitors"]),
+        (&["pool"], "pool", &["pools", "unassigned"]),
+        (&["events"], "events", &["events"]),
+        (
+            &["stats"],
+            "stats",
+            &["global", "flows", "services", "manager", "decisions"],
+        ),
+        (
+            &["config", "reload"],
+            "reloaded",
+            &["table_generation", "manager_generation"],
+        ),
+        (
+            &["server", "allocate", "s2"],
+            "done",
+            &["generation", "message"],
+        ),
+        (
+            &["server", "deallocate", "s2"],
+            "done",
+            &["generation", "message"],
+        ),
+        (
+            &["server", "allocate", "s2"],
+            "done",
+            &["generation", "message"],
+        ),
+        (
+            &["server", "drain", "s2"],
+            "done",
+            &["generation", "message"],
+        ),
+        (
+            &[
+                "service",
+                "add",
+                "api",
+                "--vip",
+                "10.99.0.1",
+                "--port",
+                "8080",
+            ],
+            "done",
+            &["generation", "message"],
+        ),
+        (
+            &["service", "remove", "api"],
+            "done",
+            &["generation", "message"],
+        ),
+    ];
+    for (args, tag, fields) in checks {
+        let v = bal.lbctl(args)?;
+        assert_eq!(v["response"], tag, "lbctl {args:?}: {v}");
+        for field in fields {
+            assert!(v.get(field).is_some(), "lbctl {args:?} has no {field}: {v}");
+        }
+    }
+    let services = bal.lbctl(&["service", "list"])?;
+    let web = &services["services"][0];
+    for field in [
+        "name",
+        "vip",
+        "port",
+        "protocol",
+        "table_size",
+        "packets",
+        "new_flows",
+    ] {
+        assert!(web.get(field).is_some(), "service list: no {field}: {web}");
+    }
+    let events = bal.lbctl(&["events"])?;
+    let last = events["events"]
+        .as_array()
+        .and_then(|e| e.last())
+        .context("no event")?;
+    for field in ["id", "time_ms", "kind", "reason"] {
+        assert!(last.get(field).is_some(), "event: no {field}: {last}");
+    }
+
+    // Mistakes: each exit code 1 with what to fix.
+    for (args, says) in [
+        (&["server", "drain", "nosuch"][..], "no server `nosuch`"),
+        (&["server", "repin", "s1"][..], "nothing to re-pin"),
+        (
+            &["server", "allocate", "s1"][..],
+            "already in service `web`",
+        ),
+        (&["service", "remove", "nosuch"][..], "nosuch"),
+    ] {
+        let (code, stderr) = lbctl_failure(&bal, args)?;
+        assert_eq!(code, Some(1), "lbctl {args:?}: {stderr}");
+        assert!(stderr.contains(says), "lbctl {args:?}: {stderr}");
+    }
+    // A broken file: the reload names the line, and nothing changes.
+    let good = std::fs::read_to_string(&bal.config_path)?;
+    std::fs::write(
+        &bal.config_path,
+        good.replacen("port = 80", "port = \"http\"", 1),
+    )?;
+    let (code, stderr) = lbctl_failure(&bal, &["config", "reload"])?;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("line"), "the error names no line: {stderr}");
+    std::fs::write(&bal.config_path, good)?;
+    assert_eq!(bal.lbctl(&["status"])?["response"], "status");
+    Ok(())
+}
