@@ -176,10 +176,14 @@ fn run(config_path: PathBuf) -> Result<(), RunError> {
             access: api::access::Access::of(&config.node)?,
             idle: Duration::from_secs(config.node.control_idle_timeout.into()),
         };
-        let metrics = config.metrics.clone();
+        // Bound before anything starts: a taken port stops nothing half-done.
+        let metrics = match &config.metrics {
+            Some(m) => Some(lb_control::metrics::bind(m).await?),
+            None => None,
+        };
         let daemon = Arc::new(start(config, config_path).await?);
-        if let Some(m) = &metrics {
-            lb_control::metrics::serve(daemon.clone(), m).await?;
+        if let Some(listener) = metrics {
+            lb_control::metrics::serve(daemon.clone(), listener);
         }
         let listener = limits.access.bind(&socket)?;
         tokio::spawn(api::serve(daemon.clone(), listener, limits));

@@ -15,6 +15,7 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
+use super::Value;
 use crate::manager::{
     ManagerStats,
     controller::{Controller, Pools},
@@ -23,46 +24,46 @@ use crate::manager::{
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServerLabel {
-    server: String,
+    server: Value,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServerStateLabel {
-    server: String,
-    state: String,
+    server: Value,
+    state: Value,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServiceLabel {
-    service: String,
+    service: Value,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PoolLabel {
-    service: String,
-    state: String,
+    service: Value,
+    state: Value,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MemberLabel {
-    service: String,
-    server: String,
+    service: Value,
+    server: Value,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
-    kind: String,
+    kind: Value,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
-    reason: String,
+    reason: Value,
 }
 
 /// The label of a node in [`ReconfigureLatency`].
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct NodeLabel {
-    pub node: String,
+    pub node: Value,
 }
 
 type FloatGauge = Gauge<f64, AtomicU64>;
@@ -86,7 +87,7 @@ impl ReconfigureLatency {
     pub fn observe(&self, node: &str, seconds: f64) {
         self.0
             .get_or_create(&NodeLabel {
-                node: node.to_owned(),
+                node: node.to_owned().into(),
             })
             .observe(seconds);
     }
@@ -100,7 +101,9 @@ pub(super) async fn register(registry: &mut Registry, controller: &Arc<Controlle
     }
     let decisions = Family::<KindLabel, Counter>::default();
     for (kind, n) in controller.events.counts() {
-        decisions.get_or_create(&KindLabel { kind }).inc_by(n);
+        decisions
+            .get_or_create(&KindLabel { kind: kind.into() })
+            .inc_by(n);
     }
     registry.register(
         "manager_events",
@@ -126,7 +129,7 @@ fn register_servers(registry: &mut Registry, views: &[MonitorView]) {
     let reports = Family::<ServerLabel, Counter>::default();
     for v in views {
         let label = ServerLabel {
-            server: v.host.clone(),
+            server: v.host.clone().into(),
         };
         if let Some(u) = v.utilization {
             utilization.get_or_create(&label).set(u);
@@ -139,8 +142,8 @@ fn register_servers(registry: &mut Registry, views: &[MonitorView]) {
         connected.get_or_create(&label).set(i64::from(v.connected));
         reports.get_or_create(&label).inc_by(v.reports);
         let state = |state: String| ServerStateLabel {
-            server: v.host.clone(),
-            state,
+            server: v.host.clone().into(),
+            state: state.into(),
         };
         monitor
             .get_or_create(&state(format!("{:?}", v.monitor).to_lowercase()))
@@ -194,21 +197,21 @@ fn register_pools(registry: &mut Registry, pools: &Pools) {
     for pool in &pools.pools {
         for m in &pool.members {
             size.get_or_create(&PoolLabel {
-                service: pool.service.clone(),
-                state: m.state.clone(),
+                service: pool.service.clone().into(),
+                state: m.state.clone().into(),
             })
             .inc();
             if let Some(w) = m.weight {
                 weight
                     .get_or_create(&MemberLabel {
-                        service: pool.service.clone(),
-                        server: m.server.clone(),
+                        service: pool.service.clone().into(),
+                        server: m.server.clone().into(),
                     })
                     .set(w);
             }
         }
         free.get_or_create(&ServiceLabel {
-            service: pool.service.clone(),
+            service: pool.service.clone().into(),
         })
         .set(i64::try_from(pool.free.len()).unwrap_or(i64::MAX));
     }
@@ -250,7 +253,7 @@ fn register_streams(registry: &mut Registry, stats: &ManagerStats) {
     ] {
         refused
             .get_or_create(&ReasonLabel {
-                reason: reason.to_owned(),
+                reason: reason.to_owned().into(),
             })
             .inc_by(n);
     }
@@ -273,7 +276,9 @@ fn register_streams(registry: &mut Registry, stats: &ManagerStats) {
     counts.extend(stats.announcements_rejected.clone());
     for (reason, n) in counts {
         announcements
-            .get_or_create(&ReasonLabel { reason })
+            .get_or_create(&ReasonLabel {
+                reason: reason.into(),
+            })
             .inc_by(n);
     }
     registry.register(

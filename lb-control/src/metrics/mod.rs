@@ -24,7 +24,10 @@ use hyper::{
     service::service_fn,
 };
 use hyper_util::rt::{TokioIo, TokioTimer};
-use prometheus_client::{encoding::text::encode, registry::Registry};
+use prometheus_client::{
+    encoding::{EncodeLabelValue, LabelValueEncoder, text::encode},
+    registry::Registry,
+};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tracing::{debug, info};
@@ -64,17 +67,56 @@ pub enum MetricsError {
     },
 }
 
-/// Binds `config.listen` and serves scrapes of `daemon` until the process
-/// ends.
+/// A label value, escaped as the text format asks (`\\`, `\"`, `\n`):
+/// prometheus-client 0.24 writes label values as they are, and names come
+/// from the file and from agents' certificates.
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+pub struct Value(String);
+
+impl From<&str> for Value {
+    fn from(text: &str) -> Self {
+        Self(text.to_owned())
+    }
+}
+
+impl From<String> for Value {
+    fn from(text: String) -> Self {
+        Self(text)
+    }
+}
+
+impl EncodeLabelValue for Value {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write as _;
+        for c in self.0.chars() {
+            match c {
+                '\\' => encoder.write_str("\\\\")?,
+                '"' => encoder.write_str("\\\"")?,
+                '\n' => encoder.write_str("\\n")?,
+                c => encoder.write_char(c)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Binds `config.listen` (before the daemon starts anything, so a taken
+/// port stops nothing half-done).
 ///
 /// # Errors
 /// The address cannot be bound.
-pub async fn serve(daemon: Arc<Daemon>, config: &MetricsConfig) -> Result<(), MetricsError> {
+pub async fn bind(config: &MetricsConfig) -> Result<TcpListener, MetricsError> {
     let addr = config.listen;
-    let listener = TcpListener::bind(addr)
+    TcpListener::bind(addr)
         .await
-        .map_err(|source| MetricsError::Bind { addr, source })?;
-    info!(%addr, "metrics endpoint listening");
+        .map_err(|source| MetricsError::Bind { addr, source })
+}
+
+/// Serves scrapes of `daemon` on `listener` until the process ends.
+pub fn serve(daemon: Arc<Daemon>, listener: TcpListener) {
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, "metrics endpoint listening");
+    }
     spawn_accept_loop("metrics", listener, LIMITS, move |tcp, peer, slot| {
         let daemon = daemon.clone();
         async move {
@@ -96,7 +138,6 @@ pub async fn serve(daemon: Arc<Daemon>, config: &MetricsConfig) -> Result<(), Me
             }
         }
     });
-    Ok(())
 }
 
 /// The answer to one request: the metrics for `GET /metrics`, else 404
@@ -137,4 +178,39 @@ pub async fn render(daemon: &Daemon) -> String {
     // Writing into a String cannot fail.
     let _ = encode(&mut text, &registry);
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use prometheus_client::{
+        encoding::EncodeLabelSet,
+        metrics::{family::Family, gauge::Gauge},
+    };
+
+    use super::*;
+
+    #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+    struct Label {
+        server: Value,
+    }
+
+    /// A name with a quote, a backslash and a newline stays one label value.
+    #[test]
+    fn label_values_are_escaped() {
+        let family = Family::<Label, Gauge>::default();
+        family
+            .get_or_create(&Label {
+                server: "a\"b\\c\nd} 1\nfake 2".into(),
+            })
+            .set(1);
+        let mut registry = Registry::default();
+        registry.register("up", "test", family);
+        let mut text = String::new();
+        encode(&mut text, &registry).expect("encode");
+        assert!(
+            text.contains(r#"up{server="a\"b\\c\nd} 1\nfake 2"} 1"#),
+            "{text}"
+        );
+        assert!(!text.lines().any(|l| l.starts_with("fake")), "{text}");
+    }
 }

@@ -7,45 +7,46 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
+use super::Value;
 use crate::node::Node;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServiceLabel {
-    service: String,
+    service: Value,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BackendLabel {
-    service: String,
-    server: String,
+    service: Value,
+    server: Value,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BackendStateLabel {
-    service: String,
-    server: String,
-    state: String,
+    service: Value,
+    server: Value,
+    state: Value,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ModeLabel {
-    interface: String,
-    mode: String,
+    interface: Value,
+    mode: Value,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VerdictLabel {
-    verdict: String,
+    verdict: Value,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
-    reason: String,
+    reason: Value,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EventLabel {
-    event: String,
+    event: Value,
 }
 
 /// The program's counters by what they count: the verdict every packet
@@ -89,7 +90,9 @@ fn register_services(registry: &mut Registry, node: &Node) {
     let flows = Family::<ServiceLabel, Counter>::default();
     let servers = Family::<ServiceLabel, Gauge>::default();
     for v in node.service_views() {
-        let label = ServiceLabel { service: v.name };
+        let label = ServiceLabel {
+            service: v.name.into(),
+        };
         packets.get_or_create(&label).inc_by(v.packets);
         bytes.get_or_create(&label).inc_by(v.bytes);
         flows.get_or_create(&label).inc_by(v.new_flows);
@@ -129,8 +132,8 @@ fn register_backends(registry: &mut Registry, node: &Node) {
     for server in node.server_views() {
         for b in server.services {
             let label = BackendLabel {
-                service: b.service.clone(),
-                server: server.name.clone(),
+                service: b.service.clone().into(),
+                server: server.name.clone().into(),
             };
             packets.get_or_create(&label).inc_by(b.packets);
             bytes.get_or_create(&label).inc_by(b.bytes);
@@ -140,9 +143,9 @@ fn register_backends(registry: &mut Registry, node: &Node) {
             }
             state
                 .get_or_create(&BackendStateLabel {
-                    service: b.service,
-                    server: server.name.clone(),
-                    state: b.state,
+                    service: b.service.into(),
+                    server: server.name.clone().into(),
+                    state: b.state.into(),
                 })
                 .set(1);
         }
@@ -180,17 +183,23 @@ fn register_program(registry: &mut Registry, node: &Node) {
     registry.register(
         "xdp_verdicts",
         "Packets by the XDP verdict they got: pass (to the node's stack), drop, aborted, tx (forwarded out the same port), redirect (out another)",
-        counted(&counters, &VERDICTS, |verdict| VerdictLabel { verdict }),
+        counted(&counters, &VERDICTS, |verdict| VerdictLabel {
+            verdict: verdict.into(),
+        }),
     );
     registry.register(
         "xdp_not_forwarded",
         "Packets passed or dropped instead of forwarded, by reason (local: to a server on this node)",
-        counted(&counters, &REASONS, |reason| ReasonLabel { reason }),
+        counted(&counters, &REASONS, |reason| ReasonLabel {
+            reason: reason.into(),
+        }),
     );
     registry.register(
         "flow_table_events",
         "Flow-table events: misses (a new flow hashed), evictions, idle UDP flows re-hashed, SYNs that kept or replaced an entry, ICMP errors forwarded along a flow",
-        counted(&counters, &FLOW_EVENTS, |event| EventLabel { event }),
+        counted(&counters, &FLOW_EVENTS, |event| EventLabel {
+            event: event.into(),
+        }),
     );
     let entries = Gauge::<i64>::default();
     entries.set(i64::try_from(node.dp.flows.count()).unwrap_or(i64::MAX));
@@ -227,8 +236,8 @@ pub(super) fn register_modes(registry: &mut Registry, modes: &[(String, &'static
     for (interface, mode) in modes {
         family
             .get_or_create(&ModeLabel {
-                interface: interface.clone(),
-                mode: (*mode).to_owned(),
+                interface: interface.clone().into(),
+                mode: (*mode).to_owned().into(),
             })
             .set(1);
     }
@@ -244,7 +253,7 @@ pub(super) fn register_modes(registry: &mut Registry, modes: &[(String, &'static
 fn counted<L>(
     counters: &[(&str, u64)],
     names: &[(&str, &str)],
-    label: impl Fn(String) -> L,
+    label: impl Fn(&str) -> L,
 ) -> Family<L, Counter>
 where
     L: Clone + std::hash::Hash + Eq + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static,
@@ -255,7 +264,7 @@ where
             .iter()
             .find(|(c, _)| c == name)
             .map_or(0, |(_, v)| *v);
-        family.get_or_create(&label((*value).to_owned())).inc_by(n);
+        family.get_or_create(&label(value)).inc_by(n);
     }
     family
 }

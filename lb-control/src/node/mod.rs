@@ -111,15 +111,15 @@ pub struct Node {
 }
 
 impl Node {
-    /// Opens the data plane of the node `file` configures and recovers the
-    /// index assignment from its maps, naming what they hold from
-    /// `desired` (what is applied next).
     /// The next-hop resolver (it also reads the interfaces' XDP modes).
     #[must_use]
     pub fn resolver(&self) -> std::sync::Arc<nexthop::Resolver> {
         self.next_hops.resolver()
     }
 
+    /// Opens the data plane of the node `file` configures and recovers the
+    /// index assignment from its maps, naming what they hold from
+    /// `desired` (what is applied next).
     pub async fn open(file: Config, desired: Desired) -> Result<Self, ApplyError> {
         let dp = DataPlane::open(&file)?;
         let next_hops = NextHops::start(&file.node.interfaces).await?;

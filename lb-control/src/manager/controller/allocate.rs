@@ -47,13 +47,16 @@ impl ControllerError {
 
 impl Controller {
     /// Allocation: the server's settings over its agent stream with no
-    /// lock held (an agent that does not answer delays this allocation
-    /// alone, never the loop or another verb), then under `ops` the
-    /// checks again, the file and the nodes.
+    /// lock held (an agent that does not answer holds up no other verb and
+    /// no change; the evaluation that decided it waits, at most the ack
+    /// timeout for each of the two settings), then under `ops` the checks
+    /// again, the file and the nodes.
     ///
     /// A candidate whose settings failed is held out of the policy's
     /// choice for [`CANDIDATE_HOLD`] and the cooldown does not start: the
-    /// next evaluation takes the next candidate.
+    /// next evaluation takes the next candidate. A policy's candidate that
+    /// joined a pool meanwhile (another service's allocation in the same
+    /// evaluation, an operator) is a stale decision: no cooldown either.
     pub(super) async fn allocate_server(
         &self,
         service: &str,
@@ -78,10 +81,12 @@ impl Controller {
             Err(e) => (Err(e), self.ops.lock().await),
         };
         let held = matches!(&result, Err(e) if e.is_candidates());
+        let stale =
+            asked == Asked::Policy && matches!(&result, Err(ControllerError::AlreadyMember { .. }));
         if held {
             ops.observed.held.insert(server.to_owned(), Instant::now());
             self.publish(&ops);
-        } else if let Some(p) = ops.policies.get_mut(service) {
+        } else if !stale && let Some(p) = ops.policies.get_mut(service) {
             // A failed change counts as a change too: the cooldown keeps
             // the next one from following at once.
             p.record_change(Instant::now());

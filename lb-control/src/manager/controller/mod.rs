@@ -428,13 +428,15 @@ impl Controller {
 
     /// Copies what `lbctl pool` reads out of `ops`.
     fn publish(&self, ops: &Ops) {
+        // Read before the lock: readers of the snapshot never wait for
+        // the file. An unreadable file keeps the last one read (`lbctl
+        // pool` says the error).
+        let read = self.file.read_cached().ok();
         let mut slot = self
             .published
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // An unreadable file keeps the last one read (`lbctl pool` says
-        // the error).
-        let file = self.file.read_cached().ok().or_else(|| slot.file.clone());
+        let file = read.or_else(|| slot.file.clone());
         *slot = Arc::new(Published {
             file,
             observed: ops.observed.clone(),

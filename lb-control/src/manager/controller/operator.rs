@@ -149,7 +149,7 @@ impl Controller {
             .manager
             .refused_identity(server)
             .ok_or_else(|| ControllerError::NothingToRepin(server.to_owned()))?;
-        let _ops = self.ops.lock().await;
+        let ops = self.ops.lock().await;
         let base = self.file.read()?;
         if !base.config.server.iter().any(|s| s.name == server) {
             return Err(ControllerError::UnknownServer(server.to_owned()));
@@ -160,6 +160,7 @@ impl Controller {
         };
         let updated = self.update_file(base, std::slice::from_ref(&edit)).await?;
         self.publish_pins(&updated.snapshot.config).await;
+        self.publish(&ops);
         self.manager.forget_refused_identity(server);
         self.events.record(
             NewEvent::new(

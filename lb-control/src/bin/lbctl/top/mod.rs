@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_control::api::{ErrorKind, Request, Response, call};
+use lb_control::api::{ClientError, ErrorKind, Request, Response, call};
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
 
 use crate::error::Error;
@@ -20,6 +20,9 @@ use model::{Poll, Top};
 
 /// How long the view waits for a key between redraws.
 const KEY_WAIT: Duration = Duration::from_millis(100);
+/// How long one poll may take before the daemon counts as gone (a stopped
+/// daemon accepts connections and never answers).
+const POLL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs the view until a quit key or the daemon goes away.
 pub fn run(socket: &Path, service: Option<&str>, interval: Duration) -> Result<(), Error> {
@@ -30,7 +33,10 @@ pub fn run(socket: &Path, service: Option<&str>, interval: Duration) -> Result<(
     let mut top = Top::default();
     // The first poll before the screen changes: no daemon, no full-screen
     // view to tear down.
-    top.update(runtime.block_on(poll(socket, 0))?, Instant::now());
+    top.update(
+        poll_within(runtime.block_on(poll_timed(socket, 0)))?,
+        Instant::now(),
+    );
     if let Some(name) = service {
         top.selected = top
             .services
@@ -38,7 +44,7 @@ pub fn run(socket: &Path, service: Option<&str>, interval: Duration) -> Result<(
             .position(|s| s.name == name)
             .ok_or_else(|| Error::Daemon(format!("no service `{name}` on this node")))?;
     }
-    let mut terminal = ratatui::init();
+    let mut terminal = ratatui::try_init().map_err(Error::Terminal)?;
     let result = watch(&runtime, socket, interval, &mut top, &mut terminal);
     ratatui::restore();
     result
@@ -55,7 +61,16 @@ fn watch(
     loop {
         if !top.paused && polled.elapsed() >= interval {
             let after = top.last_event;
-            top.update(runtime.block_on(poll(socket, after))?, Instant::now());
+            // A refusal (say, the manager's file mid-edit) is shown and
+            // polled again; a daemon gone ends the view.
+            match poll_within(runtime.block_on(poll_timed(socket, after))) {
+                Ok(p) => {
+                    top.update(p, Instant::now());
+                    top.error = None;
+                }
+                Err(Error::Daemon(message)) => top.error = Some(message),
+                Err(e) => return Err(e),
+            }
             polled = Instant::now();
         }
         terminal
@@ -79,6 +94,26 @@ fn watch(
             _ => {}
         }
     }
+}
+
+/// [`poll`] within [`POLL_TIMEOUT`].
+async fn poll_timed(
+    socket: &Path,
+    after: u64,
+) -> Result<Result<Poll, Error>, tokio::time::error::Elapsed> {
+    tokio::time::timeout(POLL_TIMEOUT, poll(socket, after)).await
+}
+
+/// A poll that timed out counts as the daemon gone.
+fn poll_within(
+    polled: Result<Result<Poll, Error>, tokio::time::error::Elapsed>,
+) -> Result<Poll, Error> {
+    polled.unwrap_or_else(|_| {
+        Err(Error::Gone(ClientError::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer within {} s", POLL_TIMEOUT.as_secs()),
+        ))))
+    })
 }
 
 /// One round of requests: status, services, servers, the manager's pools

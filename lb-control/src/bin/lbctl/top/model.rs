@@ -69,6 +69,8 @@ pub struct Top {
     /// The service shown, an index into `services`.
     pub selected: usize,
     pub paused: bool,
+    /// The daemon's refusal of the last poll (the view goes on polling).
+    pub error: Option<String>,
     pub events: VecDeque<Event>,
     /// The id of the newest event seen (the next poll asks after it).
     pub last_event: u64,

@@ -37,10 +37,15 @@ pub fn render(frame: &mut Frame, top: &Top) {
         ),
     }
     render_events(frame, events, top);
-    frame.render_widget(
-        Paragraph::new("q quit · ←/→ or tab: service · p pause"),
-        keys,
-    );
+    // The daemon's last refusal, where the keys are, until a poll passes.
+    let bottom = match &top.error {
+        Some(e) => Line::styled(
+            format!("error: {e} (polling again)"),
+            Style::default().add_modifier(Modifier::BOLD),
+        ),
+        None => Line::from("q quit · ←/→ or tab: service · p pause"),
+    };
+    frame.render_widget(Paragraph::new(bottom), keys);
 }
 
 fn header_line(top: &Top) -> Line<'static> {
@@ -354,8 +359,10 @@ mod tests {
         top.switch(false);
         assert_eq!(top.services[top.selected].name, "api");
         top.paused = true;
+        top.error = Some("config file unreadable".into());
         let screen = text(&top);
         assert!(screen.contains("[paused]"), "{screen}");
+        assert!(screen.contains("error: config file unreadable"), "{screen}");
         assert!(screen.contains("api 10.0.0.100:80"), "{screen}");
     }
 }
