@@ -62,6 +62,18 @@ impl Fleet {
         Ok(Self { pki_dir, cgroups })
     }
 
+    /// A lab of `quotas.len()` servers, each running `lab-server` on
+    /// `port` in a cgroup with its CPU quota, the peer ends of the node's
+    /// links passing, and the fleet's certificates.
+    pub fn lab(quotas: &[f64], port: u16) -> Result<(Lab, Self)> {
+        let mut lab = Lab::builder().servers(quotas.len()).build()?;
+        let server = workspace_bin("lab-server")?;
+        lab.start_servers(server.to_str().unwrap_or("lab-server"), &[port], &[])?;
+        crate::balancer::attach_peer_pass(&mut lab)?;
+        let fleet = Self::with_quotas(&mut lab, quotas)?;
+        Ok((lab, fleet))
+    }
+
     pub fn pki_dir(&self) -> &Path {
         self.pki_dir.path()
     }

@@ -8,14 +8,13 @@ use std::{collections::BTreeMap, io::Read as _, net::TcpStream, time::Duration};
 use anyhow::{Context as _, Result, bail};
 use lb_tests::{
     Lab,
-    balancer::{Balancer, attach_peer_pass, burst_to_vip, wait_until},
+    balancer::{Balancer, burst_to_vip, wait_until},
     fleet::{self, Fleet, ScaledService},
     require_root,
     scaling::member,
 };
 use serde::Deserialize;
 
-const SERVER: &str = env!("CARGO_BIN_EXE_lab-server");
 const PORT: u16 = 80;
 const INTERVAL_MS: u64 = 200;
 const METRICS_PORT: u16 = 9641;
@@ -111,10 +110,7 @@ fn scrape(lab: &Lab, path: &str) -> Result<Scrape> {
 /// A lab node that runs the manager with its metrics endpoint on its
 /// address; s1 allocated, s2 free, no agent started yet.
 fn start() -> Result<(Lab, Fleet, Balancer)> {
-    let mut lab = Lab::builder().servers(2).build()?;
-    lab.start_servers(SERVER, &[PORT], &[])?;
-    attach_peer_pass(&mut lab)?;
-    let fleet = Fleet::new(&mut lab)?;
+    let (lab, fleet) = Fleet::lab(&[fleet::SERVER_QUOTA; 2], PORT)?;
     let mut config = fleet::manager_config(
         &lab,
         fleet.pki_dir(),

@@ -9,15 +9,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use lb_tests::{
-    Lab,
-    balancer::{Balancer, attach_peer_pass, wait_until},
+    balancer::{Balancer, wait_until},
     fleet::{self, Fleet, ScaledService},
     require_root,
     scaling::{event_of, events, member, state_of},
 };
 use serde_json::Value;
 
-const SERVER: &str = env!("CARGO_BIN_EXE_lab-server");
 const PORT: u16 = 80;
 const INTERVAL_MS: u64 = 200;
 /// How long the manager waits for an agent's settings (and a node's ack):
@@ -47,11 +45,8 @@ fn a_stalled_agent_holds_up_neither_the_policy_nor_the_operator() -> Result<()> 
     if !require_root("a_stalled_agent_holds_up_neither_the_policy_nor_the_operator") {
         return Ok(());
     }
-    let mut lab = Lab::builder().servers(4).build()?;
-    lab.start_servers(SERVER, &[PORT], &[])?;
-    attach_peer_pass(&mut lab)?;
     let quota = fleet::SERVER_QUOTA;
-    let fleet = Fleet::with_quotas(&mut lab, &[quota, quota, STALLED_QUOTA, quota])?;
+    let (lab, fleet) = Fleet::lab(&[quota, quota, STALLED_QUOTA, quota], PORT)?;
     let config = fleet::manager_config(
         &lab,
         fleet.pki_dir(),
@@ -173,10 +168,7 @@ fn a_stream_whose_peer_vanished_is_ended() -> Result<()> {
     if !require_root("a_stream_whose_peer_vanished_is_ended") {
         return Ok(());
     }
-    let mut lab = Lab::builder().servers(1).build()?;
-    lab.start_servers(SERVER, &[PORT], &[])?;
-    attach_peer_pass(&mut lab)?;
-    let fleet = Fleet::new(&mut lab)?;
+    let (lab, fleet) = Fleet::lab(&[fleet::SERVER_QUOTA], PORT)?;
     let config = fleet::manager_config(
         &lab,
         fleet.pki_dir(),
