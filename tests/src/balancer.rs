@@ -61,6 +61,9 @@ pub struct Balancer {
     /// `--bounding-set` list, e.g. `+bpf,+net_admin`); all of root's when
     /// `None`.
     pub capabilities: Option<String>,
+    /// The file `lb-control`'s stderr (its log) goes to; echoed to the
+    /// test's stderr when `None`.
+    pub log: Option<PathBuf>,
 }
 
 impl Balancer {
@@ -91,7 +94,30 @@ impl Balancer {
         Self::start_with(lab, &lab.node, config, None, Some(caps.to_owned()))
     }
 
+    /// [`Balancer::start`] with `lb-control`'s log written to the file
+    /// `log` (kept after the balancer is dropped).
+    pub fn start_logged(lab: &Lab, config: &str, log: &Path) -> Result<Self> {
+        let mut b = Self::prepare(lab, &lab.node, config, None, None)?;
+        b.log = Some(log.to_path_buf());
+        b.launch()?;
+        Ok(b)
+    }
+
     fn start_with(
+        lab: &Lab,
+        host: &crate::topo::Host,
+        config: &str,
+        umask: Option<libc::mode_t>,
+        capabilities: Option<String>,
+    ) -> Result<Self> {
+        let mut b = Self::prepare(lab, host, config, umask, capabilities)?;
+        b.launch()?;
+        Ok(b)
+    }
+
+    /// The work directory, pin directory and config file of a balancer
+    /// on `host`, not yet started.
+    fn prepare(
         lab: &Lab,
         host: &crate::topo::Host,
         config: &str,
@@ -104,7 +130,7 @@ impl Balancer {
         std::fs::create_dir_all(&work)?;
         let pin_dir = PathBuf::from("/sys/fs/bpf").join(&tag);
         let socket = work.join("control.sock");
-        let mut b = Self {
+        let b = Self {
             process: None,
             config_path: work.join("lb.toml"),
             socket,
@@ -113,9 +139,9 @@ impl Balancer {
             ns: host.ns.name().to_string(),
             umask,
             capabilities,
+            log: None,
         };
         b.write_config(config)?;
-        b.launch()?;
         Ok(b)
     }
 
@@ -168,7 +194,10 @@ impl Balancer {
                 });
             }
         }
-        let mut p = LabProcess::spawn(cmd, "lb-control".into())?;
+        let mut p = match &self.log {
+            Some(log) => LabProcess::spawn_logged(cmd, "lb-control".into(), log)?,
+            None => LabProcess::spawn(cmd, "lb-control".into())?,
+        };
         p.wait_for_line("ready", Duration::from_secs(30))
             .context("lb-control did not become ready")?;
         self.process = Some(p);

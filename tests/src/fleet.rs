@@ -148,6 +148,29 @@ impl Fleet {
         config: &str,
         env: &[&str],
     ) -> Result<LabProcess> {
+        self.spawn_agent(lab, i, config, env, None)
+    }
+
+    /// [`Fleet::start_agent_with`] with the agent's log written to the file
+    /// `log` instead of echoed.
+    pub fn start_agent_logged(
+        &self,
+        lab: &Lab,
+        i: usize,
+        config: &str,
+        log: &Path,
+    ) -> Result<LabProcess> {
+        self.spawn_agent(lab, i, config, &[], Some(log))
+    }
+
+    fn spawn_agent(
+        &self,
+        lab: &Lab,
+        i: usize,
+        config: &str,
+        env: &[&str],
+        log: Option<&Path>,
+    ) -> Result<LabProcess> {
         let host = &lab.servers[i];
         let path = self.pki_dir().join(format!("{}-agent.toml", host.name));
         std::fs::write(&path, config)?;
@@ -159,7 +182,10 @@ impl Fleet {
             "--config",
             path.to_str().unwrap_or_default(),
         ]);
-        host.ns.spawn(&cmd)
+        match log {
+            Some(log) => host.ns.spawn_logged(&cmd, log),
+            None => host.ns.spawn(&cmd),
+        }
     }
 }
 

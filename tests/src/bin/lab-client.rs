@@ -8,6 +8,9 @@
 //!   obeys stdin: `ping` (prints a `PingReport` line), `quit` (or EOF).
 //! * `udp --target VIP:PORT --count N`: N datagrams from distinct sockets;
 //!   prints a `BurstReport` JSON line.
+//! * `load --target VIP:PORT --rate R --seconds S [--http]`: R fresh
+//!   connections a second (with `--http` each one `GET /`, the server's
+//!   name in the answer's body); prints a `LoadReport` JSON line.
 //!
 //! * `flood --target ADDR:PORT --idle N --stalled M`: N TCP connections
 //!   that send nothing and M that start a TLS handshake and stall; prints
@@ -102,6 +105,10 @@ enum Cmd {
         concurrency: usize,
         #[arg(long, default_value_t = 3000)]
         timeout_ms: u64,
+        /// Each connection is one HTTP request (`GET /`); the server's
+        /// name is the response's body.
+        #[arg(long)]
+        http: bool,
     },
     /// Idle and stalled connections against a listener, held from stdin.
     Flood {
@@ -179,6 +186,28 @@ fn read_line(reader: &mut impl BufRead) -> Result<String> {
         bail!("connection closed before a line arrived");
     }
     Ok(line.trim_end_matches(['\n', '\r']).to_owned())
+}
+
+/// `GET /` on `stream`; the name in a `200` answer's body.
+fn http_get(stream: &TcpStream, target: SocketAddr) -> Result<String> {
+    let mut out = stream;
+    out.write_all(
+        format!("GET / HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .context("write request")?;
+    let mut answer = String::new();
+    stream
+        .take(MAX_LINE)
+        .read_to_string(&mut answer)
+        .context("read answer")?;
+    let (head, body) = answer
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("no HTTP answer: {answer:?}"))?;
+    let status = head.lines().next().unwrap_or_default();
+    if status.split(' ').nth(1) != Some("200") {
+        bail!("HTTP {status:?}");
+    }
+    Ok(body.trim().to_owned())
 }
 
 fn close(stream: &TcpStream, how: Close) {
@@ -274,6 +303,7 @@ fn load(
     seconds: u32,
     concurrency: usize,
     timeout: Duration,
+    http: bool,
 ) -> Result<LoadReport> {
     if rate == 0 || rate > 10_000 || seconds > 600 {
         bail!("--rate must be 1..=10000 and --seconds at most 600");
@@ -288,7 +318,11 @@ fn load(
             thread::sleep(wait);
         }
         let res = connect(target, None, timeout).and_then(|s| {
-            let name = read_line(&mut BufReader::new(&s));
+            let name = if http {
+                http_get(&s, target)
+            } else {
+                read_line(&mut BufReader::new(&s))
+            };
             close(&s, Close::Fin);
             name
         });
@@ -546,12 +580,14 @@ fn main() -> Result<()> {
             seconds,
             concurrency,
             timeout_ms,
+            http,
         } => print_json(&load(
             target,
             rate,
             seconds,
             concurrency,
             Duration::from_millis(timeout_ms),
+            http,
         )?),
         Cmd::Hold {
             target,

@@ -9,6 +9,9 @@
 //! `--http ADDR:PORT` answers every HTTP request there with `200 OK` and
 //! the name (a health endpoint that shares the server's CPU, so it answers
 //! late when the server is saturated).
+//! `--http-app` makes the `--listen` sockets an HTTP application instead:
+//! each connection's request costs `--work-us` of CPU (`/healthz` costs
+//! nothing) and is answered `200 OK` with the name, then closed.
 //! Prints "ready" once every socket is bound; runs until killed.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -45,6 +48,9 @@ struct Args {
     /// server answers its health probe late.
     #[arg(long)]
     single_worker: bool,
+    /// The `--listen` sockets speak HTTP (one request per connection).
+    #[arg(long)]
+    http_app: bool,
 }
 
 /// The one worker of `--single-worker`, taken in arrival order (a ticket
@@ -117,21 +123,35 @@ fn serve_conn(name: &str, stream: TcpStream, work_us: u64) -> std::io::Result<()
     }
 }
 
-/// Reads one HTTP request head and answers `200 OK` with the name.
-fn serve_http(name: &str, stream: TcpStream) -> std::io::Result<()> {
+/// Reads one HTTP request head and answers `200 OK` with the name, after
+/// `work_us` of CPU unless the path is `/healthz`. A connection closed
+/// before its request ends is left unanswered, at no cost.
+fn serve_http(name: &str, stream: TcpStream, work_us: u64) -> std::io::Result<()> {
     let mut out = stream.try_clone()?;
     let mut reader = BufReader::new(stream).take(MAX_LINE as u64);
     let mut line = String::new();
+    let mut path = None;
     loop {
         line.clear();
-        if reader.read_line(&mut line)? == 0 || line.trim_end().is_empty() {
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        if line.trim_end().is_empty() {
             break;
+        }
+        if path.is_none() {
+            path = Some(line.split(' ').nth(1).unwrap_or("/").to_owned());
         }
     }
     let body = format!("{name}\n");
+    let work = if path.as_deref() == Some("/healthz") {
+        0
+    } else {
+        work_us
+    };
     // The answer waits for its turn at the worker, behind the work queued
     // before it.
-    as_worker(|| ());
+    as_worker(|| burn(work));
     out.write_all(
         format!(
             "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -168,9 +188,13 @@ fn accept_loop(
     }
 }
 
-fn tcp_loop(name: Arc<str>, listener: TcpListener, work_us: u64) {
+fn tcp_loop(name: Arc<str>, listener: TcpListener, work_us: u64, http: bool) {
     accept_loop(name, listener, move |name, stream| {
-        serve_conn(name, stream, work_us)
+        if http {
+            serve_http(name, stream, work_us)
+        } else {
+            serve_conn(name, stream, work_us)
+        }
     });
 }
 
@@ -206,8 +230,10 @@ fn main() -> Result<()> {
             .with_context(|| format!("listen {addr}"))?;
         let listener: TcpListener = sock.into();
         let name = Arc::clone(&name);
-        let work_us = args.work_us;
-        threads.push(thread::spawn(move || tcp_loop(name, listener, work_us)));
+        let (work_us, http) = (args.work_us, args.http_app);
+        threads.push(thread::spawn(move || {
+            tcp_loop(name, listener, work_us, http)
+        }));
     }
     for addr in args.http {
         let sock = socket(addr, Type::STREAM, Protocol::TCP)?;
@@ -216,7 +242,7 @@ fn main() -> Result<()> {
         let listener: TcpListener = sock.into();
         let name = Arc::clone(&name);
         threads.push(thread::spawn(move || {
-            accept_loop(name, listener, serve_http)
+            accept_loop(name, listener, |name, stream| serve_http(name, stream, 0))
         }));
     }
     for addr in args.udp {

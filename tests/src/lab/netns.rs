@@ -87,7 +87,17 @@ impl Netns {
     /// Starts a long-lived `cmd` inside the namespace (stdin, stdout and
     /// stderr piped). The returned process is SIGKILLed and reaped on drop.
     pub fn spawn(&self, cmd: &[&str]) -> Result<LabProcess> {
-        let label = format!(
+        LabProcess::spawn(self.command(cmd), self.label(cmd))
+    }
+
+    /// [`Netns::spawn`] with stderr appended to the file `log`.
+    pub fn spawn_logged(&self, cmd: &[&str], log: &std::path::Path) -> Result<LabProcess> {
+        LabProcess::spawn_logged(self.command(cmd), self.label(cmd), log)
+    }
+
+    /// `program@netns`, for messages.
+    fn label(&self, cmd: &[&str]) -> String {
+        format!(
             "{}@{}",
             cmd.first()
                 .copied()
@@ -96,8 +106,7 @@ impl Netns {
                 .next()
                 .unwrap_or("?"),
             self.name
-        );
-        LabProcess::spawn(self.command(cmd), label)
+        )
     }
 
     /// Runs `f` on a fresh thread that has joined this namespace (`setns`),

@@ -2,6 +2,7 @@
 //! long-lived processes killed on drop.
 
 use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::sync::{Arc, Mutex};
@@ -69,7 +70,8 @@ fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> thread::JoinHandle<Vec<u8
 /// Its stdout is read line by line on a background thread
 /// ([`LabProcess::read_line`]); its stderr is kept
 /// ([`LabProcess::stderr_output`]) and echoed, prefixed by the label, to the
-/// test's (captured) stderr.
+/// test's (captured) stderr, or written to a log file
+/// ([`LabProcess::spawn_logged`]).
 #[derive(Debug)]
 pub struct LabProcess {
     label: String,
@@ -77,15 +79,37 @@ pub struct LabProcess {
     stdin: Option<ChildStdin>,
     lines: Receiver<String>,
     stderr: Arc<Mutex<String>>,
+    /// The file stderr goes to instead of the pipe.
+    log: Option<PathBuf>,
     status: Option<ExitStatus>,
 }
 
 impl LabProcess {
     /// Spawns `cmd` with all three standard streams piped.
-    pub fn spawn(mut cmd: Command, label: String) -> Result<LabProcess> {
+    pub fn spawn(cmd: Command, label: String) -> Result<LabProcess> {
+        Self::spawn_with(cmd, label, None)
+    }
+
+    /// [`LabProcess::spawn`] with stderr appended to the file `log`
+    /// (created if missing) instead of echoed: a daemon's own log, kept.
+    pub fn spawn_logged(cmd: Command, label: String, log: &Path) -> Result<LabProcess> {
+        Self::spawn_with(cmd, label, Some(log))
+    }
+
+    fn spawn_with(mut cmd: Command, label: String, log: Option<&Path>) -> Result<LabProcess> {
+        let stderr = match log {
+            Some(path) => Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .with_context(|| format!("log file {}", path.display()))?,
+            ),
+            None => Stdio::piped(),
+        };
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .stderr(stderr);
         let mut child = cmd
             .spawn()
             .with_context(|| format!("starting {label}: {cmd:?}"))?;
@@ -122,6 +146,7 @@ impl LabProcess {
             stdin,
             lines,
             stderr,
+            log: log.map(Path::to_path_buf),
             status: None,
         })
     }
@@ -195,9 +220,13 @@ impl LabProcess {
         self.stdin = None;
     }
 
-    /// Everything the process wrote to stderr so far.
+    /// Everything the process wrote to stderr so far (its log file's
+    /// text, when it has one).
     pub fn stderr_output(&self) -> String {
-        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+        match &self.log {
+            Some(path) => std::fs::read_to_string(path).unwrap_or_default(),
+            None => self.stderr.lock().map(|s| s.clone()).unwrap_or_default(),
+        }
     }
 
     /// The exit status if the process has exited.
