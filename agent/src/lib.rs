@@ -27,6 +27,7 @@ pub mod agent;
 pub mod backoff;
 pub mod collector;
 pub mod config;
+pub mod decap;
 pub mod discovery;
 pub mod interfaces;
 pub mod monitor;

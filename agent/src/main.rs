@@ -44,6 +44,52 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// The decapsulation of tunnelled packets (IPIP, GUE) from the
+    /// balancer's nodes, for a server that runs no agent (an agent with
+    /// `[decap]` installs it itself).
+    #[command(subcommand)]
+    Decap(DecapCommand),
+}
+
+#[derive(Subcommand)]
+enum DecapCommand {
+    /// Installs (or replaces in place) the program on an interface and
+    /// returns once it is attached and pinned; nothing keeps running.
+    Attach {
+        /// The interface tunnelled packets arrive on.
+        #[arg(long)]
+        interface: String,
+        /// An outer source allowed to tunnel to this server (a node's
+        /// `tunnel_source`); repeatable, at least one.
+        #[arg(long = "source", value_name = "ADDR", required = true)]
+        sources: Vec<std::net::IpAddr>,
+        /// The outer UDP destination port of GUE (the nodes' `gue_port`).
+        #[arg(long, default_value_t = lb_common::decap::DEFAULT_GUE_PORT)]
+        gue_port: u16,
+        /// The bpffs directory the pins go under.
+        #[arg(long, default_value = lb_agent::decap::PIN_ROOT)]
+        pin_root: PathBuf,
+    },
+    /// Detaches the program from an interface and removes every pin made
+    /// for it.
+    Detach {
+        /// The interface.
+        #[arg(long)]
+        interface: String,
+        /// The bpffs directory the pins are under.
+        #[arg(long, default_value = lb_agent::decap::PIN_ROOT)]
+        pin_root: PathBuf,
+    },
+    /// The program's counters on an interface: packets decapsulated (IPIP,
+    /// GUE), refused (a source not allowed), malformed, passed.
+    Status {
+        /// The interface.
+        #[arg(long)]
+        interface: String,
+        /// The bpffs directory the pins are under.
+        #[arg(long, default_value = lb_agent::decap::PIN_ROOT)]
+        pin_root: PathBuf,
+    },
 }
 
 /// Why the agent stopped or `check` failed; printed as `error: ...`.
@@ -75,6 +121,9 @@ enum MainError {
     /// The agent stopped on an error.
     #[error(transparent)]
     Agent(#[from] AgentError),
+    /// `decap attach|detach|status` failed.
+    #[error(transparent)]
+    Decap(#[from] lb_agent::decap::DecapError),
 }
 
 fn main() -> ExitCode {
@@ -83,6 +132,7 @@ fn main() -> ExitCode {
     lb_proto::logging::init(format);
     let result = match (cli.command, cli.config) {
         (Some(Command::Check { config }), _) => check(&config),
+        (Some(Command::Decap(command)), _) => decap(command),
         (None, Some(config)) => run(&config),
         (None, None) => Err(MainError::NoConfig),
     };
@@ -119,6 +169,55 @@ fn check(path: &std::path::Path) -> Result<(), MainError> {
         config.manager_name,
         config.applications.len()
     );
+    Ok(())
+}
+
+fn decap(command: DecapCommand) -> Result<(), MainError> {
+    use lb_agent::decap;
+    match command {
+        DecapCommand::Attach {
+            interface,
+            sources,
+            gue_port,
+            pin_root,
+        } => {
+            let spec = decap::DecapSpec {
+                interface,
+                sources,
+                gue_port,
+            };
+            let id = decap::attach(&spec, &pin_root)?;
+            println!(
+                "decapsulation on {}: program {id}, sources {}, GUE port {}; pinned in {}",
+                spec.interface,
+                spec.sources
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                spec.gue_port,
+                decap::pin_dir(&pin_root, &spec.interface)?.display()
+            );
+        }
+        DecapCommand::Detach {
+            interface,
+            pin_root,
+        } => {
+            if decap::detach(&pin_root, &interface)? {
+                println!("decapsulation removed from {interface}");
+            } else {
+                println!("no decapsulation on {interface}: nothing to remove");
+            }
+        }
+        DecapCommand::Status {
+            interface,
+            pin_root,
+        } => {
+            for (name, n) in decap::counters(&pin_root, &interface)? {
+                println!("{name:<10} {n}");
+            }
+        }
+    }
     Ok(())
 }
 

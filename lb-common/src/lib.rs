@@ -13,6 +13,7 @@
     reason = "hashes fold to 32 and 16 bits on purpose; map sizes, indexes and table cells are bounded by the limits, checked in lb-control"
 )]
 
+pub mod decap;
 pub mod flows;
 pub mod hash;
 pub mod maps;

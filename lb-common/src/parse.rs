@@ -40,12 +40,12 @@ unsafe impl Frame for [u8] {
     }
 }
 
-const ETH_LEN: usize = 14;
-const ETH_P_IPV4: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
+pub(crate) const ETH_LEN: usize = 14;
+pub(crate) const ETH_P_IPV4: u16 = 0x0800;
+pub(crate) const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
-const IPV6_LEN: usize = 40;
+pub(crate) const IPV6_LEN: usize = 40;
 const NEXT_HOP_BY_HOP: u8 = 0;
 const NEXT_ROUTING: u8 = 43;
 const NEXT_FRAGMENT: u8 = 44;
@@ -97,7 +97,7 @@ pub fn ptr_at<T>(frame: &(impl Frame + ?Sized), offset: usize) -> Option<*mut T>
 }
 
 #[inline(always)]
-fn read<T: Copy>(frame: &(impl Frame + ?Sized), offset: usize) -> Option<T> {
+pub(crate) fn read<T: Copy>(frame: &(impl Frame + ?Sized), offset: usize) -> Option<T> {
     // SAFETY: bounds checked by `ptr_at` against a readable range (`Frame`);
     // T is plain bytes (unaligned read).
     ptr_at::<T>(frame, offset).map(|p| unsafe { core::ptr::read_unaligned(p) })
@@ -105,28 +105,28 @@ fn read<T: Copy>(frame: &(impl Frame + ?Sized), offset: usize) -> Option<T> {
 
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct Ipv4Header {
-    version_ihl: u8,
-    tos: u8,
-    total_len: [u8; 2],
-    id: [u8; 2],
-    frag: [u8; 2],
-    ttl: u8,
-    proto: u8,
-    check: [u8; 2],
-    src: [u8; 4],
-    dst: [u8; 4],
+pub(crate) struct Ipv4Header {
+    pub(crate) version_ihl: u8,
+    pub(crate) tos: u8,
+    pub(crate) total_len: [u8; 2],
+    pub(crate) id: [u8; 2],
+    pub(crate) frag: [u8; 2],
+    pub(crate) ttl: u8,
+    pub(crate) proto: u8,
+    pub(crate) check: [u8; 2],
+    pub(crate) src: [u8; 4],
+    pub(crate) dst: [u8; 4],
 }
 
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct Ipv6Header {
-    version_flow: [u8; 4],
-    payload_len: [u8; 2],
-    next: u8,
-    hop_limit: u8,
-    src: [u8; 16],
-    dst: [u8; 16],
+pub(crate) struct Ipv6Header {
+    pub(crate) version_flow: [u8; 4],
+    pub(crate) payload_len: [u8; 2],
+    pub(crate) next: u8,
+    pub(crate) hop_limit: u8,
+    pub(crate) src: [u8; 16],
+    pub(crate) dst: [u8; 16],
 }
 
 /// The first bytes of TCP and UDP headers: ports.
@@ -138,7 +138,7 @@ struct Ports {
 }
 
 #[inline(always)]
-fn widen4(a: [u8; 4]) -> [u8; 16] {
+pub(crate) fn widen4(a: [u8; 4]) -> [u8; 16] {
     let mut out = [0u8; 16];
     out[0] = a[0];
     out[1] = a[1];
@@ -361,4 +361,4 @@ fn icmp6_too_big(frame: &(impl Frame + ?Sized), l4: usize, len: u32) -> Parsed {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -14,14 +14,20 @@ const CLIENT6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
 const VIP6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01, 0];
 
 /// Destination and source MACs, then the ethertype.
-fn ethernet(ethertype: u16) -> Vec<u8> {
+pub(crate) fn ethernet(ethertype: u16) -> Vec<u8> {
     let mut frame = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
     frame.extend_from_slice(&ethertype.to_be_bytes());
     frame
 }
 
 /// An IPv4 header without options; `frag` is the flags and offset word.
-fn ipv4_header(src: [u8; 4], dst: [u8; 4], proto: u8, frag: u16, payload: usize) -> Vec<u8> {
+pub(crate) fn ipv4_header(
+    src: [u8; 4],
+    dst: [u8; 4],
+    proto: u8,
+    frag: u16,
+    payload: usize,
+) -> Vec<u8> {
     let total = (20 + payload) as u16;
     let mut header = vec![0x45, 0];
     header.extend_from_slice(&total.to_be_bytes());
@@ -33,7 +39,7 @@ fn ipv4_header(src: [u8; 4], dst: [u8; 4], proto: u8, frag: u16, payload: usize)
     header
 }
 
-fn ipv6_header(src: [u8; 16], dst: [u8; 16], next: u8, payload: usize) -> Vec<u8> {
+pub(crate) fn ipv6_header(src: [u8; 16], dst: [u8; 16], next: u8, payload: usize) -> Vec<u8> {
     let mut header = vec![0x60, 0, 0, 0];
     header.extend_from_slice(&(payload as u16).to_be_bytes());
     header.extend_from_slice(&[next, 64]);
@@ -43,7 +49,7 @@ fn ipv6_header(src: [u8; 16], dst: [u8; 16], next: u8, payload: usize) -> Vec<u8
 }
 
 /// A TCP header (no options) with `flags` and no payload.
-fn tcp(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+pub(crate) fn tcp(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
     let mut header = Vec::new();
     header.extend_from_slice(&sport.to_be_bytes());
     header.extend_from_slice(&dport.to_be_bytes());
