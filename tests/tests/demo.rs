@@ -74,10 +74,36 @@ fn orphans() -> Vec<String> {
     out
 }
 
-fn demo(dir: &Path, args: &[&str]) -> Result<LabProcess> {
+/// The running demo; dropped while it runs (a failed check), it gets
+/// Ctrl-C and time to clean up before it is killed.
+struct Demo(LabProcess);
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        if self.0.try_wait().is_ok_and(|s| s.is_none()) {
+            interrupt(&self.0);
+            let _ = self.0.wait_timeout(Duration::from_secs(60));
+        }
+    }
+}
+
+impl std::ops::Deref for Demo {
+    type Target = LabProcess;
+    fn deref(&self) -> &LabProcess {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Demo {
+    fn deref_mut(&mut self) -> &mut LabProcess {
+        &mut self.0
+    }
+}
+
+fn demo(dir: &Path, args: &[&str]) -> Result<Demo> {
     let mut cmd = Command::new(DEMO);
     cmd.arg("--short").arg("--dir").arg(dir).args(args);
-    LabProcess::spawn(cmd, "lab-demo".into())
+    Ok(Demo(LabProcess::spawn(cmd, "lab-demo".into())?))
 }
 
 fn interrupt(p: &LabProcess) {

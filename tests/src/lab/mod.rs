@@ -12,4 +12,4 @@ pub use link::{
 pub use netns::{
     DEFAULT_EXEC_TIMEOUT, NAME_MARKER, NETNS_DIR, Netns, cleanup_stale_namespaces, host_cmd,
 };
-pub use process::LabProcess;
+pub use process::{LabProcess, die_with_parent};

@@ -185,28 +185,59 @@ pub fn host_cmd(cmd: &[&str]) -> Result<Output> {
 /// cleaning up (killed test runs): every `lbt-*-<pid>-<n>` whose pid is not
 /// alive any more. Returns the names deleted.
 pub fn cleanup_stale_namespaces() -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir(NETNS_DIR) else {
+    let mut deleted = Vec::new();
+    for name in stale_names(std::path::Path::new(NETNS_DIR), NAME_MARKER, '-') {
+        if host_cmd(&["ip", "netns", "delete", &name]).is_ok() {
+            deleted.push(name);
+        }
+    }
+    // What else a killed run leaves: its balancers' pins
+    // (`/sys/fs/bpf/lbt<pid>-…`) and its servers' cgroups
+    // (`/sys/fs/cgroup/<hierarchy>/lbt-<pid>-…`, empty once its processes
+    // are gone).
+    let bpffs = std::path::Path::new("/sys/fs/bpf");
+    for name in stale_names(bpffs, "lbt", '-') {
+        if std::fs::remove_dir_all(bpffs.join(&name)).is_ok() {
+            deleted.push(name);
+        }
+    }
+    let cgroups = std::path::Path::new("/sys/fs/cgroup");
+    for hierarchy in std::fs::read_dir(cgroups).into_iter().flatten().flatten() {
+        let dir = hierarchy.path();
+        for name in stale_names(&dir, NAME_MARKER, '-') {
+            if std::fs::remove_dir(dir.join(&name)).is_ok() {
+                deleted.push(name);
+            }
+        }
+    }
+    deleted
+}
+
+/// The entries of `dir` named `<prefix><pid><sep>…` (or
+/// `<prefix><role>-<pid>-<n>` for namespaces) whose pid is no live
+/// process.
+fn stale_names(dir: &std::path::Path, prefix: &str, sep: char) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
-    let mut deleted = Vec::new();
+    let mut stale = Vec::new();
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix(NAME_MARKER) else {
+        let Some(rest) = name.strip_prefix(prefix) else {
             continue;
         };
-        let mut parts = rest.rsplit('-');
-        let (Some(_n), Some(pid)) = (parts.next(), parts.next()) else {
-            continue;
-        };
-        let Ok(pid) = pid.parse::<u32>() else {
+        // The pid is the first all-digit part.
+        let Some(pid) = rest
+            .split(sep)
+            .find(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
             continue;
         };
         if pid == std::process::id() || PathBuf::from(format!("/proc/{pid}")).exists() {
             continue;
         }
-        if host_cmd(&["ip", "netns", "delete", &name]).is_ok() {
-            deleted.push(name);
-        }
+        stale.push(name);
     }
-    deleted
+    stale
 }

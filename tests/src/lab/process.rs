@@ -4,6 +4,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -63,6 +64,17 @@ fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> thread::JoinHandle<Vec<u8
     })
 }
 
+static DIE_WITH_PARENT: AtomicBool = AtomicBool::new(false);
+
+/// From now on, every [`LabProcess`] is killed by the kernel when the
+/// thread that started it ends (`PR_SET_PDEATHSIG`): a program that
+/// starts them all from its main thread (the demo) leaves none running
+/// even when it is killed itself. Off by default: a test's processes may
+/// be started from threads that end before them.
+pub fn die_with_parent() {
+    DIE_WITH_PARENT.store(true, Ordering::Relaxed);
+}
+
 /// A long-lived process started inside a lab namespace
 /// ([`super::Netns::spawn`]). On drop it is sent SIGKILL (by its own pid,
 /// nothing else) and reaped.
@@ -110,6 +122,19 @@ impl LabProcess {
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(stderr);
+        if DIE_WITH_PARENT.load(Ordering::Relaxed) {
+            use std::os::unix::process::CommandExt as _;
+            // SAFETY: prctl with integer arguments is async-signal-safe and
+            // touches no memory.
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         let mut child = cmd
             .spawn()
             .with_context(|| format!("starting {label}: {cmd:?}"))?;

@@ -138,6 +138,9 @@ fn main() -> ExitCode {
         eprintln!("lab-demo: it builds network namespaces and loads XDP: run it as root");
         return ExitCode::FAILURE;
     }
+    // Killed outright (SIGKILL), the demo takes its processes with it; the
+    // next lab removes the namespaces, pins and cgroups it left.
+    lb_tests::lab::die_with_parent();
     let result = run(&args);
     if interrupted() {
         println!("interrupted");
