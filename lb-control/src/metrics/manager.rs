@@ -192,6 +192,7 @@ fn register_servers(registry: &mut Registry, views: &[MonitorView]) {
 
 fn register_pools(registry: &mut Registry, pools: &Pools) {
     let size = Family::<PoolLabel, Gauge>::default();
+    let desired = Family::<ServiceLabel, Gauge>::default();
     let free = Family::<ServiceLabel, Gauge>::default();
     let weight = Family::<MemberLabel, FloatGauge>::default();
     for pool in &pools.pools {
@@ -210,15 +211,24 @@ fn register_pools(registry: &mut Registry, pools: &Pools) {
                     .set(w);
             }
         }
-        free.get_or_create(&ServiceLabel {
+        let service = ServiceLabel {
             service: pool.service.clone().into(),
-        })
-        .set(i64::try_from(pool.free.len()).unwrap_or(i64::MAX));
+        };
+        if let Some(n) = pool.desired_servers {
+            desired.get_or_create(&service).set(i64::from(n));
+        }
+        free.get_or_create(&service)
+            .set(i64::try_from(pool.free.len()).unwrap_or(i64::MAX));
     }
     registry.register(
         "pool_servers",
         "Servers in the service's pool, by state (allocated, draining, failed, down)",
         size,
+    );
+    registry.register(
+        "pool_desired_servers",
+        "The pool size the scaling policy wants for the utilization of its last evaluation, within min_servers..max_servers (absent while scaling is disabled)",
+        desired,
     );
     registry.register(
         "pool_free_servers",
