@@ -2,7 +2,8 @@
 //! scraped over HTTP from the lab's client and parsed by a real
 //! `OpenMetrics` parser (Python's `prometheus_client`, the Debian package);
 //! its counters move with the traffic the test sends, the desired pool
-//! size with the load of the servers.
+//! size with the load of the servers, and the agent streams' rejections
+//! with the bad messages a test sends them.
 
 use std::{collections::BTreeMap, io::Read as _, net::TcpStream, time::Duration};
 
@@ -13,6 +14,7 @@ use lb_tests::{
     fleet::{self, Fleet, ScaledService},
     require_root,
     scaling::member,
+    stream::send_as_agent,
 };
 use serde::Deserialize;
 
@@ -231,6 +233,13 @@ fn a_scrape_parses_and_its_counters_follow_the_traffic() -> Result<()> {
     // Idle, and max_servers 1.
     assert_eq!(after.need("lb_pool_desired_servers", &web)?, 1.0);
     assert_eq!(before.kind_of("lb_pool_desired_servers"), Some("gauge"));
+    assert_eq!(
+        after.need(
+            "lb_agent_messages_rejected_total",
+            &[("reason", "malformed")]
+        )?,
+        0.0
+    );
     assert!(after.need("lb_manager_events_total", &[("kind", "synced")])? >= 1.0);
     assert!(
         after.need(
@@ -385,5 +394,74 @@ fn the_desired_pool_size_follows_the_load() -> Result<()> {
 
     drop(burner);
     wait_for((1.0, 2.0), "idle again, within the scale-in window");
+    Ok(())
+}
+
+/// A real agent-side connection (s2's own certificate, from s2's
+/// namespace) that sends broken XML, then one that sends a message over
+/// max_message_bytes: each gets an `<error>` whose code is the reason it
+/// is counted under in `lb_agent_messages_rejected_total`, no other
+/// reason moves, and `lb_agent_refused_total{reason="message"}` is their
+/// sum.
+#[test]
+fn bad_agent_messages_are_counted_by_reason() -> Result<()> {
+    if !require_root("bad_agent_messages_are_counted_by_reason") {
+        return Ok(());
+    }
+    let (lab, fleet, _bal) = start(HELD)?;
+    let manager = std::net::SocketAddr::from((lab.node.eth0.v4, fleet::MANAGER_PORT));
+    let before = scrape(&lab, "/metrics")?;
+    let mut oversized = b"<report seq=\"3\" host=\"s2\" time-ms=\"".to_vec();
+    oversized.extend(std::iter::repeat_n(b'1', 100 * 1024));
+    for (bytes, reason) in [
+        (
+            b"<report seq=\"2\" host=\"s2\"><unclosed></report>".to_vec(),
+            "malformed",
+        ),
+        (oversized, "message-too-large"),
+    ] {
+        let answers = send_as_agent(&lab.servers[1].ns, manager, fleet.pki_dir(), "s2", &bytes)?;
+        let codes: Vec<&str> = answers
+            .iter()
+            .filter_map(|m| match m {
+                lb_proto::Message::Error(e) => Some(e.code.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(codes, [reason], "{answers:?}");
+    }
+    let after = scrape(&lab, "/metrics")?;
+    let mut moved = BTreeMap::new();
+    for s in after
+        .samples
+        .iter()
+        .filter(|s| s.name == "lb_agent_messages_rejected_total")
+    {
+        let reason = s.labels.get("reason").context("reason label")?;
+        let was = before.need(&s.name, &[("reason", reason)])?;
+        if s.value != was {
+            moved.insert(reason.clone(), s.value - was);
+        }
+    }
+    assert_eq!(
+        moved,
+        BTreeMap::from([
+            ("malformed".to_owned(), 1.0),
+            ("message-too-large".to_owned(), 1.0),
+        ])
+    );
+    let message = [("reason", "message")];
+    assert_eq!(
+        after.need("lb_agent_refused_total", &message)?
+            - before.need("lb_agent_refused_total", &message)?,
+        2.0
+    );
+    // Every reason is there from the start.
+    let reasons = before
+        .samples
+        .iter()
+        .filter(|s| s.name == "lb_agent_messages_rejected_total")
+        .count();
+    assert_eq!(reasons, lb_control::manager::Rejection::ALL.len());
     Ok(())
 }

@@ -17,7 +17,7 @@ use prometheus_client::{
 
 use super::Value;
 use crate::manager::{
-    ManagerStats,
+    ManagerStats, Rejection,
     controller::{Controller, Pools},
     db::MonitorView,
 };
@@ -269,8 +269,25 @@ fn register_streams(registry: &mut Registry, stats: &ManagerStats) {
     }
     registry.register(
         "agent_refused",
-        "What the agent streams refused, by reason: a TLS handshake, a message (bad XML, out of sequence, over a limit), a stale report, a settings answer from the wrong host, a certificate other than the pinned one",
+        "What the agent streams refused, by reason: a TLS handshake, a message (every reason of agent_messages_rejected), a stale report, a settings answer from the wrong host, a certificate other than the pinned one",
         refused,
+    );
+    let messages = Family::<ReasonLabel, Counter>::default();
+    for (reason, n) in &stats.messages_rejected_by_reason {
+        messages
+            .get_or_create(&ReasonLabel {
+                reason: reason.clone().into(),
+            })
+            .inc_by(*n);
+    }
+    let reasons: Vec<&str> = Rejection::ALL.iter().map(|r| r.label()).collect();
+    registry.register(
+        "agent_messages_rejected",
+        format!(
+            "Messages the agent streams rejected, by reason: {}",
+            reasons.join(", ")
+        ),
+        messages,
     );
     registry.register(
         "agent_reports",
