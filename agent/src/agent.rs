@@ -32,6 +32,23 @@ pub enum AgentError {
         #[source]
         source: Box<TlsError>,
     },
+    /// A credential file the agent's user may not read (or whose directory
+    /// it may not enter): the systemd unit runs it as a user of its own.
+    #[error(
+        "TLS credentials in {dir}: {source}; lb-agent runs as uid {uid}, which must be able to \
+         enter {dir} and read ca.pem, its host's .pem and its host's .key: chown the key to the \
+         agent's user (it stays 0600) and let that user into the directory (`lbctl certs` makes \
+         it 0700: chmod 755 it, or chgrp it to the agent's group and chmod 750)"
+    )]
+    Unreadable {
+        /// The PKI directory.
+        dir: PathBuf,
+        /// The agent's user id.
+        uid: u32,
+        /// The refused read.
+        #[source]
+        source: Box<TlsError>,
+    },
     /// A measurement source cannot be set up (e.g. the cgroup is missing).
     #[error("cannot set up measurements: {0}")]
     Sources(#[from] CollectError),
@@ -45,9 +62,19 @@ pub fn load_transport(config: &AgentConfig) -> Result<Transport, AgentError> {
             own_fingerprint: None,
         });
     };
-    let credentials = |source| AgentError::Credentials {
-        dir: dir.clone(),
-        source: Box::new(source),
+    let credentials = |source: TlsError| match &source {
+        TlsError::Read { source: io, .. } if io.kind() == std::io::ErrorKind::PermissionDenied => {
+            AgentError::Unreadable {
+                dir: dir.clone(),
+                // SAFETY: geteuid(2) has no preconditions and cannot fail.
+                uid: unsafe { libc::geteuid() },
+                source: Box::new(source),
+            }
+        }
+        _ => AgentError::Credentials {
+            dir: dir.clone(),
+            source: Box::new(source),
+        },
     };
     let pki = Pki::new(dir);
     let identity = pki.load_identity(&config.host).map_err(credentials)?;

@@ -723,17 +723,19 @@ async fn bad_xml_is_refused_without_disturbing_others() {
     good.send(hello("s1")).await.expect("hello");
     good.send(report("s1", 1, 0.1)).await.expect("report");
 
-    let cases: Vec<(&str, Vec<u8>)> = vec![
+    // (what, the reason it is counted under, the bytes)
+    let cases: Vec<(&str, &str, Vec<u8>)> = vec![
         (
+            "malformed",
             "malformed",
             b"<report seq=\"9\" host=\"s2\"><unclosed></report>".to_vec(),
         ),
-        ("oversized", {
+        ("oversized", "message-too-large", {
             let mut v = b"<hello seq=\"9\" host=\"s2\" agent-version=\"x\" cores=\"1\" spare=\"false\"><application name=\"".to_vec();
             v.extend(std::iter::repeat_n(b'a', 200 * 1024));
             v
         }),
-        ("deeply nested", {
+        ("deeply nested", "too-deep", {
             let mut v = Vec::new();
             for _ in 0..100 {
                 v.extend_from_slice(b"<report>");
@@ -742,24 +744,34 @@ async fn bad_xml_is_refused_without_disturbing_others() {
         }),
         (
             "entity declaration",
+            "declaration-forbidden",
             b"<!DOCTYPE x [<!ENTITY a \"aaaa\">]><report/>".to_vec(),
         ),
     ];
-    for (i, (what, bytes)) in cases.into_iter().enumerate() {
-        let before = s.manager.stats().messages_rejected;
+    for (i, (what, reason, bytes)) in cases.into_iter().enumerate() {
+        let before = s.manager.stats();
         let mut bad = Agent::open(dial(&s.pki, "s2", s.addr).await.expect("dial"), "s2").await;
         bad.send(hello("s2")).await.expect("hello");
         let _ = bad.raw(&bytes).await;
         let mut saw_error = false;
         while let Some(m) = bad.recv(Duration::from_secs(5)).await {
-            if matches!(m, Message::Error(_)) {
+            if let Message::Error(e) = m {
+                assert_eq!(e.code, reason, "{what}: the error's code");
                 saw_error = true;
             }
         }
         assert!(saw_error, "{what}: the peer gets an error message");
-        assert!(
-            s.manager.stats().messages_rejected > before,
+        let after = s.manager.stats();
+        assert_eq!(
+            after.messages_rejected,
+            before.messages_rejected + 1,
             "{what}: counted"
+        );
+        assert_eq!(
+            after.messages_rejected_by_reason[reason],
+            before.messages_rejected_by_reason[reason] + 1,
+            "{what}: counted as {reason}: {:?}",
+            after.messages_rejected_by_reason
         );
         // The good agent's stream carries on.
         good.send(report("s1", 10 + i as u64, 0.2 + i as f64 / 10.0))
@@ -784,4 +796,66 @@ async fn bad_xml_is_refused_without_disturbing_others() {
         .find(|v| v.host == "s1")
         .expect("s1");
     assert!(s1.connected);
+}
+
+/// The rejections a stream survives, each counted under its own reason:
+/// a replayed message, a report for another host, a message only the
+/// manager sends, an element that is no message, a message missing its
+/// attributes. The stream carries on after each.
+#[tokio::test]
+async fn each_rejection_is_counted_under_its_reason() {
+    let s = setup().await;
+    let mut a = Agent::open(dial(&s.pki, "s2", s.addr).await.expect("dial"), "s2").await;
+    a.send(hello("s2")).await.expect("hello");
+    let before = s.manager.stats().messages_rejected_by_reason;
+    a.enc.encode(&mut report("s2", 1, 0.1)).expect("encode");
+    let first = a.enc.take();
+    a.raw(&first).await.expect("report");
+    a.raw(&first).await.expect("the same report again");
+    a.send(report("s3", 2, 0.1))
+        .await
+        .expect("another host's report");
+    a.send(
+        lb_proto::SettingsRequest {
+            seq: 0,
+            id: 1,
+            kind: SettingsKind::Connection,
+            application: None,
+        }
+        .into(),
+    )
+    .await
+    .expect("a request only the manager sends");
+    a.raw(b"<bogus seq=\"900\"/>").await.expect("no message");
+    a.raw(b"<report seq=\"901\" host=\"s2\"/>")
+        .await
+        .expect("no attributes");
+    a.send(report("s2", 3, 0.3)).await.expect("a good report");
+    assert!(
+        wait_for(Duration::from_secs(5), async || utilization(
+            &s.manager, "s2"
+        )
+        .await
+            == Some(0.3))
+        .await,
+        "the stream carried on"
+    );
+    let after = s.manager.stats().messages_rejected_by_reason;
+    let moved: Vec<(&str, u64)> = after
+        .iter()
+        .filter_map(|(reason, n)| {
+            let was = before.get(reason).copied().unwrap_or(0);
+            (*n != was).then_some((reason.as_str(), n - was))
+        })
+        .collect();
+    assert_eq!(
+        moved,
+        [
+            ("invalid-message", 1),
+            ("name-mismatch", 1),
+            ("out-of-sequence", 1),
+            ("unexpected", 1),
+            ("unknown-message", 1),
+        ]
+    );
 }

@@ -3,7 +3,11 @@
 //! quota (its capacity), and `lb-agent` processes streaming to the manager
 //! on the lab's node.
 
-use std::{net::IpAddr, path::Path, time::Duration};
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result};
 use lb_agent::sources::{CgroupHandle, create_v1_cgroup};
@@ -171,10 +175,7 @@ impl Fleet {
         env: &[&str],
         log: Option<&Path>,
     ) -> Result<LabProcess> {
-        let host = &lab.servers[i];
-        let path = self.pki_dir().join(format!("{}-agent.toml", host.name));
-        std::fs::write(&path, config)?;
-        let bin = workspace_bin("lb-agent")?;
+        let (bin, path) = self.agent_files(lab, i, config)?;
         let mut cmd = vec!["env"];
         cmd.extend_from_slice(env);
         cmd.extend([
@@ -182,10 +183,54 @@ impl Fleet {
             "--config",
             path.to_str().unwrap_or_default(),
         ]);
+        let ns = &lab.servers[i].ns;
         match log {
-            Some(log) => host.ns.spawn_logged(&cmd, log),
-            None => host.ns.spawn(&cmd),
+            Some(log) => ns.spawn_logged(&cmd, log),
+            None => ns.spawn(&cmd),
         }
+    }
+
+    /// [`Fleet::start_agent_with`] as user `uid` and group `gid`, the way
+    /// a systemd unit's `User=`, empty `CapabilityBoundingSet=` and
+    /// `NoNewPrivileges=yes` start it: no supplementary groups, no
+    /// capability in any set, the bounding set included, and no way to
+    /// gain one. The user must be able to read the fleet's directory and
+    /// server `i`'s key.
+    pub fn start_agent_as(
+        &self,
+        lab: &Lab,
+        i: usize,
+        config: &str,
+        uid: u32,
+        gid: u32,
+    ) -> Result<LabProcess> {
+        let (bin, path) = self.agent_files(lab, i, config)?;
+        let (reuid, regid) = (format!("--reuid={uid}"), format!("--regid={gid}"));
+        let cmd = lab.servers[i].ns.command(&[
+            "setpriv",
+            &reuid,
+            &regid,
+            "--clear-groups",
+            "--bounding-set=-all",
+            "--inh-caps=-all",
+            "--ambient-caps=-all",
+            "--no-new-privs",
+            "--",
+            bin.to_str().unwrap_or("lb-agent"),
+            "--config",
+            path.to_str().unwrap_or_default(),
+        ]);
+        LabProcess::spawn(cmd, format!("lb-agent@{} as {uid}", lab.servers[i].name))
+    }
+
+    /// The agent's binary, and server `i`'s agent file written with
+    /// `config` beside the certificates.
+    fn agent_files(&self, lab: &Lab, i: usize, config: &str) -> Result<(PathBuf, PathBuf)> {
+        let path = self
+            .pki_dir()
+            .join(format!("{}-agent.toml", lab.servers[i].name));
+        std::fs::write(&path, config)?;
+        Ok((workspace_bin("lb-agent")?, path))
     }
 }
 

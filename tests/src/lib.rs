@@ -12,6 +12,7 @@ pub mod fleet;
 pub mod lab;
 pub mod proto;
 pub mod scaling;
+pub mod stream;
 pub mod topo;
 pub mod util;
 

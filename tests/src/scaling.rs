@@ -114,6 +114,16 @@ pub fn finish_load(mut p: LabProcess, seconds: u32) -> Result<LoadReport> {
     serde_json::from_str(&line).with_context(|| format!("load report {line:?}"))
 }
 
+/// The manager's view of `host`'s agent, from `lbctl server list --json`.
+pub fn monitor(bal: &Balancer, host: &str) -> Option<Value> {
+    let v = bal.lbctl(&["server", "list"]).ok()?;
+    v["monitors"]
+        .as_array()?
+        .iter()
+        .find(|m| m["host"] == host)
+        .cloned()
+}
+
 pub fn member(bal: &Balancer, server: &str) -> Option<Value> {
     let p = pool(bal)?;
     p["members"]

@@ -10,6 +10,7 @@ use lb_tests::{
     balancer::{Balancer, LAB_SEED, attach_peer_pass, burst_to_vip, wait_until},
     fleet::{Fleet, MANAGER_PORT},
     require_root,
+    scaling::monitor,
 };
 
 const SERVER: &str = env!("CARGO_BIN_EXE_lab-server");
@@ -41,16 +42,6 @@ fn build() -> Result<(Lab, Fleet)> {
     attach_peer_pass(&mut lab)?;
     let fleet = Fleet::new(&mut lab)?;
     Ok((lab, fleet))
-}
-
-/// The manager's view of `host`, from `lbctl server list --json`.
-fn monitor(bal: &Balancer, host: &str) -> Option<serde_json::Value> {
-    let v = bal.lbctl(&["server", "list"]).ok()?;
-    v["monitors"]
-        .as_array()?
-        .iter()
-        .find(|m| m["host"] == host)
-        .cloned()
 }
 
 fn monitored(bal: &Balancer, host: &str) -> bool {

@@ -1,7 +1,9 @@
 //! End-to-end: the metrics endpoint of a node that runs the manager,
 //! scraped over HTTP from the lab's client and parsed by a real
 //! `OpenMetrics` parser (Python's `prometheus_client`, the Debian package);
-//! its counters move with the traffic the test sends.
+//! its counters move with the traffic the test sends, the desired pool
+//! size with the load of the servers, and the agent streams' rejections
+//! with the bad messages a test sends them.
 
 use std::{collections::BTreeMap, io::Read as _, net::TcpStream, time::Duration};
 
@@ -12,6 +14,7 @@ use lb_tests::{
     fleet::{self, Fleet, ScaledService},
     require_root,
     scaling::member,
+    stream::send_as_agent,
 };
 use serde::Deserialize;
 
@@ -107,14 +110,22 @@ fn scrape(lab: &Lab, path: &str) -> Result<Scrape> {
     serde_json::from_slice(&out.stdout).context("scraper output")
 }
 
+/// Scaling that cannot move the pool: s1 stays alone, s2 free.
+const HELD: &str = "min_servers = 1\nmax_servers = 1";
+/// Scaling up to three servers that never shrinks within a test (the
+/// scale-in window is five minutes).
+const GROWING: &str = "upper = 0.75\nlower = 0.25\nmin_servers = 1\nmax_servers = 3\n\
+     scale_in_window = \"300s\"";
+
 /// A lab node that runs the manager with its metrics endpoint on its
-/// address; s1 allocated, s2 free, no agent started yet.
-fn start() -> Result<(Lab, Fleet, Balancer)> {
+/// address; s1 allocated, s2 free, no agent started yet; `scaling` is
+/// the body of `[service.scaling]`.
+fn start(scaling: &str) -> Result<(Lab, Fleet, Balancer)> {
     let (lab, fleet) = Fleet::lab(&[fleet::SERVER_QUOTA; 2], PORT)?;
     let mut config = fleet::manager_config(
         &lab,
         fleet.pki_dir(),
-        &ScaledService::local(PORT, INTERVAL_MS, "enabled = false", 1),
+        &ScaledService::local(PORT, INTERVAL_MS, scaling, 1),
     );
     config += &format!(
         "[metrics]\nlisten = \"{}:{METRICS_PORT}\"\n",
@@ -129,7 +140,7 @@ fn a_scrape_parses_and_its_counters_follow_the_traffic() -> Result<()> {
     if !require_root("a_scrape_parses_and_its_counters_follow_the_traffic") {
         return Ok(());
     }
-    let (lab, fleet, bal) = start()?;
+    let (lab, fleet, bal) = start(HELD)?;
     let _agents = [
         fleet.start_agent(&lab, 0, PORT, INTERVAL_MS)?,
         fleet.start_agent(&lab, 1, PORT, INTERVAL_MS)?,
@@ -219,6 +230,16 @@ fn a_scrape_parses_and_its_counters_follow_the_traffic() -> Result<()> {
         1.0
     );
     assert_eq!(after.need("lb_pool_free_servers", &web)?, 1.0);
+    // Idle, and max_servers 1.
+    assert_eq!(after.need("lb_pool_desired_servers", &web)?, 1.0);
+    assert_eq!(before.kind_of("lb_pool_desired_servers"), Some("gauge"));
+    assert_eq!(
+        after.need(
+            "lb_agent_messages_rejected_total",
+            &[("reason", "malformed")]
+        )?,
+        0.0
+    );
     assert!(after.need("lb_manager_events_total", &[("kind", "synced")])? >= 1.0);
     assert!(
         after.need(
@@ -290,7 +311,7 @@ fn the_metrics_endpoint_holds_no_idle_connections() -> Result<()> {
     if !require_root("the_metrics_endpoint_holds_no_idle_connections") {
         return Ok(());
     }
-    let (lab, _fleet, _bal) = start()?;
+    let (lab, _fleet, _bal) = start(HELD)?;
     let target = std::net::SocketAddr::from((lab.node.eth0.v4, METRICS_PORT));
     let mut idle: Vec<TcpStream> = lab.client.ns.run(|| {
         (0..IDLE)
@@ -312,5 +333,135 @@ fn the_metrics_endpoint_holds_no_idle_connections() -> Result<()> {
         .count();
     assert_eq!(held_on, 0, "idle connections outlived the head timeout");
     assert_eq!(scrape(&lab, "/metrics")?.status, 200);
+    Ok(())
+}
+
+/// `lb_pool_desired_servers` in a real lab: idle, the pool as it is (1);
+/// s1 at its CPU quota (a busy loop in its cgroup) with no functional
+/// server free, 1.0 / upper 0.75 wants 2 while 1 serves; s2's agent
+/// comes, the policy allocates it and the pool is what it wants (2);
+/// the load gone, it wants 1 while both stay (the scale-in window holds
+/// them). `lbctl pool` says the same figure.
+#[test]
+fn the_desired_pool_size_follows_the_load() -> Result<()> {
+    if !require_root("the_desired_pool_size_follows_the_load") {
+        return Ok(());
+    }
+    let (lab, fleet, bal) = start(GROWING)?;
+    let web = [("service", "web")];
+    let allocated = [("service", "web"), ("state", "allocated")];
+    // (desired, allocated) as a scrape has them.
+    let sizes = || -> Option<(f64, f64)> {
+        let s = scrape(&lab, "/metrics").ok()?;
+        Some((
+            s.value("lb_pool_desired_servers", &web)?,
+            s.value("lb_pool_servers", &allocated)?,
+        ))
+    };
+    let wait_for = |want: (f64, f64), why: &str| {
+        let mut last = None;
+        let reached = wait_until(Duration::from_secs(30), || {
+            last = sizes();
+            last == Some(want)
+        });
+        assert!(
+            reached,
+            "{why}: (desired, allocated) {last:?}, not {want:?}; pool {:?}",
+            bal.lbctl(&["pool"])
+        );
+    };
+    let _s1 = fleet.start_agent(&lab, 0, PORT, INTERVAL_MS)?;
+    assert!(
+        wait_until(Duration::from_secs(20), || member(&bal, "s1").is_some_and(
+            |m| m["monitor"] == "monitored" && m["utilization"].is_number()
+        )),
+        "s1 never reported: {:?}",
+        bal.lbctl(&["pool"])
+    );
+    wait_for((1.0, 1.0), "idle");
+
+    // Declared after the fleet: killed before its cgroup goes.
+    let burner = lab.servers[0]
+        .ns
+        .spawn(&["sh", "-c", "while :; do :; done"])?;
+    fleet.cgroups[0].1.add_pid(burner.pid())?;
+    wait_for((2.0, 1.0), "s1 at its quota, no functional server free");
+    let pool = lb_tests::scaling::pool(&bal).context("pool")?;
+    assert_eq!(pool["desired_servers"], 2, "{pool}");
+
+    let _s2 = fleet.start_agent(&lab, 1, PORT, INTERVAL_MS)?;
+    wait_for((2.0, 2.0), "s2 allocated for s1's load");
+
+    drop(burner);
+    wait_for((1.0, 2.0), "idle again, within the scale-in window");
+    Ok(())
+}
+
+/// A real agent-side connection (s2's own certificate, from s2's
+/// namespace) that sends broken XML, then one that sends a message over
+/// max_message_bytes: each gets an `<error>` whose code is the reason it
+/// is counted under in `lb_agent_messages_rejected_total`, no other
+/// reason moves, and `lb_agent_refused_total{reason="message"}` is their
+/// sum.
+#[test]
+fn bad_agent_messages_are_counted_by_reason() -> Result<()> {
+    if !require_root("bad_agent_messages_are_counted_by_reason") {
+        return Ok(());
+    }
+    let (lab, fleet, _bal) = start(HELD)?;
+    let manager = std::net::SocketAddr::from((lab.node.eth0.v4, fleet::MANAGER_PORT));
+    let before = scrape(&lab, "/metrics")?;
+    let mut oversized = b"<report seq=\"3\" host=\"s2\" time-ms=\"".to_vec();
+    oversized.extend(std::iter::repeat_n(b'1', 100 * 1024));
+    for (bytes, reason) in [
+        (
+            b"<report seq=\"2\" host=\"s2\"><unclosed></report>".to_vec(),
+            "malformed",
+        ),
+        (oversized, "message-too-large"),
+    ] {
+        let answers = send_as_agent(&lab.servers[1].ns, manager, fleet.pki_dir(), "s2", &bytes)?;
+        let codes: Vec<&str> = answers
+            .iter()
+            .filter_map(|m| match m {
+                lb_proto::Message::Error(e) => Some(e.code.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(codes, [reason], "{answers:?}");
+    }
+    let after = scrape(&lab, "/metrics")?;
+    let mut moved = BTreeMap::new();
+    for s in after
+        .samples
+        .iter()
+        .filter(|s| s.name == "lb_agent_messages_rejected_total")
+    {
+        let reason = s.labels.get("reason").context("reason label")?;
+        let was = before.need(&s.name, &[("reason", reason)])?;
+        if s.value != was {
+            moved.insert(reason.clone(), s.value - was);
+        }
+    }
+    assert_eq!(
+        moved,
+        BTreeMap::from([
+            ("malformed".to_owned(), 1.0),
+            ("message-too-large".to_owned(), 1.0),
+        ])
+    );
+    let message = [("reason", "message")];
+    assert_eq!(
+        after.need("lb_agent_refused_total", &message)?
+            - before.need("lb_agent_refused_total", &message)?,
+        2.0
+    );
+    // Every reason is there from the start.
+    let reasons = before
+        .samples
+        .iter()
+        .filter(|s| s.name == "lb_agent_messages_rejected_total")
+        .count();
+    assert_eq!(reasons, lb_control::manager::Rejection::ALL.len());
     Ok(())
 }

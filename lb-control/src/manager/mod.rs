@@ -20,5 +20,6 @@ pub mod policy;
 pub mod weights;
 
 pub use agents::{
-    Manager, ManagerConfig, ManagerConfigError, ManagerError, ManagerStats, RemoteNodeConfig,
+    Manager, ManagerConfig, ManagerConfigError, ManagerError, ManagerStats, Rejection,
+    RemoteNodeConfig,
 };

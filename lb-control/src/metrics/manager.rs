@@ -17,7 +17,7 @@ use prometheus_client::{
 
 use super::Value;
 use crate::manager::{
-    ManagerStats,
+    ManagerStats, Rejection,
     controller::{Controller, Pools},
     db::MonitorView,
 };
@@ -192,6 +192,7 @@ fn register_servers(registry: &mut Registry, views: &[MonitorView]) {
 
 fn register_pools(registry: &mut Registry, pools: &Pools) {
     let size = Family::<PoolLabel, Gauge>::default();
+    let desired = Family::<ServiceLabel, Gauge>::default();
     let free = Family::<ServiceLabel, Gauge>::default();
     let weight = Family::<MemberLabel, FloatGauge>::default();
     for pool in &pools.pools {
@@ -210,15 +211,24 @@ fn register_pools(registry: &mut Registry, pools: &Pools) {
                     .set(w);
             }
         }
-        free.get_or_create(&ServiceLabel {
+        let service = ServiceLabel {
             service: pool.service.clone().into(),
-        })
-        .set(i64::try_from(pool.free.len()).unwrap_or(i64::MAX));
+        };
+        if let Some(n) = pool.desired_servers {
+            desired.get_or_create(&service).set(i64::from(n));
+        }
+        free.get_or_create(&service)
+            .set(i64::try_from(pool.free.len()).unwrap_or(i64::MAX));
     }
     registry.register(
         "pool_servers",
         "Servers in the service's pool, by state (allocated, draining, failed, down)",
         size,
+    );
+    registry.register(
+        "pool_desired_servers",
+        "The pool size the scaling policy wants for the utilization of its last evaluation, within min_servers..max_servers (absent while scaling is disabled)",
+        desired,
     );
     registry.register(
         "pool_free_servers",
@@ -259,8 +269,25 @@ fn register_streams(registry: &mut Registry, stats: &ManagerStats) {
     }
     registry.register(
         "agent_refused",
-        "What the agent streams refused, by reason: a TLS handshake, a message (bad XML, out of sequence, over a limit), a stale report, a settings answer from the wrong host, a certificate other than the pinned one",
+        "What the agent streams refused, by reason: a TLS handshake, a message (every reason of agent_messages_rejected), a stale report, a settings answer from the wrong host, a certificate other than the pinned one",
         refused,
+    );
+    let messages = Family::<ReasonLabel, Counter>::default();
+    for (reason, n) in &stats.messages_rejected_by_reason {
+        messages
+            .get_or_create(&ReasonLabel {
+                reason: reason.clone().into(),
+            })
+            .inc_by(*n);
+    }
+    let reasons: Vec<&str> = Rejection::ALL.iter().map(|r| r.label()).collect();
+    registry.register(
+        "agent_messages_rejected",
+        format!(
+            "Messages the agent streams rejected, by reason: {}",
+            reasons.join(", ")
+        ),
+        messages,
     );
     registry.register(
         "agent_reports",

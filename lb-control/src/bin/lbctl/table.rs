@@ -229,8 +229,11 @@ fn print_done(generation: u64, message: &str) {
 /// `lbctl pool`.
 fn print_pools(pools: &[PoolReport], unassigned: &[PoolMember]) {
     for p in pools {
+        let desired = p
+            .desired_servers
+            .map_or_else(String::new, |n| format!(", the policy wants {n}"));
         out!(
-            "service {} (application {}), manager generation {}",
+            "service {} (application {}), manager generation {}{desired}",
             p.service,
             p.application,
             p.generation

@@ -32,10 +32,13 @@ use crate::net::{ConnectionLimits, HANDSHAKE_TIMEOUT, HELLO_TIMEOUT, MessageRead
 
 mod config;
 mod pins;
+mod rejections;
 mod session;
 mod settings;
 
 pub use config::{ManagerConfig, ManagerConfigError, RemoteNodeConfig};
+pub use rejections::Rejection;
+use rejections::Rejections;
 
 /// Why an agent stream ended before its end of stream.
 #[derive(Debug, thiserror::Error)]
@@ -100,7 +103,14 @@ pub enum ManagerError {
 pub struct ManagerStats {
     pub streams_accepted: u64,
     pub handshakes_refused: u64,
+    /// Messages rejected on agent streams, whatever the reason: the sum
+    /// of `messages_rejected_by_reason`.
     pub messages_rejected: u64,
+    /// Messages rejected on agent streams, by reason (`malformed`,
+    /// `message-too-large`, `out-of-sequence`, ...: every
+    /// [`Rejection`]'s label, zeros included).
+    #[serde(default)]
+    pub messages_rejected_by_reason: BTreeMap<String, u64>,
     pub reports_accepted: u64,
     pub reports_stale: u64,
     /// Settings answers refused: for a request their host was not asked,
@@ -150,7 +160,7 @@ pub struct Manager {
     streams_accepted: AtomicU64,
     settings_refused: AtomicU64,
     handshakes_refused: AtomicU64,
-    messages_rejected: AtomicU64,
+    rejections: Rejections,
     reports_accepted: AtomicU64,
     reports_stale: AtomicU64,
     started: Instant,
@@ -176,7 +186,7 @@ impl Manager {
             streams_accepted: AtomicU64::new(0),
             settings_refused: AtomicU64::new(0),
             handshakes_refused: AtomicU64::new(0),
-            messages_rejected: AtomicU64::new(0),
+            rejections: Rejections::default(),
             reports_accepted: AtomicU64::new(0),
             reports_stale: AtomicU64::new(0),
             started: Instant::now(),
@@ -188,7 +198,8 @@ impl Manager {
         ManagerStats {
             streams_accepted: self.streams_accepted.load(Ordering::Relaxed),
             handshakes_refused: self.handshakes_refused.load(Ordering::Relaxed),
-            messages_rejected: self.messages_rejected.load(Ordering::Relaxed),
+            messages_rejected: self.rejections.total(),
+            messages_rejected_by_reason: self.rejections.by_reason(),
             reports_accepted: self.reports_accepted.load(Ordering::Relaxed),
             reports_stale: self.reports_stale.load(Ordering::Relaxed),
             settings_refused: self.settings_refused.load(Ordering::Relaxed),
@@ -396,8 +407,10 @@ impl Manager {
             let message = match next {
                 Ok(m) => m,
                 Err(e) => {
-                    self.messages_rejected.fetch_add(1, Ordering::Relaxed);
-                    warn!(%peer, host = host.as_deref().unwrap_or("-"), error = %e, "message rejected");
+                    if let Some(reason) = Rejection::of(&e) {
+                        self.rejections.count(reason);
+                    }
+                    warn!(%peer, host = host.as_deref().unwrap_or("-"), code = e.code(), error = %e, "message rejected");
                     let _ = tx.push(ErrorMessage::from_error(&e).into());
                     if e.is_fatal() {
                         return Err(e.into());
@@ -410,7 +423,7 @@ impl Manager {
             }
             let Some(h) = host.as_deref() else { continue };
             if let Err(stale) = guard.check(message.seq()) {
-                self.messages_rejected.fetch_add(1, Ordering::Relaxed);
+                self.rejections.count(Rejection::OutOfSequence);
                 warn!(host = %h, error = %stale, "replayed or stale message ignored");
                 continue;
             }
@@ -437,8 +450,8 @@ impl Manager {
         if let Some(id) = identity
             && let Err(e) = tls::check_peer_name(id, &header.host)
         {
-            self.messages_rejected.fetch_add(1, Ordering::Relaxed);
-            let _ = tx.push(reject("name-mismatch", &e.to_string()));
+            self.rejections.count(Rejection::NameMismatch);
+            let _ = tx.push(reject(Rejection::NameMismatch.label(), &e.to_string()));
             return Err(e.into());
         }
         // The certificate's name, spelt one way (TLS compared it without
@@ -474,9 +487,9 @@ impl Manager {
                     }
                 }
                 if !hello.host.eq_ignore_ascii_case(host) {
-                    self.messages_rejected.fetch_add(1, Ordering::Relaxed);
+                    self.rejections.count(Rejection::NameMismatch);
                     let _ = tx.push(reject(
-                        "name-mismatch",
+                        Rejection::NameMismatch.label(),
                         &format!("hello from `{}` on the stream of `{host}`", hello.host),
                     ));
                     return Ok(());
@@ -490,7 +503,7 @@ impl Manager {
             }
             Message::Report(report) => {
                 if !report.host.eq_ignore_ascii_case(host) {
-                    self.messages_rejected.fetch_add(1, Ordering::Relaxed);
+                    self.rejections.count(Rejection::NameMismatch);
                     return Ok(());
                 }
                 match self.db.lock().await.report(report, Instant::now()) {
@@ -514,9 +527,9 @@ impl Manager {
                 warn!(host, code = %e.code, text = %e.text, "agent reported an error");
             }
             other => {
-                self.messages_rejected.fetch_add(1, Ordering::Relaxed);
+                self.rejections.count(Rejection::Unexpected);
                 let _ = tx.push(reject(
-                    "unexpected",
+                    Rejection::Unexpected.label(),
                     &format!("`{}` is not for the manager", other.name()),
                 ));
             }

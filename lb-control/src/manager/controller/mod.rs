@@ -101,6 +101,9 @@ struct Published {
     generation: u64,
     /// Service → server → weight in force (hundredths).
     service_weights: ServiceWeightMap,
+    /// Service → the pool size its policy wanted at its last evaluation
+    /// (services with scaling enabled).
+    desired: BTreeMap<String, u32>,
 }
 
 /// The loop's state. One change at a time holds it, from the file to the
@@ -442,6 +445,11 @@ impl Controller {
             observed: ops.observed.clone(),
             generation: ops.generations.current(),
             service_weights: ops.persisted.service_weights.clone(),
+            desired: ops
+                .policies
+                .iter()
+                .filter_map(|(service, p)| Some((service.clone(), p.desired_servers()?)))
+                .collect(),
         });
     }
 

@@ -79,6 +79,11 @@ pub struct PoolReport {
     pub generation: u64,
     pub members: Vec<PoolMember>,
     pub free: Vec<PoolMember>,
+    /// The pool size the scaling policy wants for the utilization its
+    /// last evaluation saw, within `min_servers..=max_servers` (`None`:
+    /// scaling disabled, or no evaluation yet).
+    #[serde(default)]
+    pub desired_servers: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -420,6 +425,7 @@ impl Rows<'_> {
             generation: self.published.generation,
             members,
             free,
+            desired_servers: self.published.desired.get(&svc.name).copied(),
         }
     }
 

@@ -96,6 +96,24 @@ pub(super) fn scale_in_desired(policy: &ScalingPolicy, load: &Load) -> u32 {
     }
 }
 
+/// The pool size the policy wants: `recommended` servers in place of the
+/// `counted` ones that report their load, plus the others that serve
+/// without counting (an unmonitored member keeps its place), within
+/// `min_servers..=max_servers`. With no load reported (`None`) it wants
+/// the pool as it is, at least `min_servers`.
+pub(super) fn desired_pool(
+    policy: &ScalingPolicy,
+    recommended: Option<u32>,
+    counted: u32,
+    serving: u32,
+) -> u32 {
+    let others = serving.saturating_sub(counted);
+    recommended
+        .map_or(serving, |r| r.saturating_add(others))
+        .min(policy.max_servers)
+        .max(policy.min_servers)
+}
+
 /// `ceil(x)` as a server count, forgiving float noise (2.0000000001 is 2).
 #[expect(
     clippy::cast_possible_truncation,

@@ -23,7 +23,7 @@ use std::{
 pub use config::{ScalingError, ScalingPolicy, Trigger};
 pub use health::judge_health;
 use health::{health_decisions, known_down};
-use load::{Load, scale_in_desired, servers_for};
+use load::{Load, desired_pool, scale_in_desired, servers_for};
 
 /// A pool member's place, as the manager keeps it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,6 +142,8 @@ pub struct PolicyState {
     relief: BTreeMap<String, f64>,
     /// Notices whose situation still holds (kind, subject).
     notices: BTreeSet<(NoticeKind, String)>,
+    /// The pool size the last evaluation wanted (`None`: scaling off).
+    desired: Option<u32>,
 }
 
 impl PolicyState {
@@ -154,7 +156,17 @@ impl PolicyState {
             last_change: None,
             relief: BTreeMap::new(),
             notices: BTreeSet::new(),
+            desired: None,
         }
+    }
+
+    /// The pool size the last evaluation wanted for the utilization it
+    /// saw, within `min_servers..=max_servers` (the others that serve count too);
+    /// `None` while scaling is disabled. The policy acts on it once its
+    /// window holds it, after the cooldown.
+    #[must_use]
+    pub fn desired_servers(&self) -> Option<u32> {
+        self.desired
     }
 
     /// An allocation completed (or failed) at `now`: the cooldown starts,
@@ -216,6 +228,7 @@ impl PolicyState {
             .count();
         let serving = u32::try_from(serving).unwrap_or(u32::MAX);
 
+        self.desired = None;
         if policy.enabled {
             let replaced = replace(policy, view, &members, serving, &mut round);
             let fleet = Fleet {
@@ -241,6 +254,7 @@ impl PolicyState {
                 && load.utilization(name).is_none_or(|u| u >= policy.upper)
         });
         if load.n() == 0 {
+            self.desired = Some(desired_pool(policy, None, 0, fleet.serving));
             return;
         }
         let n = load.n();
@@ -255,6 +269,7 @@ impl PolicyState {
             Trigger::Server if !hot.is_empty() => n + 1,
             _ => scale_in_desired(policy, &load),
         };
+        self.desired = Some(desired_pool(policy, Some(desired), n, fleet.serving));
         self.remember(desired, policy, now);
         if !fleet.acting {
             return;

@@ -917,3 +917,55 @@ fn default_policy_round_trips_through_toml() {
     let back: ScalingPolicy = toml::from_str(&text).expect("parses");
     assert_eq!(back, ScalingPolicy::default());
 }
+
+/// The desired pool size follows the utilization the evaluation saw,
+/// counts the members that serve without reporting, stays within
+/// `min_servers..=max_servers`, and is absent while scaling is off.
+#[test]
+fn desired_servers_follow_the_load_within_the_bounds() {
+    let mut sim = Sim::new(ScalingPolicy {
+        max_servers: 4,
+        ..ScalingPolicy::default()
+    });
+    assert_eq!(sim.state.desired_servers(), None, "before an evaluation");
+    // 2 × 0.9 / 0.75 = 2.4: three servers.
+    let hot = view(vec![sim.member("s1", 0.9, 0), sim.member("s2", 0.9, 0)]);
+    sim.eval(0, &hot);
+    assert_eq!(sim.state.desired_servers(), Some(3));
+    // An unmonitored member keeps its place beside the three.
+    let mut quiet = sim.member("s3", 0.0, 0);
+    quiet.monitored = false;
+    let mut with_quiet = hot.clone();
+    with_quiet.members.push(quiet);
+    sim.eval(1, &with_quiet);
+    assert_eq!(sim.state.desired_servers(), Some(4));
+    // 3 × 1.5 / 0.75 = 6, over max_servers.
+    let burning = view(vec![
+        sim.member("s1", 1.5, 0),
+        sim.member("s2", 1.5, 0),
+        sim.member("s3", 1.5, 0),
+    ]);
+    sim.eval(2, &burning);
+    assert_eq!(sim.state.desired_servers(), Some(4));
+    // Between the levels: the pool as it is.
+    let calm = view(vec![sim.member("s1", 0.5, 0), sim.member("s2", 0.5, 0)]);
+    sim.eval(3, &calm);
+    assert_eq!(sim.state.desired_servers(), Some(2));
+    // Idle: ceil(3 × 0.05 / 0.75) = 1, but min_servers 2.
+    sim.policy.min_servers = 2;
+    let idle = view(vec![
+        sim.member("s1", 0.05, 0),
+        sim.member("s2", 0.05, 0),
+        sim.member("s3", 0.05, 0),
+    ]);
+    sim.eval(4, &idle);
+    assert_eq!(sim.state.desired_servers(), Some(2));
+    // No member reported yet: the pool as it is, at least min_servers.
+    let mut unknown = sim.member("s1", 0.0, 0);
+    unknown.utilization = None;
+    sim.eval(5, &view(vec![unknown]));
+    assert_eq!(sim.state.desired_servers(), Some(2));
+    sim.policy.enabled = false;
+    sim.eval(6, &hot);
+    assert_eq!(sim.state.desired_servers(), None);
+}

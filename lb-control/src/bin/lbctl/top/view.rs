@@ -277,6 +277,7 @@ mod tests {
                     member("s2", "allocated", 0.3),
                 ],
                 free: vec![member("s3", "free", 0.05)],
+                desired_servers: Some(2),
             }]),
             events,
         }
