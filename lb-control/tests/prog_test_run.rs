@@ -15,25 +15,12 @@ use lb_common::{
 };
 use lb_control::node::dataplane::testbed::{
     CLIENT, CLIENT6, MAX_TABLE, NODE_MAC, SEED, TestBed, VIP, VIP6, XDP_DROP, XDP_PASS, XDP_TX,
-    frames::{ACK, SYN, eth, ipv4, ipv6, tcp, udp},
-    server_mac,
+    frames::{ACK, SYN, eth, icmp4_too_big, ipv4, ipv6, tcp, udp},
+    may_test_run, server_mac,
 };
 
-fn root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    assert!(
-        !std::env::var("CI").is_ok_and(|v| v == "true"),
-        "BPF_PROG_TEST_RUN needs root and CI=true: refusing to skip"
-    );
-    eprintln!("SKIPPED: needs root");
-    false
-}
-
 fn harness() -> Option<TestBed> {
-    if !root() {
+    if !may_test_run() {
         return None;
     }
     Some(TestBed::new(lb_control::node::dataplane::EMBEDDED_PROGRAM))
@@ -331,7 +318,8 @@ fn idle_udp_flow_expires_and_is_rehashed() {
 
 /// A table of one set: every flow competes for the same eight ways.
 fn one_set() -> Option<TestBed> {
-    root().then(|| TestBed::with_flow_capacity(lb_control::node::dataplane::EMBEDDED_PROGRAM, 8))
+    may_test_run()
+        .then(|| TestBed::with_flow_capacity(lb_control::node::dataplane::EMBEDDED_PROGRAM, 8))
 }
 
 #[test]
@@ -596,15 +584,6 @@ fn a_syn_keeps_a_live_flow_and_replaces_a_stale_one() {
     assert_eq!(h.flow(&key2).expect("entry").backend, other);
     assert_eq!(h.guard_counter(guard::SYN_KEPT_FLOW), 1);
     assert_eq!(h.guard_counter(guard::SYN_REPLACED_FLOW), 3);
-}
-
-/// An ICMP "fragmentation needed" quoting the reply of `client_port`'s flow.
-fn icmp4_too_big(client_port: u16) -> Vec<u8> {
-    let router = Ipv4Addr::new(10, 0, 0, 254);
-    let quoted = ipv4(VIP, CLIENT, PROTO_TCP, &[], 0, &tcp(80, client_port, ACK));
-    let mut icmp = vec![3, 4, 0, 0, 0, 0, 0x05, 0xdc];
-    icmp.extend_from_slice(&quoted[14..14 + 28]);
-    ipv4(router, VIP, 1, &[], 0, &icmp)
 }
 
 /// An `ICMPv6` "packet too big" quoting the reply of `client_port`'s flow.

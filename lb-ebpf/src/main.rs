@@ -6,6 +6,7 @@
 #![no_std]
 #![no_main]
 
+mod debug;
 mod flows;
 mod packet;
 mod runtime;
@@ -153,6 +154,7 @@ fn try_xdp_lb(ctx: &XdpContext) -> Result<u32, ()> {
         }
         Parsed::Fragment(vip) => {
             if VIPS.get_ptr(vip).is_some() {
+                debug::drop_unbalanced(ctx, true);
                 drop_counted(global::FRAGMENT)
             } else {
                 pass()
@@ -160,6 +162,7 @@ fn try_xdp_lb(ctx: &XdpContext) -> Result<u32, ()> {
         }
         Parsed::Unparsed(vip) => {
             if VIPS.get_ptr(vip).is_some() {
+                debug::drop_unbalanced(ctx, false);
                 drop_guarded(guard::IPV6_EXT_UNPARSED)
             } else {
                 pass()
@@ -234,9 +237,11 @@ fn follow_icmp(ctx: &XdpContext, svc: u32, key: &FlowKey, len: u32) -> Result<u3
         let state_ok = b.state == BACKEND_ACTIVE || b.state == BACKEND_DRAINING;
         if state_ok && b.incarnation == incarnation {
             count(global::ICMP_FORWARDED);
+            debug::icmp_routed(ctx, key, svc, backend, b);
             return forward(ctx, svc, backend, b, len, false, None);
         }
     }
+    debug::drop_icmp_no_flow(ctx, key, svc);
     drop_guarded(guard::ICMP_NO_FLOW)
 }
 
@@ -276,6 +281,7 @@ fn balance(ctx: &XdpContext, svc: u32, key: &FlowKey, syn: bool, len: u32) -> Re
     count(global::FLOW_MISS);
 
     let Some(index) = maglev_pick(svc, hash) else {
+        debug::drop_no_backend(ctx, key, svc);
         return drop_counted(global::NO_BACKEND);
     };
     let Some(b) = BACKENDS.get(index) else {
@@ -284,12 +290,14 @@ fn balance(ctx: &XdpContext, svc: u32, key: &FlowKey, syn: bool, len: u32) -> Re
     if b.state != BACKEND_ACTIVE {
         // Tables only ever name active backends; a state change races a
         // table flip only by the grace period the controller waits out.
+        debug::drop_no_backend(ctx, key, svc);
         return drop_counted(global::NO_BACKEND);
     }
     // A SYN's entry waits for the flow's other packets to become one that
     // SYNs keep (lb_common::SYN_KEEP_SECS).
     let seen = if syn { syn_entry_seen(now) } else { now };
     flows::remember(place, key, hash, (index, b.incarnation), seen, now);
+    debug::new_flow(ctx, key, svc, index, b);
     forward(ctx, svc, index, b, len, true, Some(now))
 }
 
@@ -374,6 +382,9 @@ fn forward(
             count(global::REDIRECT);
             Ok(action)
         }
-        Err(_) => drop_counted(global::ERROR),
+        Err(_) => {
+            debug::drop_redirect_failed(ctx, index, b.ifindex);
+            drop_counted(global::ERROR)
+        }
     }
 }

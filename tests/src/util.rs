@@ -1,5 +1,7 @@
 //! Small helpers for the tests themselves.
 
+use anyhow::Context as _;
+
 /// Whether the process runs as root (euid 0).
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -18,4 +20,22 @@ pub fn require_root(test: &str) -> bool {
     }
     eprintln!("SKIPPED {test}: needs root (network namespaces)");
     false
+}
+
+/// The capabilities `deploy/systemd/lb-control.service` leaves the daemon
+/// (`CapabilityBoundingSet`), as a `setpriv --bounding-set` list.
+pub fn unit_capabilities() -> anyhow::Result<String> {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/systemd/lb-control.service"
+    ))?;
+    let line = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .context("no CapabilityBoundingSet in the unit")?;
+    Ok(line
+        .split_whitespace()
+        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+        .collect::<Vec<_>>()
+        .join(","))
 }

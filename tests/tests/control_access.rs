@@ -228,24 +228,6 @@ fn a_second_instance_on_the_same_pins_refuses_to_start() -> Result<()> {
     Ok(())
 }
 
-/// The capabilities `deploy/systemd/lb-control.service` leaves the daemon
-/// (`CapabilityBoundingSet`), as a `setpriv --bounding-set` list.
-fn unit_capabilities() -> Result<String> {
-    let unit = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../deploy/systemd/lb-control.service"
-    ))?;
-    let line = unit
-        .lines()
-        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
-        .context("no CapabilityBoundingSet in the unit")?;
-    Ok(line
-        .split_whitespace()
-        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
-        .collect::<Vec<_>>()
-        .join(","))
-}
-
 /// The effective capabilities of process `pid`, as the kernel's bit mask.
 fn effective_capabilities(pid: u32) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -265,7 +247,7 @@ fn the_daemon_runs_with_only_the_units_capabilities() -> Result<()> {
     if !require_root("the_daemon_runs_with_only_the_units_capabilities") {
         return Ok(());
     }
-    let caps = unit_capabilities()?;
+    let caps = lb_tests::util::unit_capabilities()?;
     let (lab, _fleet, config) = lab_and_config()?;
     let bal = Balancer::start_with_capabilities(&lab, &config, &caps)?;
     let pid = bal.process.as_ref().context("process")?.pid();

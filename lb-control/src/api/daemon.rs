@@ -193,10 +193,11 @@ impl Daemon {
 }
 
 /// What a reload cannot change: the interfaces, pins and hash seed the
-/// program was loaded with, the sizes of its maps, and the control
-/// socket with its access.
+/// program was loaded with, which variant of it (`debug_xdp`), the sizes
+/// of its maps, and the control socket with its access.
 fn restart_only_changed(new: &Config, running: &Config) -> bool {
     new.node.interfaces != running.node.interfaces
+        || new.node.debug_xdp != running.node.debug_xdp
         || new.node.pin_dir != running.node.pin_dir
         || new.node.socket != running.node.socket
         || new.node.control_group != running.node.control_group
@@ -291,6 +292,17 @@ mod tests {
             fingerprint: String::new(),
             pool: None,
         }
+    }
+
+    #[test]
+    fn the_program_variant_changes_on_restart_only() {
+        let path = std::path::Path::new("reload.toml");
+        let running = Config::parse("[node]\ninterfaces = [\"eth0\"]\n", path).unwrap();
+        let debug =
+            Config::parse("[node]\ninterfaces = [\"eth0\"]\ndebug_xdp = true\n", path).unwrap();
+        assert!(!restart_only_changed(&running, &running));
+        assert!(restart_only_changed(&debug, &running));
+        assert!(restart_only_changed(&running, &debug));
     }
 
     #[test]

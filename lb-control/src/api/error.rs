@@ -15,7 +15,7 @@ pub enum RequestError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(
-        "[node] interfaces/pin_dir/hash_seed and [limits] take effect on restart only; restart lb-control to change them (services and servers were not changed either)"
+        "[node] interfaces/pin_dir/hash_seed/debug_xdp and [limits] take effect on restart only; restart lb-control to change them (services and servers were not changed either)"
     )]
     RestartRequired,
     /// The node did not apply the file.

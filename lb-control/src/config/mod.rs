@@ -97,6 +97,15 @@ pub struct NodeConfig {
     /// (upgrades and tests).
     #[serde(default)]
     pub program: Option<PathBuf>,
+    /// Load the built-in debug variant of the XDP program: the same program
+    /// with a few log records (a new flow's backend, a drop's reason, an
+    /// ICMP too-big routed), forwarded into this log under target `xdp`.
+    /// Each record costs the packet a ring-buffer write: for finding a
+    /// problem, not for production load. Read at start only: a restart with
+    /// it changed replaces the running program in place, as an upgrade
+    /// does. Not with `program` (an object that logs is forwarded anyway).
+    #[serde(default)]
+    pub debug_xdp: bool,
     /// Directory for the node's own state: the desired state a remote
     /// manager sent, with its generations, so a restarted node comes back as
     /// the manager left it.
@@ -448,6 +457,20 @@ mac = "02:00:00:00:00:12"
             .unwrap_err()
             .to_string();
         assert!(e.contains("limits.flow_table_size = 4 must be 8.."), "{e}");
+    }
+
+    #[test]
+    fn debug_xdp_selects_the_built_in_debug_object_only() {
+        assert!(!parse(GOOD).expect("valid").node.debug_xdp);
+        let debug = GOOD.replace("[node]\n", "[node]\ndebug_xdp = true\n");
+        assert!(parse(&debug).expect("valid").node.debug_xdp);
+        let e = parse(&debug.replace("debug_xdp", "program = \"/tmp/x.o\"\ndebug_xdp"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("test.toml:4") && e.contains("node.debug_xdp") && e.contains("node.program"),
+            "{e}"
+        );
     }
 
     #[test]

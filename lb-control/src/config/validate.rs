@@ -22,9 +22,16 @@ use super::{Config, ConfigError, Limits, MAX_FLOW_TABLE_SIZE, ServerConfig, Serv
 #[derive(Debug, Default, Deserialize)]
 struct Spans {
     #[serde(default)]
+    node: NodeAt,
+    #[serde(default)]
     service: Vec<ServiceAt>,
     #[serde(default)]
     server: Vec<ServerAt>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct NodeAt {
+    debug_xdp: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -107,6 +114,13 @@ impl Config {
         if self.node.interfaces.is_empty() {
             return Err(at.global(
                 "node.interfaces is empty: name at least one interface to attach to".into(),
+            ));
+        }
+        if self.node.debug_xdp && self.node.program.is_some() {
+            let span = at.spans.node.debug_xdp.as_ref().map_or(0..0, Spanned::span);
+            return Err(at.invalid(
+                span,
+                "node.debug_xdp selects the built-in debug object, but node.program names another: drop one (an object built with lb-ebpf's `debug-log` feature logs without debug_xdp)".into(),
             ));
         }
         validate_limits(&self.limits).map_err(|m| at.global(m.to_string()))?;

@@ -154,8 +154,16 @@ pub const GUARD_STATS: MapSpec = MapSpec {
     )
 };
 
+/// aya-log's ring buffer (its name and size are aya-log-ebpf's): only the
+/// debug variant declares it. Pinned like the others, so that a controller
+/// that adopts a running debug program reads the ring it writes.
+pub const LOG_RING: MapSpec = MapSpec {
+    optional: true,
+    ..spec::<(), ()>("AYA_LOGS", MapType::RingBuf, Entries::Fixed(1 << 17), 0)
+};
+
 /// Every map of this release's program, in the order they are pinned.
-pub const MAP_SPECS: [MapSpec; 14] = [
+pub const MAP_SPECS: [MapSpec; 15] = [
     SERVICES,
     SERVICE_BUCKETS,
     SERVICE_STATE,
@@ -170,6 +178,7 @@ pub const MAP_SPECS: [MapSpec; 14] = [
     GLOBAL_STATS,
     FLOW_STATS,
     GUARD_STATS,
+    LOG_RING,
 ];
 
 /// The flow table's layout in a program build (the program decides it; the
@@ -208,7 +217,7 @@ impl FlowLayout {
 
 /// Every map of a build with this flow-table layout.
 #[must_use]
-pub fn specs(layout: FlowLayout) -> [MapSpec; 14] {
+pub fn specs(layout: FlowLayout) -> [MapSpec; 15] {
     MAP_SPECS.map(|spec| {
         if spec.name == MAP_FLOWS {
             layout.flows()
@@ -287,8 +296,8 @@ mod tests {
 
     /// Every map of the object is in the table with its kind, sizes and
     /// flags, and every map of the table is in the object (optional ones
-    /// when `all`).
-    fn object_matches_table(bytes: &[u8], layout: FlowLayout, all: bool) {
+    /// when `all`; the log ring when `logs`).
+    fn object_matches_table(bytes: &[u8], layout: FlowLayout, all: bool, logs: bool) {
         let maps = declared(bytes);
         let table = specs(layout);
         let in_table: BTreeSet<&str> = table.iter().map(|s| s.name).collect();
@@ -300,9 +309,15 @@ mod tests {
         );
         for spec in &table {
             let Some(map) = maps.get(spec.name) else {
-                assert!(spec.optional && !all, "{} not in the object", spec.name);
+                let absent_ok = if spec.name == LOG_RING.name {
+                    !logs
+                } else {
+                    spec.optional && !all
+                };
+                assert!(absent_ok, "{} not in the object", spec.name);
                 continue;
             };
+            assert!(logs || spec.name != LOG_RING.name, "a log ring");
             assert_eq!(map.map_type(), spec.kind as u32, "{} kind", spec.name);
             assert_eq!(map.key_size(), spec.key, "{} key size", spec.name);
             assert_eq!(map.value_size(), spec.value, "{} value size", spec.name);
@@ -317,7 +332,14 @@ mod tests {
     fn the_built_object_declares_the_table() {
         let bytes = super::super::EMBEDDED_PROGRAM;
         assert_eq!(FlowLayout::of_object(bytes), FlowLayout::Sets);
-        object_matches_table(bytes, FlowLayout::Sets, true);
+        object_matches_table(bytes, FlowLayout::Sets, true, false);
+    }
+
+    #[test]
+    fn the_debug_object_declares_the_table_and_the_log_ring() {
+        let bytes = super::super::DEBUG_PROGRAM;
+        assert_eq!(FlowLayout::of_object(bytes), FlowLayout::Sets);
+        object_matches_table(bytes, FlowLayout::Sets, true, true);
     }
 
     #[cfg(feature = "test-support")]
@@ -325,7 +347,7 @@ mod tests {
     fn the_legacy_object_declares_the_legacy_table() {
         let bytes = std::fs::read(super::super::LEGACY_PROGRAM_PATH).expect("legacy object");
         assert_eq!(FlowLayout::of_object(&bytes), FlowLayout::Legacy);
-        object_matches_table(&bytes, FlowLayout::Legacy, false);
+        object_matches_table(&bytes, FlowLayout::Legacy, false, false);
     }
 
     #[test]

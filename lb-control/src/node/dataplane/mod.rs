@@ -22,6 +22,7 @@ pub mod services;
 pub mod tables;
 #[cfg(feature = "test-support")]
 pub mod testbed;
+pub mod xdp_log;
 
 use std::path::PathBuf;
 
@@ -40,9 +41,13 @@ pub use flows::{FlowSets, FlowTable};
 use grace::GracePeriod;
 use maps::{FlowLayout, MapSizes};
 use mmap::MmapArray;
+use tracing::{info, warn};
 
 /// The XDP object built by `cargo xtask build-ebpf` (see `build.rs`).
 pub static EMBEDDED_PROGRAM: &[u8] = aya::include_bytes_aligned!(env!("LB_EBPF_OBJECT"));
+/// The same program with its debug log records (lb-ebpf's `debug-log`),
+/// loaded instead with `[node] debug_xdp`.
+pub static DEBUG_PROGRAM: &[u8] = aya::include_bytes_aligned!(env!("LB_EBPF_DEBUG_OBJECT"));
 /// Reference programs `xdp_floor` (MAC swap + `XDP_TX`, the benchmark floor)
 /// and `xdp_pass` (what a veth peer needs for `XDP_TX` to reach it in labs).
 pub static FLOOR_PROGRAM: &[u8] = aya::include_bytes_aligned!(env!("LB_EBPF_FLOOR_OBJECT"));
@@ -150,13 +155,15 @@ pub struct DataPlane {
     pub grace: GracePeriod,
 }
 
-/// Program bytes: the configured object file or the embedded build.
+/// Program bytes: the configured object file or the embedded build (its
+/// debug variant with `debug_xdp`).
 pub fn program_bytes(config: &Config) -> Result<Vec<u8>, DataPlaneError> {
     match &config.node.program {
         Some(path) => std::fs::read(path).map_err(|source| DataPlaneError::Object {
             path: path.clone(),
             source,
         }),
+        None if config.node.debug_xdp => Ok(DEBUG_PROGRAM.to_vec()),
         None => Ok(EMBEDDED_PROGRAM.to_vec()),
     }
 }
@@ -208,7 +215,20 @@ impl DataPlane {
         if let (true, Some(table)) = (rehome, &mut flow_sets) {
             migrate::rehome(table, false);
         }
+        let logs = xdp_log::object_logs(&ebpf);
+        let ring_pinned = found
+            .maps
+            .iter()
+            .any(|(name, _)| *name == maps::LOG_RING.name);
+        if plan.adoption == Adoption::Replaced && ring_pinned != logs {
+            say_variant_change(ring_pinned, config);
+        }
         let program_id = attach::start(&mut ebpf, config, &dir, plan.adoption, identity)?;
+        if !logs {
+            xdp_log::unpin_ring(&dir);
+        } else if let Err(e) = xdp_log::forward(&mut ebpf) {
+            warn!(error = %e, "the XDP program logs, but its records stay unread");
+        }
         if let Some(old) = old_flows {
             migrate::copy_flows(&old, &mut ebpf, layout, seed, &sizes)?;
         }
@@ -276,6 +296,18 @@ impl DataPlane {
             .get(&index, 0)
             .map_or(0, |v| v.iter().copied().max().unwrap_or(0))
     }
+}
+
+/// Says that the program about to be replaced is the other variant (debug
+/// when `running_debug`, production otherwise): `debug_xdp` changed.
+fn say_variant_change(running_debug: bool, config: &Config) {
+    let variant = |debug: bool| if debug { "debug" } else { "production" };
+    info!(
+        running = variant(running_debug),
+        loading = variant(!running_debug),
+        debug_xdp = config.node.debug_xdp,
+        "the running XDP program is the other variant: replacing it in place"
+    );
 }
 
 /// The kernel's current coarse second, as the program computes it.

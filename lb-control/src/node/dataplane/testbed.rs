@@ -363,11 +363,29 @@ pub fn run_timed(program: &Xdp, frame: &[u8], repeat: u32) -> std::time::Duratio
     result.duration
 }
 
+/// Whether `BPF_PROG_TEST_RUN` can run here: as root. Otherwise the test
+/// is skipped, said on stderr, or fails under `CI=true` (CI never skips).
+#[must_use]
+pub fn may_test_run() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    assert!(
+        !std::env::var("CI").is_ok_and(|v| v == "true"),
+        "BPF_PROG_TEST_RUN needs root and CI=true: refusing to skip"
+    );
+    eprintln!("SKIPPED: needs root");
+    false
+}
+
 /// Frame builders.
 pub mod frames {
     use std::net::{Ipv4Addr, Ipv6Addr};
 
-    use super::{CLIENT_MAC, NODE_MAC};
+    use lb_common::PROTO_TCP;
+
+    use super::{CLIENT, CLIENT_MAC, NODE_MAC, VIP};
 
     #[must_use]
     pub fn eth(ethertype: u16) -> Vec<u8> {
@@ -436,6 +454,17 @@ pub mod frames {
         u.extend_from_slice(&[0, 12, 0, 0]);
         u.extend_from_slice(b"ping");
         u
+    }
+
+    /// An ICMP "fragmentation needed" from a router, quoting the reply of
+    /// `client_port`'s flow to the TCP VIP.
+    #[must_use]
+    pub fn icmp4_too_big(client_port: u16) -> Vec<u8> {
+        let router = Ipv4Addr::new(10, 0, 0, 254);
+        let quoted = ipv4(VIP, CLIENT, PROTO_TCP, &[], 0, &tcp(80, client_port, ACK));
+        let mut icmp = vec![3, 4, 0, 0, 0, 0, 0x05, 0xdc];
+        icmp.extend_from_slice(&quoted[14..14 + 28]);
+        ipv4(router, VIP, 1, &[], 0, &icmp)
     }
 
     pub const SYN: u8 = 0x02;
