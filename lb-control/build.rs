@@ -14,21 +14,14 @@
 //! release's flow-entry layout (`legacy-flow-entry` of lb-ebpf) and points
 //! `LB_EBPF_LEGACY_OBJECT` at it, for the upgrade test.
 
-use std::{env, path::PathBuf, process::Command};
+use std::{env, path::PathBuf};
+
+use lb_ebpf_build::build;
 
 fn main() {
-    let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets it"));
-    let ebpf_dir = manifest.join("../lb-ebpf");
-    let root = manifest.join("..");
+    let root = lb_ebpf_build::workspace_root();
     let target_dir = root.join("target/bpf");
-    for input in [
-        ebpf_dir.join("src"),
-        ebpf_dir.join("Cargo.toml"),
-        root.join("lb-common/src"),
-    ] {
-        println!("cargo:rerun-if-changed={}", input.display());
-    }
-    println!("cargo:rerun-if-env-changed=LB_EBPF_PREBUILT");
+    lb_ebpf_build::rerun_if_changed(&root);
     // Cargo sets this for build scripts when the feature is on.
     let test_support = env::var_os("CARGO_FEATURE_TEST_SUPPORT").is_some();
     let legacy_dir = root.join("target/bpf-legacy");
@@ -47,7 +40,7 @@ fn main() {
         let debug_dir = target_dir.join("debug-log");
         let artifact_dir = debug_dir.to_string_lossy().into_owned();
         build(
-            &ebpf_dir,
+            &root,
             &target_dir,
             &[
                 "--bin",
@@ -59,11 +52,11 @@ fn main() {
                 &artifact_dir,
             ],
         );
-        build(&ebpf_dir, &target_dir, &["--bins"]);
+        build(&root, &target_dir, &["--bins"]);
         if test_support {
             // The first release's flow-entry layout, for the upgrade test.
             build(
-                &ebpf_dir,
+                &root,
                 &legacy_dir,
                 &["--bins", "--features", "legacy-flow-entry"],
             );
@@ -85,35 +78,5 @@ fn main() {
     if test_support {
         let legacy = legacy_dir.join("bpfel-unknown-none/release/lb-ebpf");
         println!("cargo:rustc-env=LB_EBPF_LEGACY_OBJECT={}", legacy.display());
-    }
-}
-
-fn build(ebpf_dir: &std::path::Path, target_dir: &std::path::Path, extra: &[&str]) {
-    {
-        // A nested cargo must not inherit this build's target settings.
-        let mut cmd = Command::new("rustup");
-        cmd.args(["run", "nightly", "cargo", "build", "--release"])
-            .arg("--target-dir")
-            .arg(target_dir)
-            .args(extra)
-            .current_dir(ebpf_dir);
-        for (key, _) in env::vars_os() {
-            let key = key.to_string_lossy().into_owned();
-            let inherited_build_setting = (key.starts_with("CARGO") && key != "CARGO_HOME")
-                || key.starts_with("RUSTC")
-                || key == "RUSTFLAGS"
-                || key == "RUSTDOCFLAGS"
-                || key == "RUSTUP_TOOLCHAIN";
-            if inherited_build_setting {
-                cmd.env_remove(&key);
-            }
-        }
-        let status = cmd.status().unwrap_or_else(|e| {
-            panic!("cannot run `rustup run nightly cargo` to build lb-ebpf: {e}; run `cargo xtask build-ebpf` first")
-        });
-        assert!(
-            status.success(),
-            "building the XDP program failed; `cargo xtask build-ebpf` installs rust-src and bpf-linker and shows the error"
-        );
     }
 }

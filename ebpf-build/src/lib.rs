@@ -48,12 +48,12 @@ pub fn objects(root: &Path) -> PathBuf {
         return PathBuf::from(prebuilt);
     }
     let target_dir = root.join("target/bpf");
-    build(root, &target_dir, &[]);
+    build(root, &target_dir, &["--bins"]);
     target_dir.join("bpfel-unknown-none/release")
 }
 
-/// Builds every program of lb-ebpf into `target_dir` (with `extra` cargo
-/// arguments, e.g. features).
+/// Builds lb-ebpf's programs into `target_dir` with `extra` cargo
+/// arguments (which programs: `--bins`, `--bin NAME`; features).
 ///
 /// # Panics
 ///
@@ -61,7 +61,7 @@ pub fn objects(root: &Path) -> PathBuf {
 /// way to fail.
 pub fn build(root: &Path, target_dir: &Path, extra: &[&str]) {
     let mut cmd = Command::new("rustup");
-    cmd.args(["run", "nightly", "cargo", "build", "--release", "--bins"])
+    cmd.args(["run", "nightly", "cargo", "build", "--release"])
         .arg("--target-dir")
         .arg(target_dir)
         .args(extra)
