@@ -26,7 +26,8 @@ use aya::{
 use lb_common::{
     FAMILY_V4, FAMILY_V6,
     decap::{
-        DECAP_PROGRAM, DecapSource, GLOBAL_GUE_PORT, MAP_DECAP_SOURCES, MAP_DECAP_STATS, stats,
+        DECAP_PROGRAM, DecapSource, GLOBAL_GUE_PORT, MAP_DECAP_SOURCES, MAP_DECAP_STATS,
+        MAP_DECAP_VIPS, stats,
     },
 };
 
@@ -44,6 +45,9 @@ pub struct DecapSpec {
     pub interface: String,
     /// The outer sources allowed to tunnel to this server (the nodes').
     pub sources: Vec<IpAddr>,
+    /// The VIPs this server serves: an inner packet for any other address
+    /// is dropped, never relayed.
+    pub vips: Vec<IpAddr>,
     /// The outer UDP destination port of GUE.
     pub gue_port: u16,
 }
@@ -80,6 +84,9 @@ pub enum DecapError {
         /// Why.
         message: String,
     },
+    /// Not a name an interface can have.
+    #[error("{0:?} is not an interface name (1 to 15 bytes, no '/', not '.' or '..')")]
+    BadInterface(String),
     /// Nothing is installed on the interface.
     #[error("no decapsulation on {interface} (nothing pinned at {})", dir.display())]
     NotAttached {
@@ -99,22 +106,42 @@ fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Decap
     }
 }
 
-/// The pin directory of `interface` in this process's network namespace.
+/// The pin directory of `interface` in this process's network namespace;
+/// refuses names that are no interface's (they would name another
+/// directory).
 pub fn pin_dir(root: &Path, interface: &str) -> Result<PathBuf, DecapError> {
+    let valid = !interface.is_empty()
+        && interface.len() < 16
+        && interface != "."
+        && interface != ".."
+        && !interface.contains(['/', '\0'])
+        && !interface.chars().any(char::is_whitespace);
+    if !valid {
+        return Err(DecapError::BadInterface(interface.to_owned()));
+    }
     let ns = Path::new("/proc/self/ns/net");
     let inode = std::fs::metadata(ns).map_err(io("reading", ns))?.ino();
     Ok(root.join(format!("net-{inode}")).join(interface))
 }
 
 /// Installs (or replaces in place) the program on `spec.interface` and
-/// sets its allowed sources; returns the program's id. Returns once the
-/// program is attached and pinned: nothing needs to keep running.
+/// sets its allowed sources and VIPs; returns the program's id. Returns
+/// once the program is attached and pinned: nothing needs to keep running.
+/// A failed first attach leaves no pin behind.
 pub fn attach(spec: &DecapSpec, root: &Path) -> Result<u32, DecapError> {
     let dir = pin_dir(root, &spec.interface)?;
     std::fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
+    let result = attach_in(spec, &dir);
+    if result.is_err() && !dir.join(LINK_PIN).exists() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    result
+}
+
+fn attach_in(spec: &DecapSpec, dir: &Path) -> Result<u32, DecapError> {
     let mut loader = EbpfLoader::new();
     loader.override_global(GLOBAL_GUE_PORT, &spec.gue_port, true);
-    for name in [MAP_DECAP_SOURCES, MAP_DECAP_STATS] {
+    for name in [MAP_DECAP_SOURCES, MAP_DECAP_VIPS, MAP_DECAP_STATS] {
         loader.map_pin_path(name, dir.join(name));
     }
     let mut ebpf = loader.load(DECAP_OBJECT)?;
@@ -127,19 +154,25 @@ pub fn attach(spec: &DecapSpec, root: &Path) -> Result<u32, DecapError> {
         .try_into()?;
     program.load()?;
     let link = dir.join(LINK_PIN);
-    if link.exists() {
-        replace(program, &link, &spec.interface)?;
-    } else {
+    if link.exists() && replace(program, &link, &spec.interface).is_err() {
+        // A link whose interface went away (deleted and made again, its
+        // namespace gone): start afresh.
+        std::fs::remove_file(&link).map_err(io("removing the stale link", &link))?;
+    }
+    if !link.exists() {
         attach_new(program, &link, &spec.interface)?;
     }
     let id = program.info()?.id();
-    let sources = ebpf
-        .map_mut(MAP_DECAP_SOURCES)
-        .ok_or_else(|| DecapError::Attach {
+    for (name, addrs) in [
+        (MAP_DECAP_SOURCES, &spec.sources),
+        (MAP_DECAP_VIPS, &spec.vips),
+    ] {
+        let map = ebpf.map_mut(name).ok_or_else(|| DecapError::Attach {
             interface: spec.interface.clone(),
-            message: format!("the object has no map `{MAP_DECAP_SOURCES}`"),
+            message: format!("the object has no map `{name}`"),
         })?;
-    set_sources_in(HashMap::try_from(sources)?, &spec.sources)?;
+        set_addrs_in(HashMap::try_from(map)?, addrs)?;
+    }
     Ok(id)
 }
 
@@ -194,12 +227,12 @@ fn source_key(addr: IpAddr) -> DecapSource {
     }
 }
 
-/// Makes the allowed sources exactly `sources`.
-fn set_sources_in<T: std::borrow::BorrowMut<MapData>>(
+/// Makes the map's addresses exactly `addrs`.
+fn set_addrs_in<T: std::borrow::BorrowMut<MapData>>(
     mut map: HashMap<T, DecapSource, u32>,
-    sources: &[IpAddr],
+    addrs: &[IpAddr],
 ) -> Result<(), DecapError> {
-    let wanted: Vec<DecapSource> = sources.iter().copied().map(source_key).collect();
+    let wanted: Vec<DecapSource> = addrs.iter().copied().map(source_key).collect();
     let stale: Vec<DecapSource> = map
         .keys()
         .filter_map(Result::ok)
@@ -218,13 +251,13 @@ fn set_sources_in<T: std::borrow::BorrowMut<MapData>>(
 /// manager's nodes changed).
 pub fn set_sources(root: &Path, interface: &str, sources: &[IpAddr]) -> Result<(), DecapError> {
     let map = pinned_map(root, interface, MAP_DECAP_SOURCES)?;
-    set_sources_in(HashMap::try_from(Map::HashMap(map))?, sources)
+    set_addrs_in(HashMap::try_from(Map::HashMap(map))?, sources)
 }
 
 fn pinned_map(root: &Path, interface: &str, name: &str) -> Result<MapData, DecapError> {
     let dir = pin_dir(root, interface)?;
     let path = dir.join(name);
-    if !path.exists() {
+    if !path.exists() || !dir.join(LINK_PIN).exists() {
         return Err(DecapError::NotAttached {
             interface: interface.into(),
             dir,

@@ -45,8 +45,7 @@ enum Command {
         config: PathBuf,
     },
     /// The decapsulation of tunnelled packets (IPIP, GUE) from the
-    /// balancer's nodes, for a server that runs no agent (an agent with
-    /// `[decap]` installs it itself).
+    /// balancer's nodes to this server's VIPs.
     #[command(subcommand)]
     Decap(DecapCommand),
 }
@@ -63,6 +62,10 @@ enum DecapCommand {
         /// `tunnel_source`); repeatable, at least one.
         #[arg(long = "source", value_name = "ADDR", required = true)]
         sources: Vec<std::net::IpAddr>,
+        /// A VIP this server serves (on its loopback); repeatable, at least
+        /// one. A tunnelled packet for any other address is dropped.
+        #[arg(long = "vip", value_name = "ADDR", required = true)]
+        vips: Vec<std::net::IpAddr>,
         /// The outer UDP destination port of GUE (the nodes' `gue_port`).
         #[arg(long, default_value_t = lb_common::decap::DEFAULT_GUE_PORT)]
         gue_port: u16,
@@ -178,23 +181,22 @@ fn decap(command: DecapCommand) -> Result<(), MainError> {
         DecapCommand::Attach {
             interface,
             sources,
+            vips,
             gue_port,
             pin_root,
         } => {
             let spec = decap::DecapSpec {
                 interface,
                 sources,
+                vips,
                 gue_port,
             };
             let id = decap::attach(&spec, &pin_root)?;
             println!(
-                "decapsulation on {}: program {id}, sources {}, GUE port {}; pinned in {}",
+                "decapsulation on {}: program {id}, sources {}, VIPs {}, GUE port {}; pinned in {}",
                 spec.interface,
-                spec.sources
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                joined(&spec.sources),
+                joined(&spec.vips),
                 spec.gue_port,
                 decap::pin_dir(&pin_root, &spec.interface)?.display()
             );
@@ -219,6 +221,14 @@ fn decap(command: DecapCommand) -> Result<(), MainError> {
         }
     }
     Ok(())
+}
+
+fn joined(addrs: &[std::net::IpAddr]) -> String {
+    addrs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn run(path: &std::path::Path) -> Result<(), MainError> {

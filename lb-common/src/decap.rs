@@ -30,15 +30,18 @@ pub const MAX_STRIP: usize = 60 + UDP_LEN + GUE_LEN + 31 * 4;
 
 /// The decapsulation program's load-time global: the GUE port.
 pub const GLOBAL_GUE_PORT: &str = "GUE_PORT";
-/// Its maps: allowed outer sources ([`DecapSource`] → 1), counters.
+/// Its maps: allowed outer sources and the VIPs inner packets may be
+/// addressed to (each [`DecapSource`] → 1), counters.
 pub const MAP_DECAP_SOURCES: &str = "DECAP_SOURCES";
+pub const MAP_DECAP_VIPS: &str = "DECAP_VIPS";
 pub const MAP_DECAP_STATS: &str = "DECAP_STATS";
 /// The program's name in its object.
 pub const DECAP_PROGRAM: &str = "xdp_decap";
-/// Most allowed outer sources (every node's, both families).
+/// Most allowed outer sources (every node's, both families), and VIPs.
 pub const MAX_DECAP_SOURCES: u32 = 256;
+pub const MAX_DECAP_VIPS: u32 = 256;
 
-/// An allowed outer source address.
+/// An address in the program's maps: an allowed outer source, a VIP.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct DecapSource {
@@ -71,9 +74,12 @@ pub mod stats {
     pub const MALFORMED: u32 = 3;
     /// Everything else: passed untouched.
     pub const PASSED: u32 = 4;
+    /// Tunnelled packets from an allowed source whose inner packet is not
+    /// for one of this server's VIPs: dropped (never relayed).
+    pub const NOT_A_VIP: u32 = 5;
     pub const COUNT: u32 = 8;
     /// Names, in index order, for counters' output.
-    pub const NAMES: [&str; 5] = ["ipip", "gue", "refused", "malformed", "passed"];
+    pub const NAMES: [&str; 6] = ["ipip", "gue", "refused", "malformed", "passed", "not_a_vip"];
 }
 
 /// What a frame is, as far as tunnels go.
@@ -83,10 +89,11 @@ pub enum Tunnelled {
     Pass,
     /// A tunnel header that cannot be taken off: drop.
     Malformed,
-    /// A tunnelled packet from `src`: strip `strip` bytes after the
-    /// Ethernet header; the inner packet is IPv6 when `inner_v6`.
+    /// A tunnelled packet from `src` to `inner_dst`: strip `strip` bytes
+    /// after the Ethernet header; the inner packet is IPv6 when `inner_v6`.
     Packet {
         src: DecapSource,
+        inner_dst: DecapSource,
         strip: usize,
         inner_v6: bool,
         gue: bool,
@@ -125,9 +132,20 @@ pub fn classify(frame: &(impl Frame + ?Sized), gue_port: u16) -> Tunnelled {
             let Some(ip) = read::<Ipv6Header>(frame, ETH_LEN) else {
                 return Tunnelled::Pass;
             };
-            if ip.version_flow[0] >> 4 != 6
-                || !carries_tunnel(frame, ETH_LEN + IPV6_LEN, ip.next, gue_port)
-            {
+            if ip.version_flow[0] >> 4 != 6 {
+                return Tunnelled::Pass;
+            }
+            if is_extension(ip.next) {
+                // A node sends no extension headers: a tunnel behind them
+                // (a fragment of one, above all) is not taken off, and not
+                // let through to the stack either.
+                return if extensions_hide_tunnel(frame, ip.next, gue_port) {
+                    Tunnelled::Malformed
+                } else {
+                    Tunnelled::Pass
+                };
+            }
+            if !carries_tunnel(frame, ETH_LEN + IPV6_LEN, ip.next, gue_port) {
                 return Tunnelled::Pass;
             }
             (DecapSource::new(ip.src, FAMILY_V6), IPV6_LEN, ip.next)
@@ -153,6 +171,14 @@ pub fn classify(frame: &(impl Frame + ?Sized), gue_port: u16) -> Tunnelled {
         6 => true,
         _ => return Tunnelled::Malformed,
     };
+    let inner_dst = if inner_v6 {
+        read::<[u8; 16]>(frame, ETH_LEN + strip + 24).map(|a| DecapSource::new(a, FAMILY_V6))
+    } else {
+        read::<[u8; 4]>(frame, ETH_LEN + strip + 16).map(|a| DecapSource::new(widen4(a), FAMILY_V4))
+    };
+    let Some(inner_dst) = inner_dst else {
+        return Tunnelled::Malformed;
+    };
     if let Some(declared) = declared
         && inner_v6 != (declared == PROTO_IPV6_IN_IP)
     {
@@ -160,9 +186,53 @@ pub fn classify(frame: &(impl Frame + ?Sized), gue_port: u16) -> Tunnelled {
     }
     Tunnelled::Packet {
         src,
+        inner_dst,
         strip,
         inner_v6,
         gue: proto == PROTO_UDP,
+    }
+}
+
+const NEXT_HOP_BY_HOP: u8 = 0;
+const NEXT_ROUTING: u8 = 43;
+const NEXT_FRAGMENT: u8 = 44;
+const NEXT_DEST_OPTIONS: u8 = 60;
+
+#[inline(always)]
+fn is_extension(next: u8) -> bool {
+    matches!(
+        next,
+        NEXT_HOP_BY_HOP | NEXT_ROUTING | NEXT_FRAGMENT | NEXT_DEST_OPTIONS
+    )
+}
+
+/// Whether IPv6 extension headers starting with `next` lead to a tunnel
+/// header (or a fragment of one: a later fragment of UDP cannot tell its
+/// port and passes), within [`crate::IPV6_MAX_EXT_HEADERS`]; headers past
+/// the bound count as hiding one.
+#[inline(always)]
+fn extensions_hide_tunnel(frame: &(impl Frame + ?Sized), mut next: u8, gue_port: u16) -> bool {
+    let mut at = ETH_LEN + IPV6_LEN;
+    let mut later_fragment = false;
+    for _ in 0..crate::IPV6_MAX_EXT_HEADERS {
+        if !is_extension(next) {
+            break;
+        }
+        let Some(head) = read::<[u8; 4]>(frame, at) else {
+            return false;
+        };
+        if next == NEXT_FRAGMENT {
+            later_fragment |= u16::from_be_bytes([head[2], head[3]]) & 0xfff8 != 0;
+            at += 8;
+        } else {
+            at += (head[1] as usize + 1) * 8;
+        }
+        next = head[0];
+    }
+    match next {
+        PROTO_IPIP | PROTO_IPV6_IN_IP => true,
+        PROTO_UDP => !later_fragment && carries_tunnel(frame, at, next, gue_port),
+        _ => is_extension(next),
     }
 }
 

@@ -186,11 +186,12 @@ fn tunnelled_packets_from_allowed_sources_reach_the_vip_and_others_are_dropped()
     let node4 = lab.node.eth0.v4.to_string();
 
     // Only the node may tunnel: the client's packets are refused.
-    let out = decap(
-        &s1.ns,
-        &["attach", "--interface", "eth0", "--source", &node4],
-        &root.0,
-    )?;
+    let vip4s = lab.vip4().to_string();
+    let vip6s = lab.vip6().to_string();
+    let vips = ["--vip", vip4s.as_str(), "--vip", vip6s.as_str()];
+    let mut args = vec!["attach", "--interface", "eth0", "--source", &node4];
+    args.extend(vips);
+    let out = decap(&s1.ns, &args, &root.0)?;
     assert!(out.contains("decapsulation on eth0"), "{out}");
     let first = xdp_program(&s1.ns)?.context("no XDP program on eth0")?;
     assert_eq!(tunnel(&lab, server4, vip4, Wrap::Ipip)?, None);
@@ -201,21 +202,19 @@ fn tunnelled_packets_from_allowed_sources_reach_the_vip_and_others_are_dropped()
     // The client allowed too (both families): attached again in place.
     let client4 = lab.client.eth0.v4.to_string();
     let client6 = lab.client.eth0.v6.to_string();
-    decap(
-        &s1.ns,
-        &[
-            "attach",
-            "--interface",
-            "eth0",
-            "--source",
-            &node4,
-            "--source",
-            &client4,
-            "--source",
-            &client6,
-        ],
-        &root.0,
-    )?;
+    let mut args = vec![
+        "attach",
+        "--interface",
+        "eth0",
+        "--source",
+        &node4,
+        "--source",
+        &client4,
+        "--source",
+        &client6,
+    ];
+    args.extend(vips);
+    decap(&s1.ns, &args, &root.0)?;
     let second = xdp_program(&s1.ns)?.context("no XDP program after the replace")?;
     assert_ne!(first, second, "the program was not replaced");
     for (server, vip, wrap) in [
@@ -233,6 +232,10 @@ fn tunnelled_packets_from_allowed_sources_reach_the_vip_and_others_are_dropped()
     }
     assert!(counter(&s1.ns, &root.0, "ipip")? >= 2);
     assert!(counter(&s1.ns, &root.0, "gue")? >= 3);
+    // From an allowed source, but for an address that is no VIP here (the
+    // server's own): dropped, never relayed.
+    assert_eq!(tunnel(&lab, server4, server4, Wrap::Ipip)?, None);
+    assert!(counter(&s1.ns, &root.0, "not_a_vip")? >= 1);
 
     // Detached: no program, no pins; a second detach has nothing to do.
     let out = decap(&s1.ns, &["detach", "--interface", "eth0"], &root.0)?;

@@ -11,8 +11,8 @@ use aya::{
     programs::{TestRun, TestRunOptions, Xdp},
 };
 use lb_common::decap::{
-    DECAP_PROGRAM, DecapSource, GLOBAL_GUE_PORT, MAP_DECAP_SOURCES, MAP_DECAP_STATS, PROTO_IPIP,
-    PROTO_IPV6_IN_IP, stats,
+    DECAP_PROGRAM, DecapSource, GLOBAL_GUE_PORT, MAP_DECAP_SOURCES, MAP_DECAP_STATS,
+    MAP_DECAP_VIPS, PROTO_IPIP, PROTO_IPV6_IN_IP, stats,
 };
 
 use super::{DECAP_OBJECT, source_key};
@@ -23,6 +23,8 @@ const GUE_PORT: u16 = 6080;
 const NODE4: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 2);
 const NODE6: Ipv6Addr = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 2);
 const STRANGER4: Ipv4Addr = Ipv4Addr::new(10, 0, 9, 9);
+const VIP4: Ipv4Addr = Ipv4Addr::new(10, 0, 100, 1);
+const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x100);
 
 fn root() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -48,10 +50,15 @@ fn load() -> Ebpf {
         .try_into()
         .expect("xdp");
     program.load().expect("verifier");
-    let mut sources: HashMap<_, DecapSource, u32> =
-        HashMap::try_from(ebpf.map_mut(MAP_DECAP_SOURCES).expect("map")).expect("hash");
-    for node in [IpAddr::V4(NODE4), IpAddr::V6(NODE6)] {
-        sources.insert(source_key(node), 1, 0).expect("insert");
+    for (map, addrs) in [
+        (MAP_DECAP_SOURCES, [IpAddr::V4(NODE4), IpAddr::V6(NODE6)]),
+        (MAP_DECAP_VIPS, [IpAddr::V4(VIP4), IpAddr::V6(VIP6)]),
+    ] {
+        let mut m: HashMap<_, DecapSource, u32> =
+            HashMap::try_from(ebpf.map_mut(map).expect("map")).expect("hash");
+        for addr in addrs {
+            m.insert(source_key(addr), 1, 0).expect("insert");
+        }
     }
     ebpf
 }
@@ -118,7 +125,7 @@ fn inner4() -> Vec<u8> {
     ];
     let mut p = ipv4(Ipv4Addr::new(10, 0, 0, 2), 6, &tcp);
     // The inner destination is the VIP.
-    p[16..20].copy_from_slice(&[10, 0, 100, 1]);
+    p[16..20].copy_from_slice(&VIP4.octets());
     p
 }
 
@@ -126,7 +133,9 @@ fn inner6() -> Vec<u8> {
     let tcp = [
         0x9c, 0x40, 0, 80, 0, 0, 0, 9, 0, 0, 0, 0, 0x50, 0x02, 0x10, 0, 0x56, 0x78, 0, 0,
     ];
-    ipv6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2), 6, &tcp)
+    let mut p = ipv6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2), 6, &tcp);
+    p[24..40].copy_from_slice(&VIP6.octets());
+    p
 }
 
 fn udp(payload: &[u8]) -> Vec<u8> {
@@ -184,6 +193,13 @@ fn only_allowed_sources_are_decapsulated() {
     let broken = ethernet(0x0800, &ipv4(NODE4, PROTO_IPIP, &[0x11; 24]));
     assert_eq!(run(&ebpf, &broken).0, XDP_DROP);
     assert_eq!(counter(&ebpf, stats::MALFORMED), 1);
+    // From a node, but for an address that is no VIP here (this server's
+    // own, another host's): dropped, never relayed.
+    let mut elsewhere = inner4();
+    elsewhere[16..20].copy_from_slice(&[192, 0, 2, 1]);
+    let relay = ethernet(0x0800, &ipv4(NODE4, PROTO_IPIP, &elsewhere));
+    assert_eq!(run(&ebpf, &relay).0, XDP_DROP);
+    assert_eq!(counter(&ebpf, stats::NOT_A_VIP), 1);
     // Plain traffic passes untouched.
     let plain = ethernet(0x0800, &inner4());
     assert_eq!(run(&ebpf, &plain), (XDP_PASS, plain.clone()));

@@ -60,9 +60,17 @@ fn udp(port: u16, gue: &[u8], inner: &[u8]) -> Vec<u8> {
     u
 }
 
+/// The verdict on a packet from `src` whose inner packet (to the VIP of
+/// its family) starts `strip` bytes in.
 fn packet(src: DecapSource, strip: usize, inner_v6: bool, gue: bool) -> Tunnelled {
+    let inner_dst = if inner_v6 {
+        DecapSource::new(VIP6, FAMILY_V6)
+    } else {
+        DecapSource::new(widen4(VIP4), FAMILY_V4)
+    };
     Tunnelled::Packet {
         src,
+        inner_dst,
         strip,
         inner_v6,
         gue,
@@ -188,5 +196,51 @@ fn broken_tunnels_are_malformed() {
     assert_eq!(
         classify(&outer4(PROTO_UDP, 0, &udp(port, &[], &[]))[..], port),
         Tunnelled::Malformed
+    );
+}
+
+/// IPv6 extension headers (`headers`: next header, length byte, then the
+/// rest of each 8-byte header) in front of `payload` of protocol `last`.
+fn outer6_ext(headers: &[[u8; 8]], first: u8, payload: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for h in headers {
+        body.extend_from_slice(h);
+    }
+    body.extend_from_slice(payload);
+    outer6(first, &body)
+}
+
+#[test]
+fn ipv6_extension_headers_never_hide_a_tunnel() {
+    let port = DEFAULT_GUE_PORT;
+    // A first fragment of IPIP, a later one, a hop-by-hop header before
+    // IPIP: dropped, whatever the source.
+    let first = [PROTO_IPIP, 0, 0, 0x01, 0, 0, 0, 1];
+    let later = [PROTO_IPV6_IN_IP, 0, 0x05, 0x00, 0, 0, 0, 1];
+    let hop = [PROTO_IPIP, 0, 1, 4, 0, 0, 0, 0];
+    for (headers, first_next) in [(vec![first], 44), (vec![later], 44), (vec![hop], 0)] {
+        assert_eq!(
+            classify(&outer6_ext(&headers, first_next, &inner4())[..], port),
+            Tunnelled::Malformed,
+            "{headers:?}"
+        );
+    }
+    // UDP to the GUE port behind a first fragment; a later fragment of UDP
+    // (no port to tell) and TCP behind destination options pass.
+    let udp_first = [PROTO_UDP, 0, 0, 0x01, 0, 0, 0, 2];
+    let gue = udp(port, &[0, PROTO_IPIP, 0, 0], &inner4());
+    assert_eq!(
+        classify(&outer6_ext(&[udp_first], 44, &gue)[..], port),
+        Tunnelled::Malformed
+    );
+    let udp_later = [PROTO_UDP, 0, 0x05, 0x00, 0, 0, 0, 2];
+    assert_eq!(
+        classify(&outer6_ext(&[udp_later], 44, &gue)[..], port),
+        Tunnelled::Pass
+    );
+    let options = [PROTO_TCP, 0, 1, 4, 0, 0, 0, 0];
+    assert_eq!(
+        classify(&outer6_ext(&[options], 60, &tcp(1, 80, 0x10))[..], port),
+        Tunnelled::Pass
     );
 }

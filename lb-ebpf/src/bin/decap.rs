@@ -4,9 +4,10 @@
 //! VIP on loopback answers the client directly.
 //!
 //! Only packets from an allowed outer source (`DECAP_SOURCES`, the nodes'
-//! tunnel sources) are taken off; a tunnel packet from anyone else is
-//! dropped and counted, so the server is never an open relay. Everything
-//! else passes untouched.
+//! tunnel sources) whose inner packet is for one of this server's VIPs
+//! (`DECAP_VIPS`) are taken off; any other tunnel packet is dropped and
+//! counted, so the server is never an open relay, even for a host that
+//! forges a node's address. Everything else passes untouched.
 #![no_std]
 #![no_main]
 
@@ -24,7 +25,8 @@ use aya_ebpf::{
 };
 use lb_common::{
     decap::{
-        DEFAULT_GUE_PORT, DecapSource, MAX_DECAP_SOURCES, MAX_STRIP, Tunnelled, classify, stats,
+        DEFAULT_GUE_PORT, DecapSource, MAX_DECAP_SOURCES, MAX_DECAP_VIPS, MAX_STRIP, Tunnelled,
+        classify, stats,
     },
     parse::ptr_at,
 };
@@ -36,6 +38,8 @@ static GUE_PORT: u16 = DEFAULT_GUE_PORT;
 
 #[map]
 static DECAP_SOURCES: HashMap<DecapSource, u32> = HashMap::with_max_entries(MAX_DECAP_SOURCES, 0);
+#[map]
+static DECAP_VIPS: HashMap<DecapSource, u32> = HashMap::with_max_entries(MAX_DECAP_VIPS, 0);
 #[map]
 static DECAP_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stats::COUNT, 0);
 
@@ -65,12 +69,17 @@ pub fn xdp_decap(ctx: XdpContext) -> u32 {
         }
         Tunnelled::Packet {
             src,
+            inner_dst,
             strip,
             inner_v6,
             gue,
         } => {
             if DECAP_SOURCES.get_ptr(&src).is_none() {
                 count(stats::REFUSED);
+                return xdp_action::XDP_DROP;
+            }
+            if DECAP_VIPS.get_ptr(&inner_dst).is_none() {
+                count(stats::NOT_A_VIP);
                 return xdp_action::XDP_DROP;
             }
             if strip_outer(&ctx, strip, inner_v6).is_err() {

@@ -124,12 +124,17 @@ impl LabProcess {
             .stderr(stderr);
         if DIE_WITH_PARENT.load(Ordering::Relaxed) {
             use std::os::unix::process::CommandExt as _;
-            // SAFETY: prctl with integer arguments is async-signal-safe and
-            // touches no memory.
+            let parent = std::process::id();
+            // SAFETY: prctl and getppid are async-signal-safe and touch no
+            // memory.
             unsafe {
-                cmd.pre_exec(|| {
+                cmd.pre_exec(move || {
                     if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                         return Err(std::io::Error::last_os_error());
+                    }
+                    // The parent died before the signal was armed.
+                    if u32::try_from(libc::getppid()).ok() != Some(parent) {
+                        return Err(std::io::Error::other("the parent is gone"));
                     }
                     Ok(())
                 });
