@@ -14,6 +14,7 @@
 )]
 
 pub mod decap;
+pub mod encap;
 pub mod flows;
 pub mod hash;
 pub mod maps;

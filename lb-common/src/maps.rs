@@ -433,6 +433,7 @@ mod pod {
     unsafe impl aya::Pod for super::Counters {}
     unsafe impl aya::Pod for crate::flows::FlowSet {}
     unsafe impl aya::Pod for crate::decap::DecapSource {}
+    unsafe impl aya::Pod for crate::encap::TunnelConfig {}
     unsafe impl aya::Pod for crate::services::ServiceBucket {}
 }
 

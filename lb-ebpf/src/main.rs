@@ -10,6 +10,7 @@ mod debug;
 mod flows;
 mod packet;
 mod runtime;
+mod tunnel;
 
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, xdp_action},
@@ -19,6 +20,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use flows::{Lookup, Probe};
+use lb_common::encap::{self, BACKEND_FLAG_GUE, BACKEND_FLAG_IPIP, TunnelConfig};
 use lb_common::parse::{Parsed, parse_frame, ptr_at};
 use lb_common::{
     BACKEND_ACTIVE, BACKEND_DRAINING, BACKEND_FLAG_LOCAL, Backend, Counters,
@@ -83,6 +85,13 @@ pub(crate) static FLOW_STATS: PerCpuArray<u64> =
 /// `lb_common::guard` counters (room for more than are in use).
 #[map]
 static GUARD_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(guard::CAPACITY, 0);
+/// The tunnel sources and GUE port (`lb_common::encap`), one element.
+#[map]
+pub(crate) static TUNNEL: Array<TunnelConfig> = Array::with_max_entries(1, 0);
+/// `lb_common::encap::stats` counters.
+#[map]
+pub(crate) static TUNNEL_STATS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(encap::stats::CAPACITY, 0);
 
 #[xdp]
 pub fn xdp_lb(ctx: XdpContext) -> u32 {
@@ -238,7 +247,7 @@ fn follow_icmp(ctx: &XdpContext, svc: u32, key: &FlowKey, len: u32) -> Result<u3
         if state_ok && b.incarnation == incarnation {
             count(global::ICMP_FORWARDED);
             debug::icmp_routed(ctx, key, svc, backend, b);
-            return forward(ctx, svc, backend, b, len, false, None);
+            return forward(ctx, svc, backend, b, len, hash, false, None);
         }
     }
     debug::drop_icmp_no_flow(ctx, key, svc);
@@ -267,7 +276,7 @@ fn balance(ctx: &XdpContext, svc: u32, key: &FlowKey, syn: bool, len: u32) -> Re
                     if syn {
                         count_guard(guard::SYN_KEPT_FLOW);
                     }
-                    return forward(ctx, svc, backend, b, len, false, Some(now));
+                    return forward(ctx, svc, backend, b, len, hash, false, Some(now));
                 }
             }
             if syn {
@@ -298,7 +307,7 @@ fn balance(ctx: &XdpContext, svc: u32, key: &FlowKey, syn: bool, len: u32) -> Re
     let seen = if syn { syn_entry_seen(now) } else { now };
     flows::remember(place, key, hash, (index, b.incarnation), seen, now);
     debug::new_flow(ctx, key, svc, index, b);
-    forward(ctx, svc, index, b, len, true, Some(now))
+    forward(ctx, svc, index, b, len, hash, true, Some(now))
 }
 
 /// Maglev lookup in the service's active table slot.
@@ -337,15 +346,18 @@ fn add(counters: Option<*mut Counters>, len: u32, new_flow: bool) {
 }
 
 /// Rewrites the Ethernet header for direct server return and sends the frame
-/// on its way (`XDP_TX`, `XDP_REDIRECT`, or `XDP_PASS` for a local server);
-/// the backend counts as seen at `now` when that is given.
+/// on its way (`XDP_TX`, `XDP_REDIRECT`, or `XDP_PASS` for a local server),
+/// or tunnels it to a server beyond the node's segments; the backend counts
+/// as seen at `now` when that is given. `hash` is the flow's.
 #[inline(always)]
+#[expect(clippy::too_many_arguments, reason = "one inlined step of the verdict")]
 fn forward(
     ctx: &XdpContext,
     svc: u32,
     index: u32,
     b: &Backend,
     len: u32,
+    hash: u32,
     new_flow: bool,
     now: Option<u32>,
 ) -> Result<u32, ()> {
@@ -364,6 +376,9 @@ fn forward(
     if b.flags & BACKEND_FLAG_LOCAL != 0 {
         count(global::LOCAL);
         return Ok(xdp_action::XDP_PASS);
+    }
+    if b.flags & (BACKEND_FLAG_IPIP | BACKEND_FLAG_GUE) != 0 {
+        return tunnel::tunnel(ctx, b, hash);
     }
     let eth = ptr_at::<[u8; 12]>(&Packet(ctx), 0).ok_or(())?;
     // SAFETY: bounds checked by `ptr_at`.

@@ -14,7 +14,9 @@ use lb_common::{
     MAP_BACKENDS, MAP_FLOW_STATS, MAP_FLOWS, MAP_GLOBAL_STATS, MAP_GUARD_STATS,
     MAP_SERVICE_BUCKETS, MAP_SERVICE_STATE, MAP_SERVICE_STATS, MAP_SERVICES, MAP_TABLES,
     MAP_TX_PORTS, MAP_VIPS, MAX_TX_PORTS, ServiceBucket, ServiceKey, ServiceState, ServiceValue,
-    TableCells, flow_sets, flow_stats, global, guard, service_buckets, table_stride,
+    TableCells,
+    encap::{self, TunnelConfig},
+    flow_sets, flow_stats, global, guard, service_buckets, table_stride,
 };
 
 use crate::config::Limits;
@@ -161,9 +163,25 @@ pub const LOG_RING: MapSpec = MapSpec {
     optional: true,
     ..spec::<(), ()>("AYA_LOGS", MapType::RingBuf, Entries::Fixed(1 << 17), 0)
 };
+/// The tunnel sources and GUE port (`lb_common::encap`), one element;
+/// optional: a program of an earlier release has none.
+pub const TUNNEL: MapSpec = MapSpec {
+    optional: true,
+    ..spec::<u32, TunnelConfig>(encap::MAP_TUNNEL, MapType::Array, Entries::Fixed(1), 0)
+};
+/// The tunnel counters, sized by their capacity like `GUARD_STATS`.
+pub const TUNNEL_STATS: MapSpec = MapSpec {
+    optional: true,
+    ..spec::<u32, u64>(
+        encap::MAP_TUNNEL_STATS,
+        MapType::PerCpuArray,
+        Entries::Fixed(encap::stats::CAPACITY),
+        0,
+    )
+};
 
 /// Every map of this release's program, in the order they are pinned.
-pub const MAP_SPECS: [MapSpec; 15] = [
+pub const MAP_SPECS: [MapSpec; 17] = [
     SERVICES,
     SERVICE_BUCKETS,
     SERVICE_STATE,
@@ -179,6 +197,8 @@ pub const MAP_SPECS: [MapSpec; 15] = [
     FLOW_STATS,
     GUARD_STATS,
     LOG_RING,
+    TUNNEL,
+    TUNNEL_STATS,
 ];
 
 /// The flow table's layout in a program build (the program decides it; the
@@ -217,7 +237,7 @@ impl FlowLayout {
 
 /// Every map of a build with this flow-table layout.
 #[must_use]
-pub fn specs(layout: FlowLayout) -> [MapSpec; 15] {
+pub fn specs(layout: FlowLayout) -> [MapSpec; 17] {
     MAP_SPECS.map(|spec| {
         if spec.name == MAP_FLOWS {
             layout.flows()

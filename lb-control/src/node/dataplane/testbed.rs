@@ -198,6 +198,43 @@ impl TestBed {
         backends.set(index, record, 0).expect("backend");
     }
 
+    /// Makes backend `index` a server beyond the segments at `addr`,
+    /// reached through a tunnel (`lb_common::encap`'s flags).
+    pub fn set_backend_tunnel(&mut self, index: u32, addr: std::net::IpAddr, flags: u32) {
+        let mut backends: Array<_, Backend> =
+            Array::try_from(self.ebpf.map_mut("BACKENDS").expect("BACKENDS")).expect("BACKENDS");
+        let mut record = backends.get(&index, 0).expect("backend");
+        record.flags = flags;
+        record.addr = [0; 16];
+        match addr {
+            std::net::IpAddr::V4(a) => {
+                record.addr[..4].copy_from_slice(&a.octets());
+                record.family = u32::from(lb_common::FAMILY_V4);
+            }
+            std::net::IpAddr::V6(a) => {
+                record.addr = a.octets();
+                record.family = u32::from(lb_common::FAMILY_V6);
+            }
+        }
+        backends.set(index, record, 0).expect("backend");
+    }
+
+    /// Sets the tunnel sources and GUE port.
+    pub fn set_tunnel(&mut self, config: lb_common::encap::TunnelConfig) {
+        let mut tunnel: Array<_, lb_common::encap::TunnelConfig> =
+            Array::try_from(self.ebpf.map_mut("TUNNEL").expect("TUNNEL")).expect("TUNNEL");
+        tunnel.set(0, config, 0).expect("tunnel");
+    }
+
+    /// A `TUNNEL_STATS` counter (`lb_common::encap::stats`) summed over CPUs.
+    #[must_use]
+    pub fn tunnel_counter(&self, index: u32) -> u64 {
+        let stats: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.ebpf.map("TUNNEL_STATS").expect("TUNNEL_STATS"))
+                .expect("TUNNEL_STATS");
+        stats.get(&index, 0).expect("counter").iter().sum()
+    }
+
     pub fn bump_incarnation(&mut self, index: u32) {
         let mut backends: Array<_, Backend> =
             Array::try_from(self.ebpf.map_mut("BACKENDS").expect("BACKENDS")).expect("BACKENDS");
@@ -212,6 +249,15 @@ impl TestBed {
         reason = "tests run frames for their side effects on the maps too"
     )]
     pub fn run(&self, frame: &[u8]) -> (u32, Vec<u8>) {
+        self.run_on(frame, LO_IFINDEX)
+    }
+
+    /// [`TestBed::run`] with the frame arriving on interface `ingress`.
+    #[expect(
+        clippy::must_use_candidate,
+        reason = "tests run frames for their side effects on the maps too"
+    )]
+    pub fn run_on(&self, frame: &[u8], ingress: u32) -> (u32, Vec<u8>) {
         let program: &Xdp = self
             .ebpf
             .program("xdp_lb")
@@ -222,7 +268,7 @@ impl TestBed {
         // xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
         let mut ctx = [0u8; 24];
         ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
-        ctx[12..16].copy_from_slice(&LO_IFINDEX.to_ne_bytes());
+        ctx[12..16].copy_from_slice(&ingress.to_ne_bytes());
         let result = program
             .test_run(TestRunOptions {
                 data_in: Some(frame),
