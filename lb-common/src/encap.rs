@@ -40,14 +40,18 @@ pub const TUNNEL_V6: u8 = 2;
 /// counters (per CPU, with room to grow like `GUARD_STATS`).
 pub const MAP_TUNNEL: &str = "TUNNEL";
 pub const MAP_TUNNEL_STATS: &str = "TUNNEL_STATS";
+/// The program's per-CPU room for a FIB lookup's parameters (the kernel's
+/// `struct bpf_fib_lookup`, [`FIB_PARAMS_SIZE`] bytes), off its stack.
+pub const MAP_FIB_SCRATCH: &str = "FIB_SCRATCH";
+pub const FIB_PARAMS_SIZE: usize = 64;
 
 /// `TUNNEL_STATS` indexes.
 pub mod stats {
     /// Packets sent tunnelled, by encapsulation.
     pub const IPIP: u32 = 0;
     pub const GUE: u32 = 1;
-    /// The FIB knew the route but not yet the neighbour: the tunnelled
-    /// packet went to the stack, which resolves it.
+    /// The FIB knew the route but not yet its next hop's address
+    /// (lb-control asks the kernel to resolve it): dropped.
     pub const NO_NEIGH: u32 = 2;
     /// No route to the server, or forwarding disabled on the ingress
     /// interface (`bpf_fib_lookup` needs it): dropped.
@@ -60,14 +64,15 @@ pub mod stats {
     pub const COUNT: u32 = 7;
     /// Entries the map is pinned with.
     pub const CAPACITY: u32 = 16;
+    /// Names for display, by index.
     pub const NAMES: [&str; COUNT as usize] = [
-        "ipip",
-        "gue",
-        "no_neigh",
-        "no_route",
-        "forwarding_disabled",
-        "too_big",
-        "no_source",
+        "tunnel_ipip",
+        "tunnel_gue",
+        "tunnel_no_neigh",
+        "tunnel_no_route",
+        "tunnel_forwarding_disabled",
+        "tunnel_too_big",
+        "tunnel_no_source",
     ];
 }
 

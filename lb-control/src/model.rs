@@ -208,6 +208,8 @@ pub struct ServerSpec {
     pub state: ServerState,
     /// Runs on this node: packets are delivered locally.
     pub local: bool,
+    /// Reached at layer 2 or through a tunnel.
+    pub forward: config::Forward,
 }
 
 /// One service the node programs, with its programmed servers.
@@ -253,7 +255,7 @@ impl ServiceSpec {
                     other: other.clone(),
                 });
             }
-            if s.address.is_ipv4() != self.vip.is_ipv4() {
+            if s.address.is_ipv4() != self.vip.is_ipv4() && !s.forward.is_tunnel() {
                 return Err(ModelError::Family {
                     service: self.name.clone(),
                     server: s.name.clone(),
@@ -286,6 +288,7 @@ impl ServiceSpec {
                     weight: s.weight,
                     state: ServerState::from_wire(s.state),
                     local: false,
+                    forward: config::Forward::L2,
                 })
                 .collect(),
         }
@@ -324,6 +327,7 @@ impl NodeModel {
                             weight: s.weight,
                             state,
                             local: s.local,
+                            forward: s.forward,
                         })
                     })
                     .collect::<Result<_, ModelError>>()?;

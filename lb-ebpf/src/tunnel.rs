@@ -32,6 +32,7 @@ const ETH_LEN: usize = 14;
 /// stack (512 bytes for the whole verdict).
 #[map]
 static FIB_SCRATCH: PerCpuArray<FibParams> = PerCpuArray::with_max_entries(1, 0);
+const _: () = assert!(core::mem::size_of::<FibParams>() == lb_common::encap::FIB_PARAMS_SIZE);
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 
@@ -151,9 +152,15 @@ pub fn tunnel(ctx: &XdpContext, b: &Backend, hash: u32) -> Result<u32, ()> {
             0,
         )
     } as u32;
-    let pass_to_stack = match found {
-        BPF_FIB_LKUP_RET_SUCCESS => false,
-        BPF_FIB_LKUP_RET_NO_NEIGH => true,
+    match found {
+        BPF_FIB_LKUP_RET_SUCCESS => {}
+        // The stack cannot take it instead: it drops a packet to forward
+        // whose source is its own address. lb-control has the kernel
+        // resolve each tunnelled server's next hop when it programs it.
+        BPF_FIB_LKUP_RET_NO_NEIGH => {
+            count(stats::NO_NEIGH);
+            return Ok(xdp_action::XDP_DROP);
+        }
         BPF_FIB_LKUP_RET_FRAG_NEEDED => {
             count(stats::TOO_BIG);
             return Ok(xdp_action::XDP_DROP);
@@ -166,7 +173,7 @@ pub fn tunnel(ctx: &XdpContext, b: &Backend, hash: u32) -> Result<u32, ()> {
             count(stats::NO_ROUTE);
             return Ok(xdp_action::XDP_DROP);
         }
-    };
+    }
 
     // SAFETY: the helper checks the new start is within the headroom.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(overhead as i32)) } != 0 {
@@ -176,10 +183,6 @@ pub fn tunnel(ctx: &XdpContext, b: &Backend, hash: u32) -> Result<u32, ()> {
     let fib = unsafe { &*fib };
     write_outer(ctx, b, config, &inner, hash, gue, fib)?;
     count(if gue { stats::GUE } else { stats::IPIP });
-    if pass_to_stack {
-        count(stats::NO_NEIGH);
-        return Ok(xdp_action::XDP_PASS);
-    }
     if fib.ifindex as usize == ctx.ingress_ifindex() {
         return Ok(xdp_action::XDP_TX);
     }

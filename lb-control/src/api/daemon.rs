@@ -44,7 +44,7 @@ impl Daemon {
     /// node (or, with a manager, some node) did not apply it.
     pub async fn reload(&self) -> Result<ApplyReport, RequestError> {
         let config = Config::load(&self.node.config_path)?;
-        let node = self.node.node.lock().await;
+        let mut node = self.node.node.lock().await;
         if restart_only_changed(&config, &node.file) {
             return Err(RequestError::RestartRequired);
         }
@@ -60,6 +60,7 @@ impl Daemon {
                 ..ApplyReport::default()
             });
         }
+        node.dp.set_tunnel(&config.node).map_err(ApplyError::from)?;
         drop(node);
         let desired = Desired::from_config(&config).map_err(ApplyError::from)?;
         let (report, mut node) =

@@ -106,6 +106,14 @@ pub struct NodeConfig {
     /// does. Not with `program` (an object that logs is forwarded anyway).
     #[serde(default)]
     pub debug_xdp: bool,
+    /// Outer source addresses of tunnelled packets (`forward = "ipip"` or
+    /// `"gue"` servers), one per family used: addresses of this node on
+    /// the path to those servers, which their decapsulation allows.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tunnel_source: Vec<IpAddr>,
+    /// The outer UDP destination port of GUE.
+    #[serde(default = "default_gue_port")]
+    pub gue_port: u16,
     /// Directory for the node's own state: the desired state a remote
     /// manager sent, with its generations, so a restarted node comes back as
     /// the manager left it.
@@ -132,6 +140,10 @@ pub struct NodeControlConfig {
     /// Certificate names of the managers allowed to reconfigure this node.
     #[serde(default = "default_managers")]
     pub managers: Vec<String>,
+}
+
+fn default_gue_port() -> u16 {
+    lb_common::decap::DEFAULT_GUE_PORT
 }
 
 fn default_managers() -> Vec<String> {
@@ -260,6 +272,48 @@ pub struct ServerConfig {
     /// manager when it allocated the server (from its auth settings).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fingerprint: Option<String>,
+    /// How the node sends the server its packets: `l2` (a segment the
+    /// node is on: the MAC rewritten), `ipip` or `gue` (anywhere routed:
+    /// tunnelled from `[node] tunnel_source`; the server takes the outer
+    /// header off, see docs/tunnels.md).
+    #[serde(default, skip_serializing_if = "Forward::is_l2")]
+    pub forward: Forward,
+}
+
+/// How a node sends a server its packets.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Forward {
+    /// Direct server return at layer 2: only the Ethernet header changes.
+    #[default]
+    L2,
+    /// The packet inside an outer IP header (IPv4 or IPv6 in IPv4 or IPv6).
+    Ipip,
+    /// The packet inside UDP and a GUE header (to `[node] gue_port`).
+    Gue,
+}
+
+impl Forward {
+    #[must_use]
+    pub fn is_l2(&self) -> bool {
+        *self == Self::L2
+    }
+
+    /// Whether the server is reached through a tunnel.
+    #[must_use]
+    pub fn is_tunnel(self) -> bool {
+        self != Self::L2
+    }
+
+    /// The backend record's flags for it.
+    #[must_use]
+    pub fn flags(self) -> u32 {
+        match self {
+            Self::L2 => 0,
+            Self::Ipip => lb_common::encap::BACKEND_FLAG_IPIP,
+            Self::Gue => lb_common::encap::BACKEND_FLAG_GUE,
+        }
+    }
 }
 
 impl ServerConfig {
@@ -393,6 +447,49 @@ mac = "02:00:00:00:00:12"
         assert_eq!(c.server[1].state, ServerState::Free);
         assert_eq!(c.members("web").count(), 1);
         assert_eq!(c.node.pin_dir, PathBuf::from("/sys/fs/bpf/xdplb"));
+    }
+
+    #[test]
+    fn tunnelled_servers_need_a_source_of_their_family() {
+        let tunnel = GOOD.replace(
+            "services = [\"web\"]\nweight = 2",
+            "services = [\"web\"]\nweight = 2\nforward = \"ipip\"",
+        );
+        let e = parse(&tunnel).unwrap_err().to_string();
+        assert!(
+            e.contains("server `s1`: forward = \"ipip\" needs an IPv4 node.tunnel_source"),
+            "{e}"
+        );
+        assert!(e.starts_with("test.toml:11:"), "{e}");
+        let with_source = tunnel.replace(
+            "interfaces = [\"eth0\"]",
+            "interfaces = [\"eth0\"]\ntunnel_source = [\"10.0.1.2\", \"fd00::2\"]",
+        );
+        let c = parse(&with_source).expect("valid");
+        assert_eq!(c.server[0].forward, Forward::Ipip);
+        assert_eq!(c.server[1].forward, Forward::L2);
+        assert_eq!(c.node.gue_port, 6080);
+        // A tunnel carries either family: an IPv6 server for an IPv4 VIP.
+        let v6 = with_source.replace("address = \"10.0.0.11\"", "address = \"fd00::11\"");
+        parse(&v6).expect("IPv6 server behind a tunnel");
+        // At layer 2 the family must match.
+        let l2 = v6.replace("forward = \"ipip\"", "forward = \"l2\"");
+        let e = parse(&l2).unwrap_err().to_string();
+        assert!(e.contains("keeps the address family"), "{e}");
+        // Two sources of one family; a MAC with a tunnel; a manager.
+        let two = with_source.replace("\"fd00::2\"", "\"10.0.1.3\"");
+        let e = parse(&two).unwrap_err().to_string();
+        assert!(e.contains("more than one IPv4 address"), "{e}");
+        let mac = with_source.replace(
+            "forward = \"ipip\"",
+            "forward = \"gue\"\nmac = \"02:00:00:00:00:11\"",
+        );
+        let e = parse(&mac).unwrap_err().to_string();
+        assert!(e.contains("drop `mac`"), "{e}");
+        let e = parse(&with_source.replace("forward = \"ipip\"", "forward = \"vxlan\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("vxlan"), "{e}");
     }
 
     #[test]

@@ -124,6 +124,7 @@ impl Config {
             ));
         }
         validate_limits(&self.limits).map_err(|m| at.global(m.to_string()))?;
+        self.validate_tunnel_sources(&at)?;
         if self.service.len() > self.limits.max_services as usize {
             return Err(at.global(format!(
                 "{} services configured but limits.max_services = {}",
@@ -210,6 +211,72 @@ impl Config {
 
     /// One server: its MAC and the services it names. Returns how many
     /// backends it takes (one per service it is not free in).
+    /// `[node] tunnel_source`: one address per family, not unspecified;
+    /// a GUE port.
+    fn validate_tunnel_sources(&self, at: &Located<'_>) -> Result<(), ConfigError> {
+        let sources = &self.node.tunnel_source;
+        for family_v4 in [true, false] {
+            if sources.iter().filter(|a| a.is_ipv4() == family_v4).count() > 1 {
+                return Err(at.global(format!(
+                    "node.tunnel_source has more than one IPv{} address: give one per family ({sources:?})",
+                    if family_v4 { 4 } else { 6 }
+                )));
+            }
+        }
+        if let Some(bad) = sources
+            .iter()
+            .find(|a| a.is_unspecified() || a.is_multicast())
+        {
+            return Err(at.global(format!(
+                "node.tunnel_source {bad} is not a unicast address of this node"
+            )));
+        }
+        if self.node.gue_port == 0 {
+            return Err(at.global("node.gue_port must be 1..=65535".into()));
+        }
+        Ok(())
+    }
+
+    /// A tunnelled server: a tunnel source of its family, no MAC, not
+    /// local, and only on a node the file drives alone (the manager's
+    /// reconfigurations do not carry `forward` yet).
+    fn validate_forward(
+        &self,
+        at: &Located<'_>,
+        i: usize,
+        srv: &ServerConfig,
+    ) -> Result<(), ConfigError> {
+        let name = &srv.name;
+        let how = match srv.forward {
+            crate::config::Forward::L2 => return Ok(()),
+            crate::config::Forward::Ipip => "ipip",
+            crate::config::Forward::Gue => "gue",
+        };
+        let family = if srv.address.is_ipv4() { 4 } else { 6 };
+        let problem = if !self
+            .node
+            .tunnel_source
+            .iter()
+            .any(|a| a.is_ipv4() == srv.address.is_ipv4())
+        {
+            format!(
+                "forward = \"{how}\" needs an IPv{family} node.tunnel_source (this node's address on the path to {})",
+                srv.address
+            )
+        } else if srv.mac.is_some() {
+            format!("forward = \"{how}\" takes its next hop from the routing table: drop `mac`")
+        } else if srv.local {
+            format!("forward = \"{how}\" does not go with local = true")
+        } else if self.manager.is_some() {
+            format!(
+                "forward = \"{how}\" is not carried in the manager's reconfigurations yet: use it on a node without [manager]"
+            )
+        } else {
+            return Ok(());
+        };
+        Err(at.invalid(at.server(i), format!("server `{name}`: {problem}")))
+    }
+
     fn validate_server(
         &self,
         at: &Located<'_>,
@@ -217,6 +284,7 @@ impl Config {
         srv: &ServerConfig,
     ) -> Result<u64, ConfigError> {
         let name = &srv.name;
+        self.validate_forward(at, i, srv)?;
         if let Some(mac) = &srv.mac {
             crate::node::nexthop::parse_mac(mac)
                 .map_err(|e| at.invalid(at.server(i), format!("server `{name}`: mac: {e}")))?;
@@ -229,11 +297,11 @@ impl Config {
                     format!("server `{name}`: unknown service `{svc}`"),
                 ));
             };
-            if service.vip.is_ipv4() != srv.address.is_ipv4() {
+            if service.vip.is_ipv4() != srv.address.is_ipv4() && !srv.forward.is_tunnel() {
                 return Err(at.invalid(
                     at.server_service(i, j),
                     format!(
-                        "server `{name}` ({}) cannot serve `{svc}` ({}): direct server return keeps the address family",
+                        "server `{name}` ({}) cannot serve `{svc}` ({}): direct server return at layer 2 keeps the address family (a tunnel, forward = \"ipip\" or \"gue\", carries either)",
                         srv.address, service.vip
                     ),
                 ));

@@ -178,17 +178,27 @@ impl Planner<'_> {
         for svc in &model.services {
             let index = self.ledger.services[&svc.name].index;
             for server in &svc.servers {
-                let Some(hop) = self.facts.hops.get(&server.address) else {
+                // A tunnelled server's next hop is the FIB's, at each packet.
+                let hop = if server.forward.is_tunnel() {
+                    NextHop {
+                        ifindex: 0,
+                        src_mac: [0; 6],
+                        dst_mac: [0; 6],
+                    }
+                } else if let Some(hop) = self.facts.hops.get(&server.address) {
+                    *hop
+                } else {
                     continue;
                 };
                 let (addr, family) = addr_bytes(server.address);
+                let local = if server.local { BACKEND_FLAG_LOCAL } else { 0 };
                 let record = Backend {
                     dst_mac: hop.dst_mac,
                     src_mac: hop.src_mac,
                     ifindex: hop.ifindex,
                     incarnation: 0,
                     state: server.state.code(),
-                    flags: if server.local { BACKEND_FLAG_LOCAL } else { 0 },
+                    flags: local | server.forward.flags(),
                     service: index,
                     addr,
                     family,

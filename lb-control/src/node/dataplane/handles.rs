@@ -37,6 +37,11 @@ pub fn take_all(mut ebpf: Ebpf, opened: Opened) -> Result<DataPlane, DataPlaneEr
     };
     let flow_stats = optional_counters(&mut ebpf, &maps::FLOW_STATS)?;
     let guard_stats = optional_counters(&mut ebpf, &maps::GUARD_STATS)?;
+    let tunnel_stats = optional_counters(&mut ebpf, &maps::TUNNEL_STATS)?;
+    let tunnel = ebpf
+        .take_map(maps::TUNNEL.name)
+        .map(|map| Array::try_from(map).map_err(map_err(maps::TUNNEL.name)))
+        .transpose()?;
     let service_state = mapped(&mut ebpf, &maps::SERVICE_STATE, &opened.sizes)?;
     let tables = mapped(&mut ebpf, &maps::TABLES, &opened.sizes)?;
     Ok(DataPlane {
@@ -51,6 +56,8 @@ pub fn take_all(mut ebpf: Ebpf, opened: Opened) -> Result<DataPlane, DataPlaneEr
         global_stats: typed(&mut ebpf, &maps::GLOBAL_STATS, PerCpuArray::try_from)?,
         flow_stats,
         guard_stats,
+        tunnel,
+        tunnel_stats,
         service_state,
         tables,
         service_buckets: opened.service_buckets,

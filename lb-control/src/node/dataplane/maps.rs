@@ -169,6 +169,16 @@ pub const TUNNEL: MapSpec = MapSpec {
     optional: true,
     ..spec::<u32, TunnelConfig>(encap::MAP_TUNNEL, MapType::Array, Entries::Fixed(1), 0)
 };
+/// The program's room for a FIB lookup (per CPU, one element).
+pub const FIB_SCRATCH: MapSpec = MapSpec {
+    optional: true,
+    ..spec::<u32, [u8; encap::FIB_PARAMS_SIZE]>(
+        encap::MAP_FIB_SCRATCH,
+        MapType::PerCpuArray,
+        Entries::Fixed(1),
+        0,
+    )
+};
 /// The tunnel counters, sized by their capacity like `GUARD_STATS`.
 pub const TUNNEL_STATS: MapSpec = MapSpec {
     optional: true,
@@ -181,7 +191,7 @@ pub const TUNNEL_STATS: MapSpec = MapSpec {
 };
 
 /// Every map of this release's program, in the order they are pinned.
-pub const MAP_SPECS: [MapSpec; 17] = [
+pub const MAP_SPECS: [MapSpec; 18] = [
     SERVICES,
     SERVICE_BUCKETS,
     SERVICE_STATE,
@@ -199,6 +209,7 @@ pub const MAP_SPECS: [MapSpec; 17] = [
     LOG_RING,
     TUNNEL,
     TUNNEL_STATS,
+    FIB_SCRATCH,
 ];
 
 /// The flow table's layout in a program build (the program decides it; the
@@ -237,7 +248,7 @@ impl FlowLayout {
 
 /// Every map of a build with this flow-table layout.
 #[must_use]
-pub fn specs(layout: FlowLayout) -> [MapSpec; 17] {
+pub fn specs(layout: FlowLayout) -> [MapSpec; 18] {
     MAP_SPECS.map(|spec| {
         if spec.name == MAP_FLOWS {
             layout.flows()

@@ -147,6 +147,10 @@ pub struct DataPlane {
     /// Counters of the program's checks against forged and unparsed
     /// traffic (absent from builds before it existed).
     pub guard_stats: Option<PerCpuArray<MapData, u64>>,
+    /// The tunnel sources and GUE port, and the tunnel counters (absent
+    /// from builds before tunnels).
+    pub tunnel: Option<Array<MapData, lb_common::encap::TunnelConfig>>,
+    pub tunnel_stats: Option<PerCpuArray<MapData, u64>>,
     pub service_state: MmapArray<ServiceState>,
     /// The program's fast service index; follows `services` through
     /// [`DataPlane::publish_services`].
@@ -244,7 +248,44 @@ impl DataPlane {
             service_buckets,
             flow_sets,
         };
-        handles::take_all(ebpf, opened)
+        let mut dp = handles::take_all(ebpf, opened)?;
+        dp.set_tunnel(&config.node)?;
+        Ok(dp)
+    }
+
+    /// Writes `[node] tunnel_source` and `gue_port` where the program reads
+    /// them (before the servers that need them are programmed).
+    ///
+    /// # Errors
+    /// The map cannot be written, or the running program predates tunnels
+    /// while sources are configured.
+    pub fn set_tunnel(&mut self, node: &crate::config::NodeConfig) -> Result<(), DataPlaneError> {
+        use lb_common::encap::{TUNNEL_V4, TUNNEL_V6, TunnelConfig};
+        let mut value = TunnelConfig {
+            gue_port: node.gue_port.to_be_bytes(),
+            ..TunnelConfig::default()
+        };
+        for source in &node.tunnel_source {
+            match source {
+                std::net::IpAddr::V4(a) => {
+                    value.src4 = a.octets();
+                    value.families |= TUNNEL_V4;
+                }
+                std::net::IpAddr::V6(a) => {
+                    value.src6 = a.octets();
+                    value.families |= TUNNEL_V6;
+                }
+            }
+        }
+        let name = lb_common::encap::MAP_TUNNEL;
+        match &mut self.tunnel {
+            Some(map) => map.set(0, value, 0).map_err(map_err(name)),
+            None if value.families == 0 => Ok(()),
+            None => Err(DataPlaneError::Incompatible {
+                path: self.dir.join(name),
+                detail: "the running XDP program predates tunnels (node.tunnel_source): restart with this build to replace it".into(),
+            }),
+        }
     }
     /// Makes `SERVICE_BUCKETS` say what `SERVICES` says; call after every
     /// change of `services`.
@@ -270,6 +311,10 @@ impl DataPlane {
         }
         if let Some(guard_stats) = &self.guard_stats {
             out.extend((0..guard::COUNT).map(|i| (guard::NAMES[i as usize], sum(guard_stats, i))));
+        }
+        if let Some(tunnel_stats) = &self.tunnel_stats {
+            use lb_common::encap::stats;
+            out.extend((0..stats::COUNT).map(|i| (stats::NAMES[i as usize], sum(tunnel_stats, i))));
         }
         out
     }

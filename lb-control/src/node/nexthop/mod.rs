@@ -492,6 +492,28 @@ fn select_egress(interfaces: &[Interface], addr: IpAddr) -> Option<&Interface> {
     best.map(|(interface, _)| interface)
 }
 
+/// Makes the kernel resolve the next hop of its route to `addr` (a
+/// tunnelled server: the gateway, or the server when it is on-link): one
+/// empty UDP datagram to its discard port, routed by the kernel, which
+/// resolves the neighbour on the way. The XDP program finds the neighbour
+/// in the FIB afterwards; until then it drops (and counts) what it would
+/// tunnel there. Errors are logged and otherwise ignored.
+pub fn trigger_routed_resolution(addr: IpAddr) {
+    let bind: SocketAddr = match addr {
+        IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        IpAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let sent = UdpSocket::bind(bind)
+        .and_then(|s| s.set_nonblocking(true).map(|()| s))
+        .and_then(|s| s.send_to(&[], SocketAddr::new(addr, DISCARD_PORT)));
+    match sent {
+        Ok(_) => debug!(server = %addr, "triggered the resolution of its route's next hop"),
+        Err(e) => {
+            debug!(server = %addr, error = %e, "datagram to resolve a tunnel's next hop not sent");
+        }
+    }
+}
+
 /// Makes the kernel resolve `addr` on the interface: sends one empty UDP
 /// datagram to its discard port from a socket bound to the interface. The
 /// datagram waits in the neighbour queue while the kernel sends ARP requests

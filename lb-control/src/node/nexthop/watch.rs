@@ -135,7 +135,15 @@ impl NextHops {
     /// are logged and listed as unresolved.
     pub async fn resolve(&self, model: &NodeModel) -> ResolvedHops {
         let snapshot = self.snapshot();
-        let servers = model.servers();
+        // A tunnelled server's next hop is the FIB's, at each packet; the
+        // kernel is asked to know its neighbour.
+        let (tunnelled, servers): (Vec<_>, Vec<_>) = model
+            .servers()
+            .into_iter()
+            .partition(|s| s.forward.is_tunnel());
+        for s in tunnelled {
+            super::trigger_routed_resolution(s.address);
+        }
         let lookups = servers.iter().map(|s| self.lookup(&snapshot, s));
         let found = futures::future::join_all(lookups).await;
         let mut out = ResolvedHops {

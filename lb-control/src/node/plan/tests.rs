@@ -26,6 +26,7 @@ fn server(name: &str, address: &str, state: ServerState) -> ServerSpec {
         weight: 1,
         state,
         local: false,
+        forward: crate::config::Forward::L2,
     }
 }
 
