@@ -106,51 +106,9 @@ pub fn classify(frame: &(impl Frame + ?Sized), gue_port: u16) -> Tunnelled {
     let Some(ethertype) = read::<[u8; 2]>(frame, 12) else {
         return Tunnelled::Pass;
     };
-    let (src, outer_len, proto) = match u16::from_be_bytes(ethertype) {
-        ETH_P_IPV4 => {
-            let Some(ip) = read::<Ipv4Header>(frame, ETH_LEN) else {
-                return Tunnelled::Pass;
-            };
-            let ihl = (ip.version_ihl & 0x0f) as usize;
-            if ip.version_ihl >> 4 != 4 || ihl < 5 {
-                return Tunnelled::Pass;
-            }
-            if !carries_tunnel(frame, ETH_LEN + ihl * 4, ip.proto, gue_port) {
-                return Tunnelled::Pass;
-            }
-            // A node never fragments what it tunnels.
-            if u16::from_be_bytes(ip.frag) & 0x3fff != 0 {
-                return Tunnelled::Malformed;
-            }
-            (
-                DecapSource::new(widen4(ip.src), FAMILY_V4),
-                ihl * 4,
-                ip.proto,
-            )
-        }
-        ETH_P_IPV6 => {
-            let Some(ip) = read::<Ipv6Header>(frame, ETH_LEN) else {
-                return Tunnelled::Pass;
-            };
-            if ip.version_flow[0] >> 4 != 6 {
-                return Tunnelled::Pass;
-            }
-            if is_extension(ip.next) {
-                // A node sends no extension headers: a tunnel behind them
-                // (a fragment of one, above all) is not taken off, and not
-                // let through to the stack either.
-                return if extensions_hide_tunnel(frame, ip.next, gue_port) {
-                    Tunnelled::Malformed
-                } else {
-                    Tunnelled::Pass
-                };
-            }
-            if !carries_tunnel(frame, ETH_LEN + IPV6_LEN, ip.next, gue_port) {
-                return Tunnelled::Pass;
-            }
-            (DecapSource::new(ip.src, FAMILY_V6), IPV6_LEN, ip.next)
-        }
-        _ => return Tunnelled::Pass,
+    let (src, outer_len, proto) = match outer(frame, u16::from_be_bytes(ethertype), gue_port) {
+        Ok(outer) => outer,
+        Err(verdict) => return verdict,
     };
     let (strip, declared) = if proto == PROTO_UDP {
         match gue_header(frame, ETH_LEN + outer_len + UDP_LEN) {
@@ -191,6 +149,62 @@ pub fn classify(frame: &(impl Frame + ?Sized), gue_port: u16) -> Tunnelled {
         inner_v6,
         gue: proto == PROTO_UDP,
     }
+}
+
+/// The outer IP header of a tunnel packet: its source, its length and the
+/// protocol it carries; `Err` with the verdict when it is none.
+#[inline(always)]
+fn outer(
+    frame: &(impl Frame + ?Sized),
+    ethertype: u16,
+    gue_port: u16,
+) -> Result<(DecapSource, usize, u8), Tunnelled> {
+    Ok(match ethertype {
+        ETH_P_IPV4 => {
+            let Some(ip) = read::<Ipv4Header>(frame, ETH_LEN) else {
+                return Err(Tunnelled::Pass);
+            };
+            let ihl = (ip.version_ihl & 0x0f) as usize;
+            if ip.version_ihl >> 4 != 4 || ihl < 5 {
+                return Err(Tunnelled::Pass);
+            }
+            if !carries_tunnel(frame, ETH_LEN + ihl * 4, ip.proto, gue_port) {
+                return Err(Tunnelled::Pass);
+            }
+            // A node never fragments what it tunnels.
+            if u16::from_be_bytes(ip.frag) & 0x3fff != 0 {
+                return Err(Tunnelled::Malformed);
+            }
+            (
+                DecapSource::new(widen4(ip.src), FAMILY_V4),
+                ihl * 4,
+                ip.proto,
+            )
+        }
+        ETH_P_IPV6 => {
+            let Some(ip) = read::<Ipv6Header>(frame, ETH_LEN) else {
+                return Err(Tunnelled::Pass);
+            };
+            if ip.version_flow[0] >> 4 != 6 {
+                return Err(Tunnelled::Pass);
+            }
+            if is_extension(ip.next) {
+                // A node sends no extension headers: a tunnel behind them
+                // (a fragment of one, above all) is not taken off, and not
+                // let through to the stack either.
+                return Err(if extensions_hide_tunnel(frame, ip.next, gue_port) {
+                    Tunnelled::Malformed
+                } else {
+                    Tunnelled::Pass
+                });
+            }
+            if !carries_tunnel(frame, ETH_LEN + IPV6_LEN, ip.next, gue_port) {
+                return Err(Tunnelled::Pass);
+            }
+            (DecapSource::new(ip.src, FAMILY_V6), IPV6_LEN, ip.next)
+        }
+        _ => return Err(Tunnelled::Pass),
+    })
 }
 
 const NEXT_HOP_BY_HOP: u8 = 0;

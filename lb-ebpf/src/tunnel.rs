@@ -126,7 +126,40 @@ pub fn tunnel(ctx: &XdpContext, b: &Backend, hash: u32) -> Result<u32, ()> {
     let outer_len = u32::from(inner.len) + overhead;
 
     // The next hop first: nothing is written when there is none.
+    let fib = match next_hop(ctx, b, config, gue, outer_len)? {
+        Ok(fib) => fib,
+        Err(counter) => {
+            count(counter);
+            return Ok(xdp_action::XDP_DROP);
+        }
+    };
+
+    // SAFETY: the helper checks the new start is within the headroom.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(overhead as i32)) } != 0 {
+        return Err(());
+    }
+    write_outer(ctx, b, config, &inner, hash, gue, fib)?;
+    count(if gue { stats::GUE } else { stats::IPIP });
+    if fib.ifindex as usize == ctx.ingress_ifindex() {
+        return Ok(xdp_action::XDP_TX);
+    }
+    // SAFETY: helper with no memory arguments.
+    Ok(unsafe { bpf_redirect(fib.ifindex, 0) } as u32)
+}
+
+/// The FIB's next hop toward `b` for an outer packet of `outer_len`
+/// bytes, in this CPU's scratch value; `Err` with the counter of why there
+/// is none (the packet is then dropped).
+#[inline(always)]
+fn next_hop<'a>(
+    ctx: &XdpContext,
+    b: &Backend,
+    config: &TunnelConfig,
+    gue: bool,
+    outer_len: u32,
+) -> Result<Result<&'a FibParams, u32>, ()> {
     let fib = FIB_SCRATCH.get_ptr_mut(0).ok_or(())?;
+    let outer_v4 = b.family == u32::from(FAMILY_V4);
     // SAFETY: this CPU's scratch value, plain data; every field the helper
     // reads is written here (the rest zeroed).
     let found = unsafe {
@@ -152,42 +185,17 @@ pub fn tunnel(ctx: &XdpContext, b: &Backend, hash: u32) -> Result<u32, ()> {
             0,
         )
     } as u32;
-    match found {
-        BPF_FIB_LKUP_RET_SUCCESS => {}
+    Ok(match found {
+        // SAFETY: the scratch value stays this CPU's for the whole run.
+        BPF_FIB_LKUP_RET_SUCCESS => Ok(unsafe { &*fib }),
         // The stack cannot take it instead: it drops a packet to forward
         // whose source is its own address. lb-control has the kernel
         // resolve each tunnelled server's next hop when it programs it.
-        BPF_FIB_LKUP_RET_NO_NEIGH => {
-            count(stats::NO_NEIGH);
-            return Ok(xdp_action::XDP_DROP);
-        }
-        BPF_FIB_LKUP_RET_FRAG_NEEDED => {
-            count(stats::TOO_BIG);
-            return Ok(xdp_action::XDP_DROP);
-        }
-        BPF_FIB_LKUP_RET_FWD_DISABLED => {
-            count(stats::FORWARDING_DISABLED);
-            return Ok(xdp_action::XDP_DROP);
-        }
-        _ => {
-            count(stats::NO_ROUTE);
-            return Ok(xdp_action::XDP_DROP);
-        }
-    }
-
-    // SAFETY: the helper checks the new start is within the headroom.
-    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(overhead as i32)) } != 0 {
-        return Err(());
-    }
-    // SAFETY: the scratch value stays this CPU's for the whole run.
-    let fib = unsafe { &*fib };
-    write_outer(ctx, b, config, &inner, hash, gue, fib)?;
-    count(if gue { stats::GUE } else { stats::IPIP });
-    if fib.ifindex as usize == ctx.ingress_ifindex() {
-        return Ok(xdp_action::XDP_TX);
-    }
-    // SAFETY: helper with no memory arguments.
-    Ok(unsafe { bpf_redirect(fib.ifindex, 0) } as u32)
+        BPF_FIB_LKUP_RET_NO_NEIGH => Err(stats::NO_NEIGH),
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => Err(stats::TOO_BIG),
+        BPF_FIB_LKUP_RET_FWD_DISABLED => Err(stats::FORWARDING_DISABLED),
+        _ => Err(stats::NO_ROUTE),
+    })
 }
 
 #[inline(always)]
