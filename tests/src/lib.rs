@@ -8,6 +8,7 @@
 
 pub mod apps;
 pub mod balancer;
+pub mod decap;
 pub mod fleet;
 pub mod lab;
 pub mod proto;

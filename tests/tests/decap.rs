@@ -8,37 +8,16 @@
 
 use std::{
     net::{IpAddr, SocketAddr, UdpSocket},
-    path::{Path, PathBuf},
     time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail};
-use lb_tests::{Lab, Netns, balancer::workspace_bin, require_root};
+use lb_tests::{Lab, Netns, decap::DecapPins, require_root};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_lab-server");
 const PORT: u16 = 53;
 const GUE_PORT: u16 = 6080;
-
-/// `lb-agent decap ARGS` in `ns`; its stdout.
-fn decap(ns: &Netns, args: &[&str], root: &Path) -> Result<String> {
-    let bin = workspace_bin("lb-agent")?;
-    let mut cmd = vec![bin.to_str().unwrap_or("lb-agent"), "decap"];
-    cmd.extend_from_slice(args);
-    let root = root.to_str().unwrap_or_default();
-    cmd.extend(["--pin-root", root]);
-    ns.exec_stdout(&cmd)
-}
-
-fn counter(ns: &Netns, root: &Path, name: &str) -> Result<u64> {
-    let out = decap(ns, &["status", "--interface", "eth0"], root)?;
-    out.lines()
-        .find_map(|l| {
-            let (n, v) = l.split_once(' ')?;
-            (n == name).then(|| v.trim().parse().ok())?
-        })
-        .with_context(|| format!("no {name} in {out}"))
-}
 
 fn xdp_program(ns: &Netns) -> Result<Option<u64>> {
     let out = ns.exec_stdout(&["ip", "-j", "link", "show", "dev", "eth0"])?;
@@ -158,15 +137,6 @@ fn tunnel(lab: &Lab, server: IpAddr, vip: IpAddr, wrap: Wrap) -> Result<Option<S
     })
 }
 
-/// Removes the pin root even when the test fails.
-struct PinRoot(PathBuf);
-
-impl Drop for PinRoot {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[test]
 fn tunnelled_packets_from_allowed_sources_reach_the_vip_and_others_are_dropped() -> Result<()> {
     if !require_root("tunnelled_packets_from_allowed_sources_reach_the_vip_and_others_are_dropped")
@@ -175,46 +145,27 @@ fn tunnelled_packets_from_allowed_sources_reach_the_vip_and_others_are_dropped()
     }
     let mut lab = Lab::builder().servers(1).build()?;
     lab.start_servers(SERVER, &[], &[PORT])?;
-    let root = PinRoot(PathBuf::from(format!(
-        "/sys/fs/bpf/lbt{}-decap-{}",
-        std::process::id(),
-        lab.id
-    )));
+    let pins = DecapPins::new(&lab, "decap");
     let s1 = &lab.servers[0];
     let (server4, server6) = (IpAddr::V4(s1.eth0.v4), IpAddr::V6(s1.eth0.v6));
     let (vip4, vip6) = (IpAddr::V4(lab.vip4()), IpAddr::V6(lab.vip6()));
-    let node4 = lab.node.eth0.v4.to_string();
-
-    // Only the node may tunnel: the client's packets are refused.
-    let vip4s = lab.vip4().to_string();
-    let vip6s = lab.vip6().to_string();
-    let vips = ["--vip", vip4s.as_str(), "--vip", vip6s.as_str()];
-    let mut args = vec!["attach", "--interface", "eth0", "--source", &node4];
-    args.extend(vips);
-    let out = decap(&s1.ns, &args, &root.0)?;
+    let node4 = IpAddr::V4(lab.node.eth0.v4);
+    let vips = [vip4, vip6];
+    let out = pins.attach(&s1.ns, &[node4], &vips)?;
     assert!(out.contains("decapsulation on eth0"), "{out}");
     let first = xdp_program(&s1.ns)?.context("no XDP program on eth0")?;
     assert_eq!(tunnel(&lab, server4, vip4, Wrap::Ipip)?, None);
     assert_eq!(tunnel(&lab, server4, vip4, Wrap::Gue)?, None);
-    assert!(counter(&s1.ns, &root.0, "refused")? >= 2);
-    assert_eq!(counter(&s1.ns, &root.0, "ipip")?, 0);
+    assert!(pins.counter(&s1.ns, "refused")? >= 2);
+    assert_eq!(pins.counter(&s1.ns, "ipip")?, 0);
 
     // The client allowed too (both families): attached again in place.
-    let client4 = lab.client.eth0.v4.to_string();
-    let client6 = lab.client.eth0.v6.to_string();
-    let mut args = vec![
-        "attach",
-        "--interface",
-        "eth0",
-        "--source",
-        &node4,
-        "--source",
-        &client4,
-        "--source",
-        &client6,
+    let clients = [
+        node4,
+        IpAddr::V4(lab.client.eth0.v4),
+        IpAddr::V6(lab.client.eth0.v6),
     ];
-    args.extend(vips);
-    decap(&s1.ns, &args, &root.0)?;
+    pins.attach(&s1.ns, &clients, &vips)?;
     let second = xdp_program(&s1.ns)?.context("no XDP program after the replace")?;
     assert_ne!(first, second, "the program was not replaced");
     for (server, vip, wrap) in [
@@ -230,25 +181,25 @@ fn tunnelled_packets_from_allowed_sources_reach_the_vip_and_others_are_dropped()
             "{wrap:?} to {server} for {vip}"
         );
     }
-    assert!(counter(&s1.ns, &root.0, "ipip")? >= 2);
-    assert!(counter(&s1.ns, &root.0, "gue")? >= 3);
+    assert!(pins.counter(&s1.ns, "ipip")? >= 2);
+    assert!(pins.counter(&s1.ns, "gue")? >= 3);
     // From an allowed source, but for an address that is no VIP here (the
     // server's own): dropped, never relayed.
     assert_eq!(tunnel(&lab, server4, server4, Wrap::Ipip)?, None);
-    assert!(counter(&s1.ns, &root.0, "not_a_vip")? >= 1);
+    assert!(pins.counter(&s1.ns, "not_a_vip")? >= 1);
 
     // Detached: no program, no pins; a second detach has nothing to do.
-    let out = decap(&s1.ns, &["detach", "--interface", "eth0"], &root.0)?;
+    let out = pins.run(&s1.ns, &["detach", "--interface", "eth0"])?;
     assert!(out.contains("removed"), "{out}");
     assert_eq!(xdp_program(&s1.ns)?, None);
-    let left: Vec<_> = std::fs::read_dir(&root.0)
+    let left: Vec<_> = std::fs::read_dir(&pins.root)
         .into_iter()
         .flatten()
         .flatten()
         .map(|e| e.path())
         .collect();
     assert!(left.is_empty(), "pins left: {left:?}");
-    let out = decap(&s1.ns, &["detach", "--interface", "eth0"], &root.0)?;
+    let out = pins.run(&s1.ns, &["detach", "--interface", "eth0"])?;
     assert!(out.contains("nothing to remove"), "{out}");
     assert_eq!(tunnel(&lab, server4, vip4, Wrap::Ipip)?, None);
     Ok(())

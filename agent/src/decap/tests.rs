@@ -206,3 +206,32 @@ fn only_allowed_sources_are_decapsulated() {
     assert_eq!(counter(&ebpf, stats::PASSED), 1);
     assert_eq!(counter(&ebpf, stats::IPIP), 0);
 }
+
+#[test]
+fn only_interface_names_name_a_pin_directory() {
+    let root = std::path::Path::new("/sys/fs/bpf/xdplb-decap");
+    for bad in [
+        "",
+        ".",
+        "..",
+        "a/b",
+        "../../etc",
+        "eth0\0",
+        "sixteen-letters!",
+        "a b",
+    ] {
+        assert!(
+            matches!(
+                super::pin_dir(root, bad),
+                Err(super::DecapError::BadInterface(_))
+            ),
+            "{bad:?}"
+        );
+    }
+    let dir = super::pin_dir(root, "eth0").expect("a name");
+    assert!(
+        dir.starts_with(root) && dir.ends_with("eth0"),
+        "{}",
+        dir.display()
+    );
+}
