@@ -94,12 +94,13 @@ fn node_namespace() -> Link {
             "permanent",
         ]);
     }
+    // /proc/sys/net is the opening thread's namespace's.
     for key in [
-        "net.ipv4.conf.all.forwarding",
-        "net.ipv4.conf.lo.forwarding",
-        "net.ipv6.conf.all.forwarding",
+        "ipv4/conf/all/forwarding",
+        "ipv4/conf/lo/forwarding",
+        "ipv6/conf/all/forwarding",
     ] {
-        sh(&["sysctl", "-qw", &format!("{key}=1")]);
+        std::fs::write(format!("/proc/sys/net/{key}"), "1").expect(key);
     }
     // sysfs shows the namespace it was mounted in; `ip` runs in this one.
     let out = Command::new("ip")
