@@ -378,7 +378,14 @@ fn forward(
         return Ok(xdp_action::XDP_PASS);
     }
     if b.flags & (BACKEND_FLAG_IPIP | BACKEND_FLAG_GUE) != 0 {
-        return tunnel::tunnel(ctx, b, hash);
+        let action = tunnel::tunnel(ctx, b, hash)?;
+        count(match action {
+            xdp_action::XDP_TX => global::TX,
+            xdp_action::XDP_REDIRECT => global::REDIRECT,
+            xdp_action::XDP_DROP => global::DROP,
+            _ => global::ERROR,
+        });
+        return Ok(action);
     }
     let eth = ptr_at::<[u8; 12]>(&Packet(ctx), 0).ok_or(())?;
     // SAFETY: bounds checked by `ptr_at`.

@@ -59,7 +59,7 @@ const VERDICTS: [(&str, &str); 5] = [
     ("tx", "tx"),
     ("redirect", "redirect"),
 ];
-const REASONS: [(&str, &str); 7] = [
+const REASONS: [(&str, &str); 12] = [
     ("vlan", "vlan"),
     ("malformed", "malformed"),
     ("fragment", "fragment"),
@@ -67,7 +67,19 @@ const REASONS: [(&str, &str); 7] = [
     ("no_backend", "no_backend"),
     ("icmp_no_flow", "icmp_no_flow"),
     ("ipv6_ext_unparsed", "ipv6_ext_unparsed"),
+    ("tunnel_no_neigh", "tunnel_no_neigh"),
+    ("tunnel_no_route", "tunnel_no_route"),
+    ("tunnel_forwarding_disabled", "tunnel_forwarding_disabled"),
+    ("tunnel_too_big", "tunnel_too_big"),
+    ("tunnel_no_source", "tunnel_no_source"),
 ];
+/// Packets tunnelled, by encapsulation.
+const TUNNELLED: [(&str, &str); 2] = [("tunnel_ipip", "ipip"), ("tunnel_gue", "gue")];
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EncapsulationLabel {
+    encapsulation: Value,
+}
 const FLOW_EVENTS: [(&str, &str); 6] = [
     ("flow_miss", "miss"),
     ("flow_evicted", "evicted"),
@@ -192,6 +204,13 @@ fn register_program(registry: &mut Registry, node: &Node) {
         "Packets passed or dropped instead of forwarded, by reason (local: to a server on this node)",
         counted(&counters, &REASONS, |reason| ReasonLabel {
             reason: reason.into(),
+        }),
+    );
+    registry.register(
+        "xdp_tunnelled",
+        "Packets tunnelled to servers beyond the segment (forward = ipip or gue), by encapsulation",
+        counted(&counters, &TUNNELLED, |encapsulation| EncapsulationLabel {
+            encapsulation: encapsulation.into(),
         }),
     );
     registry.register(
