@@ -247,13 +247,6 @@ fn set_addrs_in<T: std::borrow::BorrowMut<MapData>>(
     Ok(())
 }
 
-/// Replaces the allowed sources of the program on `interface` (the
-/// manager's nodes changed).
-pub fn set_sources(root: &Path, interface: &str, sources: &[IpAddr]) -> Result<(), DecapError> {
-    let map = pinned_map(root, interface, MAP_DECAP_SOURCES)?;
-    set_addrs_in(HashMap::try_from(Map::HashMap(map))?, sources)
-}
-
 fn pinned_map(root: &Path, interface: &str, name: &str) -> Result<MapData, DecapError> {
     let dir = pin_dir(root, interface)?;
     let path = dir.join(name);
@@ -276,12 +269,6 @@ pub fn counters(root: &Path, interface: &str) -> Result<Vec<(&'static str, u64)>
         out.push((name, stats_map.get(&i, 0)?.iter().sum()));
     }
     Ok(out)
-}
-
-/// Whether a program is attached and pinned on `interface`.
-#[must_use]
-pub fn is_attached(root: &Path, interface: &str) -> bool {
-    pin_dir(root, interface).is_ok_and(|d| d.join(LINK_PIN).exists())
 }
 
 /// Detaches the program from `interface` and removes every pin made for

@@ -205,19 +205,13 @@ fn demo_dir(args: &Args) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// The lab's daemons, dropped in this order: agents, balancer, then the
-/// lab (its servers, namespaces), then the cgroups.
+/// The lab's daemons, dropped in field order: agents, balancer, then the
+/// lab (its servers, namespaces), then the cgroups (held for that alone).
 struct Running {
-    agents: Vec<LabProcess>,
+    _agents: Vec<LabProcess>,
     bal: Balancer,
     lab: Lab,
-    fleet: Fleet,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.agents.clear();
-    }
+    _fleet: Fleet,
 }
 
 fn run(args: &Args) -> Result<()> {
@@ -320,10 +314,10 @@ fn start(dir: &Path) -> Result<Running> {
         })
         .collect::<Result<_>>()?;
     Ok(Running {
-        agents,
+        _agents: agents,
         bal,
         lab,
-        fleet,
+        _fleet: fleet,
     })
 }
 
@@ -351,7 +345,6 @@ fn keep(running: &Running, dir: &Path) -> Result<()> {
         lab.vip4_addr(PORT),
         dir.display(),
     );
-    let _ = &running.fleet;
     while !interrupted() {
         std::thread::sleep(Duration::from_millis(100));
     }
