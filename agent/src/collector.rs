@@ -4,7 +4,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -16,6 +16,7 @@ use lb_proto::{
 
 use crate::{
     config::{AgentConfig, ApplicationConfig},
+    decap::DecapOwner,
     interfaces::Interfaces,
     monitor::ApplicationMonitor,
     probe::describe,
@@ -70,6 +71,8 @@ pub struct Collector {
     net: NetDevSampler,
     monitors: Vec<ApplicationMonitor>,
     last_sample: Instant,
+    /// The decapsulation this agent owns (`[decap]`).
+    decap: Option<DecapOwner>,
 }
 
 impl Collector {
@@ -99,7 +102,9 @@ impl Collector {
             cgroup,
             monitors,
             last_sample: Instant::now(),
+            decap: None,
         };
+        collector.decap = collector.config.decap.clone().map(DecapOwner::start);
         // Priming: deltas start here. Errors show again on the first report.
         let _ = collector.cpu.sample();
         let _ = collector.net.sample(Duration::ZERO);
@@ -107,6 +112,14 @@ impl Collector {
             let _ = cgroup.sample(Duration::ZERO);
         }
         Ok(collector)
+    }
+
+    /// The nodes' tunnel sources, from the manager: handed to the
+    /// decapsulation (ignored without `[decap]`).
+    pub fn set_tunnel_sources(&mut self, sources: Vec<IpAddr>) {
+        if let Some(decap) = &mut self.decap {
+            decap.set_manager_sources(sources);
+        }
     }
 
     /// The configuration the collector reports on.
@@ -192,7 +205,8 @@ impl Collector {
                 BTreeMap::default()
             }
         };
-        let (applications, connection_figures) = self.applications(&self.sockets()?);
+        let sockets = self.sockets()?;
+        let (applications, connection_figures) = self.applications(&sockets);
 
         let readings = Readings {
             host_cpu_busy: host_cpu,
@@ -256,7 +270,7 @@ impl Collector {
     /// connections the utilization counts (on its VIPs when it has any) with
     /// its capacity.
     fn applications(
-        &self,
+        &mut self,
         sockets: &[TcpSocket],
     ) -> (Vec<ApplicationStatus>, Vec<(u64, Option<u64>)>) {
         let interfaces = Interfaces::read().unwrap_or_else(|error| {
@@ -264,6 +278,15 @@ impl Collector {
             Interfaces::default()
         });
         let arp = self.sysctl.arp(&interfaces.ipv4_interfaces());
+        let decap: BTreeMap<IpAddr, bool> = match &mut self.decap {
+            Some(owner) => {
+                let vips = owner.config().vips.clone();
+                vips.into_iter()
+                    .map(|vip| (vip, owner.ready(vip, &interfaces)))
+                    .collect()
+            }
+            None => BTreeMap::new(),
+        };
         let mut applications = Vec::with_capacity(self.config.applications.len());
         let mut connection_figures = Vec::new();
         for (app, monitor) in self.config.applications.iter().zip(&self.monitors) {
@@ -288,11 +311,13 @@ impl Collector {
                     .vips
                     .iter()
                     .map(|&vip| {
+                        let decap = self.decap.as_ref().map(|_| decap.get(&vip) == Some(&true));
                         readiness(
                             vip,
                             interfaces.on_loopback(vip),
                             arp,
                             monitor.vip_probe(vip),
+                            decap,
                         )
                     })
                     .collect(),

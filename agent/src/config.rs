@@ -135,6 +135,27 @@ pub struct AgentConfig {
     pub applications: Vec<ApplicationConfig>,
     /// `[discovery]`: signed announcements on the local segment.
     pub discovery: DiscoveryConfig,
+    /// `[decap]`: the decapsulation this agent installs and owns; `None`:
+    /// none (only `forward = "l2"` reaches this server, unless it is
+    /// installed with `lb-agent decap attach`).
+    pub decap: Option<DecapConfig>,
+}
+
+/// `[decap]`, validated: where tunnelled packets arrive and whom to take
+/// them from (beside the nodes' sources the manager sends).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecapConfig {
+    /// The interface tunnelled packets arrive on.
+    pub interface: String,
+    /// Outer sources allowed besides the manager's (`sources`).
+    pub sources: Vec<IpAddr>,
+    /// The outer UDP destination port of GUE.
+    pub gue_port: u16,
+    /// Where the pins go (default [`crate::decap::PIN_ROOT`]).
+    pub pin_root: PathBuf,
+    /// Every application's VIPs: inner packets for any other address are
+    /// dropped.
+    pub vips: Vec<IpAddr>,
 }
 
 /// `[discovery]`, validated: whether and where the agent announces itself

@@ -37,6 +37,8 @@ pub static DECAP_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("LB_DECAP_OBJE
 /// Where the pins go unless told otherwise.
 pub const PIN_ROOT: &str = "/sys/fs/bpf/xdplb-decap";
 const LINK_PIN: &str = "link";
+/// The program itself, pinned so a readiness probe can run it.
+const PROGRAM_PIN: &str = "program";
 
 /// What to install on one interface.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,17 +108,22 @@ fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Decap
     }
 }
 
+/// Whether `name` can be an interface's (and so names no other directory).
+#[must_use]
+pub fn valid_interface_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() < 16
+        && name != "."
+        && name != ".."
+        && !name.contains(['/', '\0'])
+        && !name.chars().any(char::is_whitespace)
+}
+
 /// The pin directory of `interface` in this process's network namespace;
 /// refuses names that are no interface's (they would name another
 /// directory).
 pub fn pin_dir(root: &Path, interface: &str) -> Result<PathBuf, DecapError> {
-    let valid = !interface.is_empty()
-        && interface.len() < 16
-        && interface != "."
-        && interface != ".."
-        && !interface.contains(['/', '\0'])
-        && !interface.chars().any(char::is_whitespace);
-    if !valid {
+    if !valid_interface_name(interface) {
         return Err(DecapError::BadInterface(interface.to_owned()));
     }
     let ns = Path::new("/proc/self/ns/net");
@@ -163,6 +170,14 @@ fn attach_in(spec: &DecapSpec, dir: &Path) -> Result<u32, DecapError> {
         attach_new(program, &link, &spec.interface)?;
     }
     let id = program.info()?.id();
+    let program_pin = dir.join(PROGRAM_PIN);
+    if program_pin.exists() {
+        std::fs::remove_file(&program_pin).map_err(io("removing", &program_pin))?;
+    }
+    program.pin(&program_pin).map_err(|e| DecapError::Attach {
+        interface: spec.interface.clone(),
+        message: format!("pinning {}: {e}", program_pin.display()),
+    })?;
     for (name, addrs) in [
         (MAP_DECAP_SOURCES, &spec.sources),
         (MAP_DECAP_VIPS, &spec.vips),
@@ -227,6 +242,17 @@ fn source_key(addr: IpAddr) -> DecapSource {
     }
 }
 
+fn address_of(key: &DecapSource) -> Option<IpAddr> {
+    match key.family {
+        FAMILY_V4 => {
+            let [a, b, c, d, ..] = key.addr;
+            Some(IpAddr::from([a, b, c, d]))
+        }
+        FAMILY_V6 => Some(IpAddr::from(key.addr)),
+        _ => None,
+    }
+}
+
 /// Makes the map's addresses exactly `addrs`.
 fn set_addrs_in<T: std::borrow::BorrowMut<MapData>>(
     mut map: HashMap<T, DecapSource, u32>,
@@ -257,6 +283,35 @@ fn pinned_map(root: &Path, interface: &str, name: &str) -> Result<MapData, Decap
         });
     }
     Ok(MapData::from_pin(&path)?)
+}
+
+/// Makes the allowed outer sources of the program on `interface` exactly
+/// `sources` (in place: packets keep flowing).
+pub fn set_sources(root: &Path, interface: &str, sources: &[IpAddr]) -> Result<(), DecapError> {
+    let map = pinned_map(root, interface, MAP_DECAP_SOURCES)?;
+    set_addrs_in(HashMap::try_from(Map::HashMap(map))?, sources)
+}
+
+/// The allowed outer sources of the program on `interface` (empty when
+/// nothing is attached).
+pub fn sources(root: &Path, interface: &str) -> Result<Vec<IpAddr>, DecapError> {
+    let map = match pinned_map(root, interface, MAP_DECAP_SOURCES) {
+        Ok(map) => map,
+        Err(DecapError::NotAttached { .. }) => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let map: HashMap<_, DecapSource, u32> = HashMap::try_from(Map::HashMap(map))?;
+    Ok(map
+        .keys()
+        .filter_map(Result::ok)
+        .filter_map(|k| address_of(&k))
+        .collect())
+}
+
+/// Whether the program is attached on `interface` (its link pinned).
+#[must_use]
+pub fn is_attached(root: &Path, interface: &str) -> bool {
+    pin_dir(root, interface).is_ok_and(|dir| dir.join(LINK_PIN).exists())
 }
 
 /// The program's counters on `interface`, summed over CPUs, by name
@@ -294,6 +349,11 @@ pub fn detach(root: &Path, interface: &str) -> Result<bool, DecapError> {
     }
     Ok(true)
 }
+
+mod owner;
+mod probe;
+pub use owner::DecapOwner;
+pub use probe::probe;
 
 #[cfg(test)]
 mod tests;

@@ -113,7 +113,13 @@ impl Sysctl {
 
 /// The `<readiness>` verdict for one VIP.
 #[must_use]
-pub fn readiness(vip: IpAddr, on_loopback: bool, arp: ArpSettings, local_probe: bool) -> Readiness {
+pub fn readiness(
+    vip: IpAddr,
+    on_loopback: bool,
+    arp: ArpSettings,
+    local_probe: bool,
+    decap: Option<bool>,
+) -> Readiness {
     let arp_ok = vip.is_ipv6() || arp.safe_for_dsr();
     Readiness {
         vip,
@@ -122,6 +128,7 @@ pub fn readiness(vip: IpAddr, on_loopback: bool, arp: ArpSettings, local_probe: 
         arp_announce: arp.arp_announce,
         local_probe,
         ready: on_loopback && arp_ok && local_probe,
+        decap,
     }
 }
 
@@ -224,15 +231,15 @@ mod tests {
             arp_ignore: 0,
             arp_announce: 0,
         };
-        assert!(readiness(v4, true, safe(), true).ready);
-        assert!(!readiness(v4, false, safe(), true).ready);
-        assert!(!readiness(v4, true, safe(), false).ready);
-        let r = readiness(v4, true, unsafe_arp, true);
+        assert!(readiness(v4, true, safe(), true, None).ready);
+        assert!(!readiness(v4, false, safe(), true, None).ready);
+        assert!(!readiness(v4, true, safe(), false, None).ready);
+        let r = readiness(v4, true, unsafe_arp, true, None);
         assert!(!r.ready);
         assert_eq!((r.arp_ignore, r.arp_announce), (0, 0));
         // IPv6: ARP does not apply.
-        assert!(readiness(v6, true, unsafe_arp, true).ready);
-        assert!(!readiness(v6, false, unsafe_arp, true).ready);
+        assert!(readiness(v6, true, unsafe_arp, true, None).ready);
+        assert!(!readiness(v6, false, unsafe_arp, true, None).ready);
     }
 
     #[test]

@@ -241,6 +241,7 @@ impl Session<'_> {
             header_checked: false,
             guard: SequenceGuard::new(),
             peer,
+            tunnel_sources: None,
         };
         let interval = config.report_interval;
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
@@ -284,6 +285,9 @@ impl Session<'_> {
                     }
                     decoder.feed(buf.get(..n).unwrap_or_default());
                     reader.drain(&mut decoder, stream, &context).await?;
+                    if let Some(sources) = reader.tunnel_sources.take() {
+                        self.collector.set_tunnel_sources(sources);
+                    }
                 }
             }
         }
@@ -342,6 +346,9 @@ struct ManagerReader<'p> {
     header_checked: bool,
     guard: SequenceGuard,
     peer: Option<&'p PeerIdentity>,
+    /// The nodes' tunnel sources the manager sent last, not yet handed to
+    /// the decapsulation.
+    tunnel_sources: Option<Vec<std::net::IpAddr>>,
 }
 
 impl ManagerReader<'_> {
@@ -432,6 +439,10 @@ impl ManagerReader<'_> {
             Message::SettingsRequest(request) => {
                 tracing::info!(id = request.id, kind = ?request.kind, application = ?request.application, "settings requested");
                 stream.send(answer(&request, context)).await?;
+            }
+            Message::TunnelSources(sources) => {
+                tracing::debug!(sources = ?sources.addresses, "the nodes' tunnel sources");
+                self.tunnel_sources = Some(sources.addresses);
             }
             Message::Error(error) => {
                 tracing::warn!(

@@ -802,6 +802,7 @@ fn report(host: &str, rng: &mut XorShift) -> Message {
                 arp_announce: 2,
                 local_probe: true,
                 ready: true,
+                decap: None,
             }],
         }],
     }

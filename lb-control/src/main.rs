@@ -208,6 +208,7 @@ async fn start(config: Config, config_path: PathBuf) -> Result<Daemon, RunError>
         // Before the first agent connects: every hello must match its pin.
         m.set_pins(lb_control::manager::controller::pins(&config));
         m.set_denied(&m.config.denied_fingerprints).await;
+        m.set_tunnel_sources(config.tunnel_sources()).await;
         m.clone().start().await?;
     }
     let node = open_node(&config, config_path).await?;

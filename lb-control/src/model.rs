@@ -66,6 +66,15 @@ pub enum ModelError {
         address: IpAddr,
         vip: IpAddr,
     },
+    #[error(
+        "service `{service}`: server `{server}` is reached by forward = \"{forward}\", but this node has no IPv{family} node.tunnel_source: add this node's address on the path to it"
+    )]
+    NoTunnelSource {
+        service: String,
+        server: String,
+        forward: &'static str,
+        family: u8,
+    },
 }
 
 /// State of a programmed server in one service, ordered by permissiveness
@@ -288,7 +297,7 @@ impl ServiceSpec {
                     weight: s.weight,
                     state: ServerState::from_wire(s.state),
                     local: false,
-                    forward: config::Forward::L2,
+                    forward: s.forward,
                 })
                 .collect(),
         }
@@ -513,6 +522,7 @@ mod tests {
                     weight: 1,
                     state: lb_proto::ServerState::Allocated,
                     mac: None,
+                    forward: lb_proto::Forward::L2,
                 })
                 .collect(),
             retired: false,

@@ -111,6 +111,9 @@ struct Agent {
     stream: Stream,
     enc: Encoder<Vec<u8>>,
     dec: Decoder,
+    /// Every `<tunnel-sources>` received, in order (`recv` sets them
+    /// aside).
+    tunnel_sources: Vec<Vec<std::net::IpAddr>>,
 }
 
 impl Agent {
@@ -119,6 +122,7 @@ impl Agent {
             stream,
             enc: Encoder::new(Vec::new(), 1),
             dec: Decoder::new(),
+            tunnel_sources: Vec::new(),
         };
         a.enc
             .start(&StreamHeader::new(Role::Agent, host))
@@ -143,7 +147,7 @@ impl Agent {
     }
 
     /// Next message from the manager, or None at the end of the stream.
-    async fn recv(&mut self, timeout: Duration) -> Option<Message> {
+    async fn recv_any(&mut self, timeout: Duration) -> Option<Message> {
         let deadline = Instant::now() + timeout;
         let mut buf = [0u8; 4096];
         loop {
@@ -157,6 +161,28 @@ impl Agent {
                 Ok(Ok(0) | Err(_)) | Err(_) => return None,
                 Ok(Ok(n)) => self.dec.feed(&buf[..n]),
             }
+        }
+    }
+
+    /// Next message from the manager but `<tunnel-sources>` (kept in
+    /// `tunnel_sources`), or None at the end of the stream.
+    async fn recv(&mut self, timeout: Duration) -> Option<Message> {
+        loop {
+            match self.recv_any(timeout).await? {
+                Message::TunnelSources(t) => self.tunnel_sources.push(t.addresses),
+                m => return Some(m),
+            }
+        }
+    }
+
+    /// True once the manager answered the hello (with the tunnel sources).
+    async fn hello_answered(&mut self, timeout: Duration) -> bool {
+        match self.recv_any(timeout).await {
+            Some(Message::TunnelSources(t)) => {
+                self.tunnel_sources.push(t.addresses);
+                true
+            }
+            other => panic!("{other:?} before the hello's answer"),
         }
     }
 
@@ -260,6 +286,16 @@ async fn good_stream_updates_database_and_answers_settings() {
     .expect("answer");
     let answer = ask.await.expect("join").expect("answered");
     assert!(matches!(answer, Message::AuthSettings(a) if a.control_port == 7444));
+    // The hello was answered with the nodes' tunnel sources (none yet);
+    // a change reaches the connected agent, a repeat does not.
+    assert_eq!(a.tunnel_sources, [Vec::<std::net::IpAddr>::new()]);
+    let nodes: Vec<std::net::IpAddr> =
+        vec!["10.0.1.2".parse().unwrap(), "fd00:1::2".parse().unwrap()];
+    s.manager.set_tunnel_sources(nodes.clone()).await;
+    s.manager.set_tunnel_sources(nodes.clone()).await;
+    let extra = a.recv(Duration::from_millis(300)).await;
+    assert!(extra.is_none(), "{extra:?}");
+    assert_eq!(a.tunnel_sources, [vec![], nodes]);
 
     // Silence: unmonitored after 3 intervals, figures kept.
     assert!(
@@ -752,6 +788,9 @@ async fn bad_xml_is_refused_without_disturbing_others() {
         let before = s.manager.stats();
         let mut bad = Agent::open(dial(&s.pki, "s2", s.addr).await.expect("dial"), "s2").await;
         bad.send(hello("s2")).await.expect("hello");
+        // The hello is handled (its answer is the tunnel sources) before
+        // the bad bytes go.
+        assert!(bad.hello_answered(Duration::from_secs(5)).await, "{what}");
         let _ = bad.raw(&bytes).await;
         let mut saw_error = false;
         while let Some(m) = bad.recv(Duration::from_secs(5)).await {

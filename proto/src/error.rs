@@ -152,6 +152,20 @@ pub enum InvalidMessage {
     /// A `<connection-settings>` lists no address.
     #[error("no addresses")]
     NoAddresses,
+    /// A list is longer than the protocol allows.
+    #[error("{count} {what}, over the limit of {limit}")]
+    TooMany {
+        /// What is listed.
+        what: &'static str,
+        /// How many were sent.
+        count: usize,
+        /// The most allowed.
+        limit: usize,
+    },
+    /// An address that must be a host's is not (unspecified, loopback,
+    /// multicast or broadcast).
+    #[error("{0} is not a unicast address")]
+    NotUnicast(std::net::IpAddr),
     /// A report says more memory is available than there is.
     #[error("memory available {available} > total {total}")]
     Memory {

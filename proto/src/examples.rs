@@ -88,6 +88,7 @@ fn agent_session() -> String {
     agent.start(&mut out, Role::Agent, "web-1");
     manager.start(&mut out, Role::Manager, "manager-1");
     agent.send(&mut out, samples::hello());
+    manager.send(&mut out, samples::tunnel_sources());
     for n in 0..3 {
         agent.send(&mut out, samples::report(n));
     }
@@ -173,6 +174,7 @@ fn blocks() -> Vec<(&'static str, String)> {
             pretty(samples::connection_settings(1), 6),
         ),
         ("auth-settings", pretty(samples::auth_settings(2), 7)),
+        ("tunnel-sources", pretty(samples::tunnel_sources(), 8)),
         (
             "reconfigure",
             pretty(samples::reconfigure(7, ServerState::Draining), 3),

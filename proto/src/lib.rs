@@ -41,8 +41,8 @@ pub use health::{HealthTracker, ProbeOutcome};
 pub use limits::Limits;
 pub use messages::{
     Ack, AckStatus, Application, ApplicationPorts, AuthSettings, BackendStatus, ConnectionSettings,
-    ErrorMessage, Hello, Message, NodeStatus, Reconfigure, Server, ServerState, Service,
-    SettingsKind, SettingsRequest, StatusRequest,
+    ErrorMessage, Forward, Hello, MAX_TUNNEL_SOURCES, Message, NodeStatus, Reconfigure, Server,
+    ServerState, Service, SettingsKind, SettingsRequest, StatusRequest, TunnelSources, is_unicast,
 };
 pub use report::{
     ApplicationStatus, Cpu, Health, HealthState, Load, Memory, Nic, Readiness, Report, Utilization,

@@ -37,11 +37,13 @@ pub enum Message {
     StatusRequest(StatusRequest),
     /// `<node-status>`: node → manager, answers a status request.
     NodeStatus(NodeStatus),
+    /// `<tunnel-sources>`: manager → agent, the nodes' tunnel sources.
+    TunnelSources(TunnelSources),
 }
 
 impl Message {
     /// Every message element name, in the order of the variants.
-    pub const NAMES: [&'static str; 10] = [
+    pub const NAMES: [&'static str; 11] = [
         "hello",
         "report",
         "settings-request",
@@ -52,6 +54,7 @@ impl Message {
         "error",
         "status-request",
         "node-status",
+        "tunnel-sources",
     ];
 
     /// The element name.
@@ -68,6 +71,7 @@ impl Message {
             Self::Error(_) => 7,
             Self::StatusRequest(_) => 8,
             Self::NodeStatus(_) => 9,
+            Self::TunnelSources(_) => 10,
         };
         Self::NAMES[index]
     }
@@ -86,6 +90,7 @@ impl Message {
             Self::Error(m) => m.seq,
             Self::StatusRequest(m) => m.seq,
             Self::NodeStatus(m) => m.seq,
+            Self::TunnelSources(m) => m.seq,
         }
     }
 
@@ -102,6 +107,7 @@ impl Message {
             Self::Error(m) => &mut m.seq,
             Self::StatusRequest(m) => &mut m.seq,
             Self::NodeStatus(m) => &mut m.seq,
+            Self::TunnelSources(m) => &mut m.seq,
         };
         *field = seq;
     }
@@ -126,6 +132,7 @@ impl Message {
             Self::AuthSettings(m) => m.validate(),
             Self::Reconfigure(m) => m.service.validate(),
             Self::Error(m) => not_empty("code", &m.code),
+            Self::TunnelSources(m) => m.validate(),
         }
     }
 }
@@ -149,7 +156,8 @@ message_from!(
     Reconfigure,
     Ack,
     StatusRequest,
-    NodeStatus
+    NodeStatus,
+    TunnelSources
 );
 
 impl From<ErrorMessage> for Message {
@@ -484,6 +492,93 @@ pub struct Server {
     /// `address` itself.
     #[serde(rename = "@mac", default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<MacAddr>,
+    /// How the node sends the server its packets; absent: `l2`.
+    #[serde(rename = "@forward", default, skip_serializing_if = "Forward::is_l2")]
+    pub forward: Forward,
+}
+
+/// How a node sends a server its packets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Forward {
+    /// Direct server return at layer 2: only the Ethernet header changes.
+    #[default]
+    L2,
+    /// The packet inside an outer IP header (IPv4 or IPv6 in IPv4 or IPv6).
+    Ipip,
+    /// The packet inside UDP and a GUE header.
+    Gue,
+}
+
+impl Forward {
+    /// Layer 2, the default (by reference: serde's `skip_serializing_if`
+    /// passes the field so).
+    #[must_use]
+    pub fn is_l2(&self) -> bool {
+        *self == Self::L2
+    }
+
+    /// Whether the server is reached through a tunnel.
+    #[must_use]
+    pub fn is_tunnel(self) -> bool {
+        self != Self::L2
+    }
+
+    /// Its name in files and on the wire.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::L2 => "l2",
+            Self::Ipip => "ipip",
+            Self::Gue => "gue",
+        }
+    }
+}
+
+/// The most addresses a [`TunnelSources`] may carry (the decapsulation's
+/// source map holds 256).
+pub const MAX_TUNNEL_SOURCES: usize = 64;
+
+/// `<tunnel-sources>`: the outer source addresses the balancer nodes
+/// tunnel from (their `tunnel_source`). Sent by the manager after an
+/// agent's hello and again whenever the set changes; an agent that
+/// decapsulates accepts tunnelled packets from these (and its own
+/// `[decap] sources`) only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TunnelSources {
+    /// Sequence number (stamped by the encoder).
+    #[serde(rename = "@seq")]
+    pub seq: u64,
+    /// The addresses, space separated, IPv4 and IPv6; may be empty.
+    #[serde(rename = "@addresses", default)]
+    pub addresses: Vec<IpAddr>,
+}
+
+impl TunnelSources {
+    fn validate(&self) -> Result<(), InvalidMessage> {
+        if self.addresses.len() > MAX_TUNNEL_SOURCES {
+            return Err(InvalidMessage::TooMany {
+                what: "tunnel sources",
+                count: self.addresses.len(),
+                limit: MAX_TUNNEL_SOURCES,
+            });
+        }
+        match self.addresses.iter().find(|a| !is_unicast(**a)) {
+            Some(&address) => Err(InvalidMessage::NotUnicast(address)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// An address a host can send from: not unspecified, loopback, multicast
+/// or broadcast.
+#[must_use]
+pub fn is_unicast(address: IpAddr) -> bool {
+    let common = !address.is_unspecified() && !address.is_loopback() && !address.is_multicast();
+    match address {
+        IpAddr::V4(a) => common && !a.is_broadcast(),
+        IpAddr::V6(_) => common,
+    }
 }
 
 /// Outcome in an [`Ack`].

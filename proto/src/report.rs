@@ -238,4 +238,19 @@ pub struct Readiness {
     /// flows here.
     #[serde(rename = "@ready")]
     pub ready: bool,
+    /// With the agent's decapsulation (`[decap]`): it is attached, knows
+    /// allowed tunnel sources, and a tunnelled probe for this VIP came
+    /// through it. Absent: the agent decapsulates nothing, so only `l2`
+    /// can reach this server. A tunnelled server needs `ready` and this.
+    #[serde(rename = "@decap", default, skip_serializing_if = "Option::is_none")]
+    pub decap: Option<bool>,
+}
+
+impl Readiness {
+    /// Whether this VIP's flows may go to the server when the node reaches
+    /// it by `forward`: `ready`, and through a tunnel `decap` too.
+    #[must_use]
+    pub fn ready_for(&self, forward: crate::Forward) -> bool {
+        self.ready && (!forward.is_tunnel() || self.decap == Some(true))
+    }
 }

@@ -4,9 +4,10 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use crate::{
     Ack, AckStatus, Application, ApplicationPorts, ApplicationStatus, AuthSettings, BackendStatus,
-    ConnectionSettings, Cpu, ErrorMessage, Health, HealthState, Hello, Load, MacAddr, Memory,
-    Message, Nic, NodeStatus, Protocol, Readiness, Reconfigure, Report, Server, ServerState,
-    Service, SettingsKind, SettingsRequest, StatusRequest, Utilization, UtilizationSource,
+    ConnectionSettings, Cpu, ErrorMessage, Forward, Health, HealthState, Hello, Load, MacAddr,
+    Memory, Message, Nic, NodeStatus, Protocol, Readiness, Reconfigure, Report, Server,
+    ServerState, Service, SettingsKind, SettingsRequest, StatusRequest, TunnelSources, Utilization,
+    UtilizationSource,
 };
 
 pub const VIP: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10));
@@ -78,8 +79,20 @@ pub fn report(n: u32) -> Message {
                 arp_announce: 2,
                 local_probe: true,
                 ready: true,
+                decap: Some(true),
             }],
         }],
+    }
+    .into()
+}
+
+pub fn tunnel_sources() -> Message {
+    TunnelSources {
+        seq: 0,
+        addresses: vec![
+            "198.51.100.2".parse().unwrap(),
+            "2001:db8::2".parse().unwrap(),
+        ],
     }
     .into()
 }
@@ -145,6 +158,7 @@ pub fn reconfigure(generation: u64, web2_state: ServerState) -> Message {
                     weight: 100,
                     state: ServerState::Allocated,
                     mac: Some(MacAddr([0x02, 0x00, 0x5e, 0x10, 0x00, 0x21])),
+                    forward: Forward::L2,
                 },
                 Server {
                     name: "web-2".into(),
@@ -152,6 +166,7 @@ pub fn reconfigure(generation: u64, web2_state: ServerState) -> Message {
                     weight: 60,
                     state: web2_state,
                     mac: None,
+                    forward: Forward::Ipip,
                 },
             ],
             retired: false,
@@ -235,6 +250,7 @@ pub fn all() -> Vec<Message> {
         r.nics.clear();
         r.applications[0].health.state = HealthState::Down;
         r.applications[0].health.detail = Some("connect: refused \"127.0.0.1:80\" <x>".into());
+        r.applications[0].readiness[0].decap = None;
     }
     vec![
         hello(),
@@ -261,6 +277,12 @@ pub fn all() -> Vec<Message> {
             seq: 0,
             id: 4,
             count_flows: false,
+        }
+        .into(),
+        tunnel_sources(),
+        TunnelSources {
+            seq: 0,
+            addresses: Vec::new(),
         }
         .into(),
         node_status(3),

@@ -20,6 +20,9 @@ use super::{
 use crate::sources::{CommandSource, SourceKind};
 
 mod application;
+mod decap;
+
+use decap::DecapSection;
 
 /// The whole file.
 #[derive(Debug, Deserialize)]
@@ -32,6 +35,8 @@ pub(super) struct File {
     application: Vec<Spanned<ApplicationSection>>,
     #[serde(default)]
     discovery: Option<Spanned<DiscoverySection>>,
+    #[serde(default)]
+    decap: Option<Spanned<DecapSection>>,
 }
 
 /// `[discovery]`; `None` is a key left out.
@@ -172,6 +177,10 @@ impl Validator<'_> {
             Some(section) => self.discovery(section, agent.tls_dir.is_some())?,
             None => DiscoveryConfig::default(),
         };
+        let decap = file
+            .decap
+            .map(|section| self.decap(section, &applications))
+            .transpose()?;
         Ok(AgentConfig {
             host,
             manager: agent.manager.into_inner().trim().to_owned(),
@@ -185,6 +194,7 @@ impl Validator<'_> {
             utilization,
             applications,
             discovery,
+            decap,
         })
     }
 

@@ -507,3 +507,115 @@ fn check_host_resolves_the_cgroup_like_the_agent() {
     );
     config.check_host(root.path()).expect("v1 cgroup exists");
 }
+
+const WITH_VIPS: &str = r#"
+[agent]
+host = "web-1"
+manager = "manager.lb:7400"
+tls_dir = "/etc/xdplb/pki"
+
+[[application]]
+name = "web"
+protocol = "tcp"
+ports = [80]
+vips = ["192.0.2.10", "2001:db8::10"]
+probe = { kind = "tcp", port = 80 }
+
+[[application]]
+name = "api"
+protocol = "tcp"
+ports = [81]
+vips = ["192.0.2.10"]
+probe = { kind = "tcp", port = 81 }
+"#;
+
+#[test]
+fn decap_section() {
+    assert_eq!(parse(WITH_VIPS).expect("valid").decap, None);
+    let config = parse(&format!(
+        "{WITH_VIPS}\n[decap]\ninterface = \"eth1\"\nsources = [\"10.0.1.2\", \"fd00:1::2\"]\n"
+    ))
+    .expect("valid");
+    let decap = config.decap.expect("[decap]");
+    assert_eq!(decap.interface, "eth1");
+    assert_eq!(
+        decap.sources,
+        [
+            "10.0.1.2".parse::<IpAddr>().unwrap(),
+            "fd00:1::2".parse().unwrap()
+        ]
+    );
+    assert_eq!(decap.gue_port, 6080);
+    assert_eq!(decap.pin_root, PathBuf::from(crate::decap::PIN_ROOT));
+    // Every application's VIPs, each once.
+    assert_eq!(
+        decap.vips,
+        [
+            "192.0.2.10".parse::<IpAddr>().unwrap(),
+            "2001:db8::10".parse().unwrap()
+        ]
+    );
+    let config = parse(&format!(
+        "{WITH_VIPS}\n[decap]\ninterface = \"eth0\"\ngue_port = 7000\npin_root = \"/sys/fs/bpf/x\"\n"
+    ))
+    .expect("valid");
+    let decap = config.decap.expect("[decap]");
+    assert!(decap.sources.is_empty());
+    assert_eq!(
+        (decap.gue_port, decap.pin_root),
+        (7000, PathBuf::from("/sys/fs/bpf/x"))
+    );
+}
+
+#[test]
+fn bad_decap_sections_name_key_and_line() {
+    for (body, key, needle) in [
+        (
+            "interface = \"../x\"",
+            "decap.interface",
+            "not an interface name",
+        ),
+        (
+            "interface = \"\"",
+            "decap.interface",
+            "not an interface name",
+        ),
+        (
+            "interface = \"eth0\"\nsources = [\"10.0.1.2\", \"127.0.0.1\"]",
+            "decap.sources",
+            "127.0.0.1 is not a unicast",
+        ),
+        (
+            "interface = \"eth0\"\nsources = [\"224.0.0.1\"]",
+            "decap.sources",
+            "not a unicast",
+        ),
+        (
+            "interface = \"eth0\"\ngue_port = 0",
+            "decap.gue_port",
+            "is 0",
+        ),
+    ] {
+        let text = format!("{WITH_VIPS}\n[decap]\n{body}\n");
+        let leaf = key.trim_start_matches("decap.");
+        let at = 1 + text
+            .lines()
+            .position(|l| l.starts_with(leaf))
+            .expect("the key's line");
+        let message = expect_error(&text, key, at);
+        assert!(message.contains(needle), "{message}");
+    }
+    // Nothing to decapsulate for.
+    let message = expect_error(
+        &format!("{MINIMAL}\n[decap]\ninterface = \"eth0\"\n"),
+        "decap",
+        MINIMAL.lines().count() + 2,
+    );
+    assert!(message.contains("vips"), "{message}");
+    let message = parse(&format!(
+        "{WITH_VIPS}\n[decap]\ninterface = \"eth0\"\nsource = [\"10.0.1.2\"]\n"
+    ))
+    .expect_err("unknown key")
+    .to_string();
+    assert!(message.contains("source"), "{message}");
+}

@@ -4,6 +4,7 @@
 //! validation alone, so the rest of the program meets plain names.
 
 use std::{
+    collections::BTreeSet,
     net::IpAddr,
     path::{Path, PathBuf},
 };
@@ -280,39 +281,17 @@ pub struct ServerConfig {
     pub forward: Forward,
 }
 
-/// How a node sends a server its packets.
-#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, Hash)]
-#[serde(rename_all = "lowercase")]
-pub enum Forward {
-    /// Direct server return at layer 2: only the Ethernet header changes.
-    #[default]
-    L2,
-    /// The packet inside an outer IP header (IPv4 or IPv6 in IPv4 or IPv6).
-    Ipip,
-    /// The packet inside UDP and a GUE header (to `[node] gue_port`).
-    Gue,
-}
+/// How a node sends a server its packets (`l2`, `ipip`, `gue`): the
+/// same values on the wire.
+pub use lb_proto::Forward;
 
-impl Forward {
-    #[must_use]
-    pub fn is_l2(&self) -> bool {
-        *self == Self::L2
-    }
-
-    /// Whether the server is reached through a tunnel.
-    #[must_use]
-    pub fn is_tunnel(self) -> bool {
-        self != Self::L2
-    }
-
-    /// The backend record's flags for it.
-    #[must_use]
-    pub fn flags(self) -> u32 {
-        match self {
-            Self::L2 => 0,
-            Self::Ipip => lb_common::encap::BACKEND_FLAG_IPIP,
-            Self::Gue => lb_common::encap::BACKEND_FLAG_GUE,
-        }
+/// The backend record's flags for a server reached by `forward`.
+#[must_use]
+pub fn backend_flags(forward: Forward) -> u32 {
+    match forward {
+        Forward::L2 => 0,
+        Forward::Ipip => lb_common::encap::BACKEND_FLAG_IPIP,
+        Forward::Gue => lb_common::encap::BACKEND_FLAG_GUE,
     }
 }
 
@@ -385,6 +364,22 @@ impl Config {
         self.server
             .iter()
             .filter(move |s| s.serves(service) && s.state != ServerState::Free)
+    }
+
+    /// The outer sources tunnelled packets come from: this node's and, under
+    /// `[manager]`, every `[[manager.node]]`'s; each once, sorted. What the
+    /// manager tells the agents.
+    #[must_use]
+    pub fn tunnel_sources(&self) -> Vec<IpAddr> {
+        let remote = self.manager.iter().flat_map(|m| &m.nodes);
+        let all: BTreeSet<IpAddr> = self
+            .node
+            .tunnel_source
+            .iter()
+            .chain(remote.flat_map(|n| &n.tunnel_source))
+            .copied()
+            .collect();
+        all.into_iter().collect()
     }
 
     /// The services server `server` is listed in (none if there is no such

@@ -6,6 +6,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
     ops::Range,
     path::Path,
 };
@@ -237,40 +238,40 @@ impl Config {
         Ok(())
     }
 
-    /// A tunnelled server: a tunnel source of its family, no MAC, not
-    /// local, and only on a node the file drives alone (the manager's
-    /// reconfigurations do not carry `forward` yet).
+    /// A tunnelled server: a tunnel source of its family on this node and
+    /// on every node the manager drives, no MAC, not local.
     fn validate_forward(
         &self,
         at: &Located<'_>,
         i: usize,
         srv: &ServerConfig,
     ) -> Result<(), ConfigError> {
-        let name = &srv.name;
-        let how = match srv.forward {
-            crate::config::Forward::L2 => return Ok(()),
-            crate::config::Forward::Ipip => "ipip",
-            crate::config::Forward::Gue => "gue",
-        };
-        let family = if srv.address.is_ipv4() { 4 } else { 6 };
-        let problem = if !self
-            .node
-            .tunnel_source
+        if !srv.forward.is_tunnel() {
+            return Ok(());
+        }
+        let (name, how) = (&srv.name, srv.forward.name());
+        let v4 = srv.address.is_ipv4();
+        let family = if v4 { 4 } else { 6 };
+        let has_family = |sources: &[IpAddr]| sources.iter().any(|a| a.is_ipv4() == v4);
+        let remote_without = self
+            .manager
             .iter()
-            .any(|a| a.is_ipv4() == srv.address.is_ipv4())
-        {
+            .flat_map(|m| &m.nodes)
+            .find(|n| !has_family(&n.tunnel_source));
+        let problem = if !has_family(&self.node.tunnel_source) {
             format!(
                 "forward = \"{how}\" needs an IPv{family} node.tunnel_source (this node's address on the path to {})",
                 srv.address
+            )
+        } else if let Some(node) = remote_without {
+            format!(
+                "forward = \"{how}\" needs an IPv{family} tunnel_source on [[manager.node]] `{}` (the address it tunnels from, its own node.tunnel_source): servers accept tunnelled packets from listed sources only",
+                node.name
             )
         } else if srv.mac.is_some() {
             format!("forward = \"{how}\" takes its next hop from the routing table: drop `mac`")
         } else if srv.local {
             format!("forward = \"{how}\" does not go with local = true")
-        } else if self.manager.is_some() {
-            format!(
-                "forward = \"{how}\" is not carried in the manager's reconfigurations yet: use it on a node without [manager]"
-            )
         } else {
             return Ok(());
         };

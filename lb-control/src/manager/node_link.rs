@@ -101,6 +101,7 @@ pub fn desired_service(
                     .unwrap_or_else(|| s.weight.saturating_mul(scale)),
                 state: crate::model::wire_state_of_file(s.state)?,
                 mac: s.mac.as_deref().and_then(|m| m.parse().ok()),
+                forward: s.forward,
             })
         })
         .collect();

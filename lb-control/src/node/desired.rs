@@ -42,6 +42,8 @@ pub struct Desired {
     pub servers: Vec<KnownServer>,
     /// The map sizes a desired state must fit.
     limits: Limits,
+    /// `[node] tunnel_source`: a tunnelled server needs one of its family.
+    tunnel_sources: Vec<IpAddr>,
 }
 
 impl Desired {
@@ -68,6 +70,7 @@ impl Desired {
             model: NodeModel::from_config(config)?,
             servers,
             limits: config.limits.clone(),
+            tunnel_sources: config.node.tunnel_source.clone(),
         })
     }
 
@@ -104,6 +107,20 @@ impl Desired {
                     local: false,
                 }),
             }
+        }
+        if let Some(server) = spec.servers.iter().find(|s| {
+            s.forward.is_tunnel()
+                && !desired
+                    .tunnel_sources
+                    .iter()
+                    .any(|a| a.is_ipv4() == s.address.is_ipv4())
+        }) {
+            return Err(ModelError::NoTunnelSource {
+                service: spec.name.clone(),
+                server: server.name.clone(),
+                forward: server.forward.name(),
+                family: if server.address.is_ipv4() { 4 } else { 6 },
+            });
         }
         desired.model = desired.model.with_service(spec);
         desired.model.check(&desired.limits)?;
@@ -146,7 +163,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use lb_proto::ServerState as WireState;
+    use lb_proto::{Forward, ServerState as WireState};
 
     use crate::{manager::node_link::desired_service, model::ServerState as ModelState};
 
@@ -240,5 +257,48 @@ state = "free"
             .to_string();
         assert!(e.contains("max_backends = 1"), "{e}");
         assert!(desired_service(&manager, "nope", &weights).is_none());
+    }
+
+    #[test]
+    fn a_tunnelled_server_travels_and_needs_a_tunnel_source_on_the_node() {
+        let tunnelled = MANAGER.replace(
+            "name = \"s2\"\naddress = \"10.0.0.12\"",
+            "name = \"s2\"\naddress = \"10.0.0.12\"\nforward = \"gue\"",
+        );
+        let manager = Config::parse(
+            &tunnelled.replace("[node]\n", "[node]\ntunnel_source = [\"10.0.0.1\"]\n"),
+            Path::new("m.toml"),
+        )
+        .unwrap();
+        let svc = desired_service(&manager, "web", &BTreeMap::new()).unwrap();
+        let forward: Vec<Forward> = svc.servers.iter().map(|s| s.forward).collect();
+        assert_eq!(forward, [Forward::L2, Forward::Gue]);
+        // A node with a tunnel source of the family programs it so.
+        let node = Config::parse(
+            "[node]\ninterfaces = [\"eth0\"]\ntunnel_source = [\"fd00::1\", \"10.9.0.1\"]\n",
+            Path::new("n.toml"),
+        )
+        .unwrap();
+        let merged = Desired::from_config(&node)
+            .unwrap()
+            .with_service(&svc)
+            .unwrap();
+        let s2 = &merged.model.service("web").unwrap().servers[1];
+        assert_eq!((s2.name.as_str(), s2.forward), ("s2", Forward::Gue));
+        // One without refuses the service, saying what to add.
+        let bare = Config::parse(
+            "[node]\ninterfaces = [\"eth0\"]\ntunnel_source = [\"fd00::1\"]\n",
+            Path::new("n.toml"),
+        )
+        .unwrap();
+        let e = Desired::from_config(&bare)
+            .unwrap()
+            .with_service(&svc)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("server `s2`") && e.contains("no IPv4 node.tunnel_source"),
+            "{e}"
+        );
     }
 }

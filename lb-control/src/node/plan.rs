@@ -198,7 +198,7 @@ impl Planner<'_> {
                     ifindex: hop.ifindex,
                     incarnation: 0,
                     state: server.state.code(),
-                    flags: local | server.forward.flags(),
+                    flags: local | crate::config::backend_flags(server.forward),
                     service: index,
                     addr,
                     family,

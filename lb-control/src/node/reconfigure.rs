@@ -312,6 +312,7 @@ mod tests {
                     weight,
                     state: ServerState::Allocated,
                     mac: None,
+                    forward: lb_proto::Forward::L2,
                 }],
                 retired: false,
                 weight_scale: 1,

@@ -374,6 +374,7 @@ fn health(tag: &BytesStart<'_>, max_attributes: usize) -> Option<Health> {
 fn readiness(tag: &BytesStart<'_>, max_attributes: usize) -> Option<Readiness> {
     let (mut vip, mut on_loopback, mut arp_ignore) = (None, None, None);
     let (mut arp_announce, mut local_probe, mut ready) = (None, None, None);
+    let mut decap = None;
     each_attribute(tag, max_attributes, |key, text| {
         match key {
             // serde's `IpAddr` parses the text as it is, untrimmed.
@@ -383,6 +384,7 @@ fn readiness(tag: &BytesStart<'_>, max_attributes: usize) -> Option<Readiness> {
             "arp-announce" => once(&mut arp_announce, number(&text)?)?,
             "local-probe" => once(&mut local_probe, boolean(&text)?)?,
             "ready" => once(&mut ready, boolean(&text)?)?,
+            "decap" => once(&mut decap, boolean(&text)?)?,
             _ => return None,
         }
         Some(())
@@ -394,6 +396,7 @@ fn readiness(tag: &BytesStart<'_>, max_attributes: usize) -> Option<Readiness> {
         arp_announce: arp_announce?,
         local_probe: local_probe?,
         ready: ready?,
+        decap,
     })
 }
 

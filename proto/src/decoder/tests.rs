@@ -210,7 +210,14 @@ fn unknown_message_is_skipped() {
 
 #[test]
 fn invalid_messages_are_rejected_one_by_one() {
-    let cases = [
+    let too_many_sources = format!(
+        r#"<tunnel-sources seq="12" addresses="{}"/>"#,
+        (1..=65)
+            .map(|i| format!("10.0.2.{i}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let cases: [(&str, Option<u64>, &str); 13] = [
         (
             r#"<ack generation="1" status="ok"/>"#,
             None,
@@ -245,6 +252,36 @@ fn invalid_messages_are_rejected_one_by_one() {
             r#"<hello seq="7" host="" agent-version="1" cores="1" spare="false"/>"#,
             Some(7),
             "empty host",
+        ),
+        (
+            r#"<tunnel-sources seq="8" addresses="10.0.1.2 127.0.0.1"/>"#,
+            Some(8),
+            "127.0.0.1 is not a unicast address",
+        ),
+        (
+            r#"<tunnel-sources seq="9" addresses="::"/>"#,
+            Some(9),
+            ":: is not a unicast address",
+        ),
+        (
+            r#"<tunnel-sources seq="10" addresses="255.255.255.255"/>"#,
+            Some(10),
+            "not a unicast",
+        ),
+        (
+            r#"<tunnel-sources seq="11" addresses="ff02::1"/>"#,
+            Some(11),
+            "not a unicast",
+        ),
+        (
+            &too_many_sources,
+            Some(12),
+            "65 tunnel sources, over the limit of 64",
+        ),
+        (
+            r#"<reconfigure seq="13" generation="1"><service name="web" vip="10.0.100.1" port="80" protocol="tcp" table-size="7"><server name="s" address="10.0.0.1" weight="1" state="allocated" forward="vxlan"/></service></reconfigure>"#,
+            Some(13),
+            "vxlan",
         ),
     ];
     let mut text = format!("{HEADER}\n");

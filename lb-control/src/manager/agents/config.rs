@@ -89,6 +89,11 @@ pub struct RemoteNodeConfig {
     pub name: String,
     /// `host:port` of its `[node.control] listen`.
     pub address: String,
+    /// The addresses it tunnels from (its `[node] tunnel_source`): the
+    /// manager tells the agents, whose decapsulation accepts tunnelled
+    /// packets from listed sources only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tunnel_source: Vec<std::net::IpAddr>,
 }
 
 fn default_manager_state_dir() -> PathBuf {

@@ -35,6 +35,7 @@ mod pins;
 mod rejections;
 mod session;
 mod settings;
+mod tunnel;
 
 pub use config::{ManagerConfig, ManagerConfigError, RemoteNodeConfig};
 pub use rejections::Rejection;
@@ -157,6 +158,8 @@ pub struct Manager {
     /// Fingerprints no agent may use (`[manager] denied_fingerprints`), as
     /// the controller last read them.
     denied: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// The nodes' tunnel sources, as the controller last read them.
+    tunnel_sources: std::sync::Mutex<Vec<std::net::IpAddr>>,
     streams_accepted: AtomicU64,
     settings_refused: AtomicU64,
     handshakes_refused: AtomicU64,
@@ -183,6 +186,7 @@ impl Manager {
             refused_identities: std::sync::Mutex::new(HashMap::new()),
             identities_refused: AtomicU64::new(0),
             denied: std::sync::Mutex::new(std::collections::HashSet::new()),
+            tunnel_sources: std::sync::Mutex::new(Vec::new()),
             streams_accepted: AtomicU64::new(0),
             settings_refused: AtomicU64::new(0),
             handshakes_refused: AtomicU64::new(0),
@@ -500,6 +504,7 @@ impl Manager {
                         .await
                         .hello(hello, Some(peer), fingerprint, Instant::now());
                 log_events(&events);
+                self.send_tunnel_sources(tx);
             }
             Message::Report(report) => {
                 if !report.host.eq_ignore_ascii_case(host) {

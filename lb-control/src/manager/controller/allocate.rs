@@ -342,10 +342,14 @@ fn allocation(
                 server: server.into(),
                 state: ServerState::Allocated,
             });
-            edits.push(Edit::SetMac {
-                server: server.into(),
-                mac: settings.mac.to_string(),
-            });
+            // A tunnelled server's next hop comes from the routing table;
+            // the MAC of its manager-facing interface means nothing there.
+            if !s.forward.is_tunnel() {
+                edits.push(Edit::SetMac {
+                    server: server.into(),
+                    mac: settings.mac.to_string(),
+                });
+            }
         }
         None => edits.push(Edit::AddServer {
             name: server.into(),

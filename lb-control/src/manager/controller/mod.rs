@@ -334,7 +334,8 @@ impl Controller {
     }
 
     /// Hands the manager the fingerprints `config` pins, which every
-    /// hello and announcement must match, and those it denies.
+    /// hello and announcement must match, those it denies, and the nodes'
+    /// tunnel sources the agents are told.
     async fn publish_pins(&self, config: &crate::config::Config) {
         self.manager.set_pins(pins(config));
         let denied = config
@@ -342,6 +343,9 @@ impl Controller {
             .as_ref()
             .map_or(&[][..], |m| m.denied_fingerprints.as_slice());
         self.manager.set_denied(denied).await;
+        self.manager
+            .set_tunnel_sources(config.tunnel_sources())
+            .await;
     }
 
     /// One evaluation of every service. Allocations are carried out after

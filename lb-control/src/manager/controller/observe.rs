@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use lb_proto::{HealthState, HealthTracker, ProbeOutcome};
+use lb_proto::{Forward, HealthState, HealthTracker, ProbeOutcome};
 
 use super::{Controller, Observed, Ops, allocate::CANDIDATE_HOLD};
 use crate::{
@@ -311,8 +311,15 @@ fn free_candidates(
         }
         let report = record.last_report.as_ref();
         let status = report.and_then(|r| r.applications.iter().find(|a| a.name == app));
+        let forward = config
+            .server
+            .iter()
+            .find(|s| s.name == record.host)
+            .map_or(Forward::L2, |s| s.forward);
         let ready = status.is_some_and(|a| {
-            a.readiness.iter().any(|x| x.vip == svc.vip && x.ready)
+            a.readiness
+                .iter()
+                .any(|x| x.vip == svc.vip && x.ready_for(forward))
                 && a.health.state == HealthState::Up
         });
         free.push(Candidate {

@@ -161,6 +161,7 @@ fn random_report(rng: &mut Rng) -> Report {
                         arp_announce: rng.pick(&[0, 2, 255]),
                         local_probe: rng.chance(),
                         ready: rng.chance(),
+                        decap: rng.chance().then(|| rng.chance()),
                     })
                     .collect(),
             })
@@ -507,17 +508,17 @@ fn limits_apply_on_the_fast_path() {
     let line = encoded(report);
     for (limits, fast) in [
         (Limits::default(), 1),
-        // `<readiness>` has 6 attributes.
+        // `<readiness>` has 7 attributes.
         (
             Limits {
-                max_attributes: 5,
+                max_attributes: 6,
                 ..Limits::default()
             },
             0,
         ),
         (
             Limits {
-                max_attributes: 6,
+                max_attributes: 7,
                 ..Limits::default()
             },
             1,
